@@ -1,0 +1,43 @@
+// swift-tools-version: 6.0
+// Tessera: a FUSE-mounted object filesystem over its own distributed object store.
+// Targets follow the layers of docs/ARCHITECTURE.md; imports only point down.
+import PackageDescription
+
+let package = Package(
+    name: "Tessera",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "tessera", targets: ["tessera"]),
+        .library(name: "TesseraEngine", targets: ["TesseraEngine"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+    ],
+    targets: [
+        // C helpers: hardware CRC32C. No I/O.
+        .target(name: "CTesseraSupport"),
+        // Layer 1: ids, checksums, errors, limits. No I/O.
+        .target(name: "TesseraCore", dependencies: ["CTesseraSupport"]),
+        // Layer 2: image, log, transactions, node cache, B+trees, meta-b-tree.
+        .target(
+            name: "TesseraEngine",
+            dependencies: ["TesseraCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        // SQLite, only as the baseline of `tessera bench engine`.
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "TesseraBench", dependencies: ["TesseraEngine", "CSQLite"]),
+        // Layer 9: the `tessera` command.
+        .executableTarget(
+            name: "tessera",
+            dependencies: [
+                "TesseraEngine", "TesseraBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore"]),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,13 @@
+// C helpers for Tessera: CRC32C (Castagnoli) with SSE4.2 when the CPU has it.
+#ifndef CTESSERA_SUPPORT_H
+#define CTESSERA_SUPPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// Extends `crc` (start with 0) over `len` bytes at `data`. Standard CRC32C:
+/// reflected polynomial 0x82F63B78, initial value and final xor 0xFFFFFFFF are applied
+/// inside, so crc32c(crc32c(0, a), b) == crc32c(0, a ++ b).
+uint32_t tessera_crc32c(uint32_t crc, const void *data, size_t len);
+
+#endif

@@ -1,0 +1,115 @@
+// Every syscall the engine makes on an image goes through this one file.
+#if canImport(Glibc)
+import Glibc
+#endif
+import TesseraCore
+
+/// An open image file. Reads and writes are positional and complete (short transfers and
+/// EINTR are retried); every failure becomes a `TesseraError` naming the file and the call.
+public final class ImageFile: @unchecked Sendable {
+    // SAFETY of @unchecked Sendable: `path` is immutable; `fd` changes only in `close()`,
+    // which the owner calls after every other user has stopped. The kernel serialises
+    // positional reads and writes on one descriptor.
+    public let path: String
+    private(set) var fd: Int32
+
+    /// Opens `path`. With `lock`, takes an exclusive advisory lock so that two processes
+    /// never run the engine on one image at the same time.
+    public init(path: String, create: Bool = false, writable: Bool = true, lock: Bool = true) throws {
+        self.path = path
+        var flags = writable ? O_RDWR : O_RDONLY
+        if create { flags |= O_CREAT | O_EXCL }
+        flags |= O_CLOEXEC
+        let fd = open(path, flags, 0o644)
+        guard fd >= 0 else {
+            let e = errno
+            let what = e == ENOENT ? "does not exist" : e == EEXIST ? "already exists" : String(cString: strerror(e))
+            throw TesseraError(e == ENOENT ? .notFound : e == EEXIST ? .exists : .io, "\(path): \(what)", osErrno: e)
+        }
+        self.fd = fd
+        if lock && flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let e = errno
+            Glibc.close(fd)
+            throw TesseraError(.busy, "\(path): image is in use by another process", osErrno: e)
+        }
+    }
+
+    deinit { close() }
+
+    /// Closes the descriptor (releasing the lock); later calls fail with EBADF.
+    public func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+
+    /// The file's current size in bytes.
+    public func size() throws -> UInt64 {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw failure("fstat") }
+        return UInt64(st.st_size)
+    }
+
+    /// Reads exactly `buffer.count` bytes at `offset`; a file that ends first is an error.
+    public func read(fromAbsoluteOffset offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw failure("read at \(offset + UInt64(done))")
+            }
+            if n == 0 {
+                throw TesseraError(.corrupt, "\(path): unexpected end of file at offset \(offset + UInt64(done))")
+            }
+            done += n
+        }
+    }
+
+    public func read(fromAbsoluteOffset offset: UInt64, count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(fromAbsoluteOffset: offset, into: $0) }
+        return out
+    }
+
+    /// Writes all of `bytes` at `offset`.
+    public func write(_ bytes: UnsafeRawBufferPointer, atAbsoluteOffset offset: UInt64) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw failure("write at \(offset + UInt64(done))")
+            }
+            done += n
+        }
+    }
+
+    public func write(_ bytes: [UInt8], atAbsoluteOffset offset: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, atAbsoluteOffset: offset) }
+    }
+
+    /// Flushes written data to stable storage (fdatasync).
+    public func flush() throws {
+        while fdatasync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw failure("fdatasync")
+        }
+    }
+
+    /// Reserves disk blocks for `[offset, offset+length)` so later writes cannot hit ENOSPC.
+    public func allocate(offset: UInt64, length: UInt64) throws {
+        let r = posix_fallocate(fd, off_t(offset), off_t(length))
+        if r == EOPNOTSUPP || r == EINVAL {  // some file systems cannot; fall back to a sparse file
+            guard ftruncate(fd, off_t(offset + length)) == 0 else { throw failure("ftruncate") }
+            return
+        }
+        guard r == 0 else {
+            throw TesseraError(r == ENOSPC ? .noSpace : .io, "\(path): fallocate: \(String(cString: strerror(r)))", osErrno: r)
+        }
+    }
+
+    private func failure(_ call: String) -> TesseraError {
+        let e = errno
+        return TesseraError(e == ENOSPC ? .noSpace : .io, "\(path): \(call): \(String(cString: strerror(e)))", osErrno: e)
+    }
+}

@@ -1,0 +1,6 @@
+// `tessera bench engine`
+import ArgumentParser
+struct BenchEngine: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "engine")
+    func run() throws {}
+}

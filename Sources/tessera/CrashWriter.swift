@@ -1,0 +1,5 @@
+// placeholder
+import ArgumentParser
+struct CrashWriter: ParsableCommand {
+    func run() throws {}
+}
