@@ -1,6 +1,7 @@
 // The `tessera` command: subcommands parse their arguments and call the layers below.
 import ArgumentParser
 import Foundation
+import Logging
 
 struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,6 +14,11 @@ struct Tessera: ParsableCommand {
 @main
 enum Main {
     static func main() {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = ProcessInfo.processInfo.environment["TESSERA_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+            return handler
+        }
         do {
             var command = try Tessera.parseAsRoot()
             try command.run()
