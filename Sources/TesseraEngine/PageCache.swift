@@ -60,9 +60,13 @@ final class PageCache {
         self.capacity = max(16, budgetBytes / geometry.pageSize)
     }
 
+    /// Page buffers come from slabs of `slabPages` pages: one aligned allocation per page
+    /// would cost a second page of memory each for malloc's header.
+    private static let slabPages = 64
+    private var slabs: [UnsafeMutableRawPointer] = []
+
     deinit {
-        for f in clock { free(f.data) }
-        for p in spare { free(p) }
+        for s in slabs { free(s) }
     }
 
     var residentBytes: Int { clock.count * pageSize }
@@ -116,11 +120,13 @@ final class PageCache {
             return victim
         }
         if let p = spare.popLast() { return p }
-        var p: UnsafeMutableRawPointer?
-        guard posix_memalign(&p, 4096, pageSize) == 0, let p else {
+        var slab: UnsafeMutableRawPointer?
+        guard posix_memalign(&slab, 4096, PageCache.slabPages * pageSize) == 0, let slab else {
             throw TesseraError(.noSpace, "out of memory for the node cache")
         }
-        return p
+        slabs.append(slab)
+        for i in (1..<PageCache.slabPages).reversed() { spare.append(slab + i * pageSize) }
+        return slab
     }
 
     /// Evicts one clean frame and returns its buffer; nil lets the cache overshoot, which

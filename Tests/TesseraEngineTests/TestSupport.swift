@@ -24,6 +24,7 @@ func makeImage(_ dir: TemporaryDirectory, name: String = "meta.img", size: UInt6
 func options(cacheBytes: Int = 8 << 20) -> EngineOptions {
     var o = EngineOptions()
     o.cacheBytes = cacheBytes
+    o.logger.logLevel = .warning
     return o
 }
 

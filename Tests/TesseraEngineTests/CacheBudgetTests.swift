@@ -1,0 +1,35 @@
+// With a node-cache budget far below the tree's size, operations stay correct and the
+// process's resident memory stays near the budget (measured in a child process, so other
+// tests running in this one do not disturb the figure).
+import Foundation
+import Testing
+import TesseraEngine
+
+@Suite struct CacheBudgetTests {
+    @Test func tinyCacheLargeTree() throws {
+        let dir = TemporaryDirectory()
+        let path = try makeImage(dir, size: 256 << 20, pageSize: 4096, logSize: 4 << 20)
+        let budget = 2 << 20
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: tesseraBinary())
+        child.arguments = ["debug", "fill", path, "--records", "100000", "--value-size", "500", "--cache", String(budget)]
+        let out = Pipe()
+        child.standardOutput = out
+        try child.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        child.waitUntilExit()
+        #expect(child.terminationStatus == 0, "fill failed: every record must read back correctly")
+        var figures: [String: Int] = [:]
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2 { figures[String(parts[0])] = Int(parts[1]) }
+        }
+        let tree = try #require(figures["tree-bytes"])
+        let growth = try #require(figures["rss-max"]) - (try #require(figures["rss-base"]))
+        #expect(tree > 20 * budget, "the tree must be far larger than the cache")
+        #expect(try #require(figures["cache-resident"]) <= budget + 64 * 4096)
+        // The budget plus a fixed allowance for log buffers and the allocator, independent of
+        // the tree's size (measured: about 7 MiB over a 2 MiB budget with a 75 MiB tree).
+        #expect(growth < budget + (12 << 20), "resident memory grew by \(growth) bytes for a \(budget)-byte cache")
+    }
+}
