@@ -22,7 +22,7 @@ let package = Package(
         // Layer 2: image, log, transactions, node cache, B+trees, meta-b-tree.
         .target(
             name: "TesseraEngine",
-            dependencies: ["TesseraCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CTesseraSupport", "TesseraCore", .product(name: "Logging", package: "swift-log")]
         ),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),

@@ -27,6 +27,9 @@ final class CommitPipeline: @unchecked Sendable {
     // SAFETY of @unchecked Sendable: every mutable field is touched only under `lock`,
     // except `head`, which only the logger thread writes, and the constants.
     let file: ImageFile
+    /// The image opened O_DIRECT|O_DSYNC for log writes, where the file system allows it: a
+    /// record is durable when its write returns, with no separate flush of the whole file.
+    private let logFile: ImageFile?
     let geometry: Geometry
     let options: CommitOptions
     let maxRecord: Int
@@ -79,6 +82,7 @@ final class CommitPipeline: @unchecked Sendable {
     /// Starts after recovery: the log is empty, its head and tail at `header.logTail`.
     init(file: ImageFile, header: ImageHeader, headerSlot: Int, options: CommitOptions) {
         self.file = file
+        self.logFile = try? ImageFile(path: file.path, lock: false, durableWrites: true)
         self.geometry = header.geometry
         self.options = options
         self.header = header
@@ -108,6 +112,7 @@ final class CommitPipeline: @unchecked Sendable {
         }
         for t in threads { pthread_join(t, nil) }
         threads.removeAll()
+        logFile?.close()
         if let failure { throw failure }
     }
 
@@ -119,6 +124,7 @@ final class CommitPipeline: @unchecked Sendable {
         }
         for t in threads { pthread_join(t, nil) }
         threads.removeAll()
+        logFile?.close()
     }
 
     // MARK: Transactions
@@ -282,8 +288,12 @@ final class CommitPipeline: @unchecked Sendable {
             group.buffer = []
             var error: TesseraError?
             do {
-                try file.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
-                try file.flush()
+                if let logFile {
+                    try logFile.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
+                } else {
+                    try file.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
+                    try file.flush()
+                }
             } catch let e as TesseraError { error = e } catch let e { error = TesseraError(.io, "\(file.path): \(e)") }
             lock.lock()
             if let error {

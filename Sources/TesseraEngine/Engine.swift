@@ -196,6 +196,16 @@ public final class Engine: @unchecked Sendable {
         try read { s in try Transaction.collect(s, fid, start, direction, inclusive, limit) }
     }
 
+    /// Visits records of catalogue `fid` in order without copying them; `visit` returns false
+    /// to stop. The buffers are valid only during the call, and the engine is locked for the
+    /// whole visit: keep it short, or scan in bounded pieces.
+    public func forEach(
+        _ fid: Fid, from start: [UInt8]?, direction: ScanDirection = .forward, inclusive: Bool = true,
+        _ visit: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Bool
+    ) throws {
+        try read { s in try s.scan(root: s.catalogueRoot(fid), from: start, direction: direction, inclusive: inclusive, visit) }
+    }
+
     /// Every catalogue, in fid order.
     public func catalogues() throws -> [Fid] { try read { try $0.listCatalogues() } }
 

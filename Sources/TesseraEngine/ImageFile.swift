@@ -2,6 +2,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CTesseraSupport
 import TesseraCore
 
 /// An open image file. Reads and writes are positional and complete (short transfers and
@@ -15,10 +16,14 @@ public final class ImageFile: @unchecked Sendable {
 
     /// Opens `path`. With `lock`, takes an exclusive advisory lock so that two processes
     /// never run the engine on one image at the same time.
-    public init(path: String, create: Bool = false, writable: Bool = true, lock: Bool = true) throws {
+    ///
+    /// With `durableWrites`, the file is opened O_DIRECT|O_DSYNC: every write is on stable
+    /// storage when it returns (buffers and offsets must then be 4096-aligned).
+    public init(path: String, create: Bool = false, writable: Bool = true, lock: Bool = true, durableWrites: Bool = false) throws {
         self.path = path
         var flags = writable ? O_RDWR : O_RDONLY
         if create { flags |= O_CREAT | O_EXCL }
+        if durableWrites { flags |= tessera_direct_sync_flags() }
         flags |= O_CLOEXEC
         let fd = open(path, flags, 0o644)
         guard fd >= 0 else {

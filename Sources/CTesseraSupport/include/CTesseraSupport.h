@@ -10,4 +10,8 @@
 /// inside, so crc32c(crc32c(0, a), b) == crc32c(0, a ++ b).
 uint32_t tessera_crc32c(uint32_t crc, const void *data, size_t len);
 
+
+
+/// O_DIRECT | O_DSYNC, which Swift's Glibc module does not export (they need _GNU_SOURCE).
+int tessera_direct_sync_flags(void);
 #endif

@@ -1,0 +1,6 @@
+// Open flags that need _GNU_SOURCE to be visible.
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include "CTesseraSupport.h"
+
+int tessera_direct_sync_flags(void) { return O_DIRECT | O_DSYNC; }
