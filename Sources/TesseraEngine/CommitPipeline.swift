@@ -60,7 +60,10 @@ final class CommitPipeline: @unchecked Sendable {
     private var reserved = 0
     /// Log bytes of sealed, logged and not yet released records.
     private var inFlight = 0
-    private var unreleasedRecords = 0
+    /// Records written to the log and not yet released.
+    private var writtenUnreleased = 0
+    /// A thread is writing a record now (records are written one at a time, in order).
+    private var writing = false
     private(set) var loggedThrough: UInt64
     private(set) var placedThrough: UInt64
     private var sealWanted: UInt64 = 0
@@ -181,7 +184,6 @@ final class CommitPipeline: @unchecked Sendable {
     private func sealOpenGroup() {
         let next = open.seq + 1
         inFlight += open.recordLength
-        unreleasedRecords += 1
         sealed.append(open)
         open = Group(seq: next)
     }
@@ -193,6 +195,7 @@ final class CommitPipeline: @unchecked Sendable {
         try lock.withLock {
             while loggedThrough < seq {
                 if let failure { throw failure }
+                if !writing && writeNextLocked(seal: open.seq <= seq) { continue }
                 if sealWanted < seq {
                     sealWanted = seq
                     lock.broadcast()
@@ -254,72 +257,80 @@ final class CommitPipeline: @unchecked Sendable {
 
     // MARK: Logger
 
+    /// The logger thread seals groups that are due (timer, size, someone waiting, shutdown)
+    /// and writes them. A thread in `waitLogged` may write its own group first: with no
+    /// writer busy, the waiter leads, which saves two thread hand-offs per durable commit.
     private func loggerLoop() {
         lock.lock()
         while failure == nil {
-            if sealed.isEmpty && !open.isEmpty {
-                let age = monotonicNanos() - open.openedAt
-                if stopping || sealWanted >= open.seq || age >= options.groupTimeoutNanos
-                    || open.buffer.count >= maxRecord / 2
-                {
-                    sealOpenGroup()
-                } else {
-                    lock.wait(nanoseconds: options.groupTimeoutNanos - age)
-                    continue
-                }
-            }
-            guard !sealed.isEmpty else {
-                if stopping && reserved == 0 { break }
+            let age = open.isEmpty ? 0 : monotonicNanos() - open.openedAt
+            let due = !open.isEmpty
+                && (stopping || sealWanted >= open.seq || age >= options.groupTimeoutNanos || open.buffer.count >= maxRecord / 2)
+            if (!sealed.isEmpty || due) && writeNextLocked(seal: due) { continue }
+            if stopping && sealed.isEmpty && open.isEmpty && !writing { break }
+            if !open.isEmpty && sealed.isEmpty && !writing && !due {
+                lock.wait(nanoseconds: options.groupTimeoutNanos - age)
+            } else {
                 lock.wait()
-                continue
             }
-            var group = sealed.removeFirst()
-            guard let position = positionFor(length: group.recordLength) else {
-                // Wait for the placer to release space; the record stays first in line.
-                sealed.insert(group, at: 0)
-                placeWanted = max(placeWanted, loggedThrough)
-                lock.broadcast()
-                lock.wait()
-                continue
-            }
-            lock.unlock()
-            LogRecord.seal(&group.buffer, seq: group.seq, regionCount: group.regions)
-            let record = RecordBuffer(copying: group.buffer)
-            group.buffer = []
-            var error: TesseraError?
-            do {
-                if let logFile {
-                    try logFile.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
-                } else {
-                    try file.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
-                    try file.flush()
-                }
-            } catch let e as TesseraError { error = e } catch let e { error = TesseraError(.io, "\(file.path): \(e)") }
-            lock.lock()
-            if let error {
-                fail(error)
-                break
-            }
-            head = position + UInt64(record.count)
-            if head == geometry.logSize { head = 0 }
-            loggedThrough = group.seq
-            groupsLogged += 1
-            bytesLogged += UInt64(record.count)
-            logged.append(Logged(seq: group.seq, position: position, record: record, loggedAt: monotonicNanos()))
-            resumeAsyncWaiters()
-            lock.broadcast()
         }
         loggerDone = true
         lock.broadcast()
         lock.unlock()
     }
 
+    /// Writes the first sealed group, sealing the open one first if `seal` and none is sealed.
+    /// Called and returns with the lock held; releases it during the I/O. Returns false when
+    /// another thread is writing, nothing is sealed, or the log has no room until the placer
+    /// releases some.
+    private func writeNextLocked(seal: Bool) -> Bool {
+        guard !writing, failure == nil else { return false }
+        if sealed.isEmpty {
+            guard seal, !open.isEmpty else { return false }
+            sealOpenGroup()
+        }
+        guard let position = positionFor(length: sealed[0].recordLength) else {
+            placeWanted = max(placeWanted, loggedThrough)
+            lock.broadcast()
+            return false
+        }
+        var group = sealed.removeFirst()
+        writing = true
+        lock.unlock()
+        LogRecord.seal(&group.buffer, seq: group.seq, regionCount: group.regions)
+        let record = RecordBuffer(copying: group.buffer)
+        var error: TesseraError?
+        do {
+            if let logFile {
+                try logFile.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
+            } else {
+                try file.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
+                try file.flush()
+            }
+        } catch let e as TesseraError { error = e } catch let e { error = TesseraError(.io, "\(file.path): \(e)") }
+        lock.lock()
+        writing = false
+        if let error {
+            fail(error)
+            return false
+        }
+        head = position + UInt64(record.count)
+        if head == geometry.logSize { head = 0 }
+        loggedThrough = group.seq
+        writtenUnreleased += 1
+        groupsLogged += 1
+        bytesLogged += UInt64(record.count)
+        logged.append(Logged(seq: group.seq, position: position, record: record, loggedAt: monotonicNanos()))
+        resumeAsyncWaiters()
+        lock.broadcast()
+        return true
+    }
+
     /// Where a record of `length` bytes can go without overwriting unreleased records.
     private func positionFor(length: Int) -> UInt64? {
         let len = UInt64(length)
         let logSize = geometry.logSize
-        let othersUnreleased = unreleasedRecords - 1  // this record is counted already
-        if othersUnreleased == 0 {
+        if writtenUnreleased == 0 {
             return head + len <= logSize ? head : 0
         }
         if head >= tail {
@@ -388,7 +399,7 @@ final class CommitPipeline: @unchecked Sendable {
             tail = next.logTail
             placedThrough = last.seq
             inFlight -= batch.reduce(0) { $0 + $1.record.count }
-            unreleasedRecords -= batch.count
+            writtenUnreleased -= batch.count
             lock.broadcast()
         }
         lock.broadcast()
