@@ -4,3 +4,7 @@
 #include "CTesseraSupport.h"
 
 int tessera_direct_sync_flags(void) { return O_DIRECT | O_DSYNC; }
+
+#include <malloc.h>
+
+int tessera_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }

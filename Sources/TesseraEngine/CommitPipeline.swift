@@ -79,6 +79,8 @@ final class CommitPipeline: @unchecked Sendable {
     private var headerSlot: Int
     private var threads: [pthread_t] = []
 
+    /// Most bytes of commit groups held in memory at once (open, sealed, logged, unplaced).
+    private(set) var peakBufferedBytes = 0
     private(set) var groupsLogged: UInt64 = 0
     private(set) var bytesLogged: UInt64 = 0
 
@@ -173,6 +175,7 @@ final class CommitPipeline: @unchecked Sendable {
             if open.isEmpty { open.openedAt = monotonicNanos() }
             fill(&open.buffer)
             open.regions += UInt32(regions)
+            peakBufferedBytes = max(peakBufferedBytes, inFlight + open.buffer.count)
             lock.broadcast()
             return open.seq
         }

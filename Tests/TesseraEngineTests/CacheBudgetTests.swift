@@ -28,8 +28,10 @@ import TesseraEngine
         let growth = try #require(figures["rss-max"]) - (try #require(figures["rss-base"]))
         #expect(tree > 20 * budget, "the tree must be far larger than the cache")
         #expect(try #require(figures["cache-resident"]) <= budget + 64 * 4096)
-        // The budget plus a fixed allowance for log buffers and the allocator, independent of
-        // the tree's size (measured: about 7 MiB over a 2 MiB budget with a 75 MiB tree).
-        #expect(growth < budget + (12 << 20), "resident memory grew by \(growth) bytes for a \(budget)-byte cache")
+        // The budget, plus commit groups held in memory (bounded by the 4 MiB log), plus a
+        // little for the allocator; nothing that grows with the tree. Measured with a 75 MiB
+        // tree: 4.5 to 7 MiB of growth over a 2 MiB budget, on a loaded machine.
+        #expect(try #require(figures["log-buffers-peak"]) <= 4 << 20)
+        #expect(growth < budget + (4 << 20) + (4 << 20), "resident memory grew by \(growth) bytes for a \(budget)-byte cache")
     }
 }

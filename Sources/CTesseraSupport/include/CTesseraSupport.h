@@ -14,4 +14,7 @@ uint32_t tessera_crc32c(uint32_t crc, const void *data, size_t len);
 
 /// O_DIRECT | O_DSYNC, which Swift's Glibc module does not export (they need _GNU_SOURCE).
 int tessera_direct_sync_flags(void);
+
+/// Fixes glibc's mmap threshold at `bytes` (mallopt M_MMAP_THRESHOLD); returns 1 on success.
+int tessera_set_mmap_threshold(int bytes);
 #endif
