@@ -85,9 +85,9 @@ final class CommitPipeline: @unchecked Sendable {
     private(set) var bytesLogged: UInt64 = 0
 
     /// Starts after recovery: the log is empty, its head and tail at `header.logTail`.
-    init(file: ImageFile, header: ImageHeader, headerSlot: Int, options: CommitOptions) {
+    init(file: ImageFile, header: ImageHeader, headerSlot: Int, options: CommitOptions, faults: FaultInjector?) {
         self.file = file
-        self.logFile = try? ImageFile(path: file.path, lock: false, durableWrites: true)
+        self.logFile = try? ImageFile(path: file.path, lock: false, durableWrites: true, faults: faults)
         self.geometry = header.geometry
         self.options = options
         self.header = header

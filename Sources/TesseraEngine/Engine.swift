@@ -14,6 +14,8 @@ public struct EngineOptions: Sendable {
     public var cacheBytes = 64 << 20
     public var commit = CommitOptions()
     public var logger = Logger(label: "tessera.engine")
+    /// Makes chosen reads, writes or flushes of the image fail (tests only).
+    public var faults: FaultInjector?
     public init() {}
 }
 
@@ -58,7 +60,7 @@ public final class Engine: @unchecked Sendable {
     /// Opens an image, replaying its log, and starts the commit pipeline.
     public static func open(path: String, options: EngineOptions = EngineOptions()) throws -> Engine {
         _ = Engine.mallocTuned
-        let file = try ImageFile(path: path)
+        let file = try ImageFile(path: path, faults: options.faults)
         let (header, slot, problems) = try ImageHeader.load(from: file)
         let recovered = try Recovery.replay(file: file, header: header, slot: slot)
         return try Engine(file: file, header: recovered.header, slot: recovered.slot, groups: recovered.groups, problems: problems, options: options)
@@ -72,7 +74,7 @@ public final class Engine: @unchecked Sendable {
         self.recoveredGroups = groups
         self.headerProblems = problems
         self.logger = options.logger
-        let pipeline = CommitPipeline(file: file, header: header, headerSlot: slot, options: options.commit)
+        let pipeline = CommitPipeline(file: file, header: header, headerSlot: slot, options: options.commit, faults: options.faults)
         self.pipeline = pipeline
         let cache = PageCache(file: file, geometry: header.geometry, budgetBytes: options.cacheBytes)
         cache.placedThrough = { pipeline.placed }

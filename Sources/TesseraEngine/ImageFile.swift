@@ -5,6 +5,15 @@ import Glibc
 import CTesseraSupport
 import TesseraCore
 
+/// The calls `ImageFile` makes, for fault injection.
+public enum IOCall: Sendable {
+    case read, write, flush
+}
+
+/// Decides whether a call on an image fails: returns the errno to fail it with, or nil to let
+/// it run. Tests use it to make reads, writes and flushes fail (EIO, ENOSPC, ...).
+public typealias FaultInjector = @Sendable (_ call: IOCall, _ path: String, _ offset: UInt64) -> Int32?
+
 /// An open image file. Reads and writes are positional and complete (short transfers and
 /// EINTR are retried); every failure becomes a `TesseraError` naming the file and the call.
 public final class ImageFile: @unchecked Sendable {
@@ -13,14 +22,19 @@ public final class ImageFile: @unchecked Sendable {
     // positional reads and writes on one descriptor.
     public let path: String
     private(set) var fd: Int32
+    private let faults: FaultInjector?
 
     /// Opens `path`. With `lock`, takes an exclusive advisory lock so that two processes
     /// never run the engine on one image at the same time.
     ///
     /// With `durableWrites`, the file is opened O_DIRECT|O_DSYNC: every write is on stable
     /// storage when it returns (buffers and offsets must then be 4096-aligned).
-    public init(path: String, create: Bool = false, writable: Bool = true, lock: Bool = true, durableWrites: Bool = false) throws {
+    public init(
+        path: String, create: Bool = false, writable: Bool = true, lock: Bool = true, durableWrites: Bool = false,
+        faults: FaultInjector? = nil
+    ) throws {
         self.path = path
+        self.faults = faults
         var flags = writable ? O_RDWR : O_RDONLY
         if create { flags |= O_CREAT | O_EXCL }
         if durableWrites { flags |= tessera_direct_sync_flags() }
@@ -56,6 +70,7 @@ public final class ImageFile: @unchecked Sendable {
 
     /// Reads exactly `buffer.count` bytes at `offset`; a file that ends first is an error.
     public func read(fromAbsoluteOffset offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try inject(.read, offset, "read at \(offset)")
         var done = 0
         while done < buffer.count {
             let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
@@ -78,6 +93,7 @@ public final class ImageFile: @unchecked Sendable {
 
     /// Writes all of `bytes` at `offset`.
     public func write(_ bytes: UnsafeRawBufferPointer, atAbsoluteOffset offset: UInt64) throws {
+        try inject(.write, offset, "write at \(offset)")
         var done = 0
         while done < bytes.count {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
@@ -95,6 +111,7 @@ public final class ImageFile: @unchecked Sendable {
 
     /// Flushes written data to stable storage (fdatasync).
     public func flush() throws {
+        try inject(.flush, 0, "fdatasync")
         while fdatasync(fd) != 0 {
             if errno == EINTR { continue }
             throw failure("fdatasync")
@@ -111,6 +128,12 @@ public final class ImageFile: @unchecked Sendable {
         guard r == 0 else {
             throw TesseraError(r == ENOSPC ? .noSpace : .io, "\(path): fallocate: \(String(cString: strerror(r)))", osErrno: r)
         }
+    }
+
+    private func inject(_ call: IOCall, _ offset: UInt64, _ what: String) throws {
+        guard let faults, let e = faults(call, path, offset) else { return }
+        errno = e
+        throw failure(what)
     }
 
     private func failure(_ call: String) -> TesseraError {
