@@ -123,10 +123,7 @@ final class CommitPipeline: @unchecked Sendable {
 
     /// Stops the threads at once without logging or placing anything: a simulated crash.
     func abandon() {
-        lock.withLock {
-            failure = failure ?? TesseraError(.closed, "\(file.path): engine abandoned")
-            lock.broadcast()
-        }
+        lock.withLock { fail(TesseraError(.closed, "\(file.path): engine abandoned")) }
         for t in threads { pthread_join(t, nil) }
         threads.removeAll()
         logFile?.close()
