@@ -8,7 +8,7 @@ import Glibc
 public struct TesseraError: Error, CustomStringConvertible, Sendable, Equatable {
     public enum Code: String, Sendable, Equatable {
         case notFound, exists, invalidArgument, noSpace, io, corrupt, tooLarge
-        case unsupportedVersion, closed, checksum, timedOut, notEmpty, busy, internalError
+        case unsupportedVersion, closed, checksum, timedOut, notEmpty, busy, internalError, permissionDenied
     }
 
     public var code: Code
@@ -38,6 +38,7 @@ public struct TesseraError: Error, CustomStringConvertible, Sendable, Equatable 
         case .timedOut: return ETIMEDOUT
         case .notEmpty: return ENOTEMPTY
         case .busy: return EBUSY
+        case .permissionDenied: return EACCES
         }
     }
 }

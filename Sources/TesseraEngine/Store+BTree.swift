@@ -5,19 +5,6 @@
 // that child's cells. So the meta-b-tree entry of a catalogue never changes after creation.
 import TesseraCore
 
-/// How a put treats an existing key.
-public enum PutMode: Sendable {
-    /// Insert or replace.
-    case overwrite
-    /// Insert only; an existing key is left alone and reported as `.exists`.
-    case createOnly
-}
-
-/// What a put did.
-public enum PutOutcome: Sendable, Equatable {
-    case inserted, replaced, exists
-}
-
 extension Store {
     struct Split {
         var separator: [UInt8]

@@ -1,14 +1,6 @@
 // Ordered scans of a B+tree in either direction, by a path from the root (no sibling links).
 import TesseraCore
 
-/// Direction of a scan.
-public enum ScanDirection: Sendable {
-    /// Ascending keys: NEXT.
-    case forward
-    /// Descending keys: PREV.
-    case backward
-}
-
 extension Store {
     /// Visits records in key order from `start` (nil: from the first or last key), starting at
     /// `start` itself when present and `inclusive`, otherwise at the following key in the

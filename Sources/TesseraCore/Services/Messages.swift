@@ -1,0 +1,277 @@
+// The requests a server serves and their responses: CAS, IOS and SYNC (docs/WIRE.md).
+//
+// Request body:  u16 opcode, then the fields of that request, in the order listed below.
+// Response body: u16 kind, then the fields of that response.
+// Encodings of fields: see WireWriter (integers little-endian; byte strings u32-length
+// prefixed; arrays u32-count prefixed; optionals a u8 0/1 then the value).
+
+/// A key and its value.
+public struct Record: Sendable, Equatable {
+    public var key: [UInt8]
+    public var value: [UInt8]
+    public init(key: [UInt8], value: [UInt8]) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// The outcome of one record, or of a whole request, on the wire.
+public enum Status: UInt16, Sendable, Equatable {
+    case ok = 0, notFound, exists, invalidArgument, noSpace, io, corrupt, tooLarge
+    case unsupportedVersion, closed, checksum, timedOut, notEmpty, busy, internalError, unauthorized
+
+    public init(_ code: TesseraError.Code) {
+        switch code {
+        case .notFound: self = .notFound
+        case .exists: self = .exists
+        case .invalidArgument: self = .invalidArgument
+        case .noSpace: self = .noSpace
+        case .io: self = .io
+        case .corrupt: self = .corrupt
+        case .tooLarge: self = .tooLarge
+        case .unsupportedVersion: self = .unsupportedVersion
+        case .closed: self = .closed
+        case .checksum: self = .checksum
+        case .timedOut: self = .timedOut
+        case .notEmpty: self = .notEmpty
+        case .busy: self = .busy
+        case .internalError: self = .internalError
+        case .permissionDenied: self = .unauthorized
+        }
+    }
+
+    /// The error code of a failed status (nil for `.ok`).
+    public var code: TesseraError.Code? {
+        switch self {
+        case .ok: return nil
+        case .notFound: return .notFound
+        case .exists: return .exists
+        case .invalidArgument: return .invalidArgument
+        case .noSpace: return .noSpace
+        case .io: return .io
+        case .corrupt: return .corrupt
+        case .tooLarge: return .tooLarge
+        case .unsupportedVersion: return .unsupportedVersion
+        case .closed: return .closed
+        case .checksum: return .checksum
+        case .timedOut: return .timedOut
+        case .notEmpty: return .notEmpty
+        case .busy: return .busy
+        case .internalError: return .internalError
+        case .unauthorized: return .permissionDenied
+        }
+    }
+}
+
+/// A request to one server.
+public enum Request: Sendable, Equatable {
+    // CAS
+    case createIndexes([Fid])
+    case dropIndexes([Fid])
+    case listIndexes(after: Fid?, limit: UInt32)
+    case get(index: Fid, keys: [[UInt8]])
+    case put(index: Fid, records: [Record], mode: PutMode, syncWait: Bool)
+    case delete(index: Fid, keys: [[UInt8]], syncWait: Bool)
+    /// Up to `limit` records after each start key (nil: from the first key).
+    case next(index: Fid, starts: [[UInt8]?], limit: UInt32, excludeStart: Bool)
+    // IOS
+    case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
+    case read(cob: Fid, offset: UInt64, length: UInt32)
+    case free(cob: Fid, offset: UInt64, length: UInt64, syncWait: Bool)
+    // SYNC
+    case sync(transactions: [UInt64])
+
+    /// Opcodes on the wire.
+    public enum Opcode: UInt16, Sendable, CaseIterable {
+        case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next
+        case write = 20, read, free
+        case sync = 30
+    }
+
+    public var opcode: Opcode {
+        switch self {
+        case .createIndexes: return .createIndexes
+        case .dropIndexes: return .dropIndexes
+        case .listIndexes: return .listIndexes
+        case .get: return .get
+        case .put: return .put
+        case .delete: return .delete
+        case .next: return .next
+        case .write: return .write
+        case .read: return .read
+        case .free: return .free
+        case .sync: return .sync
+        }
+    }
+}
+
+/// A server's answer to one request.
+public enum Response: Sendable, Equatable {
+    /// Per record (or per index) statuses, and the transaction that holds the changes (0: none).
+    case statuses([Status], transaction: UInt64)
+    /// GET: per key, the value or nil.
+    case values([[UInt8]?])
+    /// NEXT: per start key, the records found.
+    case records([[Record]])
+    case fids([Fid])
+    /// READ: the bytes (holes read as zeros).
+    case data([UInt8])
+    case done
+    /// The whole request failed.
+    case failure(Status, String)
+
+    enum Kind: UInt16 {
+        case statuses = 1, values, records, fids, data, done, failure
+    }
+}
+
+extension Request {
+    public func encode(into w: inout WireWriter) {
+        w.u16(opcode.rawValue)
+        switch self {
+        case .createIndexes(let fids), .dropIndexes(let fids):
+            w.array(fids) { $0.fid($1) }
+        case .listIndexes(let after, let limit):
+            w.bool(after != nil)
+            if let after { w.fid(after) }
+            w.u32(limit)
+        case .get(let index, let keys):
+            w.fid(index)
+            w.array(keys) { $0.blob($1) }
+        case .put(let index, let records, let mode, let syncWait):
+            w.fid(index)
+            w.array(records) {
+                $0.blob($1.key)
+                $0.blob($1.value)
+            }
+            w.u8(mode.rawValue)
+            w.bool(syncWait)
+        case .delete(let index, let keys, let syncWait):
+            w.fid(index)
+            w.array(keys) { $0.blob($1) }
+            w.bool(syncWait)
+        case .next(let index, let starts, let limit, let excludeStart):
+            w.fid(index)
+            w.array(starts) { $0.optionalBlob($1) }
+            w.u32(limit)
+            w.bool(excludeStart)
+        case .write(let cob, let offset, let data, let syncWait):
+            w.fid(cob)
+            w.u64(offset)
+            w.blob(data)
+            w.bool(syncWait)
+        case .read(let cob, let offset, let length):
+            w.fid(cob)
+            w.u64(offset)
+            w.u32(length)
+        case .free(let cob, let offset, let length, let syncWait):
+            w.fid(cob)
+            w.u64(offset)
+            w.u64(length)
+            w.bool(syncWait)
+        case .sync(let transactions):
+            w.array(transactions) { $0.u64($1) }
+        }
+    }
+
+    /// Decodes a request body; malformed bytes throw `.invalidArgument`.
+    public static func decode(_ bytes: [UInt8]) throws -> Request {
+        var r = WireReader(bytes)
+        let raw = try r.u16("opcode")
+        guard let op = Opcode(rawValue: raw) else { throw TesseraError(.invalidArgument, "unknown opcode \(raw)") }
+        let request: Request
+        switch op {
+        case .createIndexes: request = .createIndexes(try r.array("fids", minimumSize: 16) { try $0.fid() })
+        case .dropIndexes: request = .dropIndexes(try r.array("fids", minimumSize: 16) { try $0.fid() })
+        case .listIndexes:
+            let after: Fid? = try r.bool("after presence") ? try r.fid() : nil
+            request = .listIndexes(after: after, limit: try r.u32("limit"))
+        case .get:
+            request = .get(index: try r.fid(), keys: try r.array("keys", minimumSize: 4) { try $0.blob("key") })
+        case .put:
+            let index = try r.fid()
+            let records = try r.array("records", minimumSize: 8) { Record(key: try $0.blob("key"), value: try $0.blob("value")) }
+            let m = try r.u8("mode")
+            guard let mode = PutMode(rawValue: m) else { throw TesseraError(.invalidArgument, "unknown put mode \(m)") }
+            request = .put(index: index, records: records, mode: mode, syncWait: try r.bool("sync-wait"))
+        case .delete:
+            let index = try r.fid()
+            let keys = try r.array("keys", minimumSize: 4) { try $0.blob("key") }
+            request = .delete(index: index, keys: keys, syncWait: try r.bool("sync-wait"))
+        case .next:
+            let index = try r.fid()
+            let starts = try r.array("start keys", minimumSize: 1) { try $0.optionalBlob("start key") }
+            request = .next(index: index, starts: starts, limit: try r.u32("limit"), excludeStart: try r.bool("exclude-start"))
+        case .write:
+            request = .write(cob: try r.fid(), offset: try r.u64("offset"), data: try r.blob("data"), syncWait: try r.bool("sync-wait"))
+        case .read:
+            request = .read(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u32("length"))
+        case .free:
+            request = .free(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u64("length"), syncWait: try r.bool("sync-wait"))
+        case .sync:
+            request = .sync(transactions: try r.array("transactions", minimumSize: 8) { try $0.u64() })
+        }
+        try r.finish("\(op) request")
+        return request
+    }
+}
+
+extension Response {
+    public func encode(into w: inout WireWriter) {
+        switch self {
+        case .statuses(let statuses, let tx):
+            w.u16(Kind.statuses.rawValue)
+            w.array(statuses) { $0.u16($1.rawValue) }
+            w.u64(tx)
+        case .values(let values):
+            w.u16(Kind.values.rawValue)
+            w.array(values) { $0.optionalBlob($1) }
+        case .records(let lists):
+            w.u16(Kind.records.rawValue)
+            w.array(lists) { w, list in
+                w.array(list) {
+                    $0.blob($1.key)
+                    $0.blob($1.value)
+                }
+            }
+        case .fids(let fids):
+            w.u16(Kind.fids.rawValue)
+            w.array(fids) { $0.fid($1) }
+        case .data(let data):
+            w.u16(Kind.data.rawValue)
+            w.blob(data)
+        case .done:
+            w.u16(Kind.done.rawValue)
+        case .failure(let status, let message):
+            w.u16(Kind.failure.rawValue)
+            w.u16(status.rawValue)
+            w.string(message)
+        }
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> Response {
+        var r = WireReader(bytes)
+        let raw = try r.u16("response kind")
+        guard let kind = Kind(rawValue: raw) else { throw TesseraError(.invalidArgument, "unknown response kind \(raw)") }
+        func status(_ r: inout WireReader) throws -> Status {
+            let v = try r.u16("status")
+            guard let s = Status(rawValue: v) else { throw TesseraError(.invalidArgument, "unknown status \(v)") }
+            return s
+        }
+        let response: Response
+        switch kind {
+        case .statuses: response = .statuses(try r.array("statuses", minimumSize: 2) { try status(&$0) }, transaction: try r.u64("transaction"))
+        case .values: response = .values(try r.array("values", minimumSize: 1) { try $0.optionalBlob("value") })
+        case .records:
+            response = .records(try r.array("record lists", minimumSize: 4) {
+                try $0.array("records", minimumSize: 8) { Record(key: try $0.blob("key"), value: try $0.blob("value")) }
+            })
+        case .fids: response = .fids(try r.array("fids", minimumSize: 16) { try $0.fid() })
+        case .data: response = .data(try r.blob("data"))
+        case .done: response = .done
+        case .failure: response = .failure(try status(&r), try r.string("message"))
+        }
+        try r.finish("response")
+        return response
+    }
+}
