@@ -13,12 +13,15 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // C helpers: hardware CRC32C. No I/O.
         .target(name: "CTesseraSupport"),
         // Layer 1: ids, checksums, errors, limits. No I/O.
         .target(name: "TesseraCore", dependencies: ["CTesseraSupport"]),
+        // Layer 1: the cluster file.
+        .target(name: "TesseraConfig", dependencies: ["TesseraCore", .product(name: "TOMLKit", package: "TOMLKit")]),
         // Layer 2: image, log, transactions, node cache, B+trees, meta-b-tree.
         .target(
             name: "TesseraEngine",
@@ -31,12 +34,12 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraEngine", "TesseraBench",
+                "TesseraEngine", "TesseraBench", "TesseraConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore"]),
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraConfig"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
     ],
     swiftLanguageModes: [.v6]

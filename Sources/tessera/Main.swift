@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TesseraCore
 
 struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,20 +38,10 @@ enum Main {
     }
 }
 
-/// Parses sizes such as `4096`, `64K`, `256M`, `1G`, `2T` (binary multiples).
+/// Parses a size such as `64M` for a command-line option.
 func parseSize(_ text: String) throws -> UInt64 {
-    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-    var digits = Substring(text.uppercased())
-    if digits.hasSuffix("IB") { digits = digits.dropLast(2) } else if digits.hasSuffix("B") { digits = digits.dropLast() }
-    var multiplier: UInt64 = 1
-    if let last = digits.last, let m = units[last] {
-        multiplier = m
-        digits = digits.dropLast()
-    }
-    guard let n = UInt64(digits), n.multipliedReportingOverflow(by: multiplier).overflow == false else {
-        throw ValidationError("'\(text)' is not a size (examples: 1048576, 64M, 1G)")
-    }
-    return n * multiplier
+    guard let n = ByteSize.parse(text) else { throw ValidationError("'\(text)' is not a size (examples: 1048576, 64M, 1G)") }
+    return n
 }
 
 func printError(_ message: String) {

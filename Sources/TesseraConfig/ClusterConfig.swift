@@ -1,0 +1,169 @@
+// The cluster file: every process's address and images, the cluster secret, the layout.
+//
+// TOML (docs/CLUSTER.md):
+//
+//   secret = "at least 16 characters, shared by every process of the cluster"
+//
+//   [layout]
+//   data_units = 2        # N
+//   parity_units = 1      # K
+//   unit_size = "1M"
+//
+//   [[server]]
+//   id = 0
+//   address = "127.0.0.1:7100"
+//   metrics = "127.0.0.1:9100"    # optional: Prometheus endpoint
+//   meta = "0/meta.img"           # relative paths are relative to the cluster file
+//   meta_size = "1G"
+//   data = "0/data.img"
+//   data_size = "8G"
+import Foundation
+import TOMLKit
+import TesseraCore
+
+/// A host and port.
+public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT` (IPv6 hosts in brackets: `[::1]:7100`).
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        self.init(host: host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public struct ClusterConfig: Sendable, Equatable {
+    public struct Server: Sendable, Equatable {
+        public var id: Int
+        public var address: Endpoint
+        public var metrics: Endpoint?
+        public var metaPath: String
+        public var metaSize: UInt64
+        public var dataPath: String
+        public var dataSize: UInt64
+    }
+
+    public struct Layout: Sendable, Equatable {
+        public var dataUnits: Int
+        public var parityUnits: Int
+        public var unitSize: Int
+
+        public init(dataUnits: Int, parityUnits: Int, unitSize: Int) {
+            self.dataUnits = dataUnits
+            self.parityUnits = parityUnits
+            self.unitSize = unitSize
+        }
+    }
+
+    /// The file this configuration came from.
+    public var path: String
+    public var secret: String
+    public var layout: Layout
+    public var servers: [Server]
+
+    /// The server with id `id`, or an error naming the ids the file has.
+    public func server(_ id: Int) throws -> Server {
+        guard let s = servers.first(where: { $0.id == id }) else {
+            throw TesseraError(.notFound, "\(path): no server with id \(id) (ids: \(servers.map { String($0.id) }.joined(separator: ", ")))")
+        }
+        return s
+    }
+
+    /// Reads and checks a cluster file.
+    public static func load(path: String) throws -> ClusterConfig {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw TesseraError(.notFound, "\(path): cannot read the cluster file: \((error as NSError).localizedDescription)")
+        }
+        let dir = (path as NSString).deletingLastPathComponent
+        return try parse(text, path: path, directory: dir.isEmpty ? "." : dir)
+    }
+
+    private struct RawServer: Codable {
+        var id: Int
+        var address: String
+        var metrics: String?
+        var meta: String
+        var meta_size: String?
+        var data: String
+        var data_size: String?
+    }
+    private struct RawLayout: Codable {
+        var data_units: Int?
+        var parity_units: Int?
+        var unit_size: String?
+    }
+    private struct Raw: Codable {
+        var secret: String
+        var layout: RawLayout?
+        var server: [RawServer]
+    }
+
+    /// Parses cluster-file text; relative image paths resolve against `directory`.
+    public static func parse(_ text: String, path: String, directory: String) throws -> ClusterConfig {
+        func bad(_ why: String) -> TesseraError { TesseraError(.invalidArgument, "\(path): \(why)") }
+        let raw: Raw
+        do {
+            raw = try TOMLDecoder().decode(Raw.self, from: try TOMLTable(string: text))
+        } catch let e as TOMLParseError {
+            throw bad("not valid TOML at line \(e.source.begin.line), column \(e.source.begin.column): \(e.description)")
+        } catch {
+            throw bad("\(describe(error))")
+        }
+        guard raw.secret.utf8.count >= 16 else { throw bad("secret must be at least 16 characters") }
+        func size(_ s: String?, _ field: String, default d: UInt64) throws -> UInt64 {
+            guard let s else { return d }
+            guard let n = ByteSize.parse(s), n > 0 else { throw bad("\(field) = \"\(s)\" is not a size (examples: 64M, 1G)") }
+            return n
+        }
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : directory + "/" + p }
+        let unit = try size(raw.layout?.unit_size, "layout.unit_size", default: 1 << 20)
+        let layout = Layout(dataUnits: raw.layout?.data_units ?? 2, parityUnits: raw.layout?.parity_units ?? 1, unitSize: Int(unit))
+        guard layout.dataUnits >= 1, layout.parityUnits >= 0 else { throw bad("layout needs data_units >= 1 and parity_units >= 0") }
+        guard unit >= 4096, unit <= 16 << 20, unit & (unit - 1) == 0 else {
+            throw bad("layout.unit_size must be a power of two from 4K to 16M")
+        }
+        var servers: [Server] = []
+        for (i, s) in raw.server.enumerated() {
+            guard let address = Endpoint(s.address) else { throw bad("server \(i): address \"\(s.address)\" is not HOST:PORT") }
+            var metrics: Endpoint?
+            if let m = s.metrics {
+                guard let e = Endpoint(m) else { throw bad("server \(i): metrics \"\(m)\" is not HOST:PORT") }
+                metrics = e
+            }
+            servers.append(Server(
+                id: s.id, address: address, metrics: metrics,
+                metaPath: resolve(s.meta), metaSize: try size(s.meta_size, "server \(s.id) meta_size", default: 1 << 30),
+                dataPath: resolve(s.data), dataSize: try size(s.data_size, "server \(s.id) data_size", default: 8 << 30)))
+        }
+        guard !servers.isEmpty else { throw bad("no [[server]] entries") }
+        guard Set(servers.map(\.id)).count == servers.count else { throw bad("server ids repeat") }
+        guard Set(servers.map(\.address.description)).count == servers.count else { throw bad("server addresses repeat") }
+        guard layout.dataUnits + layout.parityUnits <= servers.count else {
+            throw bad("layout \(layout.dataUnits)+\(layout.parityUnits) needs at least \(layout.dataUnits + layout.parityUnits) servers, the file lists \(servers.count)")
+        }
+        return ClusterConfig(path: path, secret: raw.secret, layout: layout, servers: servers)
+    }
+
+    private static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, let ctx):
+            return "missing \((ctx.codingPath.map(\.stringValue) + [key.stringValue]).joined(separator: "."))"
+        case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx), DecodingError.dataCorrupted(let ctx):
+            return "\(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"
+        default:
+            return "\(error)"
+        }
+    }
+}
