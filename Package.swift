@@ -14,6 +14,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // C helpers: hardware CRC32C. No I/O.
@@ -26,6 +28,20 @@ let package = Package(
         .target(
             name: "TesseraEngine",
             dependencies: ["CTesseraSupport", "TesseraCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        // Layer 3: CAS, IOS and SYNC over the engine.
+        .target(name: "TesseraServices", dependencies: ["TesseraCore", "TesseraEngine"]),
+        // Layer 4: framing, handshake, SwiftNIO transport. Futures stay inside this target.
+        .target(
+            name: "TesseraRPC",
+            dependencies: [
+                "TesseraCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
@@ -41,6 +57,13 @@ let package = Package(
         ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraConfig"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
+        .testTarget(
+            name: "TesseraRPCTests",
+            dependencies: [
+                "TesseraRPC", "TesseraServices", "TesseraEngine",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

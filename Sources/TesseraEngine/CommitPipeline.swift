@@ -190,9 +190,13 @@ final class CommitPipeline: @unchecked Sendable {
 
     // MARK: Waiting
 
+    /// A group number from outside (a SYNC request) may not exist yet: wait for what does.
+    private func existing(_ seq: UInt64) -> UInt64 { min(seq, open.isEmpty ? open.seq - 1 : open.seq) }
+
     /// Blocks until group `seq` is LOGGED, asking for it to be sealed now.
     func waitLogged(_ seq: UInt64) throws {
         try lock.withLock {
+            let seq = existing(seq)
             while loggedThrough < seq {
                 if let failure { throw failure }
                 if !writing && writeNextLocked(seal: open.seq <= seq) { continue }
@@ -208,6 +212,7 @@ final class CommitPipeline: @unchecked Sendable {
     func waitLogged(_ seq: UInt64) async throws {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
             lock.withLock {
+                let seq = existing(seq)
                 if loggedThrough >= seq {
                     c.resume()
                 } else if let failure {

@@ -22,6 +22,7 @@ public struct EngineOptions: Sendable {
 /// Names a closed transaction by the commit group it joined; groups are LOGGED in order.
 public struct TxId: Sendable, Hashable, Comparable {
     public let group: UInt64
+    public init(group: UInt64) { self.group = group }
     public static func < (a: TxId, b: TxId) -> Bool { a.group < b.group }
 }
 

@@ -1,0 +1,29 @@
+// The one protocol every server-side service and every remote stub implements.
+
+/// Answers requests. The services of a server implement it over the engine; the RPC client
+/// implements it by sending the request over the network, so code above the RPC layer works
+/// the same against a local server (in tests) and a remote one.
+public protocol RequestHandler: Sendable {
+    /// Never throws for a failed request: failures travel as `.failure(status, message)`, so
+    /// they cross the network the same way they arise locally.
+    func handle(_ request: Request) async -> Response
+}
+
+extension Response {
+    /// The response for a thrown error.
+    public init(_ error: Error) {
+        if let e = error as? TesseraError {
+            self = .failure(Status(e.code), e.message)
+        } else {
+            self = .failure(.internalError, "\(error)")
+        }
+    }
+
+    /// Throws the error a `.failure` carries; returns any other response unchanged.
+    public func unwrap() throws -> Response {
+        if case .failure(let status, let message) = self {
+            throw TesseraError(status.code ?? .internalError, message)
+        }
+        return self
+    }
+}

@@ -1,0 +1,148 @@
+// The RPC server: accepts connections, runs the handshake, decodes requests, hands them to
+// a RequestHandler, and writes responses as they complete (out of order).
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import TesseraCore
+
+/// One listening RPC endpoint.
+public final class RPCServer: Sendable {
+    private let serverChannel: Channel
+    private let connections: ConnectionSet
+    public let port: Int
+
+    /// Binds `host:port` (port 0 picks a free one) and starts serving `handler`.
+    public static func start(
+        host: String, port: Int, secret: String, handler: RequestHandler, group: EventLoopGroup,
+        logger: Logger = Logger(label: "tessera.rpc")
+    ) async throws -> RPCServer {
+        let connections = ConnectionSet()
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                connections.insert(channel)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(FrameDecoder()),
+                        MessageToByteHandler(FrameEncoder()),
+                        ServerConnectionHandler(secret: secret, handler: handler, connections: connections, logger: logger),
+                    ])
+                }
+            }
+            .bind(host: host, port: port).get()
+        return RPCServer(channel: channel, connections: connections)
+    }
+
+    private init(channel: Channel, connections: ConnectionSet) {
+        serverChannel = channel
+        self.connections = connections
+        port = channel.localAddress?.port ?? 0
+    }
+
+    /// Stops accepting, lets requests in progress finish (up to `drain`), then closes every
+    /// connection.
+    public func shutdown(drain: Duration = .seconds(10)) async {
+        try? await serverChannel.close()
+        let deadline = ContinuousClock.now + drain
+        while connections.inFlight > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        for c in connections.all { try? await c.close() }
+    }
+}
+
+/// The open connections of a server and their requests in progress.
+final class ConnectionSet: @unchecked Sendable {
+    // SAFETY: all state is touched only under `lock`.
+    private let lock = NIOLock()
+    private var channels: [ObjectIdentifier: Channel] = [:]
+    private var running = 0
+
+    func insert(_ c: Channel) {
+        lock.withLock { channels[ObjectIdentifier(c)] = c }
+        c.closeFuture.whenComplete { [self] _ in lock.withLock { _ = channels.removeValue(forKey: ObjectIdentifier(c)) } }
+    }
+
+    var all: [Channel] { lock.withLock { Array(channels.values) } }
+    var inFlight: Int { lock.withLock { running } }
+    func started() { lock.withLock { running += 1 } }
+    func finished() { lock.withLock { running -= 1 } }
+}
+
+/// Per connection: the handshake, then requests. Lives on its channel's event loop.
+final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Frame
+    typealias OutboundOut = Frame
+
+    private var handshake: ServerHandshake
+    private let handler: RequestHandler
+    private let connections: ConnectionSet
+    private let logger: Logger
+
+    init(secret: String, handler: RequestHandler, connections: ConnectionSet, logger: Logger) {
+        handshake = ServerHandshake(secret: secret)
+        self.handler = handler
+        self.connections = connections
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard handshake.isReady else {
+            switch handshake.receive(frame) {
+            case .send(let reply), .ready(let reply):
+                context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+            case .refuse(let status, let message):
+                refuse(context, status, message)
+            }
+            return
+        }
+        guard frame.kind == .request else {
+            refuse(context, .invalidArgument, "expected a request frame, got \(frame.kind)")
+            return
+        }
+        let id = frame.requestID
+        let request: Request
+        do { request = try Request.decode(frame.body) } catch {
+            // The frame was whole, so the connection stays usable: answer this one with an error.
+            context.writeAndFlush(wrapOutboundOut(ServerConnectionHandler.response(Response(error), id: id)), promise: nil)
+            return
+        }
+        let deadline = frame.deadlineMillis == 0 ? nil : ContinuousClock.now + .milliseconds(Int(frame.deadlineMillis))
+        let channel = context.channel
+        let handler = self.handler
+        let connections = self.connections
+        connections.started()
+        Task {
+            defer { connections.finished() }
+            let response: Response
+            if let deadline, ContinuousClock.now >= deadline {
+                response = .failure(.timedOut, "the request's deadline passed before it ran")
+            } else {
+                response = await handler.handle(request)
+            }
+            channel.writeAndFlush(ServerConnectionHandler.response(response, id: id), promise: nil)
+        }
+    }
+
+    static func response(_ r: Response, id: UInt64) -> Frame {
+        var w = WireWriter()
+        r.encode(into: &w)
+        return Frame(kind: .response, requestID: id, body: w.bytes)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Undecodable bytes: the frame boundary is lost. Say why, then close this connection.
+        let e = error as? TesseraError ?? TesseraError(.io, "\(error)")
+        logger.debug("closing connection from \(context.remoteAddress?.description ?? "?"): \(e.message)")
+        refuse(context, Status(e.code), e.message)
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ status: Status, _ message: String) {
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.refused(status, message))).whenComplete { _ in channel.close(promise: nil) }
+    }
+}

@@ -1,0 +1,70 @@
+// CAS: the catalogue service, GET/PUT/DEL/NEXT on vectors of records and index create, drop
+// and list, over the engine's catalogues.
+import TesseraCore
+import TesseraEngine
+
+/// Serves the CAS requests of one server from its engine.
+///
+/// Engine calls are synchronous and short (a lock and, on a cache miss, one page read); only
+/// the wait for LOGGED, which can take milliseconds, is awaited without blocking a thread.
+public struct CatalogueService: Sendable {
+    public let engine: Engine
+    /// The most records one NEXT returns per start key.
+    public static let maxNext = 10_000
+
+    public init(engine: Engine) { self.engine = engine }
+
+    public func handle(_ request: Request) async throws -> Response {
+        switch request {
+        case .createIndexes(let fids):
+            return try await commit(fids.count, syncWait: true) { t in
+                try fids.map { try t.createCatalogue($0) ? .ok : .exists }
+            }
+        case .dropIndexes(let fids):
+            return try await commit(fids.count, syncWait: true) { t in
+                try fids.map { try t.dropCatalogue($0) ? .ok : .notFound }
+            }
+        case .listIndexes(let after, let limit):
+            let all = try engine.catalogues()
+            return .fids(Array(all.filter { after == nil || $0 > after! }.prefix(Int(limit))))
+        case .get(let index, let keys):
+            return .values(try keys.map { try engine.get(index, $0) })
+        case .put(let index, let records, let mode, let syncWait):
+            let limits = engine.limits
+            let bytes = records.reduce(0) { $0 + $1.key.count + $1.value.count }
+            return try await commit(records.count, payload: bytes, syncWait: syncWait) { t in
+                try records.map { r in
+                    guard r.key.count <= limits.maxKey, r.value.count <= limits.maxValue else { return .tooLarge }
+                    return try t.put(index, r.key, r.value, mode: mode) == .exists ? .exists : .ok
+                }
+            }
+        case .delete(let index, let keys, let syncWait):
+            let limits = engine.limits
+            return try await commit(keys.count, syncWait: syncWait) { t in
+                try keys.map { k in
+                    guard k.count <= limits.maxKey else { return .notFound }
+                    return try t.delete(index, k) ? .ok : .notFound
+                }
+            }
+        case .next(let index, let starts, let limit, let excludeStart):
+            let n = min(Int(limit), CatalogueService.maxNext)
+            return .records(try starts.map { start in
+                try engine.scan(index, from: start, inclusive: !excludeStart || start == nil, limit: n).map { Record(key: $0.key, value: $0.value) }
+            })
+        default:
+            throw TesseraError(.invalidArgument, "not a catalogue request: \(request.opcode)")
+        }
+    }
+
+    /// Runs one transaction of `count` records; with `syncWait`, replies only once LOGGED.
+    private func commit(
+        _ count: Int, payload: Int = 0, syncWait: Bool, _ body: (Transaction) throws -> [Status]
+    ) async throws -> Response {
+        guard count <= Engine.maxOperationsPerTransaction else {
+            throw TesseraError(.tooLarge, "\(count) records in one request; at most \(Engine.maxOperationsPerTransaction)")
+        }
+        let (statuses, tx) = try engine.write(credit: engine.credit(operations: count, payloadBytes: payload), body)
+        if syncWait { try await engine.waitLogged(tx) }
+        return .statuses(statuses, transaction: tx.group)
+    }
+}

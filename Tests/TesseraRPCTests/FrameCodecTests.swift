@@ -1,0 +1,68 @@
+// The frame decoder fed one byte at a time, all at once, and one frame at a time.
+import NIOCore
+import NIOEmbedded
+import Testing
+import TesseraCore
+@testable import TesseraRPC
+
+@Suite struct FrameCodecTests {
+    static func frame(_ i: Int) -> Frame {
+        let body: [UInt8] = (0..<(i * 37)).map { (j: Int) -> UInt8 in UInt8(truncatingIfNeeded: j &* i) }
+        let kind: FrameKind = i % 3 == 0 ? .response : .request
+        return Frame(kind: kind, requestID: UInt64(i * 7), deadlineMillis: UInt32(i), body: body)
+    }
+    static let frames: [Frame] = (0..<20).map(frame)
+    static let wire: [UInt8] = frames.flatMap { $0.encode() }
+
+    func decode(_ chunks: [[UInt8]]) throws -> [Frame] {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoder()))
+        var out: [Frame] = []
+        for chunk in chunks {
+            try channel.writeInbound(ByteBuffer(bytes: chunk))
+            while let f = try channel.readInbound(as: Frame.self) { out.append(f) }
+        }
+        _ = try channel.finish()
+        return out
+    }
+
+    @Test func oneByteAtATime() throws {
+        #expect(try decode(Self.wire.map { [$0] }) == Self.frames)
+    }
+
+    @Test func allAtOnce() throws {
+        #expect(try decode([Self.wire]) == Self.frames)
+    }
+
+    @Test func oneFrameAtATime() throws {
+        #expect(try decode(Self.frames.map { $0.encode() }) == Self.frames)
+    }
+
+    @Test func randomSplits() throws {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<50 {
+            var chunks: [[UInt8]] = []
+            var at = 0
+            while at < Self.wire.count {
+                let n = min(Int.random(in: 1...300, using: &rng), Self.wire.count - at)
+                chunks.append(Array(Self.wire[at..<(at + n)]))
+                at += n
+            }
+            #expect(try decode(chunks) == Self.frames)
+        }
+    }
+
+    @Test func encoderWritesWhatTheDecoderReads() throws {
+        let channel = EmbeddedChannel(handler: MessageToByteHandler(FrameEncoder()))
+        for f in Self.frames { try channel.writeOutbound(f) }
+        var bytes: [UInt8] = []
+        while var b = try channel.readOutbound(as: ByteBuffer.self) { bytes += b.readBytes(length: b.readableBytes)! }
+        #expect(bytes == Self.wire)
+        _ = try channel.finish()
+    }
+
+    @Test func garbageIsAnError() throws {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoder()))
+        #expect(throws: (any Error).self) { try channel.writeInbound(ByteBuffer(bytes: [UInt8](repeating: 0x41, count: 64))) }
+        _ = try? channel.finish()
+    }
+}
