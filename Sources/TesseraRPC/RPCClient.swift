@@ -59,7 +59,10 @@ public final class RPCClient: RequestHandler {
     public func call(_ request: Request, deadline: Duration) async -> Response {
         var w = WireWriter()
         request.encode(into: &w)
-        let body = w.bytes
+        return await sendRaw(body: w.bytes, deadline: deadline)
+    }
+
+    func sendRaw(body: [UInt8], deadline: Duration) async -> Response {
         let millis = UInt32(clamping: deadline.components.seconds * 1000 + deadline.components.attoseconds / 1_000_000_000_000_000)
         let connection = self.connection
         return await withCheckedContinuation { (c: CheckedContinuation<Response, Never>) in
