@@ -42,6 +42,9 @@ public final class RPCServer: Sendable {
         port = channel.localAddress?.port ?? 0
     }
 
+    /// Connections open now.
+    public var connectionCount: Int { connections.all.count }
+
     /// Stops accepting, lets requests in progress finish (up to `drain`), then closes every
     /// connection.
     public func shutdown(drain: Duration = .seconds(10)) async {
@@ -81,6 +84,12 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     private let handler: RequestHandler
     private let connections: ConnectionSet
     private let logger: Logger
+    /// Requests of this connection whose replies are not yet written. Past `pauseAt`, the
+    /// connection stops reading until it is back under `resumeAt`: a peer that sends without
+    /// reading cannot make the server buffer without bound.
+    private var unanswered = 0
+    private static let pauseAt = 256
+    private static let resumeAt = 128
 
     init(secret: String, handler: RequestHandler, connections: ConnectionSet, logger: Logger) {
         handshake = ServerHandshake(secret: secret)
@@ -115,6 +124,9 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         let channel = context.channel
         let handler = self.handler
         let connections = self.connections
+        let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+        unanswered += 1
+        if unanswered == Self.pauseAt { _ = channel.setOption(.autoRead, value: false) }
         connections.started()
         Task {
             defer { connections.finished() }
@@ -124,7 +136,17 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             } else {
                 response = await handler.handle(request)
             }
-            channel.writeAndFlush(ServerConnectionHandler.response(response, id: id), promise: nil)
+            channel.writeAndFlush(ServerConnectionHandler.response(response, id: id)).whenComplete { _ in
+                this.value.answered(channel)
+            }
+        }
+    }
+
+    private func answered(_ channel: Channel) {
+        unanswered -= 1
+        if unanswered == Self.resumeAt - 1 {
+            _ = channel.setOption(.autoRead, value: true)
+            channel.read()
         }
     }
 

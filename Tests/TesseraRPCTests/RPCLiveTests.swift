@@ -9,7 +9,8 @@ import TesseraServices
 @testable import TesseraRPC
 
 /// A temporary engine served over RPC on a free loopback port.
-final class LiveServer {
+final class LiveServer: @unchecked Sendable {
+    // SAFETY: every stored property is a constant set in init.
     static let secret = "test-secret-0123456789"
     let dir: String
     let engine: Engine
