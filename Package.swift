@@ -50,7 +50,8 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraEngine", "TesseraBench", "TesseraConfig",
+                "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -86,8 +86,9 @@ public struct ClusterConfig: Sendable, Equatable {
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw TesseraError(.notFound, "\(path): cannot read the cluster file: \((error as NSError).localizedDescription)")
         }
-        let dir = (path as NSString).deletingLastPathComponent
-        return try parse(text, path: path, directory: dir.isEmpty ? "." : dir)
+        var dir = (path as NSString).deletingLastPathComponent
+        if !dir.hasPrefix("/") { dir = FileManager.default.currentDirectoryPath + (dir.isEmpty ? "" : "/" + dir) }
+        return try parse(text, path: path, directory: dir)
     }
 
     private struct RawServer: Codable {

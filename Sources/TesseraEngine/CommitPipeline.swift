@@ -20,6 +20,10 @@ public struct CommitOptions: Sendable {
     public var groupTimeoutNanos: UInt64 = 5_000_000
     /// Longest time a logged group waits before it is placed.
     public var placeTimeoutNanos: UInt64 = 100_000_000
+    /// Runs before each log record is written; an error fails the engine. The IO service
+    /// flushes the data image here, so no group that maps new data blocks is LOGGED before
+    /// those blocks are on disk.
+    public var beforeLog: (@Sendable () throws -> Void)?
     public init() {}
 }
 
@@ -256,6 +260,7 @@ final class CommitPipeline: @unchecked Sendable {
     }
 
     var placed: UInt64 { lock.withLock { placedThrough } }
+    var loggedGroups: UInt64 { lock.withLock { loggedThrough } }
 
     /// Log usage in bytes: reserved, open, and logged but not yet released.
     var logUsage: Int { lock.withLock { used } }
@@ -306,6 +311,7 @@ final class CommitPipeline: @unchecked Sendable {
         let record = RecordBuffer(copying: group.buffer)
         var error: TesseraError?
         do {
+            try options.beforeLog?()
             if let logFile {
                 try logFile.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
             } else {

@@ -176,6 +176,9 @@ public final class Engine: @unchecked Sendable {
 
     public func waitLogged(_ tx: TxId) async throws { try await pipeline.waitLogged(tx.group) }
 
+    /// Every transaction with a group number up to this one is LOGGED.
+    public var loggedThrough: TxId { TxId(group: pipeline.loggedGroups) }
+
     /// Seals the open commit group now.
     public func sealNow() { pipeline.sealNow() }
 

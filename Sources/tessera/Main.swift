@@ -8,13 +8,13 @@ struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Tessera: a FUSE-mounted object file system over its own distributed object store.",
-        subcommands: [Mkfs.self, Check.self, Bench.self, Debug.self])
+        subcommands: [Mkfs.self, Check.self, Server.self, Bench.self, Debug.self])
 }
 
 /// Exit status: 0 success, 1 failure, 2 usage error (ARCHITECTURE.md, "Command line").
 @main
 enum Main {
-    static func main() {
+    static func main() async {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = ProcessInfo.processInfo.environment["TESSERA_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
@@ -22,7 +22,11 @@ enum Main {
         }
         do {
             var command = try Tessera.parseAsRoot()
-            try command.run()
+            if var asynchronous = command as? AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
         } catch let code as ExitCode {
             exit(code.rawValue)
         } catch {

@@ -1,0 +1,97 @@
+// The data image (`data.img`): a header, then fixed-size blocks that hold units of component
+// objects. Which block holds what lives in the engine (see IOService); this file only
+// formats, opens and checks the image.
+//
+// Header (4096 bytes; docs/FORMAT.md, "Data image"); little-endian:
+//
+//   off  size  field
+//   0    8     magic "TSRADATA"
+//   8    4     format version (1)
+//   12   4     block size (4096)
+//   16   8     image size
+//   24   8     block count
+//   32   8     offset of block 0 (4096)
+//   40   16    image uuid (random at mkfs)
+//   56   4036  zero
+//   4092 4     CRC32C of bytes 0..<4092
+import TesseraCore
+import TesseraEngine
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct DataImageHeader: Sendable, Equatable {
+    public static let magic: [UInt8] = Array("TSRADATA".utf8)
+    public static let version: UInt32 = 1
+    public static let headerSize = 4096
+
+    public var blockSize: Int
+    public var blockCount: UInt64
+    public var uuid: [UInt8]
+
+    public var firstBlockOffset: UInt64 { UInt64(DataImageHeader.headerSize) }
+    public var imageSize: UInt64 { firstBlockOffset + blockCount * UInt64(blockSize) }
+
+    func encode() -> [UInt8] {
+        var b = DataImageHeader.magic
+        b.appendLE(DataImageHeader.version)
+        b.appendLE(UInt32(blockSize))
+        b.appendLE(imageSize)
+        b.appendLE(blockCount)
+        b.appendLE(firstBlockOffset)
+        b += uuid
+        b += [UInt8](repeating: 0, count: DataImageHeader.headerSize - 4 - b.count)
+        b.appendLE(CRC32C.checksum(b))
+        return b
+    }
+
+    static func decode(_ b: [UInt8], path: String, fileSize: UInt64) throws -> DataImageHeader {
+        func bad(_ why: String, _ code: TesseraError.Code = .corrupt) -> TesseraError { TesseraError(code, "\(path): \(why)") }
+        guard b.count == headerSize, Array(b[0..<8]) == magic else { throw bad("bad magic: not a Tessera data image") }
+        guard b.loadLE(at: 4092, as: UInt32.self) == CRC32C.checksum(Array(b[0..<4092])) else { throw bad("header checksum mismatch") }
+        let version = b.loadLE(at: 8, as: UInt32.self)
+        guard version == DataImageHeader.version else {
+            throw bad("format version \(version) is newer than this build reads (\(DataImageHeader.version))", .unsupportedVersion)
+        }
+        let h = DataImageHeader(blockSize: Int(b.loadLE(at: 12, as: UInt32.self)), blockCount: b.loadLE(at: 24, as: UInt64.self), uuid: Array(b[40..<56]))
+        guard h.blockSize == 4096, h.blockCount > 0, h.blockCount < 1 << 40,
+            b.loadLE(at: 16, as: UInt64.self) == h.imageSize, b.loadLE(at: 32, as: UInt64.self) == h.firstBlockOffset
+        else { throw bad("inconsistent geometry") }
+        guard fileSize >= h.imageSize else { throw bad("truncated: \(fileSize) bytes, but the header describes \(h.imageSize)") }
+        return h
+    }
+}
+
+public enum DataImage {
+    /// Creates a data image of `size` bytes at `path` (which must not exist).
+    @discardableResult
+    public static func format(path: String, size: UInt64) throws -> DataImageHeader {
+        let blocks = size / 4096
+        guard blocks > 1 else { throw TesseraError(.invalidArgument, "data image size \(size) is too small") }
+        var uuid = [UInt8](repeating: 0, count: 16)
+        for i in uuid.indices { uuid[i] = UInt8.random(in: 0...255) }
+        let header = DataImageHeader(blockSize: 4096, blockCount: blocks - 1, uuid: uuid)
+        let file = try ImageFile(path: path, create: true)
+        do {
+            try file.allocate(offset: 0, length: header.imageSize)
+            try file.write(header.encode(), atAbsoluteOffset: 0)
+            try file.flush()
+        } catch {
+            unlink(path)
+            throw error
+        }
+        return header
+    }
+
+    /// Opens and checks a data image; the error names the file and the problem.
+    public static func open(path: String, faults: FaultInjector? = nil) throws -> (ImageFile, DataImageHeader) {
+        let file = try ImageFile(path: path, faults: faults)
+        let size = try file.size()
+        guard size >= UInt64(DataImageHeader.headerSize) else {
+            throw TesseraError(.corrupt, "\(path): truncated: \(size) bytes is smaller than the header")
+        }
+        let header = try DataImageHeader.decode(try file.read(fromAbsoluteOffset: 0, count: DataImageHeader.headerSize), path: path, fileSize: size)
+        return (file, header)
+    }
+}

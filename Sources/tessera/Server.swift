@@ -1,0 +1,80 @@
+// `tessera server`: one server process in the foreground, until SIGTERM or SIGINT.
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import NIOPosix
+import TesseraConfig
+import TesseraCore
+import TesseraEngine
+import TesseraRPC
+import TesseraServices
+
+struct Server: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run one server of the cluster in the foreground.")
+
+    @Option(help: "Cluster file.") var config: String
+    @Option(help: "This server's id in the cluster file.") var id: Int
+    @Option(help: "Node-cache budget, such as 256M.") var cache: String = "256M"
+
+    func run() async throws {
+        let logger = Logger(label: "tessera.server.\(id)")
+        let engine: Engine
+        let rpc: RPCServer
+        do {
+            let cluster = try ClusterConfig.load(path: config)
+            let me = try cluster.server(id)
+            var options = EngineOptions()
+            options.cacheBytes = Int(try parseSize(cache))
+            engine = try Engine.open(path: me.metaPath, options: options)
+            rpc = try await RPCServer.start(
+                host: me.address.host, port: me.address.port, secret: cluster.secret,
+                handler: ServerNode(engine: engine), group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            logger.info("server \(id) serving \(me.address) (meta \(me.metaPath))")
+        } catch let e as TesseraError {
+            let missing = e.code == .notFound && e.message.hasSuffix("does not exist")
+            printError(e.message + (missing ? " (format it with: tessera mkfs --config \(config) --id \(id))" : ""))
+            throw ExitCode(1)
+        } catch {
+            printError("server \(id): \(error)")
+            throw ExitCode(1)
+        }
+        let signal = await Self.waitForTermination()
+        logger.info("server \(id): \(signal), shutting down")
+        // 1. stop accepting and let requests in progress finish; 2. log and place the last
+        // group and close the image.
+        await rpc.shutdown()
+        do { try engine.close() } catch {
+            logger.error("server \(id): closing the metadata image failed: \(error)")
+            throw ExitCode(1)
+        }
+        logger.info("server \(id): stopped")
+    }
+
+    /// Waits for SIGTERM or SIGINT and returns its name.
+    static func waitForTermination() async -> String {
+        await withCheckedContinuation { (c: CheckedContinuation<String, Never>) in
+            let queue = DispatchQueue(label: "tessera.signals")
+            let once = Once()
+            var sources: [DispatchSourceSignal] = []
+            for (sig, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+                signal(sig, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+                source.setEventHandler { if once.first() { c.resume(returning: name) } }
+                source.resume()
+                sources.append(source)
+            }
+            Self.keepAlive = sources
+        }
+    }
+
+    nonisolated(unsafe) static var keepAlive: [DispatchSourceSignal] = []
+}
+
+/// True the first time only.
+final class Once: @unchecked Sendable {
+    // SAFETY: `done` is touched only under `lock`.
+    private let lock = NSLock()
+    private var done = false
+    func first() -> Bool { lock.withLock { defer { done = true }; return !done } }
+}
