@@ -14,6 +14,7 @@
 //   40   16    image uuid (random at mkfs)
 //   56   4036  zero
 //   4092 4     CRC32C of bytes 0..<4092
+import Foundation
 import TesseraCore
 import TesseraEngine
 
@@ -94,4 +95,40 @@ public enum DataImage {
         let header = try DataImageHeader.decode(try file.read(fromAbsoluteOffset: 0, count: DataImageHeader.headerSize), path: path, fileSize: size)
         return (file, header)
     }
+}
+
+/// An open data image: block reads and writes, and a flush that is skipped when nothing was
+/// written since the last one. Its `flushIfDirty` is the engine's beforeLog hook.
+public final class DataFile: @unchecked Sendable {
+    // SAFETY: `dirty` is touched only under `lock`; `file` is thread-safe.
+    public let file: ImageFile
+    public let header: DataImageHeader
+    private let lock = NSLock()
+    private var dirty = false
+
+    public init(path: String, faults: FaultInjector? = nil) throws {
+        (file, header) = try DataImage.open(path: path, faults: faults)
+    }
+
+    public var path: String { file.path }
+
+    func write(_ bytes: UnsafeRawBufferPointer, atBlock block: UInt64) throws {
+        try file.write(bytes, atAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize))
+        lock.withLock { dirty = true }
+    }
+
+    func read(block: UInt64, count: Int) throws -> [UInt8] {
+        try file.read(fromAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize), count: count * header.blockSize)
+    }
+
+    /// Flushes the image if anything was written since the last flush.
+    public func flushIfDirty() throws {
+        let wasDirty = lock.withLock { () -> Bool in
+            defer { dirty = false }
+            return dirty
+        }
+        if wasDirty { try file.flush() }
+    }
+
+    public func close() { file.close() }
 }

@@ -1,29 +1,73 @@
-// One server's services behind one RequestHandler: CAS now; IOS and SYNC with the data image.
+// One server's services behind one RequestHandler: CAS, IOS and SYNC.
 import TesseraCore
 import TesseraEngine
 
 /// Dispatches each request to the service that owns it.
 public struct ServerNode: RequestHandler {
     public let catalogues: CatalogueService
+    public let io: IOService?
+    /// The largest READ: its reply must fit in one frame.
+    public static let maxRead = Frame.maxBody - 64
 
-    public init(engine: Engine) {
+    public init(engine: Engine, io: IOService? = nil) {
         catalogues = CatalogueService(engine: engine)
+        self.io = io
+    }
+
+    /// Opens a server's images: the data image first, so the engine can flush it before it
+    /// logs a group that maps new blocks.
+    public static func open(metaPath: String, dataPath: String, options: EngineOptions, faults: FaultInjector? = nil) throws -> ServerNode {
+        let data = try DataFile(path: dataPath, faults: faults)
+        var options = options
+        options.faults = options.faults ?? faults
+        options.commit.beforeLog = { try data.flushIfDirty() }
+        let engine = try Engine.open(path: metaPath, options: options)
+        do {
+            return ServerNode(engine: engine, io: try IOService(engine: engine, data: data))
+        } catch {
+            try? engine.close()
+            throw error
+        }
+    }
+
+    /// Closes the engine (logging and placing the last group), then the data image.
+    public func close() throws {
+        try catalogues.engine.close()
+        io?.data.close()
     }
 
     public func handle(_ request: Request) async -> Response {
         do {
-            switch request.opcode {
+            switch request {
             case .createIndexes, .dropIndexes, .listIndexes, .get, .put, .delete, .next:
                 return try await catalogues.handle(request)
-            case .sync:
-                guard case .sync(let transactions) = request else { return .failure(.internalError, "opcode mismatch") }
-                if let newest = transactions.max(), newest > 0 { try await catalogues.engine.waitLogged(TxId(group: newest)) }
+            case .write(let cob, let offset, let bytes, let syncWait):
+                let tx = try ios().write(cob: cob, offset: offset, bytes: bytes)
+                if syncWait { try await catalogues.engine.waitLogged(tx) }
+                return .statuses([.ok], transaction: tx.group)
+            case .read(let cob, let offset, let length):
+                guard Int(length) <= ServerNode.maxRead else {
+                    throw TesseraError(.tooLarge, "read of \(length) bytes exceeds the \(ServerNode.maxRead)-byte limit")
+                }
+                return .data(try ios().read(cob: cob, offset: offset, length: Int(length)))
+            case .free(let cob, let offset, let length, let syncWait):
+                let tx = try ios().free(cob: cob, offset: offset, length: length)
+                if syncWait { try await catalogues.engine.waitLogged(tx) }
+                return .statuses([.ok], transaction: tx.group)
+            case .sync(let transactions):
+                // LOGGED implies the data image was flushed first (the beforeLog hook); flush
+                // again for writes whose groups were logged before they finished.
+                try await catalogues.engine.waitLogged(TxId(group: transactions.max() ?? 0))
+                try io?.data.flushIfDirty()
                 return .done
-            case .write, .read, .free:
-                return .failure(.invalidArgument, "this server has no IO service yet")
             }
         } catch {
             return Response(error)
         }
+    }
+
+    private func ios() throws -> IOService {
+        guard let io else { throw TesseraError(.invalidArgument, "this server has no IO service") }
+        return io
     }
 }

@@ -19,18 +19,18 @@ struct Server: AsyncParsableCommand {
 
     func run() async throws {
         let logger = Logger(label: "tessera.server.\(id)")
-        let engine: Engine
+        let node: ServerNode
         let rpc: RPCServer
         do {
             let cluster = try ClusterConfig.load(path: config)
             let me = try cluster.server(id)
             var options = EngineOptions()
             options.cacheBytes = Int(try parseSize(cache))
-            engine = try Engine.open(path: me.metaPath, options: options)
+            node = try ServerNode.open(metaPath: me.metaPath, dataPath: me.dataPath, options: options)
             rpc = try await RPCServer.start(
                 host: me.address.host, port: me.address.port, secret: cluster.secret,
-                handler: ServerNode(engine: engine), group: MultiThreadedEventLoopGroup.singleton, logger: logger)
-            logger.info("server \(id) serving \(me.address) (meta \(me.metaPath))")
+                handler: node, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            logger.info("server \(id) serving \(me.address) (meta \(me.metaPath), data \(me.dataPath))")
         } catch let e as TesseraError {
             let missing = e.code == .notFound && e.message.hasSuffix("does not exist")
             printError(e.message + (missing ? " (format it with: tessera mkfs --config \(config) --id \(id))" : ""))
@@ -44,7 +44,7 @@ struct Server: AsyncParsableCommand {
         // 1. stop accepting and let requests in progress finish; 2. log and place the last
         // group and close the image.
         await rpc.shutdown()
-        do { try engine.close() } catch {
+        do { try node.close() } catch {
             logger.error("server \(id): closing the metadata image failed: \(error)")
             throw ExitCode(1)
         }

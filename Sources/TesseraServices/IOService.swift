@@ -1,0 +1,378 @@
+// IOS: units of component objects (cobs) on the data image, mapped by extents kept in the
+// engine, written redirect-on-write, checked by CRC32C on every read.
+//
+// Catalogues (reserved fids, hi = UInt64.max; docs/FORMAT.md, "IO service"):
+//   1 free extents:  key = first block (u64 BE)          value = block count (u64 LE)
+//   2 extent map:    key = cob fid (16 B BE) ++ byte offset (u64 BE, block-aligned)
+//                    value = first block (u64 LE), block count (u32 LE), one CRC32C (u32 LE) per block
+//   3 pending free:  key = first block (u64 BE)          value = block count (u64 LE)
+//
+// A write puts its data into newly chosen free blocks, then one transaction takes them off
+// the free list, switches the map, and moves the blocks it replaced to "pending free". The
+// engine's beforeLog hook flushes the data image, so no group that maps new blocks is LOGGED
+// before they are on disk. Pending-free blocks return to the free list only after the group
+// that freed them is LOGGED, so a crash never finds a mapped block overwritten.
+import Foundation
+import TesseraCore
+import TesseraEngine
+
+public final class IOService: @unchecked Sendable {
+    // SAFETY of @unchecked Sendable: `reserved`, `pendingQueue` and the counters are touched
+    // only under `lock`; the engine and the data file are thread-safe.
+    static let freeFid = Fid(hi: .max, lo: 1)
+    static let mapFid = Fid(hi: .max, lo: 2)
+    static let pendingFid = Fid(hi: .max, lo: 3)
+
+    public let engine: Engine
+    public let data: DataFile
+    let header: DataImageHeader
+    let blockSize: Int
+    /// Longest extent in blocks: its CRCs must fit in one engine value.
+    let maxExtentBlocks: Int
+    private let lock = NSLock()
+    /// Blocks chosen for writes whose transactions have not closed yet.
+    private var reserved: [(start: UInt64, count: UInt64)] = []
+    /// Blocks moved to pending free, with the transaction that moved them.
+    private var pendingQueue: [(tx: TxId, pieces: [(start: UInt64, count: UInt64)])] = []
+
+    public private(set) var bytesWritten: UInt64 = 0
+    public private(set) var bytesRead: UInt64 = 0
+
+    /// The service over an engine and a data image. First use creates the catalogues (all
+    /// blocks free); every later open returns pending-free blocks, all LOGGED by then.
+    /// The engine must have been opened with `data.flushIfDirty` as its beforeLog hook.
+    public init(engine: Engine, data: DataFile) throws {
+        self.engine = engine
+        self.data = data
+        let header = data.header
+        self.header = header
+        blockSize = header.blockSize
+        maxExtentBlocks = min(256, (engine.limits.maxValue - 12) / 4)
+        let created = try engine.write { t -> Bool in
+            guard try t.createCatalogue(IOService.freeFid) else { return false }
+            try t.createCatalogue(IOService.mapFid)
+            try t.createCatalogue(IOService.pendingFid)
+            try t.put(IOService.freeFid, be(0), le(header.blockCount))
+            return true
+        }.result
+        if !created { try releasePending(all: true) }
+    }
+
+    // MARK: Write
+
+    /// Writes `bytes` at `offset` of `cob`. Returns the transaction that maps them.
+    public func write(cob: Fid, offset: UInt64, bytes: [UInt8]) throws -> TxId {
+        guard !bytes.isEmpty else { return engine.loggedThrough }
+        let bs = UInt64(blockSize)
+        let first = offset / bs * bs
+        let end = offset + UInt64(bytes.count)
+        let last = (end + bs - 1) / bs * bs
+        let count = Int((last - first) / bs)
+        var buffer = [UInt8](repeating: 0, count: count * blockSize)
+        // Partial blocks at either edge keep their other bytes: read, then overlay.
+        if offset != first {
+            let old = try read(cob: cob, offset: first, length: blockSize)
+            buffer.replaceSubrange(0..<blockSize, with: old)
+        }
+        if end != last && (count > 1 || offset == first) {
+            let old = try read(cob: cob, offset: last - bs, length: blockSize)
+            buffer.replaceSubrange((count - 1) * blockSize..<count * blockSize, with: old)
+        }
+        buffer.replaceSubrange(Int(offset - first)..<Int(end - first), with: bytes)
+        let crcs = buffer.withUnsafeBytes { b in (0..<count).map { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[($0 * blockSize)..<(($0 + 1) * blockSize)])) } }
+
+        try releasePending(all: false)
+        let pieces = try reserve(UInt64(count))
+        defer { unreserve(pieces) }
+        var at = 0
+        for p in pieces {
+            let n = Int(p.count) * blockSize
+            try buffer.withUnsafeBytes { try data.write(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), atBlock: p.start) }
+            at += n
+        }
+        lock.withLock { bytesWritten += UInt64(bytes.count) }
+        // One transaction: take the blocks off the free list, unmap what they replace, map them.
+        var extents: [(offset: UInt64, block: UInt64, count: Int, crcs: ArraySlice<UInt32>)] = []
+        var index = 0
+        var fileOffset = first
+        for p in pieces {
+            var left = Int(p.count)
+            var block = p.start
+            while left > 0 {
+                let n = min(left, maxExtentBlocks)
+                extents.append((fileOffset, block, n, crcs[index..<(index + n)]))
+                index += n
+                fileOffset += UInt64(n) * bs
+                block += UInt64(n)
+                left -= n
+            }
+        }
+        let (freed, tx) = try engine.write(credit: engine.credit(operations: 8 + 4 * extents.count, payloadBytes: count * 4 + 64 * extents.count)) { t in
+            for p in pieces { try takeFree(t, p.start, p.count) }
+            let freed = try unmap(t, cob: cob, from: first, to: last)
+            for e in extents { try t.put(IOService.mapFid, mapKey(cob, e.offset), extentValue(e.block, Array(e.crcs))) }
+            return freed
+        }
+        queuePending(freed, tx)
+        return tx
+    }
+
+    /// Unmaps whole blocks of `cob` in [from, to) (block-aligned); their blocks go to pending
+    /// free, and are returned.
+    private func unmap(_ t: Transaction, cob: Fid, from: UInt64, to: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+        let bs = UInt64(blockSize)
+        var freed: [(start: UInt64, count: UInt64)] = []
+        for e in try extents(t, cob: cob, from: from, to: to) {
+            let eEnd = e.offset + UInt64(e.crcs.count) * bs
+            try t.delete(IOService.mapFid, mapKey(cob, e.offset))
+            // Keep the parts outside [from, to).
+            if e.offset < from {
+                let keep = Int((from - e.offset) / bs)
+                try t.put(IOService.mapFid, mapKey(cob, e.offset), extentValue(e.block, Array(e.crcs[0..<keep])))
+            }
+            if eEnd > to {
+                let skip = Int((to - e.offset) / bs)
+                try t.put(IOService.mapFid, mapKey(cob, to), extentValue(e.block + UInt64(skip), Array(e.crcs[skip...])))
+            }
+            let lo = max(from, e.offset)
+            let hi = min(to, eEnd)
+            let start = e.block + (lo - e.offset) / bs
+            try t.put(IOService.pendingFid, be(start), le((hi - lo) / bs))
+            freed.append((start, (hi - lo) / bs))
+        }
+        return freed
+    }
+
+    private func queuePending(_ freed: [(start: UInt64, count: UInt64)], _ tx: TxId) {
+        guard !freed.isEmpty else { return }
+        lock.withLock { pendingQueue.append((tx, freed)) }
+    }
+
+    // MARK: Read
+
+    /// Reads `length` bytes at `offset`; holes read as zeros. A block whose CRC32C does not
+    /// match is an error, never data.
+    public func read(cob: Fid, offset: UInt64, length: Int) throws -> [UInt8] {
+        guard length > 0 else { return [] }
+        let bs = UInt64(blockSize)
+        let end = offset + UInt64(length)
+        var found = try extents(nil, cob: cob, from: offset / bs * bs, to: end)
+        // A concurrent write may remap the range, and its freed blocks be reused, between the
+        // map lookup and the data read: a checksum error with a changed map is retried.
+        for _ in 0..<3 {
+            do { return try read(found, cob: cob, offset: offset, length: length) } catch let e as TesseraError where e.code == .checksum {
+                let again = try extents(nil, cob: cob, from: offset / bs * bs, to: end)
+                guard again.map(\.block) != found.map(\.block) || again.map(\.offset) != found.map(\.offset) else { throw e }
+                found = again
+            }
+        }
+        return try read(found, cob: cob, offset: offset, length: length)
+    }
+
+    private func read(_ found: [Extent], cob: Fid, offset: UInt64, length: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: length)
+        let bs = UInt64(blockSize)
+        let end = offset + UInt64(length)
+        for e in found {
+            let lo = max(offset, e.offset)
+            let hi = min(end, e.offset + UInt64(e.crcs.count) * bs)
+            guard lo < hi else { continue }
+            let firstBlock = Int((lo - e.offset) / bs)
+            let lastBlock = Int((hi - 1 - e.offset) / bs)
+            let n = lastBlock - firstBlock + 1
+            let bytes = try data.read(block: e.block + UInt64(firstBlock), count: n)
+            try bytes.withUnsafeBytes { b in
+                for i in 0..<n where CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[(i * blockSize)..<((i + 1) * blockSize)])) != e.crcs[firstBlock + i] {
+                    let at = e.offset + UInt64(firstBlock + i) * bs
+                    throw TesseraError(.checksum, "cob \(cob) bytes \(at)..<\(at + bs): block \(e.block + UInt64(firstBlock + i)) of the data image failed its CRC32C check")
+                }
+            }
+            let from = Int(lo - (e.offset + UInt64(firstBlock) * bs))
+            out.replaceSubrange(Int(lo - offset)..<Int(hi - offset), with: bytes[from..<(from + Int(hi - lo))])
+        }
+        lock.withLock { bytesRead += UInt64(length) }
+        return out
+    }
+
+    // MARK: Free
+
+    /// Frees `length` bytes at `offset`: whole blocks are unmapped (and read as holes), the
+    /// partial blocks at the edges are overwritten with zeros.
+    public func free(cob: Fid, offset: UInt64, length: UInt64) throws -> TxId {
+        let bs = UInt64(blockSize)
+        let end = offset &+ length < offset ? UInt64.max / bs * bs : offset + length
+        let innerFrom = (offset + bs - 1) / bs * bs
+        let innerTo = end / bs * bs
+        var tx = engine.loggedThrough
+        let headEnd = min(innerFrom, end)
+        if offset < headEnd { tx = try write(cob: cob, offset: offset, bytes: [UInt8](repeating: 0, count: Int(headEnd - offset))) }
+        let tailStart = max(innerTo, headEnd)
+        if tailStart < end { tx = try write(cob: cob, offset: tailStart, bytes: [UInt8](repeating: 0, count: Int(end - tailStart))) }
+        if innerTo > innerFrom {
+            let r = try engine.write(credit: engine.credit(operations: 64)) { t in try unmap(t, cob: cob, from: innerFrom, to: innerTo) }
+            queuePending(r.result, r.tx)
+            tx = r.tx
+        }
+        return tx
+    }
+
+    // MARK: Extents
+
+    struct Extent {
+        var offset: UInt64
+        var block: UInt64
+        var crcs: [UInt32]
+    }
+
+    /// The extents of `cob` that overlap [from, to), in offset order.
+    private func extents(_ t: Transaction?, cob: Fid, from: UInt64, to: UInt64) throws -> [Extent] {
+        func scan(_ start: [UInt8], _ dir: ScanDirection, _ inclusive: Bool, _ limit: Int) throws -> [(key: [UInt8], value: [UInt8])] {
+            if let t { return try t.scan(IOService.mapFid, from: start, direction: dir, inclusive: inclusive, limit: limit) }
+            return try engine.scan(IOService.mapFid, from: start, direction: dir, inclusive: inclusive, limit: limit)
+        }
+        let prefix = cob.bytes
+        var out: [Extent] = []
+        // The extent that starts at or before `from` may reach into the range.
+        if let (k, v) = try scan(mapKey(cob, from), .backward, true, 1).first, Array(k[0..<16]) == prefix {
+            let e = try decodeExtent(k, v)
+            if e.offset + UInt64(e.crcs.count * blockSize) > from { out.append(e) }
+        }
+        var cursor = mapKey(cob, from)
+        while true {
+            let batch = try scan(cursor, .forward, false, 64)
+            for (k, v) in batch {
+                guard Array(k[0..<16]) == prefix else { return out }
+                let e = try decodeExtent(k, v)
+                guard e.offset < to else { return out }
+                out.append(e)
+            }
+            guard let lastKey = batch.last?.key, batch.count == 64 else { return out }
+            cursor = lastKey
+        }
+    }
+
+    private func decodeExtent(_ k: [UInt8], _ v: [UInt8]) throws -> Extent {
+        guard k.count == 24, v.count >= 12 else { throw TesseraError(.corrupt, "extent map record has a \(k.count)-byte key and \(v.count)-byte value") }
+        let count = Int(v.loadLE(at: 8, as: UInt32.self))
+        guard v.count == 12 + 4 * count, count > 0 else { throw TesseraError(.corrupt, "extent map record: \(count) blocks but \(v.count) bytes") }
+        let block = v.loadLE(at: 0, as: UInt64.self)
+        guard block + UInt64(count) <= header.blockCount else { throw TesseraError(.corrupt, "extent map record points past the data image") }
+        let offset = k[16..<24].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        return Extent(offset: offset, block: block, crcs: (0..<count).map { v.loadLE(at: 12 + 4 * $0, as: UInt32.self) })
+    }
+
+    private func extentValue(_ block: UInt64, _ crcs: [UInt32]) -> [UInt8] {
+        var v = le(block) + le32(UInt32(crcs.count))
+        for c in crcs { v += le32(c) }
+        return v
+    }
+
+    // MARK: Allocation
+
+    /// Chooses `count` free blocks (in as few pieces as it can) and reserves them in memory
+    /// until the write's transaction closes.
+    private func reserve(_ count: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+        try lock.withLock {
+            var need = count
+            var pieces: [(start: UInt64, count: UInt64)] = []
+            var cursor: [UInt8]? = nil
+            var done = false
+            defer { if !done { reserved.removeAll { r in pieces.contains { $0.start == r.start && $0.count == r.count } } } }
+            while need > 0 {
+                let batch = try engine.scan(IOService.freeFid, from: cursor, inclusive: cursor == nil, limit: 256)
+                guard !batch.isEmpty else {
+                    throw TesseraError(.noSpace, "data image \(data.path) is full: no free blocks for \(count * UInt64(blockSize)) bytes")
+                }
+                for (k, v) in batch where need > 0 {
+                    var start = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    let end = start + v.loadLE(at: 0, as: UInt64.self)
+                    // Skip the parts other writers hold.
+                    while start < end && need > 0 {
+                        if let r = reserved.first(where: { $0.start <= start && start < $0.start + $0.count }) {
+                            start = r.start + r.count
+                            continue
+                        }
+                        let nextReserved = reserved.filter { $0.start > start }.map(\.start).min() ?? end
+                        let n = min(need, min(end, nextReserved) - start)
+                        pieces.append((start, n))
+                        reserved.append((start, n))
+                        need -= n
+                        start += n
+                    }
+                }
+                cursor = batch.last!.key
+            }
+            done = true
+            return pieces
+        }
+    }
+
+    private func unreserve(_ pieces: [(start: UInt64, count: UInt64)]) {
+        lock.withLock { reserved.removeAll { r in pieces.contains { $0.start == r.start && $0.count == r.count } } }
+    }
+
+    /// Removes [start, start+count) from the free extent that holds it.
+    private func takeFree(_ t: Transaction, _ start: UInt64, _ count: UInt64) throws {
+        guard let (k, v) = try t.scan(IOService.freeFid, from: be(start), direction: .backward, limit: 1).first else {
+            throw TesseraError(.internalError, "block \(start) is not free")
+        }
+        let s = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let n = v.loadLE(at: 0, as: UInt64.self)
+        guard s <= start, start + count <= s + n else { throw TesseraError(.internalError, "blocks \(start)+\(count) are not free") }
+        try t.delete(IOService.freeFid, k)
+        if start > s { try t.put(IOService.freeFid, be(s), le(start - s)) }
+        if start + count < s + n { try t.put(IOService.freeFid, be(start + count), le(s + n - start - count)) }
+    }
+
+    /// Adds [start, start+count) to the free list, merging with its neighbours.
+    private func giveFree(_ t: Transaction, _ start: UInt64, _ count: UInt64) throws {
+        var s = start
+        var n = count
+        if let (k, v) = try t.scan(IOService.freeFid, from: be(start), direction: .backward, inclusive: false, limit: 1).first {
+            let ps = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let pn = v.loadLE(at: 0, as: UInt64.self)
+            if ps + pn == start {
+                try t.delete(IOService.freeFid, k)
+                s = ps
+                n += pn
+            }
+        }
+        if let v = try t.get(IOService.freeFid, be(start + count)) {
+            try t.delete(IOService.freeFid, be(start + count))
+            n += v.loadLE(at: 0, as: UInt64.self)
+        }
+        try t.put(IOService.freeFid, be(s), le(n))
+    }
+
+    /// Returns pending-free blocks to the free list once the transactions that freed them
+    /// are LOGGED. With `all` (at open, when everything in the image is LOGGED), returns every
+    /// pending-free block recorded in the image.
+    private func releasePending(all: Bool) throws {
+        var pieces: [(start: UInt64, count: UInt64)] = []
+        if all {
+            for (k, v) in try engine.scan(IOService.pendingFid, from: nil, limit: Int.max) {
+                pieces.append((k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }, v.loadLE(at: 0, as: UInt64.self)))
+            }
+        } else {
+            let logged = engine.loggedThrough
+            lock.withLock {
+                pieces = pendingQueue.filter { $0.tx <= logged }.flatMap(\.pieces)
+                pendingQueue.removeAll { $0.tx <= logged }
+            }
+        }
+        for chunk in stride(from: 0, to: pieces.count, by: 128) {
+            let part = pieces[chunk..<min(chunk + 128, pieces.count)]
+            try engine.write(credit: engine.credit(operations: 4 * part.count)) { t in
+                for p in part {
+                    try t.delete(IOService.pendingFid, be(p.start))
+                    try giveFree(t, p.start, p.count)
+                }
+            }
+        }
+    }
+}
+
+private func be(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
+private func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
+private func le32(_ v: UInt32) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
+private func mapKey(_ cob: Fid, _ offset: UInt64) -> [UInt8] { cob.bytes + be(offset) }
