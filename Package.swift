@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(
             name: "TesseraRPCTests",
             dependencies: [
-                "TesseraRPC", "TesseraServices", "TesseraEngine",
+                "TesseraRPC", "TesseraServices", "TesseraEngine", "tessera",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),

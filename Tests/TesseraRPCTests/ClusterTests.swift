@@ -1,0 +1,191 @@
+// Three `tessera server` processes on loopback: concurrent CAS and IOS clients; a server
+// SIGKILLed while serving writes and restarted keeps everything it acknowledged after
+// sync-wait or SYNC; `tessera check` passes on every image afterwards.
+import Foundation
+import NIOPosix
+import Testing
+import TesseraCore
+import TesseraRPC
+
+/// A loopback port that was free a moment ago.
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+func tesseraBinary() -> String {
+    if let path = ProcessInfo.processInfo.environment["TESSERA_BIN"] { return path }
+    return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("tessera").path
+}
+
+/// A local cluster of server processes, stopped by PID when released.
+final class ProcessCluster: @unchecked Sendable {
+    // SAFETY: `processes` is touched only by the test's own task.
+    static let secret = "cluster-test-secret-0123"
+    let dir: String
+    let ports: [Int]
+    var processes: [Process?]
+
+    init(servers: Int = 3) throws {
+        var template = Array((NSTemporaryDirectory() + "/tessera-cluster-XXXXXX").utf8CString)
+        dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        ports = (0..<servers).map { _ in freePort() }
+        var toml = "secret = \"\(ProcessCluster.secret)\"\n[layout]\ndata_units = 2\nparity_units = 1\nunit_size = \"64K\"\n"
+        for i in 0..<servers {
+            toml += "[[server]]\nid = \(i)\naddress = \"127.0.0.1:\(ports[i])\"\nmeta = \"\(i)/meta.img\"\nmeta_size = \"128M\"\ndata = \"\(i)/data.img\"\ndata_size = \"256M\"\n"
+        }
+        try toml.write(toFile: dir + "/cluster.toml", atomically: true, encoding: .utf8)
+        processes = Array(repeating: nil, count: servers)
+        for i in 0..<servers {
+            let mkfs = try run(["mkfs", "--config", dir + "/cluster.toml", "--id", String(i), "--page-size", "4096"])
+            guard mkfs == 0 else { throw TesseraError(.io, "mkfs \(i) exited \(mkfs)") }
+        }
+    }
+
+    func run(_ args: [String]) throws -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tesseraBinary())
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+
+    func start(_ i: Int) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tesseraBinary())
+        p.arguments = ["server", "--config", dir + "/cluster.toml", "--id", String(i), "--cache", "16M"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        processes[i] = p
+    }
+
+    func connect(_ i: Int) async throws -> RPCClient {
+        let deadline = Date().addingTimeInterval(20)
+        while true {
+            do {
+                return try await RPCClient.connect(host: "127.0.0.1", port: ports[i], secret: ProcessCluster.secret, group: MultiThreadedEventLoopGroup.singleton)
+            } catch {
+                if Date() > deadline { throw error }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    func stop(_ i: Int, signal: Int32) {
+        guard let p = processes[i] else { return }
+        kill(p.processIdentifier, signal)
+        p.waitUntilExit()
+        processes[i] = nil
+    }
+
+    deinit {
+        for i in processes.indices { stop(i, signal: SIGKILL) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+/// What the servers acknowledged, recorded by the clients.
+actor Acknowledged {
+    var keys: [Int: Set<Int>] = [:]
+    var units: [Int: Set<Int>] = [:]
+    func key(_ server: Int, _ n: Int) { keys[server, default: []].insert(n) }
+    func unit(_ server: Int, _ n: Int) { units[server, default: []].insert(n) }
+}
+
+@Suite struct ClusterTests {
+    static let index = Fid(hi: 42, lo: 1)
+    static let cob = Fid(hi: 42, lo: 2)
+    static func unitBytes(_ n: Int) -> [UInt8] { (0..<(64 << 10)).map { UInt8(truncatingIfNeeded: $0 &+ n &* 13) } }
+
+    @Test func killedServerKeepsWhatItAcknowledged() async throws {
+        let cluster = try ProcessCluster()
+        for i in 0..<3 { try cluster.start(i) }
+        var connected: [RPCClient] = []
+        for i in 0..<3 {
+            let c = try await cluster.connect(i)
+            #expect(await c.handle(.createIndexes([Self.index])).isOK)
+            connected.append(c)
+        }
+        let clients = connected
+        let acked = Acknowledged()
+        // Eight writers per server, CAS puts with sync-wait and IOS writes followed by SYNC.
+        let writers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for server in 0..<3 {
+                    for w in 0..<8 {
+                        group.addTask {
+                            let c = clients[server]
+                            for j in 0..<100_000 {
+                                let n = w * 1_000_000 + j
+                                if j % 4 == 3 {
+                                    let r = await c.handle(.write(cob: Self.cob, offset: Self.slot(n) * (64 << 10), data: Self.unitBytes(n), syncWait: false))
+                                    guard case .statuses(_, let tx) = r, await c.handle(.sync(transactions: [tx])) == .done else { return }
+                                    await acked.unit(server, n)
+                                } else {
+                                    let k = Array("k\(n)".utf8)
+                                    guard await c.handle(.put(index: Self.index, records: [Record(key: k, value: k)], mode: .overwrite, syncWait: true)).isOK else { return }
+                                    await acked.key(server, n)
+                                }
+                                if Task.isCancelled { return }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(1500))
+        cluster.stop(1, signal: SIGKILL)
+        try await Task.sleep(for: .milliseconds(300))
+        writers.cancel()
+        await writers.value
+        for c in clients { await c.close() }
+
+        try cluster.start(1)
+        for server in 0..<3 {
+            let c = try await cluster.connect(server)
+            let keys = await acked.keys[server] ?? []
+            #expect(keys.count > 10, "server \(server) acknowledged only \(keys.count) puts")
+            for n in keys {
+                let k = Array("k\(n)".utf8)
+                guard await c.handle(.get(index: Self.index, keys: [k])) == .values([k]) else {
+                    Issue.record("server \(server): acknowledged put \(n) is missing")
+                    break
+                }
+            }
+            // Each writer owns its slots; a slot holds the writer's last acknowledged unit, or
+            // its next one (written to the same slot 1000 operations later) if that was under
+            // way at the kill: a whole unit either way, never a mix or garbage.
+            let units = await acked.units[server] ?? []
+            var latest: [UInt64: Int] = [:]
+            for n in units { latest[Self.slot(n)] = max(latest[Self.slot(n)] ?? -1, n) }
+            #expect(units.count > 3, "server \(server) acknowledged only \(units.count) writes")
+            for (slot, n) in latest {
+                let r = await c.handle(.read(cob: Self.cob, offset: slot * (64 << 10), length: 64 << 10))
+                guard case .data(let bytes) = r else {
+                    Issue.record("server \(server): read of slot \(slot): \(r)")
+                    continue
+                }
+                #expect(bytes == Self.unitBytes(n) || bytes == Self.unitBytes(n + 1000), "server \(server) slot \(slot) lost unit \(n)")
+            }
+            await c.close()
+        }
+        for i in 0..<3 { cluster.stop(i, signal: SIGTERM) }
+        for i in 0..<3 {
+            #expect(try cluster.run(["check", cluster.dir + "/\(i)/meta.img"]) == 0, "check of server \(i)")
+        }
+    }
+
+    /// The 64 KiB slot of unit write n: writer w = n / 1e6 owns slots w*250 ..< w*250+250.
+    static func slot(_ n: Int) -> UInt64 { UInt64((n / 1_000_000) * 250 + ((n % 1_000_000) / 4) % 250) }
+}
