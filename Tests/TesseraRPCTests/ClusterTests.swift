@@ -7,17 +7,20 @@ import Testing
 import TesseraCore
 import TesseraRPC
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, below the kernel's ephemeral range so that
+/// servers binding port 0 elsewhere in the test run cannot take it in between.
 func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return Int(UInt16(bigEndian: addr.sin_port))
+    while true {
+        let port = Int.random(in: 20_000..<32_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        close(fd)
+        if ok == 0 { return port }
+    }
 }
 
 func tesseraBinary() -> String {
@@ -65,10 +68,13 @@ final class ProcessCluster: @unchecked Sendable {
         p.executableURL = URL(fileURLWithPath: tesseraBinary())
         p.arguments = ["server", "--config", dir + "/cluster.toml", "--id", String(i), "--cache", "16M"]
         p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
+        FileManager.default.createFile(atPath: log(i), contents: nil)
+        p.standardError = FileHandle(forWritingAtPath: log(i))
         try p.run()
         processes[i] = p
     }
+
+    func log(_ i: Int) -> String { dir + "/server-\(i).log" }
 
     func connect(_ i: Int) async throws -> RPCClient {
         let deadline = Date().addingTimeInterval(20)
@@ -76,7 +82,10 @@ final class ProcessCluster: @unchecked Sendable {
             do {
                 return try await RPCClient.connect(host: "127.0.0.1", port: ports[i], secret: ProcessCluster.secret, group: MultiThreadedEventLoopGroup.singleton)
             } catch {
-                if Date() > deadline { throw error }
+                if Date() > deadline {
+                    let log = (try? String(contentsOfFile: self.log(i), encoding: .utf8)) ?? ""
+                    throw TesseraError(.io, "\(error); server \(i) running: \(processes[i]?.isRunning ?? false); its log: \(log)")
+                }
                 try await Task.sleep(for: .milliseconds(50))
             }
         }
