@@ -14,7 +14,11 @@ public struct CatalogueService: Sendable {
 
     public init(engine: Engine) { self.engine = engine }
 
+    /// Fids with this `hi` belong to the server's own catalogues (the IO service's).
+    public static let reservedHi = UInt64.max
+
     public func handle(_ request: Request) async throws -> Response {
+        try refuseReserved(request)
         switch request {
         case .createIndexes(let fids):
             return try await commit(fids.count, syncWait: true) { t in
@@ -25,7 +29,7 @@ public struct CatalogueService: Sendable {
                 try fids.map { try t.dropCatalogue($0) ? .ok : .notFound }
             }
         case .listIndexes(let after, let limit):
-            let all = try engine.catalogues()
+            let all = try engine.catalogues().filter { $0.hi != CatalogueService.reservedHi }
             return .fids(Array(all.filter { after == nil || $0 > after! }.prefix(Int(limit))))
         case .get(let index, let keys):
             return .values(try keys.map { try engine.get(index, $0) })
@@ -53,6 +57,18 @@ public struct CatalogueService: Sendable {
             })
         default:
             throw TesseraError(.invalidArgument, "not a catalogue request: \(request.opcode)")
+        }
+    }
+
+    private func refuseReserved(_ request: Request) throws {
+        let fids: [Fid]
+        switch request {
+        case .createIndexes(let f), .dropIndexes(let f): fids = f
+        case .get(let index, _), .put(let index, _, _, _), .delete(let index, _, _), .next(let index, _, _, _): fids = [index]
+        default: fids = []
+        }
+        if let f = fids.first(where: { $0.hi == CatalogueService.reservedHi }) {
+            throw TesseraError(.invalidArgument, "index \(f) is in the range reserved for the server's own catalogues")
         }
     }
 

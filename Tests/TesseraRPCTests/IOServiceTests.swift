@@ -133,3 +133,13 @@ final class IONode {
 extension Response {
     var isOK: Bool { if case .statuses(let s, _) = self { return s.allSatisfy { $0 == .ok } } else { return false } }
 }
+
+@Suite struct ReservedIndexTests {
+    @Test func casRefusesTheServersOwnCatalogues() async throws {
+        let n = try IONode()
+        let reserved = Fid(hi: .max, lo: 2)
+        if case .failure(let s, _) = await n.node.handle(.get(index: reserved, keys: [[1]])) { #expect(s == .invalidArgument) } else { Issue.record("reserved index readable") }
+        if case .failure(let s, _) = await n.node.handle(.dropIndexes([reserved])) { #expect(s == .invalidArgument) } else { Issue.record("reserved index droppable") }
+        #expect(await n.node.handle(.listIndexes(after: nil, limit: 100)) == .fids([]))
+    }
+}
