@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
     ],
     targets: [
         // C helpers: hardware CRC32C. No I/O.
@@ -30,7 +31,10 @@ let package = Package(
             dependencies: ["CTesseraSupport", "TesseraCore", .product(name: "Logging", package: "swift-log")]
         ),
         // Layer 3: CAS, IOS and SYNC over the engine.
-        .target(name: "TesseraServices", dependencies: ["TesseraCore", "TesseraEngine"]),
+        .target(
+            name: "TesseraServices",
+            dependencies: ["TesseraCore", "TesseraEngine", .product(name: "Prometheus", package: "swift-prometheus")]
+        ),
         // Layer 4: framing, handshake, SwiftNIO transport. Futures stay inside this target.
         .target(
             name: "TesseraRPC",
@@ -39,6 +43,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -21,15 +21,21 @@ struct Server: AsyncParsableCommand {
         let logger = Logger(label: "tessera.server.\(id)")
         let node: ServerNode
         let rpc: RPCServer
+        var metricsEndpoint: MetricsEndpoint?
         do {
             let cluster = try ClusterConfig.load(path: config)
             let me = try cluster.server(id)
             var options = EngineOptions()
             options.cacheBytes = Int(try parseSize(cache))
             node = try ServerNode.open(metaPath: me.metaPath, dataPath: me.dataPath, options: options)
+            let metrics = ServerMetrics(node)
             rpc = try await RPCServer.start(
                 host: me.address.host, port: me.address.port, secret: cluster.secret,
-                handler: node, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+                handler: metrics, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            if let m = me.metrics {
+                metricsEndpoint = try await MetricsEndpoint.start(host: m.host, port: m.port, group: MultiThreadedEventLoopGroup.singleton) { metrics.scrape() }
+                logger.info("server \(id): metrics at http://\(m)/metrics")
+            }
             logger.info("server \(id) serving \(me.address) (meta \(me.metaPath), data \(me.dataPath))")
         } catch let e as TesseraError {
             let missing = e.code == .notFound && e.message.hasSuffix("does not exist")
@@ -43,6 +49,7 @@ struct Server: AsyncParsableCommand {
         logger.info("server \(id): \(signal), shutting down")
         // 1. stop accepting and let requests in progress finish; 2. log and place the last
         // group and close the image.
+        await metricsEndpoint?.close()
         await rpc.shutdown()
         do { try node.close() } catch {
             logger.error("server \(id): closing the metadata image failed: \(error)")

@@ -1,0 +1,72 @@
+// Prometheus metrics of one server: requests and latencies per operation, failures per
+// status, commit groups, log usage, node-cache hits and misses, bytes read and written.
+import Prometheus
+import TesseraCore
+import TesseraEngine
+
+/// Wraps a server's handler, counting and timing every request; `scrape()` renders the
+/// Prometheus text format with the engine's and IO service's counters refreshed.
+public final class ServerMetrics: RequestHandler {
+    public let registry = PrometheusCollectorRegistry()
+    private let inner: ServerNode
+    private let requests: [Request.Opcode: Counter]
+    private let latencies: [Request.Opcode: DurationHistogram]
+    private let groups: Gauge
+    private let logBytes: Gauge
+    private let logUsed: Gauge
+    private let cacheHits: Gauge
+    private let cacheMisses: Gauge
+    private let cacheResident: Gauge
+    private let ioWritten: Gauge
+    private let ioRead: Gauge
+
+    public init(_ node: ServerNode) {
+        inner = node
+        let r = registry
+        let buckets: [Duration] = [.microseconds(50), .microseconds(200), .milliseconds(1), .milliseconds(5), .milliseconds(20), .milliseconds(100), .seconds(1)]
+        var requests: [Request.Opcode: Counter] = [:]
+        var latencies: [Request.Opcode: DurationHistogram] = [:]
+        for op in Request.Opcode.allCases {
+            requests[op] = r.makeCounter(name: "tessera_requests_total", labels: [("op", "\(op)")], help: "Requests served, by operation.")
+            latencies[op] = r.makeDurationHistogram(name: "tessera_request_seconds", labels: [("op", "\(op)")], buckets: buckets, help: "Time to answer a request, by operation.")
+        }
+        self.requests = requests
+        self.latencies = latencies
+        groups = r.makeGauge(name: "tessera_tx_groups_logged", help: "Commit groups written to the log since start.")
+        logBytes = r.makeGauge(name: "tessera_log_bytes_written", help: "Bytes of log records written since start.")
+        logUsed = r.makeGauge(name: "tessera_log_used_bytes", help: "Log space in use (reserved, open, logged and not yet released).")
+        cacheHits = r.makeGauge(name: "tessera_node_cache_hits", help: "Node-cache hits since start.")
+        cacheMisses = r.makeGauge(name: "tessera_node_cache_misses", help: "Node-cache misses since start (pages read from meta.img).")
+        cacheResident = r.makeGauge(name: "tessera_node_cache_bytes", help: "Bytes held by the node cache.")
+        ioWritten = r.makeGauge(name: "tessera_io_bytes_written", help: "Bytes written by IOS requests since start.")
+        ioRead = r.makeGauge(name: "tessera_io_bytes_read", help: "Bytes read by IOS requests since start.")
+    }
+
+    public func handle(_ request: Request) async -> Response {
+        let start = ContinuousClock.now
+        let response = await inner.handle(request)
+        let op = request.opcode
+        requests[op]?.increment()
+        latencies[op]?.record(ContinuousClock.now - start)
+        if case .failure(let status, _) = response {
+            registry.makeCounter(name: "tessera_request_failures_total", labels: [("op", "\(op)"), ("status", "\(status)")], help: "Requests that failed, by operation and status.").increment()
+        }
+        return response
+    }
+
+    /// The Prometheus text exposition of every metric, with gauges read now.
+    public func scrape() -> [UInt8] {
+        let s = inner.catalogues.engine.statistics
+        groups.set(Double(s.groupsLogged))
+        logBytes.set(Double(s.bytesLogged))
+        logUsed.set(Double(s.logUsedBytes))
+        cacheHits.set(Double(s.cacheHits))
+        cacheMisses.set(Double(s.cacheMisses))
+        cacheResident.set(Double(s.cacheResidentBytes))
+        if let io = inner.io {
+            ioWritten.set(Double(io.bytesWritten))
+            ioRead.set(Double(io.bytesRead))
+        }
+        return registry.emitToBuffer()
+    }
+}
