@@ -68,17 +68,22 @@ public final class IOService: @unchecked Sendable {
         let end = offset + UInt64(bytes.count)
         let last = (end + bs - 1) / bs * bs
         let count = Int((last - first) / bs)
-        var buffer = [UInt8](repeating: 0, count: count * blockSize)
-        // Partial blocks at either edge keep their other bytes: read, then overlay.
-        if offset != first {
-            let old = try read(cob: cob, offset: first, length: blockSize)
-            buffer.replaceSubrange(0..<blockSize, with: old)
+        var buffer: [UInt8]
+        if offset == first && end == last {
+            buffer = bytes  // whole blocks: no copy
+        } else {
+            // Partial blocks at either edge keep their other bytes: read, then overlay.
+            buffer = [UInt8](repeating: 0, count: count * blockSize)
+            if offset != first {
+                let old = try read(cob: cob, offset: first, length: blockSize)
+                buffer.replaceSubrange(0..<blockSize, with: old)
+            }
+            if end != last && (count > 1 || offset == first) {
+                let old = try read(cob: cob, offset: last - bs, length: blockSize)
+                buffer.replaceSubrange((count - 1) * blockSize..<count * blockSize, with: old)
+            }
+            buffer.replaceSubrange(Int(offset - first)..<Int(end - first), with: bytes)
         }
-        if end != last && (count > 1 || offset == first) {
-            let old = try read(cob: cob, offset: last - bs, length: blockSize)
-            buffer.replaceSubrange((count - 1) * blockSize..<count * blockSize, with: old)
-        }
-        buffer.replaceSubrange(Int(offset - first)..<Int(end - first), with: bytes)
         let crcs = buffer.withUnsafeBytes { b in (0..<count).map { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[($0 * blockSize)..<(($0 + 1) * blockSize)])) } }
 
         try releasePending(all: false)
@@ -188,6 +193,7 @@ public final class IOService: @unchecked Sendable {
                 }
             }
             let from = Int(lo - (e.offset + UInt64(firstBlock) * bs))
+            if found.count == 1 && from == 0 && lo == offset && hi == end && bytes.count == length { return bytes }
             out.replaceSubrange(Int(lo - offset)..<Int(hi - offset), with: bytes[from..<(from + Int(hi - lo))])
         }
         lock.withLock { bytesRead += UInt64(length) }

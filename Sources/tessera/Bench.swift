@@ -4,5 +4,5 @@ import ArgumentParser
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark against its baseline and print the ratios.",
-        subcommands: [BenchEngine.self])
+        subcommands: [BenchEngine.self, BenchServer.self])
 }

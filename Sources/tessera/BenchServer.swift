@@ -1,0 +1,257 @@
+// `tessera bench server`: one server process on loopback against Redis (appendonly yes,
+// appendfsync everysec, driven by redis-benchmark at the same pipelining) for CAS puts and
+// gets, and against dd (conv=fdatasync, same disk) for 1 MiB IOS unit writes and reads.
+import ArgumentParser
+import Foundation
+import NIOPosix
+import TesseraCore
+import TesseraRPC
+
+struct BenchServer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "Server vs Redis (CAS put/get, 1 and 64 in flight) and vs dd (IOS 1 MiB units), on loopback and the same disk.")
+
+    @Option(help: "Folder for the images, Redis's files and dd's file (default: the system temporary folder).")
+    var dir: String?
+    @Option(help: "CAS operations per row.") var ops: Int = 100_000
+    @Option(help: "MiB written and read by the IOS rows.") var mib: Int = 1024
+
+    func run() async throws {
+        let root = (dir ?? NSTemporaryDirectory()) + "/tessera-bench-server-\(getpid())"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var rows: [(String, Double, Double, String)] = []
+        let cas = try await casRows(root)
+        let redis = try redisRows(root)
+        for (name, t) in cas { rows.append((name, t, redis[name] ?? .nan, "ops/s")) }
+        let (w, r) = try await ioRows(root)
+        let (dw, dr) = try ddRows(root)
+        rows.append(("IOS write 1 MiB units vs dd conv=fdatasync", w, dw, "MB/s"))
+        rows.append(("IOS read 1 MiB units vs dd read", r, dr, "MB/s"))
+        print("row".padding(toLength: 46, withPad: " ", startingAt: 0) + "        tessera       baseline   ratio  unit")
+        for (name, t, b, unit) in rows {
+            print(name.padding(toLength: 46, withPad: " ", startingAt: 0) + String(format: " %14.0f %14.0f %7.2f  %@", t, b, t / b, unit))
+        }
+    }
+
+    private func note(_ s: String) { FileHandle.standardError.write(Data("bench server: \(s)\n".utf8)) }
+
+    // MARK: Tessera
+
+    private func startServer(_ root: String) throws -> (Process, Int, String) {
+        let port = Int.random(in: 20_000..<32_000)
+        let secret = "bench-secret-0123456789"
+        let toml = """
+            secret = "\(secret)"
+            [layout]
+            data_units = 1
+            parity_units = 0
+            [[server]]
+            id = 0
+            address = "127.0.0.1:\(port)"
+            meta = "meta.img"
+            meta_size = "1G"
+            data = "data.img"
+            data_size = "\(mib * 2 + 256)M"
+            """
+        try toml.write(toFile: root + "/cluster.toml", atomically: true, encoding: .utf8)
+        let me = CommandLine.arguments[0]
+        let mkfs = Process()
+        mkfs.executableURL = URL(fileURLWithPath: me)
+        mkfs.arguments = ["mkfs", "--config", root + "/cluster.toml", "--id", "0"]
+        mkfs.standardOutput = FileHandle.nullDevice
+        try mkfs.run()
+        mkfs.waitUntilExit()
+        guard mkfs.terminationStatus == 0 else { throw ValidationError("mkfs failed") }
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: me)
+        server.arguments = ["server", "--config", root + "/cluster.toml", "--id", "0", "--cache", "512M"]
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        return (server, port, secret)
+    }
+
+    private func connect(_ port: Int, _ secret: String) async throws -> RPCClient {
+        for _ in 0..<200 {
+            if let c = try? await RPCClient.connect(host: "127.0.0.1", port: port, secret: secret, group: MultiThreadedEventLoopGroup.singleton) { return c }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw ValidationError("the server did not start")
+    }
+
+    private func casRows(_ root: String) async throws -> [(String, Double)] {
+        let (server, port, secret) = try startServer(root)
+        defer {
+            kill(server.processIdentifier, SIGTERM)
+            server.waitUntilExit()
+        }
+        let client = try await connect(port, secret)
+        let index = Fid(hi: 0xBE, lo: 1)
+        _ = try await client.handle(.createIndexes([index])).unwrap()
+        let value = [UInt8](repeating: 0x5A, count: 100)
+        var rows: [(String, Double)] = []
+        for inFlight in [1, 64] {
+            note("CAS put and get, \(inFlight) in flight")
+            let put = try await rate(ops) {
+                try await parallel(inFlight, ops) { i in
+                    _ = try await client.handle(.put(index: index, records: [Record(key: key(i), value: value)], mode: .overwrite, syncWait: false)).unwrap()
+                }
+            }
+            let get = try await rate(ops) {
+                try await parallel(inFlight, ops) { i in
+                    guard case .values(let v) = try await client.handle(.get(index: index, keys: [key(i)])).unwrap(), v[0] != nil else {
+                        throw ValidationError("lost key \(i)")
+                    }
+                }
+            }
+            rows.append(("CAS put, \(inFlight) in flight vs Redis SET", put))
+            rows.append(("CAS get, \(inFlight) in flight vs Redis GET", get))
+        }
+        await client.close()
+        return rows
+    }
+
+    private func ioRows(_ root: String) async throws -> (Double, Double) {
+        try? FileManager.default.removeItem(atPath: root + "/meta.img")
+        try? FileManager.default.removeItem(atPath: root + "/data.img")
+        let (server, port, secret) = try startServer(root)
+        defer {
+            kill(server.processIdentifier, SIGTERM)
+            server.waitUntilExit()
+        }
+        let client = try await connect(port, secret)
+        let cob = Fid(hi: 0xBE, lo: 2)
+        let unit = [UInt8](repeating: 0xA5, count: 1 << 20)
+        note("IOS \(mib) MiB of 1 MiB unit writes, 4 in flight, then SYNC")
+        let write = try await rate(mib) {
+            let txs = TxCollector()
+            try await parallel(4, mib) { i in
+                guard case .statuses(_, let tx) = try await client.handle(.write(cob: cob, offset: UInt64(i) << 20, data: unit, syncWait: false)).unwrap() else { return }
+                txs.add(tx)
+            }
+            _ = try await client.handle(.sync(transactions: [txs.max])).unwrap()
+        }
+        dropCaches()
+        note("IOS reads")
+        let read = try await rate(mib) {
+            try await parallel(4, mib) { i in
+                guard case .data(let d) = try await client.handle(.read(cob: cob, offset: UInt64(i) << 20, length: 1 << 20)).unwrap(), d.count == 1 << 20 else {
+                    throw ValidationError("short read")
+                }
+            }
+        }
+        await client.close()
+        return (write * 1.048576, read * 1.048576)
+    }
+
+    // MARK: Baselines
+
+    private func redisRows(_ root: String) throws -> [String: Double] {
+        guard let server = which("redis-server"), let bench = which("redis-benchmark") else {
+            note("redis-server or redis-benchmark not found (apt-get install redis-server redis-tools); Redis rows skipped")
+            return [:]
+        }
+        let port = Int.random(in: 20_000..<32_000)
+        let redis = Process()
+        redis.executableURL = URL(fileURLWithPath: server)
+        redis.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--dir", root, "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+        redis.standardOutput = FileHandle.nullDevice
+        try redis.run()
+        defer {
+            // SIGKILL: a child started from a Swift concurrency thread inherits its blocked
+            // signal mask, and Redis then never sees SIGTERM. Its data is not needed.
+            kill(redis.processIdentifier, SIGKILL)
+            redis.waitUntilExit()
+        }
+        usleep(300_000)
+        var out: [String: Double] = [:]
+        for inFlight in [1, 64] {
+            note("Redis SET and GET, pipelining \(inFlight)")
+            let text = try capture(bench, ["-p", String(port), "-c", "1", "-P", String(inFlight), "-n", String(ops), "-d", "100", "-r", String(ops), "-t", "set,get", "-q"])
+            for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+                let parts = line.split(separator: ":")
+                guard parts.count == 2, let n = Double(parts[1].split(separator: " ").first ?? "") else { continue }
+                if parts[0].hasSuffix("SET") { out["CAS put, \(inFlight) in flight vs Redis SET"] = n }
+                if parts[0].hasSuffix("GET") { out["CAS get, \(inFlight) in flight vs Redis GET"] = n }
+            }
+        }
+        return out
+    }
+
+    private func ddRows(_ root: String) throws -> (Double, Double) {
+        let file = root + "/dd.bin"
+        note("dd \(mib) MiB, conv=fdatasync")
+        let w = try ddRate(["if=/dev/zero", "of=" + file, "bs=1M", "count=\(mib)", "conv=fdatasync"])
+        dropCaches()
+        let r = try ddRate(["if=" + file, "of=/dev/null", "bs=1M"])
+        unlink(file)
+        return (w, r)
+    }
+
+    /// dd's own MB/s figure, from its last line of stderr.
+    private func ddRate(_ args: [String]) throws -> Double {
+        let start = Date()
+        _ = try capture("/bin/dd", args, stderr: true)
+        return Double(mib) * 1.048576 / Date().timeIntervalSince(start)
+    }
+
+    private func dropCaches() {
+        sync()
+        if let h = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
+            h.write(Data("3\n".utf8))
+            try? h.close()
+        }
+    }
+
+    private func which(_ name: String) -> String? {
+        for d in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] where FileManager.default.isExecutableFile(atPath: d + "/" + name) { return d + "/" + name }
+        return nil
+    }
+
+    private func capture(_ path: String, _ args: [String], stderr: Bool = false) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        let pipe = Pipe()
+        if stderr { p.standardError = pipe } else { p.standardOutput = pipe }
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+private func key(_ i: Int) -> [UInt8] { Array(String(format: "key:%012d", i).utf8) }
+
+/// Operations per second of `body`, which performs `operations` operations.
+private func rate(_ operations: Int, _ body: () async throws -> Void) async throws -> Double {
+    let start = ContinuousClock.now
+    try await body()
+    let d = ContinuousClock.now - start
+    return Double(operations) / (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+}
+
+/// Runs `body(i)` for i in 0..<count with `width` running at once.
+private func parallel(_ width: Int, _ count: Int, _ body: @escaping @Sendable (Int) async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for w in 0..<width {
+            group.addTask {
+                var i = w
+                while i < count {
+                    try await body(i)
+                    i += width
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+}
+
+private final class TxCollector: @unchecked Sendable {
+    // SAFETY: `value` is touched only under `lock`.
+    private let lock = NSLock()
+    private var value: UInt64 = 0
+    func add(_ v: UInt64) { lock.withLock { value = Swift.max(value, v) } }
+    var max: UInt64 { lock.withLock { value } }
+}
