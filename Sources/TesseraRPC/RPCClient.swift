@@ -92,6 +92,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     private var nextID: UInt64 = 1
     private var context: ChannelHandlerContext?
     private var closed = false
+    private var flushScheduled = false
 
     init(secret: String, ready: EventLoopPromise<Void>) {
         handshake = ClientHandshake(secret: secret)
@@ -121,7 +122,15 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             }
         }
         pending[id] = (continuation, timer)
-        context.writeAndFlush(wrapOutboundOut(Frame(kind: .request, requestID: id, deadlineMillis: deadlineMillis, body: body)), promise: nil)
+        context.write(wrapOutboundOut(Frame(kind: .request, requestID: id, deadlineMillis: deadlineMillis, body: body)), promise: nil)
+        // Requests sent in the same event-loop tick share one flush (one syscall).
+        if !flushScheduled {
+            flushScheduled = true
+            context.eventLoop.assumeIsolated().execute { [self] in
+                flushScheduled = false
+                self.context?.flush()
+            }
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

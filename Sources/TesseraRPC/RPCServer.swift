@@ -88,6 +88,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     /// connection stops reading until it is back under `resumeAt`: a peer that sends without
     /// reading cannot make the server buffer without bound.
     private var unanswered = 0
+    private var needsFlush = false
     private static let pauseAt = 256
     private static let resumeAt = 128
 
@@ -120,6 +121,12 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             context.writeAndFlush(wrapOutboundOut(ServerConnectionHandler.response(Response(error), id: id)), promise: nil)
             return
         }
+        if let response = handler.handleImmediately(request) {
+            // Answered on this thread; flushed once per read burst, in channelReadComplete.
+            context.write(wrapOutboundOut(ServerConnectionHandler.response(response, id: id)), promise: nil)
+            needsFlush = true
+            return
+        }
         let deadline = frame.deadlineMillis == 0 ? nil : ContinuousClock.now + .milliseconds(Int(frame.deadlineMillis))
         let channel = context.channel
         let handler = self.handler
@@ -148,6 +155,14 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             _ = channel.setOption(.autoRead, value: true)
             channel.read()
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
     }
 
     static func response(_ r: Response, id: UInt64) -> Frame {

@@ -19,32 +19,43 @@ public struct CatalogueService: Sendable {
 
     public func handle(_ request: Request) async throws -> Response {
         try refuseReserved(request)
+        let response = try answer(request, wait: true)
+        if case .statuses(_, let tx) = response, needsWait(request) { try await engine.waitLogged(TxId(group: tx)) }
+        return response
+    }
+
+    private func needsWait(_ request: Request) -> Bool {
+        switch request {
+        case .createIndexes, .dropIndexes: return true
+        case .put(_, _, _, let syncWait), .delete(_, _, let syncWait): return syncWait
+        default: return false
+        }
+    }
+
+    /// Runs the request against the engine; the caller waits for LOGGED if it must.
+    private func answer(_ request: Request, wait: Bool) throws -> Response {
         switch request {
         case .createIndexes(let fids):
-            return try await commit(fids.count, syncWait: true) { t in
-                try fids.map { try t.createCatalogue($0) ? .ok : .exists }
-            }
+            return try commit(fids.count) { t in try fids.map { try t.createCatalogue($0) ? .ok : .exists } }
         case .dropIndexes(let fids):
-            return try await commit(fids.count, syncWait: true) { t in
-                try fids.map { try t.dropCatalogue($0) ? .ok : .notFound }
-            }
+            return try commit(fids.count) { t in try fids.map { try t.dropCatalogue($0) ? .ok : .notFound } }
         case .listIndexes(let after, let limit):
             let all = try engine.catalogues().filter { $0.hi != CatalogueService.reservedHi }
             return .fids(Array(all.filter { after == nil || $0 > after! }.prefix(Int(limit))))
         case .get(let index, let keys):
             return .values(try keys.map { try engine.get(index, $0) })
-        case .put(let index, let records, let mode, let syncWait):
+        case .put(let index, let records, let mode, _):
             let limits = engine.limits
             let bytes = records.reduce(0) { $0 + $1.key.count + $1.value.count }
-            return try await commit(records.count, payload: bytes, syncWait: syncWait) { t in
+            return try commit(records.count, payload: bytes) { t in
                 try records.map { r in
                     guard r.key.count <= limits.maxKey, r.value.count <= limits.maxValue else { return .tooLarge }
                     return try t.put(index, r.key, r.value, mode: mode) == .exists ? .exists : .ok
                 }
             }
-        case .delete(let index, let keys, let syncWait):
+        case .delete(let index, let keys, _):
             let limits = engine.limits
-            return try await commit(keys.count, syncWait: syncWait) { t in
+            return try commit(keys.count) { t in
                 try keys.map { k in
                     guard k.count <= limits.maxKey else { return .notFound }
                     return try t.delete(index, k) ? .ok : .notFound
@@ -72,15 +83,25 @@ public struct CatalogueService: Sendable {
         }
     }
 
-    /// Runs one transaction of `count` records; with `syncWait`, replies only once LOGGED.
-    private func commit(
-        _ count: Int, payload: Int = 0, syncWait: Bool, _ body: (Transaction) throws -> [Status]
-    ) async throws -> Response {
+    /// Answers requests that need no wait for LOGGED without suspending; nil for the others.
+    public func handleImmediately(_ request: Request) -> Response? {
+        switch request {
+        case .put(_, _, _, true), .delete(_, _, true), .createIndexes, .dropIndexes: return nil
+        case .get, .put, .delete, .next, .listIndexes:
+            do {
+                try refuseReserved(request)
+                return try answer(request, wait: false)
+            } catch { return Response(error) }
+        default: return nil
+        }
+    }
+
+    /// Runs one transaction of `count` records.
+    private func commit(_ count: Int, payload: Int = 0, _ body: (Transaction) throws -> [Status]) throws -> Response {
         guard count <= Engine.maxOperationsPerTransaction else {
             throw TesseraError(.tooLarge, "\(count) records in one request; at most \(Engine.maxOperationsPerTransaction)")
         }
         let (statuses, tx) = try engine.write(credit: engine.credit(operations: count, payloadBytes: payload), body)
-        if syncWait { try await engine.waitLogged(tx) }
         return .statuses(statuses, transaction: tx.group)
     }
 }

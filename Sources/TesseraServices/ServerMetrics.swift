@@ -42,16 +42,27 @@ public final class ServerMetrics: RequestHandler {
         ioRead = r.makeGauge(name: "tessera_io_bytes_read", help: "Bytes read by IOS requests since start.")
     }
 
+    public func handleImmediately(_ request: Request) -> Response? {
+        let start = ContinuousClock.now
+        guard let response = inner.handleImmediately(request) else { return nil }
+        record(request, response, since: start)
+        return response
+    }
+
     public func handle(_ request: Request) async -> Response {
         let start = ContinuousClock.now
         let response = await inner.handle(request)
+        record(request, response, since: start)
+        return response
+    }
+
+    private func record(_ request: Request, _ response: Response, since start: ContinuousClock.Instant) {
         let op = request.opcode
         requests[op]?.increment()
         latencies[op]?.record(ContinuousClock.now - start)
         if case .failure(let status, _) = response {
             registry.makeCounter(name: "tessera_request_failures_total", labels: [("op", "\(op)"), ("status", "\(status)")], help: "Requests that failed, by operation and status.").increment()
         }
-        return response
     }
 
     /// The Prometheus text exposition of every metric, with gauges read now.

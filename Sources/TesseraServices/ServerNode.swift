@@ -36,6 +36,10 @@ public struct ServerNode: RequestHandler {
         io?.data.close()
     }
 
+    public func handleImmediately(_ request: Request) -> Response? {
+        catalogues.handleImmediately(request)
+    }
+
     public func handle(_ request: Request) async -> Response {
         do {
             switch request {

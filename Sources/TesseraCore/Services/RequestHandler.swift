@@ -7,6 +7,15 @@ public protocol RequestHandler: Sendable {
     /// Never throws for a failed request: failures travel as `.failure(status, message)`, so
     /// they cross the network the same way they arise locally.
     func handle(_ request: Request) async -> Response
+
+    /// Answers at once, without suspending, the requests that need no waiting (a catalogue
+    /// lookup or a change that replies at close); nil for the rest, which go to `handle`.
+    /// Lets a server answer on its network thread and skip two thread hand-offs.
+    func handleImmediately(_ request: Request) -> Response?
+}
+
+extension RequestHandler {
+    public func handleImmediately(_ request: Request) -> Response? { nil }
 }
 
 extension Response {
