@@ -193,6 +193,36 @@ actor Acknowledged {
         for i in 0..<3 {
             #expect(try cluster.run(["check", cluster.dir + "/\(i)/meta.img"]) == 0, "check of server \(i)")
         }
+        try await flippedBytesAreAChecksumError(cluster)
+    }
+
+    /// Server 0 stores a unit with a unique marker; a byte flipped under it on disk (found by
+    /// scanning data.img for the marker) makes the read fail with a checksum error.
+    func flippedBytesAreAChecksumError(_ cluster: ProcessCluster) async throws {
+        let cob = Fid(hi: 42, lo: 3)
+        let marker = Array("flip-me-unit-0123456789abcdef".utf8)
+        let unit = marker + [UInt8](repeating: 0x3C, count: 8192 - marker.count)
+        try cluster.start(0)
+        var c = try await cluster.connect(0)
+        #expect(await c.handle(.write(cob: cob, offset: 0, data: unit, syncWait: true)).isOK)
+        await c.close()
+        cluster.stop(0, signal: SIGTERM)
+        let path = cluster.dir + "/0/data.img"
+        let image = try Data(contentsOf: URL(fileURLWithPath: path))
+        guard let at = image.range(of: Data(marker))?.lowerBound else {
+            Issue.record("the unit is not in data.img")
+            return
+        }
+        let h = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        try h.seek(toOffset: UInt64(at + 4000))
+        h.write(Data([0xFF]))
+        try h.close()
+        try cluster.start(0)
+        c = try await cluster.connect(0)
+        let r = await c.handle(.read(cob: cob, offset: 0, length: 8192))
+        if case .failure(let s, _) = r { #expect(s == .checksum) } else { Issue.record("flipped bytes were returned as data") }
+        await c.close()
+        cluster.stop(0, signal: SIGTERM)
     }
 
     /// The 64 KiB slot of unit write n: writer w = n / 1e6 owns slots w*250 ..< w*250+250.
