@@ -1,6 +1,7 @@
 // Nodes read from untrusted pages: validation either rejects a page or makes it safe to read.
 import Foundation
 import Testing
+import TesseraCore
 @testable import TesseraEngine
 
 @Suite struct NodeTests {
