@@ -120,11 +120,13 @@ actor Acknowledged {
     @Test func killedServerKeepsWhatItAcknowledged() async throws {
         let cluster = try ProcessCluster()
         for i in 0..<3 { try cluster.start(i) }
-        var connected: [RPCClient] = []
+        // Four client connections per server, two writers on each.
+        var connected: [[RPCClient]] = []
         for i in 0..<3 {
-            let c = try await cluster.connect(i)
-            #expect(await c.handle(.createIndexes([Self.index])).isOK)
-            connected.append(c)
+            var mine: [RPCClient] = []
+            for _ in 0..<4 { mine.append(try await cluster.connect(i)) }
+            #expect(await mine[0].handle(.createIndexes([Self.index])).isOK)
+            connected.append(mine)
         }
         let clients = connected
         let acked = Acknowledged()
@@ -134,7 +136,7 @@ actor Acknowledged {
                 for server in 0..<3 {
                     for w in 0..<8 {
                         group.addTask {
-                            let c = clients[server]
+                            let c = clients[server][w % 4]
                             for j in 0..<100_000 {
                                 let n = w * 1_000_000 + j
                                 if j % 4 == 3 {
@@ -158,7 +160,7 @@ actor Acknowledged {
         try await Task.sleep(for: .milliseconds(300))
         writers.cancel()
         await writers.value
-        for c in clients { await c.close() }
+        for c in clients.joined() { await c.close() }
 
         try cluster.start(1)
         for server in 0..<3 {
