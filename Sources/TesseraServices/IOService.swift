@@ -19,6 +19,10 @@ import TesseraEngine
 public final class IOService: @unchecked Sendable {
     // SAFETY of @unchecked Sendable: `reserved`, `pendingQueue` and the counters are touched
     // only under `lock`; the engine and the data file are thread-safe.
+    /// The largest byte offset a cob may hold (2^60): offsets and lengths are checked against
+    /// it, so no computation on them can overflow.
+    public static let maxOffset: UInt64 = 1 << 60
+
     static let freeFid = Fid(hi: .max, lo: 1)
     static let mapFid = Fid(hi: .max, lo: 2)
     static let pendingFid = Fid(hi: .max, lo: 3)
@@ -62,6 +66,7 @@ public final class IOService: @unchecked Sendable {
 
     /// Writes `bytes` at `offset` of `cob`. Returns the transaction that maps them.
     public func write(cob: Fid, offset: UInt64, bytes: [UInt8]) throws -> TxId {
+        try checkRange(offset, UInt64(bytes.count))
         guard !bytes.isEmpty else { return engine.loggedThrough }
         let bs = UInt64(blockSize)
         let first = offset / bs * bs
@@ -125,9 +130,21 @@ public final class IOService: @unchecked Sendable {
     /// Unmaps whole blocks of `cob` in [from, to) (block-aligned); their blocks go to pending
     /// free, and are returned.
     private func unmap(_ t: Transaction, cob: Fid, from: UInt64, to: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+        try unmap(t, cob: cob, from: from, to: to, limit: .max).freed
+    }
+
+    /// Unmaps at most `limit` extents; `next` is where the unmapping stopped (`to` when done).
+    private func unmap(_ t: Transaction, cob: Fid, from: UInt64, to: UInt64, limit: Int) throws -> (freed: [(start: UInt64, count: UInt64)], next: UInt64) {
         let bs = UInt64(blockSize)
         var freed: [(start: UInt64, count: UInt64)] = []
-        for e in try extents(t, cob: cob, from: from, to: to) {
+        var found = try extents(t, cob: cob, from: from, to: to, limit: limit == .max ? .max : limit + 1)
+        var next = to
+        if found.count > limit {
+            next = found[limit].offset
+            found.removeLast(found.count - limit)
+        }
+        let to = next
+        for e in found {
             let eEnd = e.offset + UInt64(e.crcs.count) * bs
             try t.delete(IOService.mapFid, mapKey(cob, e.offset))
             // Keep the parts outside [from, to).
@@ -145,7 +162,7 @@ public final class IOService: @unchecked Sendable {
             try t.put(IOService.pendingFid, be(start), le((hi - lo) / bs))
             freed.append((start, (hi - lo) / bs))
         }
-        return freed
+        return (freed, next)
     }
 
     private func queuePending(_ freed: [(start: UInt64, count: UInt64)], _ tx: TxId) {
@@ -158,6 +175,7 @@ public final class IOService: @unchecked Sendable {
     /// Reads `length` bytes at `offset`; holes read as zeros. A block whose CRC32C does not
     /// match is an error, never data.
     public func read(cob: Fid, offset: UInt64, length: Int) throws -> [UInt8] {
+        try checkRange(offset, UInt64(length))
         guard length > 0 else { return [] }
         let bs = UInt64(blockSize)
         let end = offset + UInt64(length)
@@ -206,7 +224,8 @@ public final class IOService: @unchecked Sendable {
     /// partial blocks at the edges are overwritten with zeros.
     public func free(cob: Fid, offset: UInt64, length: UInt64) throws -> TxId {
         let bs = UInt64(blockSize)
-        let end = offset &+ length < offset ? UInt64.max / bs * bs : offset + length
+        try checkRange(offset, 0)
+        let end = min(offset + min(length, IOService.maxOffset), IOService.maxOffset)
         let innerFrom = (offset + bs - 1) / bs * bs
         let innerTo = end / bs * bs
         var tx = engine.loggedThrough
@@ -214,12 +233,25 @@ public final class IOService: @unchecked Sendable {
         if offset < headEnd { tx = try write(cob: cob, offset: offset, bytes: [UInt8](repeating: 0, count: Int(headEnd - offset))) }
         let tailStart = max(innerTo, headEnd)
         if tailStart < end { tx = try write(cob: cob, offset: tailStart, bytes: [UInt8](repeating: 0, count: Int(end - tailStart))) }
-        if innerTo > innerFrom {
-            let r = try engine.write(credit: engine.credit(operations: 64)) { t in try unmap(t, cob: cob, from: innerFrom, to: innerTo) }
-            queuePending(r.result, r.tx)
+        // At most `unmapBatch` extents per transaction, so a free of any size fits the limits.
+        var from = innerFrom
+        while from < innerTo {
+            let r = try engine.write(credit: engine.credit(operations: 3 * IOService.unmapBatch)) { t in
+                try unmap(t, cob: cob, from: from, to: innerTo, limit: IOService.unmapBatch)
+            }
+            queuePending(r.result.freed, r.tx)
             tx = r.tx
+            from = r.result.next
         }
         return tx
+    }
+
+    static let unmapBatch = 512
+
+    private func checkRange(_ offset: UInt64, _ length: UInt64) throws {
+        guard offset <= IOService.maxOffset, length <= IOService.maxOffset - offset else {
+            throw TesseraError(.invalidArgument, "bytes \(offset)+\(length) lie beyond the largest cob offset (2^60)")
+        }
     }
 
     // MARK: Extents
@@ -231,7 +263,7 @@ public final class IOService: @unchecked Sendable {
     }
 
     /// The extents of `cob` that overlap [from, to), in offset order.
-    private func extents(_ t: Transaction?, cob: Fid, from: UInt64, to: UInt64) throws -> [Extent] {
+    private func extents(_ t: Transaction?, cob: Fid, from: UInt64, to: UInt64, limit: Int = .max) throws -> [Extent] {
         func scan(_ start: [UInt8], _ dir: ScanDirection, _ inclusive: Bool, _ limit: Int) throws -> [(key: [UInt8], value: [UInt8])] {
             if let t { return try t.scan(IOService.mapFid, from: start, direction: dir, inclusive: inclusive, limit: limit) }
             return try engine.scan(IOService.mapFid, from: start, direction: dir, inclusive: inclusive, limit: limit)
@@ -249,7 +281,7 @@ public final class IOService: @unchecked Sendable {
             for (k, v) in batch {
                 guard Array(k[0..<16]) == prefix else { return out }
                 let e = try decodeExtent(k, v)
-                guard e.offset < to else { return out }
+                guard e.offset < to, out.count < limit else { return out }
                 out.append(e)
             }
             guard let lastKey = batch.last?.key, batch.count == 64 else { return out }

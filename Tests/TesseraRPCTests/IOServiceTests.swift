@@ -143,3 +143,36 @@ extension Response {
         #expect(await n.node.handle(.listIndexes(after: nil, limit: 100)) == .fids([]))
     }
 }
+
+@Suite struct LargeFreeTests {
+    @Test func freeingMoreExtentsThanOneTransactionTakes() async throws {
+        let n = try IONode()
+        let cob = Fid(hi: 0xF3EE, lo: 1)
+        // 1,200 separate one-block writes: 1,200 extents, more than two batches of unmapping.
+        for i in 0..<1200 {
+            #expect(await n.node.handle(.write(cob: cob, offset: UInt64(i) * 8192, data: [UInt8](repeating: 1, count: 4096), syncWait: false)).isOK)
+        }
+        #expect(await n.node.handle(.free(cob: cob, offset: 0, length: .max, syncWait: true)).isOK)
+        #expect(await n.node.handle(.read(cob: cob, offset: 0, length: 1200 * 8192)) == .data([UInt8](repeating: 0, count: 1200 * 8192)))
+        try n.reopen(crash: false)
+        let report = try n.node.catalogues.engine.audit()
+        #expect(report.isClean)
+        // Every block is free again: one free extent spans the whole image.
+        #expect(try n.node.catalogues.engine.scan(Fid(hi: .max, lo: 1), from: nil, limit: 10).count == 1)
+    }
+}
+
+@Suite struct IORangeTests {
+    @Test func offsetsNearTheTopAreRefusedNotTrapped() async throws {
+        let n = try IONode()
+        let cob = Fid(hi: 1, lo: 1)
+        for r: Request in [
+            .write(cob: cob, offset: .max - 10, data: [1, 2, 3], syncWait: false),
+            .read(cob: cob, offset: .max - 1, length: 100),
+            .free(cob: cob, offset: .max - 5, length: .max, syncWait: false),
+        ] {
+            if case .failure(let s, _) = await n.node.handle(r) { #expect(s == .invalidArgument) } else { Issue.record("\(r.opcode) accepted") }
+        }
+        #expect(await n.node.handle(.free(cob: cob, offset: 4096, length: .max, syncWait: false)).isOK)
+    }
+}
