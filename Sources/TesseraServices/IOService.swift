@@ -248,6 +248,18 @@ public final class IOService: @unchecked Sendable {
 
     static let unmapBatch = 512
 
+    /// Decodes a free or pending-free record (first block, block count), checked against the
+    /// image: bytes read from meta.img are not trusted.
+    private func blockRange(_ k: [UInt8], _ v: [UInt8], _ what: String) throws -> (start: UInt64, count: UInt64) {
+        guard k.count == 8, v.count == 8 else { throw TesseraError(.corrupt, "\(what) record has a \(k.count)-byte key and \(v.count)-byte value") }
+        let start = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let count = v.loadLE(at: 0, as: UInt64.self)
+        guard count > 0, start < header.blockCount, count <= header.blockCount - start else {
+            throw TesseraError(.corrupt, "\(what) \(start)+\(count) lies outside the \(header.blockCount)-block data image")
+        }
+        return (start, count)
+    }
+
     private func checkRange(_ offset: UInt64, _ length: UInt64) throws {
         guard offset <= IOService.maxOffset, length <= IOService.maxOffset - offset else {
             throw TesseraError(.invalidArgument, "bytes \(offset)+\(length) lie beyond the largest cob offset (2^60)")
@@ -294,7 +306,7 @@ public final class IOService: @unchecked Sendable {
         let count = Int(v.loadLE(at: 8, as: UInt32.self))
         guard v.count == 12 + 4 * count, count > 0 else { throw TesseraError(.corrupt, "extent map record: \(count) blocks but \(v.count) bytes") }
         let block = v.loadLE(at: 0, as: UInt64.self)
-        guard block + UInt64(count) <= header.blockCount else { throw TesseraError(.corrupt, "extent map record points past the data image") }
+        guard block < header.blockCount, UInt64(count) <= header.blockCount - block else { throw TesseraError(.corrupt, "extent map record points past the data image") }
         let offset = k[16..<24].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         return Extent(offset: offset, block: block, crcs: (0..<count).map { v.loadLE(at: 12 + 4 * $0, as: UInt32.self) })
     }
@@ -322,8 +334,8 @@ public final class IOService: @unchecked Sendable {
                     throw TesseraError(.noSpace, "data image \(data.path) is full: no free blocks for \(count * UInt64(blockSize)) bytes")
                 }
                 for (k, v) in batch where need > 0 {
-                    var start = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                    let end = start + v.loadLE(at: 0, as: UInt64.self)
+                    var (start, length) = try blockRange(k, v, "free extent")
+                    let end = start + length
                     // Skip the parts other writers hold.
                     while start < end && need > 0 {
                         if let r = reserved.first(where: { $0.start <= start && start < $0.start + $0.count }) {
@@ -354,8 +366,7 @@ public final class IOService: @unchecked Sendable {
         guard let (k, v) = try t.scan(IOService.freeFid, from: be(start), direction: .backward, limit: 1).first else {
             throw TesseraError(.internalError, "block \(start) is not free")
         }
-        let s = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        let n = v.loadLE(at: 0, as: UInt64.self)
+        let (s, n) = try blockRange(k, v, "free extent")
         guard s <= start, start + count <= s + n else { throw TesseraError(.internalError, "blocks \(start)+\(count) are not free") }
         try t.delete(IOService.freeFid, k)
         if start > s { try t.put(IOService.freeFid, be(s), le(start - s)) }
@@ -367,8 +378,7 @@ public final class IOService: @unchecked Sendable {
         var s = start
         var n = count
         if let (k, v) = try t.scan(IOService.freeFid, from: be(start), direction: .backward, inclusive: false, limit: 1).first {
-            let ps = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-            let pn = v.loadLE(at: 0, as: UInt64.self)
+            let (ps, pn) = try blockRange(k, v, "free extent")
             if ps + pn == start {
                 try t.delete(IOService.freeFid, k)
                 s = ps
@@ -377,7 +387,7 @@ public final class IOService: @unchecked Sendable {
         }
         if let v = try t.get(IOService.freeFid, be(start + count)) {
             try t.delete(IOService.freeFid, be(start + count))
-            n += v.loadLE(at: 0, as: UInt64.self)
+            n += try blockRange(be(start + count), v, "free extent").count
         }
         try t.put(IOService.freeFid, be(s), le(n))
     }
@@ -389,7 +399,7 @@ public final class IOService: @unchecked Sendable {
         var pieces: [(start: UInt64, count: UInt64)] = []
         if all {
             for (k, v) in try engine.scan(IOService.pendingFid, from: nil, limit: Int.max) {
-                pieces.append((k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }, v.loadLE(at: 0, as: UInt64.self)))
+                pieces.append(try blockRange(k, v, "pending-free extent"))
             }
         } else {
             let logged = engine.loggedThrough
