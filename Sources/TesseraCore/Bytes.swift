@@ -47,3 +47,15 @@ public func compareBytes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointe
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// `v` as 8 big-endian bytes: the key form of numbers, so byte order is numeric order.
+public func bigEndianBytes(_ v: UInt64) -> [UInt8] {
+    (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) }
+}
+
+extension UInt64 {
+    /// Decodes big-endian bytes (at most 8; the caller checks the length).
+    public init<C: Collection>(bigEndianBytes bytes: C) where C.Element == UInt8 {
+        self = bytes.reduce(0) { $0 << 8 | UInt64($1) }
+    }
+}

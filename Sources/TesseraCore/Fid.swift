@@ -35,23 +35,11 @@ public struct Fid: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 
     /// 16 bytes, big-endian, so byte order equals numeric order.
-    public var bytes: [UInt8] {
-        var out = [UInt8](repeating: 0, count: 16)
-        for i in 0..<8 {
-            out[i] = UInt8(truncatingIfNeeded: hi >> (56 - 8 * UInt64(i)))
-            out[8 + i] = UInt8(truncatingIfNeeded: lo >> (56 - 8 * UInt64(i)))
-        }
-        return out
-    }
+    public var bytes: [UInt8] { bigEndianBytes(hi) + bigEndianBytes(lo) }
 
     /// Decodes the 16-byte big-endian form; nil if `bytes` is not 16 bytes long.
     public init?<C: Collection>(bytes: C) where C.Element == UInt8 {
         guard bytes.count == 16 else { return nil }
-        var hi: UInt64 = 0
-        var lo: UInt64 = 0
-        for (i, b) in bytes.enumerated() {
-            if i < 8 { hi = hi << 8 | UInt64(b) } else { lo = lo << 8 | UInt64(b) }
-        }
-        self.init(hi: hi, lo: lo)
+        self.init(hi: UInt64(bigEndianBytes: bytes.prefix(8)), lo: UInt64(bigEndianBytes: bytes.dropFirst(8)))
     }
 }

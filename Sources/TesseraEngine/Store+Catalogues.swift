@@ -46,7 +46,7 @@ extension Store {
         guard let v = try liveKey(fid).withUnsafeBytes({ try get(root: Store.metaRootPage, key: $0) }) else { return false }
         let root = try decodeRoot(v, "catalogue \(fid)")
         _ = try delete(root: Store.metaRootPage, key: liveKey(fid))
-        _ = try put(root: Store.metaRootPage, key: [Store.deadTag] + bigEndian(root), value: rootValue(root), mode: .overwrite)
+        _ = try put(root: Store.metaRootPage, key: [Store.deadTag] + bigEndianBytes(root), value: rootValue(root), mode: .overwrite)
         return true
     }
 
@@ -78,12 +78,10 @@ extension Store {
         for root in try droppedRoots() {
             guard budget > 0 else { return true }
             if try destroy(root: root, budget: &budget) {
-                _ = try delete(root: Store.metaRootPage, key: [Store.deadTag] + bigEndian(root))
+                _ = try delete(root: Store.metaRootPage, key: [Store.deadTag] + bigEndianBytes(root))
             }
         }
         let remaining = try droppedRoots()
         return budget <= 0 && !remaining.isEmpty
     }
-
-    private func bigEndian(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
 }

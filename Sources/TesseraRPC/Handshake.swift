@@ -93,9 +93,7 @@ struct ClientHandshake {
             }
             return .ready
         case .refused:
-            var r = WireReader(frame.body)
-            let message = (try? r.u16()).flatMap { _ in try? r.string() } ?? "refused"
-            return .fail("the server refused the connection: \(message)")
+            return .fail("the server refused the connection: \(frame.refusalMessage)")
         default:
             return .fail("unexpected \(frame.kind) frame during the handshake")
         }
@@ -103,6 +101,12 @@ struct ClientHandshake {
 }
 
 extension Frame {
+    /// The message of a `refused` frame ("refused" if it has none that decodes).
+    var refusalMessage: String {
+        var r = WireReader(body)
+        return (try? r.u16()).flatMap { _ in try? r.string() } ?? "refused"
+    }
+
     /// A `refused` frame: u16 status, then the message.
     static func refused(_ status: Status, _ message: String) -> Frame {
         var w = WireWriter()

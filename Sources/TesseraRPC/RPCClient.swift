@@ -76,9 +76,6 @@ public final class RPCClient: RequestHandler {
     public func close() async {
         try? await channel.close()
     }
-
-    /// True until the connection closes.
-    public var isActive: Bool { channel.isActive }
 }
 
 /// Per connection, on its event loop: the handshake, then matching responses to requests.
@@ -154,9 +151,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             timer?.cancel()
             c.resume(returning: (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response"))
         case .refused:
-            var r = WireReader(frame.body)
-            let message = (try? r.u16()).flatMap { _ in try? r.string() } ?? "refused"
-            failAll(.failure(.io, "the server closed the connection: \(message)"))
+            failAll(.failure(.io, "the server closed the connection: \(frame.refusalMessage)"))
             context.close(promise: nil)
         default:
             failAll(.failure(.invalidArgument, "unexpected \(frame.kind) frame from the server"))

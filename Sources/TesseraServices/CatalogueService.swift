@@ -19,7 +19,7 @@ public struct CatalogueService: Sendable {
 
     public func handle(_ request: Request) async throws -> Response {
         try refuseReserved(request)
-        let response = try answer(request, wait: true)
+        let response = try answer(request)
         if case .statuses(_, let tx) = response, needsWait(request) { try await engine.waitLogged(TxId(group: tx)) }
         return response
     }
@@ -33,7 +33,7 @@ public struct CatalogueService: Sendable {
     }
 
     /// Runs the request against the engine; the caller waits for LOGGED if it must.
-    private func answer(_ request: Request, wait: Bool) throws -> Response {
+    private func answer(_ request: Request) throws -> Response {
         switch request {
         case .createIndexes(let fids):
             return try commit(fids.count) { t in try fids.map { try t.createCatalogue($0) ? .ok : .exists } }
@@ -90,7 +90,7 @@ public struct CatalogueService: Sendable {
         case .get, .put, .delete, .next, .listIndexes:
             do {
                 try refuseReserved(request)
-                return try answer(request, wait: false)
+                return try answer(request)
             } catch { return Response(error) }
         default: return nil
         }

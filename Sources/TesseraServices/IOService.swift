@@ -252,7 +252,7 @@ public final class IOService: @unchecked Sendable {
     /// image: bytes read from meta.img are not trusted.
     private func blockRange(_ k: [UInt8], _ v: [UInt8], _ what: String) throws -> (start: UInt64, count: UInt64) {
         guard k.count == 8, v.count == 8 else { throw TesseraError(.corrupt, "\(what) record has a \(k.count)-byte key and \(v.count)-byte value") }
-        let start = k.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let start = UInt64(bigEndianBytes: k)
         let count = v.loadLE(at: 0, as: UInt64.self)
         guard count > 0, start < header.blockCount, count <= header.blockCount - start else {
             throw TesseraError(.corrupt, "\(what) \(start)+\(count) lies outside the \(header.blockCount)-block data image")
@@ -307,7 +307,7 @@ public final class IOService: @unchecked Sendable {
         guard v.count == 12 + 4 * count, count > 0 else { throw TesseraError(.corrupt, "extent map record: \(count) blocks but \(v.count) bytes") }
         let block = v.loadLE(at: 0, as: UInt64.self)
         guard block < header.blockCount, UInt64(count) <= header.blockCount - block else { throw TesseraError(.corrupt, "extent map record points past the data image") }
-        let offset = k[16..<24].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let offset = UInt64(bigEndianBytes: k[16..<24])
         return Extent(offset: offset, block: block, crcs: (0..<count).map { v.loadLE(at: 12 + 4 * $0, as: UInt32.self) })
     }
 
@@ -420,7 +420,7 @@ public final class IOService: @unchecked Sendable {
     }
 }
 
-private func be(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
+private func be(_ v: UInt64) -> [UInt8] { bigEndianBytes(v) }
 private func le(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
 private func le32(_ v: UInt32) -> [UInt8] { var b: [UInt8] = []; b.appendLE(v); return b }
 private func mapKey(_ cob: Fid, _ offset: UInt64) -> [UInt8] { cob.bytes + be(offset) }

@@ -80,13 +80,25 @@ struct BenchServer: AsyncParsableCommand {
         throw ValidationError("the server did not start")
     }
 
-    private func casRows(_ root: String) async throws -> [(String, Double)] {
+    /// Formats fresh images, runs a server process on them, and hands `body` a client.
+    private func withServer<R>(_ root: String, _ body: (RPCClient) async throws -> R) async throws -> R {
+        for image in ["meta.img", "data.img"] { try? FileManager.default.removeItem(atPath: root + "/" + image) }
         let (server, port, secret) = try startServer(root)
         defer {
             kill(server.processIdentifier, SIGTERM)
             server.waitUntilExit()
         }
         let client = try await connect(port, secret)
+        let result = try await body(client)
+        await client.close()
+        return result
+    }
+
+    private func casRows(_ root: String) async throws -> [(String, Double)] {
+        try await withServer(root) { client in try await casRows(client) }
+    }
+
+    private func casRows(_ client: RPCClient) async throws -> [(String, Double)] {
         let index = Fid(hi: 0xBE, lo: 1)
         _ = try await client.handle(.createIndexes([index])).unwrap()
         let value = [UInt8](repeating: 0x5A, count: 100)
@@ -108,19 +120,14 @@ struct BenchServer: AsyncParsableCommand {
             rows.append(("CAS put, \(inFlight) in flight vs Redis SET", put))
             rows.append(("CAS get, \(inFlight) in flight vs Redis GET", get))
         }
-        await client.close()
         return rows
     }
 
     private func ioRows(_ root: String) async throws -> (Double, Double) {
-        try? FileManager.default.removeItem(atPath: root + "/meta.img")
-        try? FileManager.default.removeItem(atPath: root + "/data.img")
-        let (server, port, secret) = try startServer(root)
-        defer {
-            kill(server.processIdentifier, SIGTERM)
-            server.waitUntilExit()
-        }
-        let client = try await connect(port, secret)
+        try await withServer(root) { client in try await ioRows(client) }
+    }
+
+    private func ioRows(_ client: RPCClient) async throws -> (Double, Double) {
         let cob = Fid(hi: 0xBE, lo: 2)
         let unit = [UInt8](repeating: 0xA5, count: 1 << 20)
         note("IOS \(mib) MiB of 1 MiB unit writes, 4 in flight, then SYNC")
@@ -141,7 +148,6 @@ struct BenchServer: AsyncParsableCommand {
                 }
             }
         }
-        await client.close()
         return (write * 1.048576, read * 1.048576)
     }
 

@@ -97,12 +97,10 @@ struct RawSocket {
                 }
             }
             group.addTask {
-                var answered = 0
                 for i in 0..<200 {
                     let k = Array("good-\(i)".utf8)
                     #expect(await good.handle(.put(index: fid, records: [Record(key: k, value: k)], mode: .overwrite, syncWait: false)).statuses == [.ok])
                     #expect(await good.handle(.get(index: fid, keys: [k])) == .values([k]))
-                    answered += 1
                     try await Task.sleep(for: .milliseconds(5))
                 }
                 return 0
