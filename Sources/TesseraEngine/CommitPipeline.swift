@@ -161,7 +161,7 @@ final class CommitPipeline: @unchecked Sendable {
     func unreserve(_ credit: Int) {
         lock.withLock {
             reserved -= credit
-            lock.broadcast()
+            if spaceWaiters > 0 { lock.broadcast() }
         }
     }
 
@@ -170,14 +170,25 @@ final class CommitPipeline: @unchecked Sendable {
     func join(credit: Int, payloadBytes: Int, regions: Int, fill: (inout [UInt8]) -> Void) -> UInt64 {
         lock.withLock {
             reserved -= credit
+            // Wake the logger only when it has something new to act on: a sealed group, a
+            // group that just opened (its timer starts), or one past the size that seals it.
+            // Waking it, and the placer on the same condition, for every transaction would
+            // cost two thread switches per commit.
+            var wake = spaceWaiters > 0
             if !open.isEmpty && open.buffer.count + payloadBytes + LogRecord.commitSize > maxRecord {
                 sealOpenGroup()
+                wake = true
             }
-            if open.isEmpty { open.openedAt = monotonicNanos() }
+            if open.isEmpty {
+                open.openedAt = monotonicNanos()
+                wake = true
+            }
+            let before = open.buffer.count
             fill(&open.buffer)
             open.regions += UInt32(regions)
+            if before < maxRecord / 2 && open.buffer.count >= maxRecord / 2 { wake = true }
             peakBufferedBytes = max(peakBufferedBytes, inFlight + open.buffer.count)
-            lock.broadcast()
+            if wake { lock.broadcast() }
             return open.seq
         }
     }

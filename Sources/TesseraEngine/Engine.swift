@@ -143,13 +143,13 @@ public final class Engine: @unchecked Sendable {
                 defer { t.store = nil }
                 let result: R
                 do { result = try body(t) } catch {
-                    store.tx.rollback()
+                    store.rollback()
                     throw error
                 }
                 reclaim = t.dropped
                 let (bytes, regions) = store.tx.payloadSize()
                 if bytes > pipeline.maxTransactionBytes {
-                    store.tx.rollback()
+                    store.rollback()
                     throw TesseraError(.tooLarge, "transaction changed \(bytes) bytes of metadata, more than the \(pipeline.maxTransactionBytes) one transaction may log")
                 }
                 if bytes == 0 {

@@ -20,17 +20,20 @@ extension Store {
         return v
     }
 
-    private func decodeRoot(_ v: [UInt8], _ what: String) throws -> UInt64 {
-        guard v.count == 16 else { throw TesseraError(.corrupt, "meta-b-tree record of \(what) has a \(v.count)-byte value") }
+    private func decodeRoot(_ v: [UInt8], _ what: @autoclosure () -> String) throws -> UInt64 {
+        guard v.count == 16 else { throw TesseraError(.corrupt, "meta-b-tree record of \(what()) has a \(v.count)-byte value") }
         return v.loadLE(at: 0, as: UInt64.self)
     }
 
     /// The root page of catalogue `fid`, found through the meta-b-tree.
     func catalogueRoot(_ fid: Fid) throws -> UInt64 {
+        if let root = roots[fid] { return root }
         guard let v = try liveKey(fid).withUnsafeBytes({ try get(root: Store.metaRootPage, key: $0) }) else {
             throw TesseraError(.notFound, "catalogue \(fid) does not exist")
         }
-        return try decodeRoot(v, "catalogue \(fid)")
+        let root = try decodeRoot(v, "catalogue \(fid)")
+        roots[fid] = root
+        return root
     }
 
     /// Creates catalogue `fid`; false if it already exists.
@@ -45,6 +48,7 @@ extension Store {
     func dropCatalogue(_ fid: Fid) throws -> Bool {
         guard let v = try liveKey(fid).withUnsafeBytes({ try get(root: Store.metaRootPage, key: $0) }) else { return false }
         let root = try decodeRoot(v, "catalogue \(fid)")
+        roots[fid] = nil
         _ = try delete(root: Store.metaRootPage, key: liveKey(fid))
         _ = try put(root: Store.metaRootPage, key: [Store.deadTag] + bigEndianBytes(root), value: rootValue(root), mode: .overwrite)
         return true

@@ -29,6 +29,10 @@ final class Store {
     let cache: PageCache
     let tx: TxContext
     let limits: Limits
+    /// Root pages of live catalogues already looked up. A root page never moves while its
+    /// catalogue lives (FORMAT.md, "fixed root pages"); a drop removes the entry and an
+    /// undone transaction empties the cache, so no entry outlives its catalogue.
+    var roots: [Fid: UInt64] = [:]
     var pageSize: Int { geometry.pageSize }
     /// Underflow threshold: a non-root node with fewer used bytes is merged or refilled.
     var minFill: Int { (pageSize - Node.headerSize) / 4 }
@@ -38,6 +42,12 @@ final class Store {
         self.cache = cache
         self.tx = TxContext(pageSize: geometry.pageSize)
         self.limits = Limits(pageSize: geometry.pageSize)
+    }
+
+    /// Undoes the running transaction.
+    func rollback() {
+        tx.rollback()
+        roots.removeAll()
     }
 
     // MARK: Nodes

@@ -1,5 +1,5 @@
 // Frames to and from bytes on a NIO channel. The decoder moves the reader index only when a
-// whole frame is there.
+// whole frame is there; handlers encode their own frames into one buffer per burst.
 import NIOCore
 import TesseraCore
 
@@ -31,15 +31,27 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// `Frame` → bytes.
-public struct FrameEncoder: MessageToByteEncoder {
-    public typealias OutboundIn = Frame
+extension ByteBuffer {
+    /// Appends one frame (header, then body) as docs/WIRE.md lays it out. Handlers append
+    /// every frame of a burst to one buffer and write it once: one syscall for the burst.
+    mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: [UInt8]) {
+        withUnsafeTemporaryAllocation(byteCount: Frame.headerSize, alignment: 8) { h in
+            h.storeBytes(of: Frame.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
+            h.storeBytes(of: Frame.version, toByteOffset: 4, as: UInt8.self)
+            h.storeBytes(of: kind.rawValue, toByteOffset: 5, as: UInt8.self)
+            h.storeBytes(of: 0, toByteOffset: 6, as: UInt16.self)
+            h.storeBytes(of: requestID.littleEndian, toByteOffset: 8, as: UInt64.self)
+            h.storeBytes(of: deadlineMillis.littleEndian, toByteOffset: 16, as: UInt32.self)
+            h.storeBytes(of: UInt32(body.count).littleEndian, toByteOffset: 20, as: UInt32.self)
+            let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: h.baseAddress, count: Frame.headerSize - 4))
+            h.storeBytes(of: crc.littleEndian, toByteOffset: 24, as: UInt32.self)
+            reserveCapacity(minimumWritableBytes: Frame.headerSize + body.count)
+            writeBytes(UnsafeRawBufferPointer(h))
+        }
+        body.withUnsafeBytes { _ = writeBytes($0) }
+    }
 
-    public init() {}
-
-    public func encode(data: Frame, out: inout ByteBuffer) throws {
-        out.reserveCapacity(minimumWritableBytes: Frame.headerSize + data.body.count)
-        out.writeBytes(data.encodeHeader())
-        out.writeBytes(data.body)
+    mutating func writeFrame(_ f: Frame) {
+        writeFrame(kind: f.kind, requestID: f.requestID, deadlineMillis: f.deadlineMillis, body: f.body)
     }
 }

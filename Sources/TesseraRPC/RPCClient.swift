@@ -25,7 +25,6 @@ public final class RPCClient: RequestHandler {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandlers([
                             ByteToMessageHandler(FrameDecoder()),
-                            MessageToByteHandler(FrameEncoder()),
                             ClientConnectionHandler(secret: secret, ready: ready),
                         ])
                     }
@@ -62,14 +61,37 @@ public final class RPCClient: RequestHandler {
         return await sendRaw(body: w.bytes, deadline: deadline)
     }
 
+    /// Sends every request at once, each in its own frame (all in flight together, written
+    /// with one flush), and returns their responses in request order. This is pipelining:
+    /// one hop to the event loop and one wake-up for the whole batch instead of one per request.
+    public func pipeline(_ requests: [Request], deadline: Duration? = nil) async -> [Response] {
+        guard !requests.isEmpty else { return [] }
+        let bodies = requests.map { r in
+            var w = WireWriter()
+            r.encode(into: &w)
+            return w.bytes
+        }
+        let millis = Self.millis(deadline ?? defaultDeadline)
+        let connection = self.connection
+        return await withCheckedContinuation { (c: CheckedContinuation<[Response], Never>) in
+            connection.eventLoop.execute {
+                connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: .batch(c))
+            }
+        }
+    }
+
     func sendRaw(body: [UInt8], deadline: Duration) async -> Response {
-        let millis = UInt32(clamping: deadline.components.seconds * 1000 + deadline.components.attoseconds / 1_000_000_000_000_000)
+        let millis = Self.millis(deadline)
         let connection = self.connection
         return await withCheckedContinuation { (c: CheckedContinuation<Response, Never>) in
             connection.eventLoop.execute {
-                connection.value.send(body: body, deadlineMillis: millis, continuation: c)
+                connection.value.send(bodies: [body], deadlineMillis: millis, waiter: .single(c))
             }
         }
+    }
+
+    private static func millis(_ d: Duration) -> UInt32 {
+        UInt32(clamping: d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
     }
 
     /// Closes the connection; requests still waiting fail with `.closed`.
@@ -81,11 +103,11 @@ public final class RPCClient: RequestHandler {
 /// Per connection, on its event loop: the handshake, then matching responses to requests.
 final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = Frame
-    typealias OutboundOut = Frame
+    typealias OutboundOut = ByteBuffer
 
     private var handshake: ClientHandshake
     private var ready: EventLoopPromise<Void>?
-    private var pending: [UInt64: (CheckedContinuation<Response, Never>, Scheduled<Void>?)] = [:]
+    private var pending: [UInt64: Pending] = [:]
     private var nextID: UInt64 = 1
     private var context: ChannelHandlerContext?
     private var closed = false
@@ -99,27 +121,38 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
     func channelActive(context: ChannelHandlerContext) {
-        context.writeAndFlush(wrapOutboundOut(handshake.hello), promise: nil)
+        send(context, handshake.hello)
         context.fireChannelActive()
     }
 
-    func send(body: [UInt8], deadlineMillis: UInt32, continuation: CheckedContinuation<Response, Never>) {
+    /// Sends one frame per body; `waiter` is resumed once every one has its response (or
+    /// failed: deadline passed, connection lost).
+    func send(bodies: [[UInt8]], deadlineMillis: UInt32, waiter: Waiter) {
+        let batch = Batch(count: bodies.count, waiter: waiter)
         guard let context, !closed else {
-            continuation.resume(returning: .failure(.closed, "the connection is closed"))
+            for i in bodies.indices { batch.complete(i, .failure(.closed, "the connection is closed")) }
             return
         }
-        let id = nextID
-        nextID += 1
+        let first = nextID
+        nextID += UInt64(bodies.count)
         var timer: Scheduled<Void>?
         if deadlineMillis > 0 {
             timer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(deadlineMillis))) { [self] in
-                if let (c, _) = pending.removeValue(forKey: id) {
-                    c.resume(returning: .failure(.timedOut, "no reply within \(deadlineMillis) ms"))
+                for i in bodies.indices {
+                    if let p = pending.removeValue(forKey: first + UInt64(i)) {
+                        p.batch.complete(p.slot, .failure(.timedOut, "no reply within \(deadlineMillis) ms"))
+                    }
                 }
             }
         }
-        pending[id] = (continuation, timer)
-        context.write(wrapOutboundOut(Frame(kind: .request, requestID: id, deadlineMillis: deadlineMillis, body: body)), promise: nil)
+        batch.timer = timer
+        var out = context.channel.allocator.buffer(capacity: bodies.reduce(0) { $0 + Frame.headerSize + $1.count })
+        for (i, body) in bodies.enumerated() {
+            let id = first + UInt64(i)
+            pending[id] = Pending(batch: batch, slot: i)
+            out.writeFrame(kind: .request, requestID: id, deadlineMillis: deadlineMillis, body: body)
+        }
+        context.write(wrapOutboundOut(out), promise: nil)
         // Requests sent in the same event-loop tick share one flush (one syscall).
         if !flushScheduled {
             flushScheduled = true
@@ -134,7 +167,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         let frame = unwrapInboundIn(data)
         if let promise = ready {
             switch handshake.receive(frame) {
-            case .send(let reply): context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+            case .send(let reply): send(context, reply)
             case .ready:
                 ready = nil
                 promise.succeed(())
@@ -147,9 +180,8 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         }
         switch frame.kind {
         case .response:
-            guard let (c, timer) = pending.removeValue(forKey: frame.requestID) else { return }  // late reply after a timeout
-            timer?.cancel()
-            c.resume(returning: (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response"))
+            guard let p = pending.removeValue(forKey: frame.requestID) else { return }  // late reply after a timeout
+            p.batch.complete(p.slot, (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response"))
         case .refused:
             failAll(.failure(.io, "the server closed the connection: \(frame.refusalMessage)"))
             context.close(promise: nil)
@@ -157,6 +189,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             failAll(.failure(.invalidArgument, "unexpected \(frame.kind) frame from the server"))
             context.close(promise: nil)
         }
+    }
+
+    private func send(_ context: ChannelHandlerContext, _ frame: Frame) {
+        var out = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.body.count)
+        out.writeFrame(frame)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -177,9 +215,45 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     private func failAll(_ response: Response) {
         let all = pending
         pending.removeAll()
-        for (_, (c, timer)) in all {
-            timer?.cancel()
-            c.resume(returning: response)
+        for (_, p) in all { p.batch.complete(p.slot, response) }
+    }
+}
+
+/// Who waits for a send: one caller for one request, or one for a pipelined batch.
+enum Waiter {
+    case single(CheckedContinuation<Response, Never>)
+    case batch(CheckedContinuation<[Response], Never>)
+}
+
+/// A request waiting for its response: its batch and its place in it.
+struct Pending {
+    let batch: Batch
+    let slot: Int
+}
+
+/// The responses of one send, filled in as they arrive; the waiter resumes when the last
+/// one is in. Touched only on the connection's event loop.
+final class Batch {
+    private var responses: [Response?]
+    private var missing: Int
+    private let waiter: Waiter
+    var timer: Scheduled<Void>?
+
+    init(count: Int, waiter: Waiter) {
+        responses = Array(repeating: nil, count: count)
+        missing = count
+        self.waiter = waiter
+    }
+
+    func complete(_ slot: Int, _ response: Response) {
+        guard responses[slot] == nil else { return }
+        responses[slot] = response
+        missing -= 1
+        guard missing == 0 else { return }
+        timer?.cancel()
+        switch waiter {
+        case .single(let c): c.resume(returning: response)
+        case .batch(let c): c.resume(returning: responses.map { $0! })
         }
     }
 }

@@ -27,7 +27,6 @@ public final class RPCServer: Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(FrameDecoder()),
-                        MessageToByteHandler(FrameEncoder()),
                         ServerConnectionHandler(secret: secret, handler: handler, connections: connections, logger: logger),
                     ])
                 }
@@ -78,7 +77,7 @@ final class ConnectionSet: @unchecked Sendable {
 /// Per connection: the handshake, then requests. Lives on its channel's event loop.
 final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = Frame
-    typealias OutboundOut = Frame
+    typealias OutboundOut = ByteBuffer
 
     private var handshake: ServerHandshake
     private let handler: RequestHandler
@@ -88,7 +87,9 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     /// connection stops reading until it is back under `resumeAt`: a peer that sends without
     /// reading cannot make the server buffer without bound.
     private var unanswered = 0
-    private var needsFlush = false
+    /// Replies answered on the event loop during this read burst, written together in
+    /// `channelReadComplete`.
+    private var burst: ByteBuffer?
     private static let pauseAt = 256
     private static let resumeAt = 128
 
@@ -104,7 +105,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         guard handshake.isReady else {
             switch handshake.receive(frame) {
             case .send(let reply), .ready(let reply):
-                context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+                send(context, reply)
             case .refuse(let status, let message):
                 refuse(context, status, message)
             }
@@ -118,13 +119,11 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         let request: Request
         do { request = try Request.decode(frame.body) } catch {
             // The frame was whole, so the connection stays usable: answer this one with an error.
-            context.writeAndFlush(wrapOutboundOut(ServerConnectionHandler.response(Response(error), id: id)), promise: nil)
+            reply(context, Response(error), id: id)
             return
         }
         if let response = handler.handleImmediately(request) {
-            // Answered on this thread; flushed once per read burst, in channelReadComplete.
-            context.write(wrapOutboundOut(ServerConnectionHandler.response(response, id: id)), promise: nil)
-            needsFlush = true
+            reply(context, response, id: id)
             return
         }
         let deadline = frame.deadlineMillis == 0 ? nil : ContinuousClock.now + .milliseconds(Int(frame.deadlineMillis))
@@ -143,7 +142,9 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             } else {
                 response = await handler.handle(request)
             }
-            channel.writeAndFlush(ServerConnectionHandler.response(response, id: id)).whenComplete { _ in
+            var out = channel.allocator.buffer(capacity: 64)
+            out.writeFrame(kind: .response, requestID: id, body: ServerConnectionHandler.encode(response))
+            channel.writeAndFlush(out).whenComplete { _ in
                 this.value.answered(channel)
             }
         }
@@ -157,18 +158,30 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         }
     }
 
+    /// Answers on this thread: the reply joins the burst, written once the read burst ends.
+    private func reply(_ context: ChannelHandlerContext, _ response: Response, id: UInt64) {
+        if burst == nil { burst = context.channel.allocator.buffer(capacity: 4096) }
+        burst!.writeFrame(kind: .response, requestID: id, body: Self.encode(response))
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
-        if needsFlush {
-            needsFlush = false
-            context.flush()
+        if let out = burst {
+            burst = nil
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         }
         context.fireChannelReadComplete()
     }
 
-    static func response(_ r: Response, id: UInt64) -> Frame {
+    private func send(_ context: ChannelHandlerContext, _ frame: Frame) {
+        var out = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.body.count)
+        out.writeFrame(frame)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    static func encode(_ r: Response) -> [UInt8] {
         var w = WireWriter()
         r.encode(into: &w)
-        return Frame(kind: .response, requestID: id, body: w.bytes)
+        return w.bytes
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -180,6 +193,12 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
     private func refuse(_ context: ChannelHandlerContext, _ status: Status, _ message: String) {
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.refused(status, message))).whenComplete { _ in channel.close(promise: nil) }
+        if let out = burst {
+            burst = nil
+            context.write(wrapOutboundOut(out), promise: nil)
+        }
+        var out = channel.allocator.buffer(capacity: 256)
+        out.writeFrame(.refused(status, message))
+        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
     }
 }

@@ -9,8 +9,9 @@ import TesseraEngine
 public final class ServerMetrics: RequestHandler {
     public let registry = PrometheusCollectorRegistry()
     private let inner: ServerNode
-    private let requests: [Request.Opcode: Counter]
-    private let latencies: [Request.Opcode: DurationHistogram]
+    /// Indexed by opcode: a dictionary lookup per request would cost more than the counting.
+    private let requests: [Counter?]
+    private let latencies: [DurationHistogram?]
     private let groups: Gauge
     private let logBytes: Gauge
     private let logUsed: Gauge
@@ -24,11 +25,12 @@ public final class ServerMetrics: RequestHandler {
         inner = node
         let r = registry
         let buckets: [Duration] = [.microseconds(50), .microseconds(200), .milliseconds(1), .milliseconds(5), .milliseconds(20), .milliseconds(100), .seconds(1)]
-        var requests: [Request.Opcode: Counter] = [:]
-        var latencies: [Request.Opcode: DurationHistogram] = [:]
+        let slots = Int(Request.Opcode.allCases.map(\.rawValue).max()!) + 1
+        var requests = [Counter?](repeating: nil, count: slots)
+        var latencies = [DurationHistogram?](repeating: nil, count: slots)
         for op in Request.Opcode.allCases {
-            requests[op] = r.makeCounter(name: "tessera_requests_total", labels: [("op", "\(op)")], help: "Requests served, by operation.")
-            latencies[op] = r.makeDurationHistogram(name: "tessera_request_seconds", labels: [("op", "\(op)")], buckets: buckets, help: "Time to answer a request, by operation.")
+            requests[Int(op.rawValue)] = r.makeCounter(name: "tessera_requests_total", labels: [("op", "\(op)")], help: "Requests served, by operation.")
+            latencies[Int(op.rawValue)] = r.makeDurationHistogram(name: "tessera_request_seconds", labels: [("op", "\(op)")], buckets: buckets, help: "Time to answer a request, by operation.")
         }
         self.requests = requests
         self.latencies = latencies
@@ -58,8 +60,8 @@ public final class ServerMetrics: RequestHandler {
 
     private func record(_ request: Request, _ response: Response, since start: ContinuousClock.Instant) {
         let op = request.opcode
-        requests[op]?.increment()
-        latencies[op]?.record(ContinuousClock.now - start)
+        requests[Int(op.rawValue)]?.increment()
+        latencies[Int(op.rawValue)]?.record(ContinuousClock.now - start)
         if case .failure(let status, _) = response {
             registry.makeCounter(name: "tessera_request_failures_total", labels: [("op", "\(op)"), ("status", "\(status)")], help: "Requests that failed, by operation and status.").increment()
         }

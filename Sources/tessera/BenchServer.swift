@@ -98,23 +98,27 @@ struct BenchServer: AsyncParsableCommand {
         try await withServer(root) { client in try await casRows(client) }
     }
 
+    /// Rows at 1 in flight send one request and wait for its reply; rows at N in flight send
+    /// pipelines of N requests, each its own frame, and wait for all N replies before the
+    /// next pipeline, exactly as redis-benchmark -P N does.
     private func casRows(_ client: RPCClient) async throws -> [(String, Double)] {
         let index = Fid(hi: 0xBE, lo: 1)
         _ = try await client.handle(.createIndexes([index])).unwrap()
         let value = [UInt8](repeating: 0x5A, count: 100)
+        let keys = (0..<ops).map(key)
         var rows: [(String, Double)] = []
         for inFlight in [1, 64] {
             note("CAS put and get, \(inFlight) in flight")
             let put = try await rate(ops) {
-                try await parallel(inFlight, ops) { i in
-                    _ = try await client.handle(.put(index: index, records: [Record(key: key(i), value: value)], mode: .overwrite, syncWait: false)).unwrap()
-                }
+                try await pipelines(client, inFlight, ops) { i in
+                    .put(index: index, records: [Record(key: keys[i], value: value)], mode: .overwrite, syncWait: false)
+                } check: { i, response in _ = try response.unwrap() }
             }
             let get = try await rate(ops) {
-                try await parallel(inFlight, ops) { i in
-                    guard case .values(let v) = try await client.handle(.get(index: index, keys: [key(i)])).unwrap(), v[0] != nil else {
-                        throw ValidationError("lost key \(i)")
-                    }
+                try await pipelines(client, inFlight, ops) { i in
+                    .get(index: index, keys: [keys[i]])
+                } check: { i, response in
+                    guard case .values(let v) = try response.unwrap(), v.count == 1, v[0] == value else { throw ValidationError("lost key \(i)") }
                 }
             }
             rows.append(("CAS put, \(inFlight) in flight vs Redis SET", put))
@@ -236,6 +240,19 @@ private func rate(_ operations: Int, _ body: () async throws -> Void) async thro
     try await body()
     let d = ContinuousClock.now - start
     return Double(operations) / (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+}
+
+/// Sends requests 0..<count in pipelines of `width`, checking every response.
+private func pipelines(
+    _ client: RPCClient, _ width: Int, _ count: Int, _ request: (Int) -> Request, check: (Int, Response) throws -> Void
+) async throws {
+    var start = 0
+    while start < count {
+        let end = min(count, start + width)
+        let responses = width == 1 ? [await client.handle(request(start))] : await client.pipeline((start..<end).map(request))
+        for (i, r) in zip(start..<end, responses) { try check(i, r) }
+        start = end
+    }
 }
 
 /// Runs `body(i)` for i in 0..<count with `width` running at once.
