@@ -37,7 +37,7 @@ final class PageCache {
     let pageSize: Int
     let segmentOffset: UInt64
     let capacity: Int
-    private var frames: [UInt64: Frame] = [:]
+    private var frames = PageTable()
     private var clock: [Frame] = []
     private var hand = 0
     private var spare: [UnsafeMutableRawPointer] = []
@@ -179,7 +179,42 @@ final class PageCache {
     func invalidateAll() {
         for f in clock { spare.append(f.data) }
         clock.removeAll()
-        frames.removeAll()
+        frames = PageTable()
         hand = 0
+    }
+}
+
+/// Page number → cached frame: a two-level radix table, leaves of 1024 slots made on first
+/// use. A lookup is two array indexings, where a dictionary would hash every page number.
+struct PageTable {
+    private static let leafBits = 10
+    private static let leafSize = 1 << leafBits
+    private final class Leaf {
+        var slots = [Frame?](repeating: nil, count: PageTable.leafSize)
+    }
+    private var leaves: [Leaf?] = []
+
+    subscript(page: UInt64) -> Frame? {
+        get {
+            let i = Int(page >> UInt64(Self.leafBits))
+            guard i < leaves.count, let leaf = leaves[i] else { return nil }
+            return leaf.slots[Int(page) & (Self.leafSize - 1)]
+        }
+        set {
+            let i = Int(page >> UInt64(Self.leafBits))
+            if i >= leaves.count {
+                guard newValue != nil else { return }
+                leaves.append(contentsOf: repeatElement(nil, count: i + 1 - leaves.count))
+            }
+            let leaf: Leaf
+            if let l = leaves[i] {
+                leaf = l
+            } else {
+                guard newValue != nil else { return }
+                leaf = Leaf()
+                leaves[i] = leaf
+            }
+            leaf.slots[Int(page) & (Self.leafSize - 1)] = newValue
+        }
     }
 }

@@ -17,21 +17,39 @@ struct BenchServer: AsyncParsableCommand {
     @Option(help: "CAS operations per row.") var ops: Int = 100_000
     @Option(help: "MiB written and read by the IOS rows.") var mib: Int = 1024
 
+    @Option(help: "Rounds; each runs Tessera then its baseline, and the table shows medians.") var rounds: Int = 3
+
     func run() async throws {
+        guard rounds >= 1, ops >= 1, mib >= 1 else { throw ValidationError("--rounds, --ops and --mib must be at least 1") }
         let root = (dir ?? NSTemporaryDirectory()) + "/tessera-bench-server-\(getpid())"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: root) }
-        var rows: [(String, Double, Double, String)] = []
-        let cas = try await casRows(root)
-        let redis = try redisRows(root)
-        for (name, t) in cas { rows.append((name, t, redis[name] ?? .nan, "ops/s")) }
-        let (w, r) = try await ioRows(root)
-        let (dw, dr) = try ddRows(root)
-        rows.append(("IOS write 1 MiB units vs dd conv=fdatasync", w, dw, "MB/s"))
-        rows.append(("IOS read 1 MiB units vs dd read", r, dr, "MB/s"))
-        print("row".padding(toLength: 46, withPad: " ", startingAt: 0) + "        tessera       baseline   ratio  unit")
-        for (name, t, b, unit) in rows {
-            print(name.padding(toLength: 46, withPad: " ", startingAt: 0) + String(format: " %14.0f %14.0f %7.2f  %@", t, b, t / b, unit))
+        // Each round measures Tessera and its baseline back to to back, so the ratio of a
+        // round compares the two under the same load from the machine's neighbours.
+        var rows: [String: [(Double, Double)]] = [:]
+        var order: [(String, String)] = []
+        func add(_ name: String, _ unit: String, _ t: Double, _ b: Double) {
+            if rows[name] == nil { order.append((name, unit)) }
+            rows[name, default: []].append((t, b))
+        }
+        for round in 1...rounds {
+            note("round \(round) of \(rounds)")
+            let cas = try await casRows(root)
+            let redis = try redisRows(root)
+            for (name, t) in cas { add(name, "ops/s", t, redis[name] ?? .nan) }
+            let (w, r) = try await ioRows(root)
+            let (dw, dr) = try ddRows(root)
+            add("IOS write 1 MiB units vs dd conv=fdatasync", "MB/s", w, dw)
+            add("IOS read 1 MiB units vs dd read", "MB/s", r, dr)
+        }
+        print("medians of \(rounds) round(s); ratio = median of the per-round ratios")
+        print("row".padding(toLength: 46, withPad: " ", startingAt: 0) + "        tessera       baseline   ratio  unit  (per-round ratios)")
+        for (name, unit) in order {
+            let runs = rows[name]!
+            let ratios = runs.map { $0.0 / $0.1 }
+            let each = ratios.map { String(format: "%.2f", $0) }.joined(separator: " ")
+            print(name.padding(toLength: 46, withPad: " ", startingAt: 0)
+                + String(format: " %14.0f %14.0f %7.2f  %@  (%@)", median(runs.map(\.0)), median(runs.map(\.1)), median(ratios), unit, each))
         }
     }
 
@@ -174,7 +192,13 @@ struct BenchServer: AsyncParsableCommand {
             kill(redis.processIdentifier, SIGKILL)
             redis.waitUntilExit()
         }
-        usleep(300_000)
+        // Wait until Redis answers: a benchmark against a server still starting measures nothing.
+        var up = false
+        for _ in 0..<100 where !up {
+            up = (try? capture(bench, ["-p", String(port), "-n", "1", "-t", "ping", "-q"]))?.contains("PING") ?? false
+            if !up { usleep(50_000) }
+        }
+        guard up else { throw ValidationError("redis-server did not start on port \(port)") }
         var out: [String: Double] = [:]
         for inFlight in [1, 64] {
             note("Redis SET and GET, pipelining \(inFlight)")
@@ -233,6 +257,12 @@ struct BenchServer: AsyncParsableCommand {
 }
 
 private func key(_ i: Int) -> [UInt8] { Array(String(format: "key:%012d", i).utf8) }
+
+private func median(_ xs: [Double]) -> Double {
+    let s = xs.filter { !$0.isNaN }.sorted()
+    guard !s.isEmpty else { return .nan }
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
 
 /// Operations per second of `body`, which performs `operations` operations.
 private func rate(_ operations: Int, _ body: () async throws -> Void) async throws -> Double {
