@@ -48,6 +48,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Layer 5: the client — replicated indexes, striped parity objects (ISA-L).
+        .systemLibrary(name: "CISAL", pkgConfig: "libisal", providers: [.apt(["libisal-dev"])]),
+        .target(
+            name: "TesseraClient",
+            dependencies: ["TesseraCore", "TesseraConfig", "TesseraRPC", "CISAL", .product(name: "Logging", package: "swift-log")]
+        ),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "TesseraBench", dependencies: ["TesseraEngine", "CSQLite"]),
@@ -55,13 +61,14 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC",
+                "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraConfig"]),
+        .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "tessera"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
         .testTarget(
             name: "TesseraRPCTests",

@@ -10,6 +10,16 @@ public final class RPCClient: RequestHandler {
     /// Deadline of requests sent through `handle`.
     public let defaultDeadline: Duration
 
+    /// Connects on the process's shared event loops; layers above the RPC see no NIO types.
+    public static func connect(
+        host: String, port: Int, secret: String, connectTimeout: Duration = .seconds(5), defaultDeadline: Duration = .seconds(30)
+    ) async throws -> RPCClient {
+        try await connect(host: host, port: port, secret: secret, group: MultiThreadedEventLoopGroup.singleton, connectTimeout: connectTimeout, defaultDeadline: defaultDeadline)
+    }
+
+    /// The connection is open (false once the server or the network closed it).
+    public var isActive: Bool { channel.isActive }
+
     /// Connects to `host:port` and completes the handshake, or throws saying why not.
     public static func connect(
         host: String, port: Int, secret: String, group: EventLoopGroup,

@@ -62,6 +62,18 @@ public final class IOService: @unchecked Sendable {
         if !created { try releasePending(all: true) }
     }
 
+    /// Bytes of free blocks: the free list plus blocks waiting in pending free.
+    public func freeBytes() throws -> UInt64 {
+        var blocks: UInt64 = 0
+        for fid in [IOService.freeFid, IOService.pendingFid] {
+            try engine.forEach(fid, from: nil) { _, v in
+                if v.count == 8 { blocks += v.loadUnaligned(as: UInt64.self).littleEndian }
+                return true
+            }
+        }
+        return blocks * UInt64(blockSize)
+    }
+
     // MARK: Write
 
     /// Writes `bytes` at `offset` of `cob`. Returns the transaction that maps them.

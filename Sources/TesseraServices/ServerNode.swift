@@ -58,6 +58,12 @@ public struct ServerNode: RequestHandler {
                 let tx = try ios().free(cob: cob, offset: offset, length: length)
                 if syncWait { try await catalogues.engine.waitLogged(tx) }
                 return .statuses([.ok], transaction: tx.group)
+            case .statistics:
+                let e = catalogues.engine.statistics
+                let total = io.map { UInt64($0.header.blockCount) * UInt64($0.header.blockSize) } ?? 0
+                return .statistics(ServerStatistics(
+                    dataBytes: total, dataFreeBytes: try io?.freeBytes() ?? 0, logBytes: e.logSize,
+                    logUsedBytes: UInt64(e.logUsedBytes), groupsLogged: e.groupsLogged))
             case .sync(let transactions):
                 // LOGGED implies the data image was flushed first (the beforeLog hook); flush
                 // again for writes whose groups were logged before they finished.

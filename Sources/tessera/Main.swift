@@ -8,13 +8,22 @@ struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Tessera: a FUSE-mounted object file system over its own distributed object store.",
-        subcommands: [Mkfs.self, Check.self, Server.self, Bench.self, Debug.self])
+        subcommands: [Mkfs.self, Check.self, Server.self, Up.self, Down.self, Status.self, IndexCommand.self, ObjectCommand.self, Bench.self, Debug.self])
 }
 
 /// Exit status: 0 success, 1 failure, 2 usage error (ARCHITECTURE.md, "Command line").
 @main
 enum Main {
     static func main() async {
+        // A parent that ran us from a thread with SIGTERM blocked (Swift concurrency threads
+        // do) passes that mask on; unblock it so `kill` and `tessera down` reach us. A server
+        // outlives the terminal that ran `tessera up`, so hang-ups are ignored.
+        var termination = sigset_t()
+        sigemptyset(&termination)
+        sigaddset(&termination, SIGTERM)
+        sigaddset(&termination, SIGINT)
+        sigprocmask(SIG_UNBLOCK, &termination, nil)
+        signal(SIGHUP, SIG_IGN)
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = ProcessInfo.processInfo.environment["TESSERA_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info

@@ -78,6 +78,8 @@ public enum Request: Sendable, Equatable {
     case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
     case read(cob: Fid, offset: UInt64, length: UInt32)
     case free(cob: Fid, offset: UInt64, length: UInt64, syncWait: Bool)
+    // STATISTICS: image and log usage, for `tessera status`
+    case statistics
     // SYNC
     case sync(transactions: [UInt64])
 
@@ -86,6 +88,7 @@ public enum Request: Sendable, Equatable {
         case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next
         case write = 20, read, free
         case sync = 30
+        case statistics = 40
     }
 
     public var opcode: Opcode {
@@ -101,6 +104,7 @@ public enum Request: Sendable, Equatable {
         case .read: return .read
         case .free: return .free
         case .sync: return .sync
+        case .statistics: return .statistics
         }
     }
 }
@@ -117,11 +121,13 @@ public enum Response: Sendable, Equatable {
     /// READ: the bytes (holes read as zeros).
     case data([UInt8])
     case done
+    /// STATISTICS: how full the server's images are.
+    case statistics(ServerStatistics)
     /// The whole request failed.
     case failure(Status, String)
 
     enum Kind: UInt16 {
-        case statuses = 1, values, records, fids, data, done, failure
+        case statuses = 1, values, records, fids, data, done, failure, statistics
     }
 }
 
@@ -171,6 +177,8 @@ extension Request {
             w.bool(syncWait)
         case .sync(let transactions):
             w.array(transactions) { $0.u64($1) }
+        case .statistics:
+            break
         }
     }
 
@@ -210,6 +218,8 @@ extension Request {
             request = .free(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u64("length"), syncWait: try r.bool("sync-wait"))
         case .sync:
             request = .sync(transactions: try r.array("transactions", minimumSize: 8) { try $0.u64() })
+        case .statistics:
+            request = .statistics
         }
         try r.finish("\(op) request")
         return request
@@ -242,6 +252,9 @@ extension Response {
             w.blob(data)
         case .done:
             w.u16(Kind.done.rawValue)
+        case .statistics(let s):
+            w.u16(Kind.statistics.rawValue)
+            for v in [s.dataBytes, s.dataFreeBytes, s.logBytes, s.logUsedBytes, s.groupsLogged] { w.u64(v) }
         case .failure(let status, let message):
             w.u16(Kind.failure.rawValue)
             w.u16(status.rawValue)
@@ -269,9 +282,31 @@ extension Response {
         case .fids: response = .fids(try r.array("fids", minimumSize: 16) { try $0.fid() })
         case .data: response = .data(try r.blob("data"))
         case .done: response = .done
+        case .statistics:
+            response = .statistics(ServerStatistics(
+                dataBytes: try r.u64("data bytes"), dataFreeBytes: try r.u64("free data bytes"),
+                logBytes: try r.u64("log bytes"), logUsedBytes: try r.u64("used log bytes"),
+                groupsLogged: try r.u64("groups logged")))
         case .failure: response = .failure(try status(&r), try r.string("message"))
         }
         try r.finish("response")
         return response
+    }
+}
+
+/// A server's usage, as STATISTICS reports it (docs/WIRE.md): five u64 in this order.
+public struct ServerStatistics: Sendable, Equatable {
+    public var dataBytes: UInt64
+    public var dataFreeBytes: UInt64
+    public var logBytes: UInt64
+    public var logUsedBytes: UInt64
+    public var groupsLogged: UInt64
+
+    public init(dataBytes: UInt64, dataFreeBytes: UInt64, logBytes: UInt64, logUsedBytes: UInt64, groupsLogged: UInt64) {
+        self.dataBytes = dataBytes
+        self.dataFreeBytes = dataFreeBytes
+        self.logBytes = logBytes
+        self.logUsedBytes = logUsedBytes
+        self.groupsLogged = groupsLogged
     }
 }

@@ -1,0 +1,189 @@
+// The client ("motr client" of the seed): one object that turns the servers of a cluster
+// file into one store — replicated indexes and striped parity objects (docs/CLIENT.md).
+import Logging
+import Synchronization
+import TesseraConfig
+import TesseraCore
+import TesseraRPC
+
+public final class Cluster: Sendable {
+    public let config: ClusterConfig
+    public let layout: ObjectLayout
+    let code: ErasureCode
+    let links: [ServerLink]
+    let groupLocks = KeyedLocks()
+    let logger: Logger
+    /// Per server, the newest transaction this client made there and has not synced yet.
+    private let unsynced: Mutex<[UInt64]>
+    private let degraded = Atomic<UInt64>(0)
+
+    /// Units rebuilt from parity because a server was down or a checksum failed.
+    public var degradedReads: UInt64 { degraded.load(ordering: .relaxed) }
+
+    /// A client of the cluster in `config`. Connections open on first use and reopen after
+    /// a server comes back.
+    public init(config: ClusterConfig, logger: Logger = Logger(label: "tessera.client")) throws {
+        self.config = config
+        let servers = config.servers.sorted { $0.id < $1.id }
+        layout = try ObjectLayout(
+            dataUnits: config.layout.dataUnits, parityUnits: config.layout.parityUnits,
+            unitSize: config.layout.unitSize, servers: servers.count)
+        code = ErasureCode(dataUnits: layout.dataUnits, parityUnits: layout.parityUnits)
+        links = servers.map { ServerLink(id: $0.id, endpoint: $0.address, secret: config.secret) }
+        unsynced = Mutex([UInt64](repeating: 0, count: servers.count))
+        self.logger = logger
+    }
+
+    /// Closes every connection.
+    public func close() async {
+        for l in links { await l.close() }
+    }
+
+    // MARK: Calls
+
+    /// Sends `request` to server `server` (a position in the id-sorted server list). A server
+    /// that cannot be reached answers `.closed`.
+    func call(_ server: Int, _ request: Request) async -> Response {
+        let client: RPCClient
+        do { client = try await links[server].client() } catch { return Response(error) }
+        let response = await client.handle(request)
+        if case .statuses(_, let tx) = response, tx > 0 { noteTransaction(server, tx) }
+        if case .failure(.closed, _) = response { await links[server].lost(client) }
+        return response
+    }
+
+    func noteTransaction(_ server: Int, _ tx: UInt64) {
+        unsynced.withLock { $0[server] = max($0[server], tx) }
+    }
+
+    /// Makes every change this client made so far durable: each server it wrote to waits
+    /// until those transactions are LOGGED and flushes its data image.
+    public func sync() async throws {
+        let pending = unsynced.withLock { $0 }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (server, tx) in pending.enumerated() where tx > 0 {
+                group.addTask { _ = try await self.call(server, .sync(transactions: [tx])).unwrap() }
+            }
+            try await group.waitForAll()
+        }
+        unsynced.withLock { state in
+            for (server, tx) in pending.enumerated() where state[server] == tx { state[server] = 0 }
+        }
+    }
+
+    /// Usage of every server, nil for one that does not answer.
+    public func statistics() async -> [(id: Int, address: Endpoint, stats: ServerStatistics?, error: String?)] {
+        await withTaskGroup(of: (Int, ServerStatistics?, String?).self) { group in
+            for i in links.indices {
+                group.addTask {
+                    switch await self.call(i, .statistics) {
+                    case .statistics(let s): return (i, s, nil)
+                    case .failure(_, let m): return (i, nil, m)
+                    default: return (i, nil, "unexpected reply")
+                    }
+                }
+            }
+            var out: [(Int, Endpoint, ServerStatistics?, String?)] = []
+            for await (i, s, e) in group { out.append((links[i].id, links[i].endpoint, s, e)) }
+            return out.sorted { $0.0 < $1.0 }
+        }
+    }
+
+    func noteDegraded(_ what: String) {
+        degraded.add(1, ordering: .relaxed)
+        logger.warning("degraded read: \(what)")
+    }
+}
+
+/// One server's connection, opened on demand; after a failed connect the server counts as
+/// down for a second, so a dead server costs callers one connect attempt, not one each.
+actor ServerLink {
+    let id: Int
+    let endpoint: Endpoint
+    private let secret: String
+    private var connection: RPCClient?
+    private var connecting: Task<RPCClient, Error>?
+    private var downUntil: ContinuousClock.Instant?
+
+    init(id: Int, endpoint: Endpoint, secret: String) {
+        self.id = id
+        self.endpoint = endpoint
+        self.secret = secret
+    }
+
+    func client() async throws -> RPCClient {
+        if let c = connection, c.isActive { return c }
+        connection = nil
+        if let task = connecting { return try await task.value }
+        if let until = downUntil, ContinuousClock.now < until {
+            throw TesseraError(.closed, "server \(id) at \(endpoint) is down")
+        }
+        let (host, port, secret, id, endpoint) = (endpoint.host, endpoint.port, secret, id, endpoint)
+        let task = Task {
+            do {
+                return try await RPCClient.connect(host: host, port: port, secret: secret, connectTimeout: .seconds(2))
+            } catch {
+                throw TesseraError(.closed, "server \(id) at \(endpoint) cannot be reached: \((error as? TesseraError)?.message ?? "\(error)")")
+            }
+        }
+        connecting = task
+        defer { connecting = nil }
+        do {
+            let c = try await task.value
+            connection = c
+            downUntil = nil
+            return c
+        } catch {
+            downUntil = ContinuousClock.now + .seconds(1)
+            throw error
+        }
+    }
+
+    func lost(_ c: RPCClient) {
+        if connection === c { connection = nil }
+    }
+
+    func close() async {
+        await connection?.close()
+        connection = nil
+    }
+}
+
+/// Async mutual exclusion per key: writers of one parity group of one object go one at a
+/// time, so two read-modify-writes of a group never interleave.
+final class KeyedLocks: Sendable {
+    private struct State {
+        var held: Set<GroupKey> = []
+        var waiters: [GroupKey: [CheckedContinuation<Void, Never>]] = [:]
+    }
+    private let state = Mutex(State())
+
+    func withLock<R>(_ key: GroupKey, _ body: () async throws -> R) async rethrows -> R {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.held.insert(key).inserted { return true }
+                s.waiters[key, default: []].append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+        defer {
+            let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                if var w = s.waiters[key], !w.isEmpty {
+                    let n = w.removeFirst()
+                    s.waiters[key] = w.isEmpty ? nil : w
+                    return n  // ownership passes to the next waiter: `held` keeps the key
+                }
+                s.held.remove(key)
+                return nil
+            }
+            next?.resume()
+        }
+        return try await body()
+    }
+}
+
+struct GroupKey: Hashable, Sendable {
+    let object: Fid
+    let group: UInt64
+}

@@ -1,0 +1,243 @@
+// Striped parity objects: writes in whole parity groups (read-modify-write for partial
+// ones), reads of the data units, rebuilt from parity when a unit's server is down or its
+// checksum fails. The store keeps no object size; the layer above does.
+import TesseraCore
+
+extension Cluster {
+    /// Parity groups worked on at once by one call.
+    static let parallelGroups = 8
+
+    /// Writes `bytes` at `offset` of object `object` (created by its first write).
+    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8]) async throws {
+        try checkRange(offset, UInt64(bytes.count))
+        let pieces = layout.groups(offset: offset, length: bytes.count)
+        try await forEachGroup(pieces) { piece in
+            let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
+            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)])
+        }
+    }
+
+    /// Reads `length` bytes at `offset` of object `object`; never-written bytes read as zeros.
+    public func read(_ object: Fid, at offset: UInt64, length: Int) async throws -> [UInt8] {
+        try checkRange(offset, UInt64(length))
+        let pieces = layout.groups(offset: offset, length: length)
+        let out = ByteSink(count: length)
+        try await forEachGroup(pieces) { piece in
+            let bytes = try await self.readGroup(object, piece.group, from: piece.from, to: piece.to)
+            let at = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
+            out.put(bytes, at: at)
+        }
+        return out.bytes
+    }
+
+    /// Makes bytes [offset, offset+length) of the object read as zeros; whole parity groups
+    /// give their blocks back to the servers.
+    public func free(_ object: Fid, at offset: UInt64, length: UInt64) async throws {
+        try checkRange(offset, length)
+        guard length > 0 else { return }
+        let gs = UInt64(layout.groupSize)
+        let firstWhole = (offset + gs - 1) / gs
+        let endWhole = (offset + length) / gs
+        if firstWhole < endWhole {
+            // Every unit of those groups sits in one contiguous cob range on each server.
+            let from = layout.cobOffset(group: firstWhole)
+            let to = layout.cobOffset(group: endWhole)
+            try await onEveryServer { s in
+                _ = try await self.call(s, .free(cob: object, offset: from, length: to - from, syncWait: false)).unwrap()
+            }
+        } 
+        // The partial groups at either end are rewritten with zeros.
+        var edges: [(UInt64, UInt64)] = []
+        if firstWhole >= endWhole {
+            edges.append((offset, offset + length))
+        } else {
+            if offset < firstWhole * gs { edges.append((offset, firstWhole * gs)) }
+            if endWhole * gs < offset + length { edges.append((endWhole * gs, offset + length)) }
+        }
+        for (a, b) in edges {
+            var at = a
+            while at < b {
+                let n = Int(min(b - at, UInt64(layout.groupSize)))
+                try await write(object, at: at, [UInt8](repeating: 0, count: n))
+                at += UInt64(n)
+            }
+        }
+    }
+
+    /// Frees every unit of the object on every server.
+    public func delete(_ object: Fid) async throws {
+        try await onEveryServer { s in
+            _ = try await self.call(s, .free(cob: object, offset: 0, length: Cluster.maxObjectOffset, syncWait: false)).unwrap()
+        }
+    }
+
+    /// Objects end below 2^60 bytes of cob offset on every server (the IO service's limit).
+    static let maxObjectOffset: UInt64 = 1 << 60
+
+    private func checkRange(_ offset: UInt64, _ length: UInt64) throws {
+        let limit = Cluster.maxObjectOffset / UInt64(layout.unitSize) * UInt64(layout.groupSize)
+        guard offset <= limit, length <= limit - offset else {
+            throw TesseraError(.tooLarge, "object range \(offset)+\(length) is beyond the largest object offset \(limit)")
+        }
+    }
+
+    private func onEveryServer(_ body: @escaping @Sendable (Int) async throws -> Void) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for s in links.indices { group.addTask { try await body(s) } }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Runs `body` on each piece, `parallelGroups` at a time.
+    private func forEachGroup(
+        _ pieces: [(group: UInt64, from: Int, to: Int)], _ body: @escaping @Sendable ((group: UInt64, from: Int, to: Int)) async throws -> Void
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var next = 0
+            while next < pieces.count && next < Cluster.parallelGroups {
+                let p = pieces[next]
+                group.addTask { try await body(p) }
+                next += 1
+            }
+            while try await group.next() != nil {
+                if next < pieces.count {
+                    let p = pieces[next]
+                    group.addTask { try await body(p) }
+                    next += 1
+                }
+            }
+        }
+    }
+
+    // MARK: One parity group
+
+    /// Writes `bytes` at byte `from` of group `g`: the data units it touches and every
+    /// parity unit. A partial group reads its current data first (rebuilt if need be).
+    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>) async throws {
+        let u = layout.unitSize
+        let n = layout.dataUnits
+        let to = from + bytes.count
+        try await groupLocks.withLock(GroupKey(object: object, group: g)) {
+            var data: [[UInt8]]
+            if from == 0 && to == layout.groupSize {
+                data = (0..<n).map { d in Array(bytes[(bytes.startIndex + d * u)..<(bytes.startIndex + (d + 1) * u)]) }
+            } else {
+                data = try await readUnits(object, g)
+                var flat = data.flatMap { $0 }
+                flat.replaceSubrange(from..<to, with: bytes)
+                data = (0..<n).map { d in Array(flat[(d * u)..<((d + 1) * u)]) }
+            }
+            let parity = code.encode(data)
+            let touched = (from / u)...((to - 1) / u)
+            var writes: [(unit: Int, bytes: [UInt8])] = touched.map { ($0, data[$0]) }
+            for p in 0..<layout.parityUnits { writes.append((n + p, parity[p])) }
+            let offset = layout.cobOffset(group: g)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for w in writes {
+                    let server = layout.server(group: g, unit: w.unit)
+                    group.addTask {
+                        let r = await self.call(server, .write(cob: object, offset: offset, data: w.bytes, syncWait: false))
+                        if case .failure(let status, let message) = r {
+                            throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(w.unit) on server \(self.links[server].id): \(message)")
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    /// Bytes [from, to) of group `g`'s data. Reads only the data units that hold them; if
+    /// one fails (server down, checksum), reads the whole group and rebuilds it.
+    private func readGroup(_ object: Fid, _ g: UInt64, from: Int, to: Int) async throws -> [UInt8] {
+        let u = layout.unitSize
+        let offset = layout.cobOffset(group: g)
+        let units = Array((from / u)...((to - 1) / u))
+        let parts = await withTaskGroup(of: (Int, Response).self) { group in
+            for d in units {
+                let a = max(from, d * u) - d * u
+                let b = min(to, (d + 1) * u) - d * u
+                let server = layout.server(group: g, unit: d)
+                group.addTask { (d, await self.call(server, .read(cob: object, offset: offset + UInt64(a), length: UInt32(b - a)))) }
+            }
+            var out: [Int: Response] = [:]
+            for await (d, r) in group { out[d] = r }
+            return out
+        }
+        if units.allSatisfy({ if case .data = parts[$0] { return true } else { return false } }) {
+            return units.flatMap { d -> [UInt8] in
+                if case .data(let bytes) = parts[d]! { return bytes }
+                return []
+            }
+        }
+        let all = try await readUnits(object, g).flatMap { $0 }
+        return Array(all[from..<to])
+    }
+
+    /// All N data units of group `g`, rebuilt from parity where a unit cannot be read.
+    private func readUnits(_ object: Fid, _ g: UInt64) async throws -> [[UInt8]] {
+        let u = layout.unitSize
+        let offset = layout.cobOffset(group: g)
+        let width = layout.width
+        let n = layout.dataUnits
+        // Data units first; parity only when a data unit is missing.
+        var units = [[UInt8]?](repeating: nil, count: width)
+        var problems: [String] = []
+        func fetch(_ which: [Int]) async {
+            let got = await withTaskGroup(of: (Int, Response).self) { group in
+                for unit in which {
+                    let server = layout.server(group: g, unit: unit)
+                    group.addTask { (unit, await self.call(server, .read(cob: object, offset: offset, length: UInt32(u)))) }
+                }
+                var out: [(Int, Response)] = []
+                for await x in group { out.append(x) }
+                return out
+            }
+            for (unit, r) in got {
+                switch r {
+                case .data(let bytes) where bytes.count == u: units[unit] = bytes
+                case .failure(_, let m): problems.append("unit \(unit) on server \(links[layout.server(group: g, unit: unit)].id): \(m)")
+                default: problems.append("unit \(unit): malformed reply")
+                }
+            }
+        }
+        await fetch(Array(0..<n))
+        if units[0..<n].contains(where: { $0 == nil }) {
+            guard layout.parityUnits > 0 else {
+                throw TesseraError(.io, "object \(object) group \(g) cannot be read and has no parity: \(problems.joined(separator: "; "))")
+            }
+            await fetch(Array(n..<width))
+            let rebuilt: [[UInt8]]
+            do { rebuilt = try code.reconstruct(units) } catch {
+                throw TesseraError(.io, "object \(object) group \(g) cannot be rebuilt: \(problems.joined(separator: "; "))")
+            }
+            noteDegraded("object \(object) group \(g) rebuilt from parity (\(problems.joined(separator: "; ")))")
+            return Array(rebuilt[0..<n])
+        }
+        return units[0..<n].map { $0! }
+    }
+}
+
+/// The result buffer of a parallel read: each group fills its own disjoint range.
+final class ByteSink: @unchecked Sendable {
+    // SAFETY: ranges written by concurrent tasks never overlap, and `bytes` is read only
+    // after every writer finished (the task group's completion orders the accesses).
+    private let buffer: UnsafeMutableRawBufferPointer
+
+    init(count: Int) {
+        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 16)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        self.count = count
+    }
+
+    let count: Int
+
+    deinit { buffer.deallocate() }
+
+    func put(_ bytes: [UInt8], at offset: Int) {
+        precondition(offset >= 0 && offset + bytes.count <= count)
+        bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + $0.count)]).copyMemory(from: $0) }
+    }
+
+    var bytes: [UInt8] { Array(buffer.prefix(count)) }
+}

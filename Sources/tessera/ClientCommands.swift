@@ -1,0 +1,256 @@
+// `tessera index …` and `tessera object …`: key-value and object copy tools over a cluster.
+import ArgumentParser
+import Foundation
+import TesseraClient
+import TesseraCore
+
+/// Opens the cluster of the state folder for one command and closes it after.
+func withCluster<R>(_ state: StateOption, _ body: (Cluster) async throws -> R) async throws -> R {
+    let cluster = try Cluster(config: try state.config())
+    do {
+        let r = try await body(cluster)
+        await cluster.close()
+        return r
+    } catch {
+        await cluster.close()
+        throw error
+    }
+}
+
+func parseFid(_ text: String) throws -> Fid {
+    guard let f = Fid(text) else { throw ValidationError("'\(text)' is not an index fid (HI:LO in hexadecimal, e.g. 0x1:0x2)") }
+    return f
+}
+
+struct IndexCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "index", abstract: "Key-value access to the cluster's replicated indexes.",
+        subcommands: [List.self, Create.self, Drop.self, Put.self, Get.self, Del.self, Next.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List indexes.")
+        @OptionGroup var state: StateOption
+        func run() async throws {
+            for f in try await withCluster(state, { try await $0.listIndexes(limit: 100_000) }) { print(f) }
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an index.")
+        @OptionGroup var state: StateOption
+        @Argument(help: "Index fid, HI:LO in hexadecimal.") var fid: String
+        func run() async throws {
+            let f = try parseFid(fid)
+            if !(try await withCluster(state, { try await $0.createIndex(f) })) { print("index \(f) exists already") }
+        }
+    }
+
+    struct Drop: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Drop an index with all its records.")
+        @OptionGroup var state: StateOption
+        @Argument(help: "Index fid.") var fid: String
+        func run() async throws {
+            let f = try parseFid(fid)
+            guard try await withCluster(state, { try await $0.dropIndex(f) }) else { throw TesseraError(.notFound, "no index \(f)") }
+        }
+    }
+
+    struct Put: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put KEY VALUE pairs into an index (made if missing).")
+        @OptionGroup var state: StateOption
+        @Flag(help: "Refuse keys that exist already.") var createOnly = false
+        @Argument(help: "Index fid.") var fid: String
+        @Argument(help: "KEY VALUE pairs.") var pairs: [String]
+        func validate() throws {
+            guard !pairs.isEmpty, pairs.count % 2 == 0 else { throw ValidationError("give KEY VALUE pairs") }
+        }
+        func run() async throws {
+            let f = try parseFid(fid)
+            let records = stride(from: 0, to: pairs.count, by: 2).map { Record(key: Array(pairs[$0].utf8), value: Array(pairs[$0 + 1].utf8)) }
+            let statuses = try await withCluster(state) { c in
+                try await c.createIndex(f)
+                return try await c.put(f, records, mode: createOnly ? .createOnly : .overwrite, sync: true)
+            }
+            var failed = false
+            for (r, s) in zip(records, statuses) where s != .ok {
+                printError("\(String(decoding: r.key, as: UTF8.self)): \(s)")
+                failed = true
+            }
+            if failed { throw ExitCode(1) }
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the values of keys.")
+        @OptionGroup var state: StateOption
+        @Argument(help: "Index fid.") var fid: String
+        @Argument(help: "Keys.") var keys: [String]
+        func run() async throws {
+            let f = try parseFid(fid)
+            let values = try await withCluster(state) { try await $0.get(f, keys.map { Array($0.utf8) }) }
+            var missing = false
+            for (k, v) in zip(keys, values) {
+                if let v { print(String(decoding: v, as: UTF8.self)) } else {
+                    printError("\(k): not found")
+                    missing = true
+                }
+            }
+            if missing { throw ExitCode(1) }
+        }
+    }
+
+    struct Del: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete keys.")
+        @OptionGroup var state: StateOption
+        @Argument(help: "Index fid.") var fid: String
+        @Argument(help: "Keys.") var keys: [String]
+        func run() async throws {
+            let f = try parseFid(fid)
+            let statuses = try await withCluster(state) { try await $0.delete(f, keys.map { Array($0.utf8) }, sync: true) }
+            var missing = false
+            for (k, s) in zip(keys, statuses) where s != .ok {
+                printError("\(k): not found")
+                missing = true
+            }
+            if missing { throw ExitCode(1) }
+        }
+    }
+
+    struct Next: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print records in key order from a key (or the first).")
+        @OptionGroup var state: StateOption
+        @Option(name: .short, help: "Most records to print.") var n: Int = 100
+        @Flag(help: "Start after the start key.") var excludeStart = false
+        @Argument(help: "Index fid.") var fid: String
+        @Argument(help: "Start key.") var start: String?
+        func run() async throws {
+            let f = try parseFid(fid)
+            let records = try await withCluster(state) { try await $0.next(f, from: [start.map { Array($0.utf8) }], limit: n, excludeStart: excludeStart)[0] }
+            for r in records { print("\(String(decoding: r.key, as: UTF8.self))\t\(String(decoding: r.value, as: UTF8.self))") }
+        }
+    }
+}
+
+struct ObjectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "object", abstract: "Copy objects in and out of the cluster.",
+        subcommands: [Put.self, Get.self, Rm.self, Ls.self])
+
+    struct Put: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Store FILE (or stdin) as object NAME, replacing any object of that name.")
+        @OptionGroup var state: StateOption
+        @Argument(help: "Object name.") var name: String
+        @Argument(help: "Input file; '-' or absent: stdin.") var file: String?
+        func run() async throws {
+            let input: FileHandle
+            var total: UInt64?
+            if let file, file != "-" {
+                guard let h = FileHandle(forReadingAtPath: file) else { throw TesseraError(.notFound, "cannot open \(file)") }
+                input = h
+                total = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? UInt64) ?? nil
+            } else {
+                input = FileHandle.standardInput
+            }
+            let bar = Progress(total: total)
+            let entry = try await withCluster(state) { c in
+                let chunk = c.layout.groupSize * 8
+                return try await NamedObjects(cluster: c).put(name, progress: bar.update) {
+                    let d = try readFull(input, chunk)
+                    return d.isEmpty ? nil : d
+                }
+            }
+            bar.finish()
+            _ = entry
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write object NAME to FILE (or stdout).")
+        @OptionGroup var state: StateOption
+        @Argument(help: "Object name.") var name: String
+        @Argument(help: "Output file; '-' or absent: stdout.") var file: String?
+        func run() async throws {
+            let output: FileHandle
+            if let file, file != "-" {
+                guard FileManager.default.createFile(atPath: file, contents: nil), let h = FileHandle(forWritingAtPath: file) else {
+                    throw TesseraError(.io, "cannot create \(file)")
+                }
+                output = h
+            } else {
+                output = FileHandle.standardOutput
+            }
+            let bar = Progress(total: nil)
+            try await withCluster(state) { c in
+                try await NamedObjects(cluster: c).get(name, chunk: c.layout.groupSize * 8, progress: { done, total in bar.update(done, total: total) }) {
+                    try output.write(contentsOf: $0)
+                }
+            }
+            bar.finish()
+            if output !== FileHandle.standardOutput { try output.close() }
+        }
+    }
+
+    struct Rm: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove object NAME.")
+        @OptionGroup var state: StateOption
+        @Argument(help: "Object name.") var name: String
+        func run() async throws {
+            guard try await withCluster(state, { try await NamedObjects(cluster: $0).remove(name) }) else {
+                throw TesseraError(.notFound, "no object named '\(name)'")
+            }
+        }
+    }
+
+    struct Ls: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List objects: size and name.")
+        @OptionGroup var state: StateOption
+        func run() async throws {
+            for (name, e) in try await withCluster(state, { try await NamedObjects(cluster: $0).list(limit: 100_000) }) {
+                print("\(e.size)\t\(name)")
+            }
+        }
+    }
+}
+
+/// Reads up to `n` bytes, fewer only at the end of the input.
+func readFull(_ h: FileHandle, _ n: Int) throws -> [UInt8] {
+    var out: [UInt8] = []
+    out.reserveCapacity(n)
+    while out.count < n {
+        guard let d = try h.read(upToCount: n - out.count), !d.isEmpty else { break }
+        out += d
+    }
+    return out
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+final class Progress: @unchecked Sendable {
+    // SAFETY: used from one task at a time.
+    private let enabled = isatty(2) == 1
+    private var total: UInt64?
+    private var last = ContinuousClock.now - .seconds(1)
+    private var drawn = false
+
+    init(total: UInt64?) { self.total = total }
+
+    func update(_ done: UInt64) { update(done, total: total) }
+
+    func update(_ done: UInt64, total: UInt64?) {
+        guard enabled, ContinuousClock.now - last >= .milliseconds(100) else { return }
+        last = ContinuousClock.now
+        drawn = true
+        var line = "\r\(human(done))"
+        if let total, total > 0 {
+            let f = Double(done) / Double(total)
+            let width = 30
+            let filled = Int(f * Double(width))
+            line = "\r[" + String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled) + "] "
+                + String(format: "%3.0f%% ", f * 100) + "\(human(done)) of \(human(total))"
+        }
+        FileHandle.standardError.write(Data((line + "   ").utf8))
+    }
+
+    func finish() {
+        if drawn { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}

@@ -1,0 +1,224 @@
+// The state folder of a local cluster (ARCHITECTURE.md, "Command line"): its cluster file,
+// images, logs and server pids, and the `up`, `down` and `status` commands over it.
+import ArgumentParser
+import Foundation
+import TesseraClient
+import TesseraConfig
+import TesseraCore
+import TesseraRPC
+
+/// `--dir STATE`, else `$TESSERA_HOME`, else `~/.local/share/tessera`.
+struct StateOption: ParsableArguments {
+    @Option(name: .customLong("dir"), help: "State folder of the local cluster (default: $TESSERA_HOME, else ~/.local/share/tessera).")
+    var dir: String?
+
+    var path: String {
+        if let dir { return (dir as NSString).standardizingPath }
+        if let home = ProcessInfo.processInfo.environment["TESSERA_HOME"], !home.isEmpty { return home }
+        return NSHomeDirectory() + "/.local/share/tessera"
+    }
+    var configPath: String { path + "/cluster.toml" }
+
+    /// The cluster file, or a clear error saying how to make one.
+    func config() throws -> ClusterConfig {
+        guard FileManager.default.fileExists(atPath: configPath) else {
+            throw TesseraError(.notFound, "no cluster in \(path) (start one with: tessera up --dir \(path))")
+        }
+        return try ClusterConfig.load(path: configPath)
+    }
+
+    func pidFile(_ id: Int) -> String { path + "/server-\(id).pid" }
+    func logFile(_ id: Int) -> String { path + "/server-\(id).log" }
+
+    /// The pid of server `id` if that process is running and is our server.
+    func runningPid(_ id: Int) -> pid_t? {
+        guard let text = try? String(contentsOfFile: pidFile(id), encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return nil }
+        guard let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return nil }
+        let args = cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard args.contains("server"), args.contains(configPath), let i = args.firstIndex(of: "--id"), i + 1 < args.count, args[i + 1] == String(id) else { return nil }
+        return pid
+    }
+}
+
+struct Up: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a local three-server cluster (formatting its images on first run).")
+
+    @OptionGroup var state: StateOption
+    @Option(help: "Metadata image size of each server, on first run.") var metaSize = "512M"
+    @Option(help: "Data image size of each server, on first run (sparse file).") var dataSize = "4G"
+    @Option(help: "Parity-group unit size, on first run.") var unitSize = "1M"
+    @Argument(help: "Mount point (needs the FUSE mount, not built yet).") var mountpoint: String?
+
+    func run() async throws {
+        if mountpoint != nil { throw ValidationError("mounting is not available yet; run `tessera up` without a mount point") }
+        let dir = state.path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: state.configPath) {
+            try writeClusterFile()
+        }
+        let config = try state.config()
+        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        for server in config.servers {
+            if !FileManager.default.fileExists(atPath: server.metaPath) || !FileManager.default.fileExists(atPath: server.dataPath) {
+                try runChild(me, ["mkfs", "--config", state.configPath, "--id", String(server.id)])
+            }
+            if state.runningPid(server.id) != nil { continue }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: me)
+            p.arguments = ["server", "--config", state.configPath, "--id", String(server.id)]
+            p.standardInput = FileHandle.nullDevice
+            p.standardOutput = FileHandle.nullDevice
+            if !FileManager.default.fileExists(atPath: state.logFile(server.id)) {
+                FileManager.default.createFile(atPath: state.logFile(server.id), contents: nil)
+            }
+            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: state.logFile(server.id)))
+            log.seekToEndOfFile()
+            p.standardError = log
+            try p.run()
+            try String(p.processIdentifier).write(toFile: state.pidFile(server.id), atomically: true, encoding: .utf8)
+        }
+        // Ready when every server answers.
+        for server in config.servers {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while true {
+                if let c = try? await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(1)) {
+                    await c.close()
+                    break
+                }
+                guard state.runningPid(server.id) != nil, ContinuousClock.now < deadline else {
+                    throw TesseraError(.io, "server \(server.id) did not start; see \(state.logFile(server.id))")
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        print("tessera: cluster of \(config.servers.count) servers up in \(dir)")
+        for s in config.servers { print("  server \(s.id) at \(s.address)") }
+    }
+
+    private func writeClusterFile() throws {
+        var rng = SystemRandomNumberGenerator()
+        let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+        var toml = """
+            # Written by `tessera up`: a local cluster of three servers on loopback.
+            secret = "\(secret)"
+
+            [layout]
+            data_units = 2
+            parity_units = 1
+            unit_size = "\(unitSize)"
+
+            """
+        for (id, port) in try freePorts(3).enumerated() {
+            toml += """
+
+                [[server]]
+                id = \(id)
+                address = "127.0.0.1:\(port)"
+                meta = "server-\(id)/meta.img"
+                meta_size = "\(metaSize)"
+                data = "server-\(id)/data.img"
+                data_size = "\(dataSize)"
+
+                """
+            try FileManager.default.createDirectory(atPath: state.path + "/server-\(id)", withIntermediateDirectories: true)
+        }
+        try toml.write(toFile: state.configPath, atomically: true, encoding: .utf8)
+        chmod(state.configPath, 0o600)
+    }
+}
+
+struct Down: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop the servers `tessera up` started.")
+
+    @OptionGroup var state: StateOption
+    @Argument(help: "Mount point to unmount first (needs the FUSE mount, not built yet).") var mountpoint: String?
+
+    func run() async throws {
+        let config = try state.config()
+        var pids: [(Int, pid_t)] = []
+        for s in config.servers {
+            if let pid = state.runningPid(s.id) {
+                kill(pid, SIGTERM)
+                pids.append((s.id, pid))
+            }
+        }
+        // Each server logs and places its last group, then exits; give them 60 s.
+        let deadline = ContinuousClock.now + .seconds(60)
+        for (id, pid) in pids {
+            while state.runningPid(id) == pid && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            if state.runningPid(id) == pid {
+                printError("server \(id) (pid \(pid)) did not stop in time; killing it")
+                kill(pid, SIGKILL)
+            }
+            unlink(state.pidFile(id))
+        }
+        print("tessera: \(pids.count) server(s) stopped")
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "One line per server: id, address, up or down, image and log usage.")
+
+    @OptionGroup var state: StateOption
+
+    func run() async throws {
+        let config = try state.config()
+        let cluster = try Cluster(config: config)
+        defer { Task { await cluster.close() } }
+        var down = 0
+        for (id, address, stats, error) in await cluster.statistics() {
+            guard let s = stats else {
+                down += 1
+                print("server \(id)  \(address)  down  (\(error ?? "no answer"))")
+                continue
+            }
+            let used = s.dataBytes - min(s.dataBytes, s.dataFreeBytes)
+            print("server \(id)  \(address)  up  data \(human(used)) of \(human(s.dataBytes)) used  log \(human(s.logUsedBytes)) of \(human(s.logBytes)) used")
+        }
+        if down > 0 { throw ExitCode(1) }
+    }
+}
+
+func human(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var i = 0
+    while v >= 1024 && i < units.count - 1 {
+        v /= 1024
+        i += 1
+    }
+    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+}
+
+func runChild(_ path: String, _ args: [String]) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw TesseraError(.io, "tessera \(args.joined(separator: " ")) failed (exit \(p.terminationStatus))") }
+}
+
+/// Loopback ports free at the moment, below the ephemeral range (so an outgoing connection
+/// cannot hold one when a server starts).
+func freePorts(_ n: Int) throws -> [Int] {
+    var out: [Int] = []
+    for _ in 0..<1000 where out.count < n {
+        let port = Int.random(in: 20_000..<32_000)
+        guard !out.contains(port) else { continue }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        close(fd)
+        if ok == 0 { out.append(port) }
+    }
+    guard out.count == n else { throw TesseraError(.io, "found no free loopback ports") }
+    return out
+}
