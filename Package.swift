@@ -68,7 +68,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraConfig"]),
-        .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "tessera"]),
+        .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "tessera"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
         .testTarget(
             name: "TesseraRPCTests",
