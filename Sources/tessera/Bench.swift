@@ -4,5 +4,53 @@ import ArgumentParser
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark against its baseline and print the ratios.",
-        subcommands: [BenchEngine.self, BenchServer.self])
+        subcommands: [BenchEngine.self, BenchServer.self, BenchObject.self])
 }
+
+import Foundation
+
+// Helpers shared by the benchmarks.
+
+/// Flushes dirty pages and drops the page cache (as root), so the next read is cold.
+func dropCaches() {
+    sync()
+    if let h = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
+        h.write(Data("3\n".utf8))
+        try? h.close()
+    }
+}
+
+/// The path of a program in the usual system folders, or nil.
+func which(_ name: String) -> String? {
+    for d in ["/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"] where FileManager.default.isExecutableFile(atPath: d + "/" + name) { return d + "/" + name }
+    return nil
+}
+
+/// Runs a program to its end and returns its stdout (or stderr).
+func capture(_ path: String, _ args: [String], stderr: Bool = false) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let pipe = Pipe()
+    if stderr { p.standardError = pipe } else { p.standardOutput = pipe }
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
+}
+
+/// Median of the numbers that are not NaN (NaN if none).
+func median(_ xs: [Double]) -> Double {
+    let s = xs.filter { !$0.isNaN }.sorted()
+    guard !s.isEmpty else { return .nan }
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// Operations per second of `body`, which performs `operations` operations.
+func rate(_ operations: Int, _ body: () async throws -> Void) async throws -> Double {
+    let start = ContinuousClock.now
+    try await body()
+    return Double(operations) / seconds(ContinuousClock.now - start)
+}
+
+func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }

@@ -230,47 +230,9 @@ struct BenchServer: AsyncParsableCommand {
         return Double(mib) * 1.048576 / Date().timeIntervalSince(start)
     }
 
-    private func dropCaches() {
-        sync()
-        if let h = FileHandle(forWritingAtPath: "/proc/sys/vm/drop_caches") {
-            h.write(Data("3\n".utf8))
-            try? h.close()
-        }
-    }
-
-    private func which(_ name: String) -> String? {
-        for d in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] where FileManager.default.isExecutableFile(atPath: d + "/" + name) { return d + "/" + name }
-        return nil
-    }
-
-    private func capture(_ path: String, _ args: [String], stderr: Bool = false) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = args
-        let pipe = Pipe()
-        if stderr { p.standardError = pipe } else { p.standardOutput = pipe }
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
-    }
 }
 
 private func key(_ i: Int) -> [UInt8] { Array(String(format: "key:%012d", i).utf8) }
-
-private func median(_ xs: [Double]) -> Double {
-    let s = xs.filter { !$0.isNaN }.sorted()
-    guard !s.isEmpty else { return .nan }
-    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-}
-
-/// Operations per second of `body`, which performs `operations` operations.
-private func rate(_ operations: Int, _ body: () async throws -> Void) async throws -> Double {
-    let start = ContinuousClock.now
-    try await body()
-    let d = ContinuousClock.now - start
-    return Double(operations) / (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
-}
 
 /// Sends requests 0..<count in pipelines of `width`, checking every response.
 private func pipelines(
