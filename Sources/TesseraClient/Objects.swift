@@ -23,9 +23,8 @@ extension Cluster {
         let pieces = layout.groups(offset: offset, length: length)
         let out = ByteSink(count: length)
         try await forEachGroup(pieces) { piece in
-            let bytes = try await self.readGroup(object, piece.group, from: piece.from, to: piece.to)
             let at = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            out.put(bytes, at: at)
+            try await self.readGroup(object, piece.group, from: piece.from, to: piece.to, into: out, at: at)
         }
         return out.bytes
     }
@@ -147,9 +146,10 @@ extension Cluster {
         }
     }
 
-    /// Bytes [from, to) of group `g`'s data. Reads only the data units that hold them; if
-    /// one fails (server down, checksum), reads the whole group and rebuilds it.
-    private func readGroup(_ object: Fid, _ g: UInt64, from: Int, to: Int) async throws -> [UInt8] {
+    /// Puts bytes [from, to) of group `g`'s data into `sink` at `at`. Reads only the data
+    /// units that hold them; if one fails (server down, checksum), reads the whole group and
+    /// rebuilds it.
+    private func readGroup(_ object: Fid, _ g: UInt64, from: Int, to: Int, into sink: ByteSink, at: Int) async throws {
         let u = layout.unitSize
         let offset = layout.cobOffset(group: g)
         let units = Array((from / u)...((to - 1) / u))
@@ -164,14 +164,14 @@ extension Cluster {
             for await (d, r) in group { out[d] = r }
             return out
         }
-        if units.allSatisfy({ if case .data = parts[$0] { return true } else { return false } }) {
-            return units.flatMap { d -> [UInt8] in
-                if case .data(let bytes) = parts[d]! { return bytes }
-                return []
+        if units.allSatisfy({ if case .data(let b) = parts[$0], b.count == min(to, ($0 + 1) * u) - max(from, $0 * u) { return true } else { return false } }) {
+            for d in units {
+                if case .data(let bytes) = parts[d]! { sink.put(bytes, at: at + max(from, d * u) - from) }
             }
+            return
         }
         let all = try await readUnits(object, g).flatMap { $0 }
-        return Array(all[from..<to])
+        sink.put(Array(all[from..<to]), at: at)
     }
 
     /// All N data units of group `g`, rebuilt from parity where a unit cannot be read.

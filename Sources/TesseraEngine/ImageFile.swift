@@ -130,10 +130,10 @@ public final class ImageFile: @unchecked Sendable {
         }
     }
 
-    private func inject(_ call: IOCall, _ offset: UInt64, _ what: String) throws {
+    private func inject(_ call: IOCall, _ offset: UInt64, _ what: @autoclosure () -> String) throws {
         guard let faults, let e = faults(call, path, offset) else { return }
         errno = e
-        throw failure(what)
+        throw failure(what())
     }
 
     private func failure(_ call: String) -> TesseraError {

@@ -35,6 +35,23 @@ extension ByteBuffer {
     /// Appends one frame (header, then body) as docs/WIRE.md lays it out. Handlers append
     /// every frame of a burst to one buffer and write it once: one syscall for the burst.
     mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: [UInt8]) {
+        writeFrame(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, body: body, then: [])
+    }
+
+    /// A response frame; READ data goes from the response straight into the buffer.
+    mutating func writeResponse(_ response: Response, requestID: UInt64) {
+        if case .data(let bytes) = response {
+            writeFrame(kind: .response, requestID: requestID, body: Response.dataPrefix(count: bytes.count), then: bytes)
+        } else {
+            var w = WireWriter()
+            response.encode(into: &w)
+            writeFrame(kind: .response, requestID: requestID, body: w.bytes)
+        }
+    }
+
+    /// A frame whose body is `body` followed by `then`.
+    mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: [UInt8], then more: [UInt8]) {
+        let length = body.count + more.count
         withUnsafeTemporaryAllocation(byteCount: Frame.headerSize, alignment: 8) { h in
             h.storeBytes(of: Frame.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
             h.storeBytes(of: Frame.version, toByteOffset: 4, as: UInt8.self)
@@ -42,13 +59,14 @@ extension ByteBuffer {
             h.storeBytes(of: 0, toByteOffset: 6, as: UInt16.self)
             h.storeBytes(of: requestID.littleEndian, toByteOffset: 8, as: UInt64.self)
             h.storeBytes(of: deadlineMillis.littleEndian, toByteOffset: 16, as: UInt32.self)
-            h.storeBytes(of: UInt32(body.count).littleEndian, toByteOffset: 20, as: UInt32.self)
+            h.storeBytes(of: UInt32(length).littleEndian, toByteOffset: 20, as: UInt32.self)
             let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: h.baseAddress, count: Frame.headerSize - 4))
             h.storeBytes(of: crc.littleEndian, toByteOffset: 24, as: UInt32.self)
-            reserveCapacity(minimumWritableBytes: Frame.headerSize + body.count)
+            reserveCapacity(minimumWritableBytes: Frame.headerSize + length)
             writeBytes(UnsafeRawBufferPointer(h))
         }
         body.withUnsafeBytes { _ = writeBytes($0) }
+        if !more.isEmpty { more.withUnsafeBytes { _ = writeBytes($0) } }
     }
 
     mutating func writeFrame(_ f: Frame) {

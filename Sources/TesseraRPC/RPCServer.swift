@@ -143,7 +143,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
                 response = await handler.handle(request)
             }
             var out = channel.allocator.buffer(capacity: 64)
-            out.writeFrame(kind: .response, requestID: id, body: ServerConnectionHandler.encode(response))
+            out.writeResponse(response, requestID: id)
             channel.writeAndFlush(out).whenComplete { _ in
                 this.value.answered(channel)
             }
@@ -161,7 +161,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     /// Answers on this thread: the reply joins the burst, written once the read burst ends.
     private func reply(_ context: ChannelHandlerContext, _ response: Response, id: UInt64) {
         if burst == nil { burst = context.channel.allocator.buffer(capacity: 4096) }
-        burst!.writeFrame(kind: .response, requestID: id, body: Self.encode(response))
+        burst!.writeResponse(response, requestID: id)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -176,12 +176,6 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         var out = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.body.count)
         out.writeFrame(frame)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-    }
-
-    static func encode(_ r: Response) -> [UInt8] {
-        var w = WireWriter()
-        r.encode(into: &w)
-        return w.bytes
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -117,8 +117,8 @@ public final class DataFile: @unchecked Sendable {
         lock.withLock { dirty = true }
     }
 
-    func read(block: UInt64, count: Int) throws -> [UInt8] {
-        try file.read(fromAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize), count: count * header.blockSize)
+    func read(block: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try file.read(fromAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize), into: buffer)
     }
 
     /// Flushes the image if anything was written since the last flush.

@@ -208,23 +208,32 @@ public final class IOService: @unchecked Sendable {
         var out = [UInt8](repeating: 0, count: length)
         let bs = UInt64(blockSize)
         let end = offset + UInt64(length)
-        for e in found {
-            let lo = max(offset, e.offset)
-            let hi = min(end, e.offset + UInt64(e.crcs.count) * bs)
-            guard lo < hi else { continue }
-            let firstBlock = Int((lo - e.offset) / bs)
-            let lastBlock = Int((hi - 1 - e.offset) / bs)
-            let n = lastBlock - firstBlock + 1
-            let bytes = try data.read(block: e.block + UInt64(firstBlock), count: n)
-            try bytes.withUnsafeBytes { b in
-                for i in 0..<n where CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[(i * blockSize)..<((i + 1) * blockSize)])) != e.crcs[firstBlock + i] {
-                    let at = e.offset + UInt64(firstBlock + i) * bs
+        try out.withUnsafeMutableBytes { out in
+            for e in found {
+                let lo = max(offset, e.offset)
+                let hi = min(end, e.offset + UInt64(e.crcs.count) * bs)
+                guard lo < hi else { continue }
+                let firstBlock = Int((lo - e.offset) / bs)
+                let lastBlock = Int((hi - 1 - e.offset) / bs)
+                let n = lastBlock - firstBlock + 1
+                let blocksAt = e.offset + UInt64(firstBlock) * bs
+                // Whole blocks inside the result are read in place; blocks cut by its edges go
+                // through a scratch buffer, since the checksum covers the whole block.
+                let inPlace = blocksAt >= offset && blocksAt + UInt64(n) * bs <= end
+                let scratch = inPlace ? nil : UnsafeMutableRawBufferPointer.allocate(byteCount: n * blockSize, alignment: 16)
+                defer { scratch?.deallocate() }
+                let target = scratch ?? UnsafeMutableRawBufferPointer(rebasing: out[Int(blocksAt - offset)..<(Int(blocksAt - offset) + n * blockSize)])
+                try data.read(block: e.block + UInt64(firstBlock), into: target)
+                for i in 0..<n where CRC32C.checksum(UnsafeRawBufferPointer(rebasing: target[(i * blockSize)..<((i + 1) * blockSize)])) != e.crcs[firstBlock + i] {
+                    let at = blocksAt + UInt64(i) * bs
                     throw TesseraError(.checksum, "cob \(cob) bytes \(at)..<\(at + bs): block \(e.block + UInt64(firstBlock + i)) of the data image failed its CRC32C check")
                 }
+                if let scratch {
+                    let from = Int(lo - blocksAt)
+                    UnsafeMutableRawBufferPointer(rebasing: out[Int(lo - offset)..<Int(hi - offset)])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: scratch[from..<(from + Int(hi - lo))]))
+                }
             }
-            let from = Int(lo - (e.offset + UInt64(firstBlock) * bs))
-            if found.count == 1 && from == 0 && lo == offset && hi == end && bytes.count == length { return bytes }
-            out.replaceSubrange(Int(lo - offset)..<Int(hi - offset), with: bytes[from..<(from + Int(hi - lo))])
         }
         lock.withLock { bytesRead += UInt64(length) }
         return out
