@@ -70,7 +70,7 @@ struct Up: AsyncParsableCommand {
             p.standardInput = FileHandle.nullDevice
             p.standardOutput = FileHandle.nullDevice
             if !FileManager.default.fileExists(atPath: state.logFile(server.id)) {
-                FileManager.default.createFile(atPath: state.logFile(server.id), contents: nil)
+                _ = FileManager.default.createFile(atPath: state.logFile(server.id), contents: nil)
             }
             let log = try FileHandle(forWritingTo: URL(fileURLWithPath: state.logFile(server.id)))
             log.seekToEndOfFile()
