@@ -66,7 +66,8 @@ struct BenchObject: AsyncParsableCommand {
         try await inParallel(4, count: (total + chunk - 1) / chunk) { i in
             let n = min(chunk, total - i * chunk)
             let got = try await cluster.read(object, at: UInt64(i * chunk), length: n)
-            guard got.elementsEqual(pattern[0..<n]) else { throw TesseraError(.corrupt, "read back different bytes at \(i * chunk)") }
+            let same = got.count == n && got.withUnsafeBytes { g in pattern.withUnsafeBytes { memcmp(g.baseAddress!, $0.baseAddress!, n) == 0 } }
+            guard same else { throw TesseraError(.corrupt, "read back different bytes at \(i * chunk)") }
         }
         let read = seconds(ContinuousClock.now - readStart)
         await cluster.close()
