@@ -61,7 +61,7 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient",
+                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

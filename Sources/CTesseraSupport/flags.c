@@ -8,3 +8,7 @@ int tessera_direct_sync_flags(void) { return O_DIRECT | O_DSYNC; }
 #include <malloc.h>
 
 int tessera_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
+
+int tessera_keep_freed_blocks(int bytes) {
+    return mallopt(M_MMAP_THRESHOLD, bytes) == 1 && mallopt(M_TRIM_THRESHOLD, bytes) == 1;
+}

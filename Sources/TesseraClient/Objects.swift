@@ -19,14 +19,24 @@ extension Cluster {
 
     /// Reads `length` bytes at `offset` of object `object`; never-written bytes read as zeros.
     public func read(_ object: Fid, at offset: UInt64, length: Int) async throws -> [UInt8] {
-        try checkRange(offset, UInt64(length))
-        let pieces = layout.groups(offset: offset, length: length)
         let out = ByteSink(count: length)
+        try await read(object, at: offset, into: out)
+        return out.bytes
+    }
+
+    /// Reads `buffer.count` bytes at `offset` into `buffer`, which must stay valid until the
+    /// call returns: the caller's own reply buffer, with no intermediate copy.
+    public func read(_ object: Fid, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws {
+        try await read(object, at: offset, into: ByteSink(borrowing: buffer))
+    }
+
+    private func read(_ object: Fid, at offset: UInt64, into out: ByteSink) async throws {
+        try checkRange(offset, UInt64(out.count))
+        let pieces = layout.groups(offset: offset, length: out.count)
         try await forEachGroup(pieces) { piece in
             let at = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
             try await self.readGroup(object, piece.group, from: piece.from, to: piece.to, into: out, at: at)
         }
-        return out.bytes
     }
 
     /// Makes bytes [offset, offset+length) of the object read as zeros; whole parity groups
@@ -218,21 +228,28 @@ extension Cluster {
     }
 }
 
-/// The result buffer of a parallel read: each group fills its own disjoint range.
+/// The result buffer of a parallel read: each group fills its own disjoint range, and
+/// every byte of the range is written (holes come back from the servers as zeros).
 final class ByteSink: @unchecked Sendable {
-    // SAFETY: ranges written by concurrent tasks never overlap, and `bytes` is read only
+    // SAFETY: ranges written by concurrent tasks never overlap, and the bytes are read only
     // after every writer finished (the task group's completion orders the accesses).
     private let buffer: UnsafeMutableRawBufferPointer
+    private let owned: Bool
+    let count: Int
 
     init(count: Int) {
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 16)
-        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        owned = true
         self.count = count
     }
 
-    let count: Int
+    init(borrowing buffer: UnsafeMutableRawBufferPointer) {
+        self.buffer = buffer
+        owned = false
+        count = buffer.count
+    }
 
-    deinit { buffer.deallocate() }
+    deinit { if owned { buffer.deallocate() } }
 
     func put(_ bytes: [UInt8], at offset: Int) {
         precondition(offset >= 0 && offset + bytes.count <= count)

@@ -65,8 +65,11 @@ struct BenchObject: AsyncParsableCommand {
         let readStart = ContinuousClock.now
         try await inParallel(4, count: (total + chunk - 1) / chunk) { i in
             let n = min(chunk, total - i * chunk)
-            let got = try await cluster.read(object, at: UInt64(i * chunk), length: n)
-            let same = got.count == n && got.withUnsafeBytes { g in pattern.withUnsafeBytes { memcmp(g.baseAddress!, $0.baseAddress!, n) == 0 } }
+            // Into a buffer of the caller's, as a FUSE or HTTP reply buffer would be.
+            let got = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 16)
+            defer { got.deallocate() }
+            try await cluster.read(object, at: UInt64(i * chunk), into: got)
+            let same = pattern.withUnsafeBytes { memcmp(got.baseAddress!, $0.baseAddress!, n) == 0 }
             guard same else { throw TesseraError(.corrupt, "read back different bytes at \(i * chunk)") }
         }
         let read = seconds(ContinuousClock.now - readStart)

@@ -1,5 +1,6 @@
 // The `tessera` command: subcommands parse their arguments and call the layers below.
 import ArgumentParser
+import CTesseraSupport
 import Foundation
 import Logging
 import TesseraCore
@@ -24,6 +25,10 @@ enum Main {
         sigaddset(&termination, SIGINT)
         sigprocmask(SIG_UNBLOCK, &termination, nil)
         signal(SIGHUP, SIG_IGN)
+        // Clients move data in unit-sized buffers (up to 16 MiB plus a frame header): keep
+        // freed ones in the heap, or every reply costs fresh pages, faulted in and zeroed.
+        // A server's engine sets its own, smaller threshold when it opens (Engine.swift).
+        _ = tessera_keep_freed_blocks(64 << 20)
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = ProcessInfo.processInfo.environment["TESSERA_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info

@@ -131,6 +131,11 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
             #expect(try await cluster.read(objects[o], at: UInt64(a), length: b - a) == Array(models[o][a..<b]), "step \(step)")
         }
         try await cluster.sync()
+        // Into a caller's buffer, across several groups and a partial unit at each end.
+        let into = UnsafeMutableRawBufferPointer.allocate(byteCount: size - 1000, alignment: 16)
+        defer { into.deallocate() }
+        try await cluster.read(objects[2], at: 500, into: into)
+        #expect(Array(into) == Array(models[2][500..<(size - 500)]))
         // Indexes: replicated records.
         let index = Fid(hi: 7, lo: 100)
         try await cluster.createIndex(index)

@@ -17,4 +17,8 @@ int tessera_direct_sync_flags(void);
 
 /// Fixes glibc's mmap threshold at `bytes` (mallopt M_MMAP_THRESHOLD); returns 1 on success.
 int tessera_set_mmap_threshold(int bytes);
+
+/// Keeps freed blocks up to `bytes` in the heap for reuse (M_MMAP_THRESHOLD and
+/// M_TRIM_THRESHOLD both at `bytes`); returns 1 on success.
+int tessera_keep_freed_blocks(int bytes);
 #endif
