@@ -6,22 +6,10 @@ import NIOPosix
 import Testing
 import TesseraCore
 import TesseraRPC
+@testable import tessera
 
-/// A loopback port that was free a moment ago, below the kernel's ephemeral range so that
-/// servers binding port 0 elsewhere in the test run cannot take it in between.
-func freePort() -> Int {
-    while true {
-        let port = Int.random(in: 20_000..<32_000)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        close(fd)
-        if ok == 0 { return port }
-    }
-}
+/// A loopback port that was free a moment ago (the same choice `tessera up` makes).
+func freePort() -> Int { try! freePorts(1)[0] }
 
 func tesseraBinary() -> String {
     if let path = ProcessInfo.processInfo.environment["TESSERA_BIN"] { return path }
