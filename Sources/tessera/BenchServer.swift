@@ -234,16 +234,19 @@ struct BenchServer: AsyncParsableCommand {
 
 private func key(_ i: Int) -> [UInt8] { Array(String(format: "key:%012d", i).utf8) }
 
-/// Sends requests 0..<count in pipelines of `width`, checking every response.
+/// Sends requests 0..<count in pipelines of `width`, checking every response, on the
+/// connection's event loop (`RPCClient.executor`), as redis-benchmark runs on its own.
 private func pipelines(
     _ client: RPCClient, _ width: Int, _ count: Int, _ request: (Int) -> Request, check: (Int, Response) throws -> Void
 ) async throws {
-    var start = 0
-    while start < count {
-        let end = min(count, start + width)
-        let responses = width == 1 ? [await client.handle(request(start))] : await client.pipeline((start..<end).map(request))
-        for (i, r) in zip(start..<end, responses) { try check(i, r) }
-        start = end
+    try await withTaskExecutorPreference(client.executor) {
+        var start = 0
+        while start < count {
+            let end = min(count, start + width)
+            let responses = width == 1 ? [await client.handle(request(start))] : await client.pipeline((start..<end).map(request))
+            for (i, r) in zip(start..<end, responses) { try check(i, r) }
+            start = end
+        }
     }
 }
 
