@@ -54,8 +54,9 @@ extension Cluster {
             try await onEveryServer { s in
                 _ = try await self.call(s, .free(cob: object, offset: from, length: to - from, syncWait: false)).unwrap()
             }
-        } 
-        // The partial groups at either end are rewritten with zeros.
+        }
+        // The partial groups at either end are rewritten with zeros: each is less than a
+        // group, so one write per end.
         var edges: [(UInt64, UInt64)] = []
         if firstWhole >= endWhole {
             edges.append((offset, offset + length))
@@ -63,14 +64,7 @@ extension Cluster {
             if offset < firstWhole * gs { edges.append((offset, firstWhole * gs)) }
             if endWhole * gs < offset + length { edges.append((endWhole * gs, offset + length)) }
         }
-        for (a, b) in edges {
-            var at = a
-            while at < b {
-                let n = Int(min(b - at, UInt64(layout.groupSize)))
-                try await write(object, at: at, [UInt8](repeating: 0, count: n))
-                at += UInt64(n)
-            }
-        }
+        for (a, b) in edges { try await write(object, at: a, [UInt8](repeating: 0, count: Int(b - a))) }
     }
 
     /// Frees every unit of the object on every server.

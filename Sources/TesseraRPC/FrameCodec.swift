@@ -52,17 +52,9 @@ extension ByteBuffer {
     /// A frame whose body is `body` followed by `then`.
     mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: [UInt8], then more: [UInt8]) {
         let length = body.count + more.count
+        reserveCapacity(minimumWritableBytes: Frame.headerSize + length)
         withUnsafeTemporaryAllocation(byteCount: Frame.headerSize, alignment: 8) { h in
-            h.storeBytes(of: Frame.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
-            h.storeBytes(of: Frame.version, toByteOffset: 4, as: UInt8.self)
-            h.storeBytes(of: kind.rawValue, toByteOffset: 5, as: UInt8.self)
-            h.storeBytes(of: 0, toByteOffset: 6, as: UInt16.self)
-            h.storeBytes(of: requestID.littleEndian, toByteOffset: 8, as: UInt64.self)
-            h.storeBytes(of: deadlineMillis.littleEndian, toByteOffset: 16, as: UInt32.self)
-            h.storeBytes(of: UInt32(length).littleEndian, toByteOffset: 20, as: UInt32.self)
-            let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: h.baseAddress, count: Frame.headerSize - 4))
-            h.storeBytes(of: crc.littleEndian, toByteOffset: 24, as: UInt32.self)
-            reserveCapacity(minimumWritableBytes: Frame.headerSize + length)
+            Frame.writeHeader(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, bodyLength: length, to: h.baseAddress!)
             writeBytes(UnsafeRawBufferPointer(h))
         }
         body.withUnsafeBytes { _ = writeBytes($0) }
@@ -71,5 +63,14 @@ extension ByteBuffer {
 
     mutating func writeFrame(_ f: Frame) {
         writeFrame(kind: f.kind, requestID: f.requestID, deadlineMillis: f.deadlineMillis, body: f.body)
+    }
+}
+
+extension ChannelHandlerContext {
+    /// Writes and flushes one frame on its own: handshake and refusal frames.
+    func writeFrameAndFlush(_ frame: Frame) -> EventLoopFuture<Void> {
+        var out = channel.allocator.buffer(capacity: Frame.headerSize + frame.body.count)
+        out.writeFrame(frame)
+        return writeAndFlush(NIOAny(out))
     }
 }

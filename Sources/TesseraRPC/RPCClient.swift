@@ -90,25 +90,21 @@ public final class RPCClient: RequestHandler {
             return w.bytes
         }
         let millis = Self.millis(deadline ?? defaultDeadline)
-        let connection = self.connection
-        return await withCheckedContinuation { (c: CheckedContinuation<[Response], Never>) in
-            if connection.eventLoop.inEventLoop {
-                connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: .batch(c))
-            } else {
-                connection.eventLoop.execute { connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: .batch(c)) }
-            }
-        }
+        return await withCheckedContinuation { submit(bodies, millis, .batch($0)) }
     }
 
     func sendRaw(body: [UInt8], deadline: Duration) async -> Response {
-        let millis = Self.millis(deadline)
+        return await withCheckedContinuation { submit([body], Self.millis(deadline), .single($0)) }
+    }
+
+    /// Hands the frames to the connection's handler: directly when already on its event
+    /// loop (a caller on `executor`), else through the loop's queue.
+    private func submit(_ bodies: [[UInt8]], _ millis: UInt32, _ waiter: Waiter) {
         let connection = self.connection
-        return await withCheckedContinuation { (c: CheckedContinuation<Response, Never>) in
-            if connection.eventLoop.inEventLoop {
-                connection.value.send(bodies: [body], deadlineMillis: millis, waiter: .single(c))
-            } else {
-                connection.eventLoop.execute { connection.value.send(bodies: [body], deadlineMillis: millis, waiter: .single(c)) }
-            }
+        if connection.eventLoop.inEventLoop {
+            connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: waiter)
+        } else {
+            connection.eventLoop.execute { connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: waiter) }
         }
     }
 
@@ -155,7 +151,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
     func channelActive(context: ChannelHandlerContext) {
-        send(context, handshake.hello)
+        _ = context.writeFrameAndFlush(handshake.hello)
         context.fireChannelActive()
     }
 
@@ -201,7 +197,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         let frame = unwrapInboundIn(data)
         if let promise = ready {
             switch handshake.receive(frame) {
-            case .send(let reply): send(context, reply)
+            case .send(let reply): _ = context.writeFrameAndFlush(reply)
             case .ready:
                 ready = nil
                 promise.succeed(())
@@ -223,12 +219,6 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             failAll(.failure(.invalidArgument, "unexpected \(frame.kind) frame from the server"))
             context.close(promise: nil)
         }
-    }
-
-    private func send(_ context: ChannelHandlerContext, _ frame: Frame) {
-        var out = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.body.count)
-        out.writeFrame(frame)
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -105,7 +105,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         guard handshake.isReady else {
             switch handshake.receive(frame) {
             case .send(let reply), .ready(let reply):
-                send(context, reply)
+                _ = context.writeFrameAndFlush(reply)
             case .refuse(let status, let message):
                 refuse(context, status, message)
             }
@@ -172,12 +172,6 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         context.fireChannelReadComplete()
     }
 
-    private func send(_ context: ChannelHandlerContext, _ frame: Frame) {
-        var out = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.body.count)
-        out.writeFrame(frame)
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-    }
-
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // Undecodable bytes: the frame boundary is lost. Say why, then close this connection.
         let e = error as? TesseraError ?? TesseraError(.io, "\(error)")
@@ -191,8 +185,6 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             burst = nil
             context.write(wrapOutboundOut(out), promise: nil)
         }
-        var out = channel.allocator.buffer(capacity: 256)
-        out.writeFrame(.refused(status, message))
-        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
+        context.writeFrameAndFlush(.refused(status, message)).whenComplete { _ in channel.close(promise: nil) }
     }
 }

@@ -17,6 +17,12 @@ func withCluster<R>(_ state: StateOption, _ body: (Cluster) async throws -> R) a
     }
 }
 
+/// Prints one line per record that failed, and exits 1 if any did.
+func reportFailures(_ lines: [String]) throws {
+    for line in lines { printError(line) }
+    if !lines.isEmpty { throw ExitCode(1) }
+}
+
 func parseFid(_ text: String) throws -> Fid {
     guard let f = Fid(text) else { throw ValidationError("'\(text)' is not an index fid (HI:LO in hexadecimal, e.g. 0x1:0x2)") }
     return f
@@ -71,12 +77,7 @@ struct IndexCommand: AsyncParsableCommand {
                 try await c.createIndex(f)
                 return try await c.put(f, records, mode: createOnly ? .createOnly : .overwrite, sync: true)
             }
-            var failed = false
-            for (r, s) in zip(records, statuses) where s != .ok {
-                printError("\(String(decoding: r.key, as: UTF8.self)): \(s)")
-                failed = true
-            }
-            if failed { throw ExitCode(1) }
+            try reportFailures(zip(records, statuses).filter { $0.1 != .ok }.map { "\(String(decoding: $0.0.key, as: UTF8.self)): \($0.1)" })
         }
     }
 
@@ -88,14 +89,8 @@ struct IndexCommand: AsyncParsableCommand {
         func run() async throws {
             let f = try parseFid(fid)
             let values = try await withCluster(state) { try await $0.get(f, keys.map { Array($0.utf8) }) }
-            var missing = false
-            for (k, v) in zip(keys, values) {
-                if let v { print(String(decoding: v, as: UTF8.self)) } else {
-                    printError("\(k): not found")
-                    missing = true
-                }
-            }
-            if missing { throw ExitCode(1) }
+            for v in values { if let v { print(String(decoding: v, as: UTF8.self)) } }
+            try reportFailures(zip(keys, values).filter { $0.1 == nil }.map { "\($0.0): not found" })
         }
     }
 
@@ -107,12 +102,7 @@ struct IndexCommand: AsyncParsableCommand {
         func run() async throws {
             let f = try parseFid(fid)
             let statuses = try await withCluster(state) { try await $0.delete(f, keys.map { Array($0.utf8) }, sync: true) }
-            var missing = false
-            for (k, s) in zip(keys, statuses) where s != .ok {
-                printError("\(k): not found")
-                missing = true
-            }
-            if missing { throw ExitCode(1) }
+            try reportFailures(zip(keys, statuses).filter { $0.1 != .ok }.map { "\($0.0): not found" })
         }
     }
 

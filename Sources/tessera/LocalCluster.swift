@@ -165,11 +165,8 @@ struct Status: AsyncParsableCommand {
     @OptionGroup var state: StateOption
 
     func run() async throws {
-        let config = try state.config()
-        let cluster = try Cluster(config: config)
-        defer { Task { await cluster.close() } }
         var down = 0
-        for (id, address, stats, error) in await cluster.statistics() {
+        for (id, address, stats, error) in try await withCluster(state, { await $0.statistics() }) {
             guard let s = stats else {
                 down += 1
                 print("server \(id)  \(address)  down  (\(error ?? "no answer"))")

@@ -49,17 +49,22 @@ public struct Frame: Sendable, Equatable {
 
     /// The header of this frame, ready to precede the body on the wire.
     public func encodeHeader() -> [UInt8] {
-        var h: [UInt8] = []
-        h.reserveCapacity(Frame.headerSize)
-        h.appendLE(Frame.magic)
-        h.append(Frame.version)
-        h.append(kind.rawValue)
-        h.appendLE(UInt16(0))
-        h.appendLE(requestID)
-        h.appendLE(deadlineMillis)
-        h.appendLE(UInt32(body.count))
-        h.appendLE(CRC32C.checksum(h))
+        var h = [UInt8](repeating: 0, count: Frame.headerSize)
+        h.withUnsafeMutableBytes { Frame.writeHeader(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, bodyLength: body.count, to: $0.baseAddress!) }
         return h
+    }
+
+    /// Writes the 28 header bytes of a frame with a body of `bodyLength` bytes at `h`.
+    public static func writeHeader(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32, bodyLength: Int, to h: UnsafeMutableRawPointer) {
+        h.storeBytes(of: magic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        h.storeBytes(of: version, toByteOffset: 4, as: UInt8.self)
+        h.storeBytes(of: kind.rawValue, toByteOffset: 5, as: UInt8.self)
+        h.storeBytes(of: 0, toByteOffset: 6, as: UInt16.self)
+        h.storeBytes(of: requestID.littleEndian, toByteOffset: 8, as: UInt64.self)
+        h.storeBytes(of: deadlineMillis.littleEndian, toByteOffset: 16, as: UInt32.self)
+        h.storeBytes(of: UInt32(bodyLength).littleEndian, toByteOffset: 20, as: UInt32.self)
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: h, count: headerSize - 4))
+        h.storeBytes(of: crc.littleEndian, toByteOffset: 24, as: UInt32.self)
     }
 
     public func encode() -> [UInt8] { encodeHeader() + body }
