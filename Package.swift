@@ -54,6 +54,22 @@ let package = Package(
             name: "TesseraClient",
             dependencies: ["TesseraCore", "TesseraConfig", "TesseraRPC", "CISAL", .product(name: "Logging", package: "swift-log")]
         ),
+        // Layer 6: S3 buckets and objects over the client, and the S3 HTTP gateway.
+        .target(
+            name: "TesseraS3",
+            dependencies: ["TesseraCore", "TesseraClient", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "TesseraGateway",
+            dependencies: [
+                "CTesseraSupport", "TesseraCore", "TesseraConfig", "TesseraClient", "TesseraS3",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "TesseraBench", dependencies: ["TesseraEngine", "CSQLite"]),
@@ -61,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient",
+                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -11,7 +11,7 @@ public final class Cluster: Sendable {
     public let layout: ObjectLayout
     let code: ErasureCode
     let links: [ServerLink]
-    let groupLocks = KeyedLocks()
+    let groupLocks = KeyedLocks<GroupKey>()
     let logger: Logger
     /// Per server, the newest transaction this client made there and has not synced yet.
     private let unsynced: Mutex<[UInt64]>
@@ -150,15 +150,18 @@ actor ServerLink {
 }
 
 /// Async mutual exclusion per key: writers of one parity group of one object go one at a
-/// time, so two read-modify-writes of a group never interleave.
-final class KeyedLocks: Sendable {
+/// time, so two read-modify-writes of a group never interleave; the S3 layer serialises
+/// switches of one object name the same way.
+public final class KeyedLocks<Key: Hashable & Sendable>: Sendable {
     private struct State {
-        var held: Set<GroupKey> = []
-        var waiters: [GroupKey: [CheckedContinuation<Void, Never>]] = [:]
+        var held: Set<Key> = []
+        var waiters: [Key: [CheckedContinuation<Void, Never>]] = [:]
     }
     private let state = Mutex(State())
 
-    func withLock<R>(_ key: GroupKey, _ body: () async throws -> R) async rethrows -> R {
+    public init() {}
+
+    public func withLock<R>(_ key: Key, _ body: () async throws -> R) async rethrows -> R {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
                 if s.held.insert(key).inserted { return true }

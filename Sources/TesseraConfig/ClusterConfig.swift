@@ -17,6 +17,13 @@
 //   meta_size = "1G"
 //   data = "0/data.img"
 //   data_size = "8G"
+//
+//   [s3]                          # optional: the S3 gateway
+//   region = "us-east-1"
+//   public_read = ["www"]         # buckets anyone may read without signing
+//   [[s3.credentials]]
+//   access_key = "TESSERA..."
+//   secret_key = "..."
 import Foundation
 import TOMLKit
 import TesseraCore
@@ -66,11 +73,21 @@ public struct ClusterConfig: Sendable, Equatable {
         }
     }
 
+    public struct S3: Sendable, Equatable {
+        public var region: String = "us-east-1"
+        /// Access key id → secret access key.
+        public var credentials: [String: String] = [:]
+        public var publicRead: Set<String> = []
+
+        public init() {}
+    }
+
     /// The file this configuration came from.
     public var path: String
     public var secret: String
     public var layout: Layout
     public var servers: [Server]
+    public var s3 = S3()
 
     /// The server with id `id`, or an error naming the ids the file has.
     public func server(_ id: Int) throws -> Server {
@@ -105,10 +122,20 @@ public struct ClusterConfig: Sendable, Equatable {
         var parity_units: Int?
         var unit_size: String?
     }
+    private struct RawCredential: Codable {
+        var access_key: String
+        var secret_key: String
+    }
+    private struct RawS3: Codable {
+        var region: String?
+        var public_read: [String]?
+        var credentials: [RawCredential]?
+    }
     private struct Raw: Codable {
         var secret: String
         var layout: RawLayout?
         var server: [RawServer]
+        var s3: RawS3?
     }
 
     /// Parses cluster-file text; relative image paths resolve against `directory`.
@@ -154,7 +181,18 @@ public struct ClusterConfig: Sendable, Equatable {
         guard layout.dataUnits + layout.parityUnits <= servers.count else {
             throw bad("layout \(layout.dataUnits)+\(layout.parityUnits) needs at least \(layout.dataUnits + layout.parityUnits) servers, the file lists \(servers.count)")
         }
-        return ClusterConfig(path: path, secret: raw.secret, layout: layout, servers: servers)
+        var s3 = S3()
+        if let r = raw.s3 {
+            s3.region = r.region ?? s3.region
+            s3.publicRead = Set(r.public_read ?? [])
+            for (i, c) in (r.credentials ?? []).enumerated() {
+                guard !c.access_key.isEmpty, c.secret_key.utf8.count >= 8 else {
+                    throw bad("s3.credentials \(i): access_key must not be empty and secret_key needs at least 8 characters")
+                }
+                guard s3.credentials.updateValue(c.secret_key, forKey: c.access_key) == nil else { throw bad("s3.credentials: access key \(c.access_key) repeats") }
+            }
+        }
+        return ClusterConfig(path: path, secret: raw.secret, layout: layout, servers: servers, s3: s3)
     }
 
     private static func describe(_ error: Error) -> String {

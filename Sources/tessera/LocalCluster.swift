@@ -30,14 +30,67 @@ struct StateOption: ParsableArguments {
     func pidFile(_ id: Int) -> String { path + "/server-\(id).pid" }
     func logFile(_ id: Int) -> String { path + "/server-\(id).log" }
 
+    var gatewayPidFile: String { path + "/gateway.pid" }
+    var gatewayLogFile: String { path + "/gateway.log" }
+
     /// The pid of server `id` if that process is running and is our server.
     func runningPid(_ id: Int) -> pid_t? {
-        guard let text = try? String(contentsOfFile: pidFile(id), encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return nil }
-        guard let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return nil }
-        let args = cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        guard args.contains("server"), args.contains(configPath), let i = args.firstIndex(of: "--id"), i + 1 < args.count, args[i + 1] == String(id) else { return nil }
-        return pid
+        runningPid(pidFile(id)) { args in
+            args.contains("server") && args.contains(configPath) && args.firstIndex(of: "--id").map { $0 + 1 < args.count && args[$0 + 1] == String(id) } == true
+        }
     }
+
+    /// The pid of the gateway `up --s3` started, if it is running.
+    func runningGatewayPid() -> pid_t? {
+        runningPid(gatewayPidFile) { $0.contains("gateway") && $0.contains(configPath) }
+    }
+
+    /// The pid in `file` if that process runs with arguments `matching` accepts.
+    private func runningPid(_ file: String, matching: ([String]) -> Bool) -> pid_t? {
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return nil }
+        guard let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return nil }
+        return matching(cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }) ? pid : nil
+    }
+
+    /// Starts `tessera ARGS` in the background, its stderr appended to `log`, its pid in
+    /// `pidFile`.
+    func spawn(_ args: [String], log: String, pidFile: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tesseraExecutable)
+        p.arguments = args
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        handle.seekToEndOfFile()
+        p.standardError = handle
+        try p.run()
+        try String(p.processIdentifier).write(toFile: pidFile, atomically: true, encoding: .utf8)
+    }
+
+    /// Sends SIGTERM to `pid` and waits up to a minute for it to go, then kills it.
+    func stop(_ pid: pid_t, what: String, stillRunning: () -> pid_t?) async throws {
+        kill(pid, SIGTERM)
+        let deadline = ContinuousClock.now + .seconds(60)
+        while stillRunning() == pid && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        if stillRunning() == pid {
+            printError("\(what) (pid \(pid)) did not stop in time; killing it")
+            kill(pid, SIGKILL)
+        }
+    }
+}
+
+let tesseraExecutable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+
+/// True once something accepts TCP connections at `host:port`.
+func accepting(_ host: String, _ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr(host == "localhost" ? "127.0.0.1" : host)
+    return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
 }
 
 struct Up: AsyncParsableCommand {
@@ -48,35 +101,28 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Metadata image size of each server, on first run.") var metaSize = "512M"
     @Option(help: "Data image size of each server, on first run (sparse file).") var dataSize = "4G"
     @Option(help: "Parity-group unit size, on first run.") var unitSize = "1M"
+    @Option(name: .customLong("s3"), help: "Also start the S3 gateway on HOST:PORT (e.g. 127.0.0.1:9000).") var s3: String?
     @Argument(help: "Mount point (needs the FUSE mount, not built yet).") var mountpoint: String?
 
     func run() async throws {
         if mountpoint != nil { throw ValidationError("mounting is not available yet; run `tessera up` without a mount point") }
+        if let s3, Endpoint(s3) == nil { throw ValidationError("--s3 '\(s3)' is not HOST:PORT") }
         let dir = state.path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         if !FileManager.default.fileExists(atPath: state.configPath) {
             try writeClusterFile()
         }
-        let config = try state.config()
-        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        var config = try state.config()
+        if s3 != nil && config.s3.credentials.isEmpty {
+            try addCredentials()
+            config = try state.config()
+        }
         for server in config.servers {
             if !FileManager.default.fileExists(atPath: server.metaPath) || !FileManager.default.fileExists(atPath: server.dataPath) {
-                try runChild(me, ["mkfs", "--config", state.configPath, "--id", String(server.id)])
+                try runChild(tesseraExecutable, ["mkfs", "--config", state.configPath, "--id", String(server.id)])
             }
             if state.runningPid(server.id) != nil { continue }
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: me)
-            p.arguments = ["server", "--config", state.configPath, "--id", String(server.id)]
-            p.standardInput = FileHandle.nullDevice
-            p.standardOutput = FileHandle.nullDevice
-            if !FileManager.default.fileExists(atPath: state.logFile(server.id)) {
-                _ = FileManager.default.createFile(atPath: state.logFile(server.id), contents: nil)
-            }
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: state.logFile(server.id)))
-            log.seekToEndOfFile()
-            p.standardError = log
-            try p.run()
-            try String(p.processIdentifier).write(toFile: state.pidFile(server.id), atomically: true, encoding: .utf8)
+            try state.spawn(["server", "--config", state.configPath, "--id", String(server.id)], log: state.logFile(server.id), pidFile: state.pidFile(server.id))
         }
         // Ready when every server answers.
         for server in config.servers {
@@ -92,8 +138,42 @@ struct Up: AsyncParsableCommand {
                 try await Task.sleep(for: .milliseconds(50))
             }
         }
-        print("tessera: cluster of \(config.servers.count) servers up in \(dir)")
-        for s in config.servers { print("  server \(s.id) at \(s.address)") }
+        // With --s3 stdout carries only lines a shell can eval.
+        let say: (String) -> Void = s3 == nil ? { print("tessera: " + $0) } : { printError($0) }
+        say("cluster of \(config.servers.count) servers up in \(dir)")
+        for s in config.servers { say("  server \(s.id) at \(s.address)") }
+        if let s3, let endpoint = Endpoint(s3) { try await startGateway(config, endpoint) }
+    }
+
+    private func startGateway(_ config: ClusterConfig, _ endpoint: Endpoint) async throws {
+        if state.runningGatewayPid() == nil {
+            try state.spawn(["gateway", "--config", state.configPath, "--listen", endpoint.description], log: state.gatewayLogFile, pidFile: state.gatewayPidFile)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !accepting(endpoint.host, endpoint.port) {
+                guard state.runningGatewayPid() != nil, ContinuousClock.now < deadline else {
+                    throw TesseraError(.io, "the S3 gateway did not start; see \(state.gatewayLogFile)")
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        let (key, secret) = config.s3.credentials.sorted { $0.key < $1.key }.first!
+        printError("S3 gateway at http://\(endpoint)")
+        print("export AWS_ENDPOINT_URL=http://\(endpoint)")
+        print("export AWS_ACCESS_KEY_ID=\(key)")
+        print("export AWS_SECRET_ACCESS_KEY=\(secret)")
+        print("export AWS_DEFAULT_REGION=\(config.s3.region)")
+    }
+
+    /// Adds a generated S3 access key to the cluster file.
+    private func addCredentials() throws {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+        let key = "TSR" + String((0..<17).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] })
+        let secret = (0..<20).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+        let text = try String(contentsOfFile: state.configPath, encoding: .utf8)
+        let added = "\n# Written by `tessera up --s3`: the gateway's access key.\n[[s3.credentials]]\naccess_key = \"\(key)\"\nsecret_key = \"\(secret)\"\n"
+        try (text + added).write(toFile: state.configPath, atomically: true, encoding: .utf8)
+        chmod(state.configPath, 0o600)
     }
 
     private func writeClusterFile() throws {
@@ -136,6 +216,11 @@ struct Down: AsyncParsableCommand {
 
     func run() async throws {
         let config = try state.config()
+        if let pid = state.runningGatewayPid() {
+            try await state.stop(pid, what: "the S3 gateway", stillRunning: state.runningGatewayPid)
+            unlink(state.gatewayPidFile)
+            print("tessera: S3 gateway stopped")
+        }
         var pids: [(Int, pid_t)] = []
         for s in config.servers {
             if let pid = state.runningPid(s.id) {

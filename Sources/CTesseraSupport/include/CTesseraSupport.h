@@ -10,6 +10,13 @@
 /// inside, so crc32c(crc32c(0, a), b) == crc32c(0, a ++ b).
 uint32_t tessera_crc32c(uint32_t crc, const void *data, size_t len);
 
+/// CRC32 as zlib computes it (reflected polynomial 0xEDB88320), extended like crc32c.
+uint32_t tessera_crc32(uint32_t crc, const void *data, size_t len);
+
+/// CRC64/NVME (reflected polynomial 0x9A6C9329AC4BC9B5, init and xorout all ones),
+/// extended like crc32c.
+uint64_t tessera_crc64nvme(uint64_t crc, const void *data, size_t len);
+
 
 
 /// O_DIRECT | O_DSYNC, which Swift's Glibc module does not export (they need _GNU_SOURCE).

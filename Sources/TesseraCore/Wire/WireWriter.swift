@@ -29,6 +29,9 @@ public struct WireWriter: Sendable {
 
     public mutating func string(_ s: String) { blob(Array(s.utf8)) }
 
+    /// Bytes with no length in front: a fixed-size field such as a digest.
+    public mutating func raw(_ b: [UInt8]) { bytes += b }
+
     /// An optional byte string: u8 0 for none, 1 then the string.
     public mutating func optionalBlob(_ b: [UInt8]?) {
         if let b {

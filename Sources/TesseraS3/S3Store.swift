@@ -1,0 +1,470 @@
+// Buckets and objects over the client's replicated indexes and striped objects, following
+// the seed's PUT: fetch the bucket's metadata, fetch the object's, write the data, switch
+// the object list entry with sync-wait, free the old data.
+//
+// Nothing is ever freed or replaced without a durable pending-free record first, so a
+// process that dies at any step leaves the old or the new object readable in full, and
+// the sweeper (run at start) frees whatever no entry refers to.
+import Foundation
+import Logging
+import Synchronization
+import TesseraClient
+import TesseraCore
+
+public final class S3Store: Sendable {
+    public let cluster: Cluster
+    let logger: Logger
+    /// Switches of one object name (or one part of an upload) go one at a time.
+    private let switchLocks = KeyedLocks<String>()
+    /// Objects being read in this process: a free waits until their readers are done.
+    private let readers = Mutex<[Fid: Int]>([:])
+
+    /// The smallest part of a multipart upload other than the last (S3's limit).
+    public static let minimumPartSize: UInt64 = 5 << 20
+    public static let maxPartNumber = 10_000
+
+    public init(cluster: Cluster, logger: Logger = Logger(label: "tessera.s3")) {
+        self.cluster = cluster
+        self.logger = logger
+    }
+
+    /// Nanoseconds since 1970.
+    public static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    // MARK: Buckets
+
+    /// S3's bucket naming rules: 3 to 63 lower-case letters, digits, dots and hyphens,
+    /// starting and ending with a letter or digit, not shaped like an IP address.
+    public static func validBucketName(_ name: String) -> Bool {
+        let b = Array(name.utf8)
+        guard (3...63).contains(b.count) else { return false }
+        func alnum(_ c: UInt8) -> Bool { (c >= 97 && c <= 122) || (c >= 48 && c <= 57) }
+        guard alnum(b.first!), alnum(b.last!) else { return false }
+        guard b.allSatisfy({ alnum($0) || $0 == 45 || $0 == 46 }) else { return false }
+        guard !name.contains(".."), !name.contains(".-"), !name.contains("-.") else { return false }
+        let parts = name.split(separator: ".")
+        if parts.count == 4 && parts.allSatisfy({ UInt8($0) != nil }) { return false }
+        return true
+    }
+
+    private func ensureIndex(_ fid: Fid) async throws {
+        _ = try await cluster.createIndex(fid)
+    }
+
+    /// The bucket's record, or nil.
+    public func bucket(_ name: String) async throws -> BucketRecord? {
+        let v: [UInt8]?
+        do { v = try await cluster.get(S3Indexes.buckets, [Array(name.utf8)])[0] } catch let e as TesseraError where e.code == .notFound {
+            return nil  // no bucket was ever made
+        }
+        return try v.map(BucketRecord.decode)
+    }
+
+    /// Creates a bucket owned by `owner`. Throws `.exists` if it is there (the caller tells
+    /// its owner from anyone else by `bucket(_:)`).
+    @discardableResult
+    public func createBucket(_ name: String, owner: String, publicRead: Bool = false) async throws -> BucketRecord {
+        guard Self.validBucketName(name) else { throw TesseraError(.invalidArgument, "'\(name)' is not a valid bucket name") }
+        try await ensureIndex(S3Indexes.buckets)
+        let record = BucketRecord(
+            objects: S3Indexes.random(tag: S3Indexes.objectIndexTag), uploads: S3Indexes.random(tag: S3Indexes.uploadIndexTag),
+            created: Self.now(), owner: owner, publicRead: publicRead)
+        // The indexes first: a bucket entry always has its indexes. A crash before the entry
+        // leaves two empty indexes, which hold no data.
+        try await ensureIndex(record.objects)
+        try await ensureIndex(record.uploads)
+        let st = try await cluster.put(S3Indexes.buckets, [Record(key: Array(name.utf8), value: record.encode())], mode: .createOnly, sync: true)
+        if st[0] == .exists {
+            _ = try? await cluster.dropIndex(record.objects)
+            _ = try? await cluster.dropIndex(record.uploads)
+            throw TesseraError(.exists, "bucket '\(name)' exists")
+        }
+        return record
+    }
+
+    public func listBuckets() async throws -> [(name: String, record: BucketRecord)] {
+        var out: [(String, BucketRecord)] = []
+        var from: [UInt8]? = nil
+        do {
+            while true {
+                let batch = try await cluster.next(S3Indexes.buckets, from: [from], limit: 1000, excludeStart: from != nil)[0]
+                for r in batch { out.append((String(decoding: r.key, as: UTF8.self), try BucketRecord.decode(r.value))) }
+                guard batch.count == 1000 else { break }
+                from = batch.last!.key
+            }
+        } catch let e as TesseraError where e.code == .notFound {
+            return []
+        }
+        return out
+    }
+
+    /// Deletes an empty bucket. Throws `.notFound` or `.notEmpty`.
+    public func deleteBucket(_ name: String) async throws {
+        guard let b = try await bucket(name) else { throw TesseraError(.notFound, "no bucket '\(name)'") }
+        let objects = try await cluster.next(b.objects, from: [nil], limit: 1)[0]
+        let uploads = try await cluster.next(b.uploads, from: [nil], limit: 1)[0]
+        guard objects.isEmpty && uploads.isEmpty else { throw TesseraError(.notEmpty, "bucket '\(name)' is not empty") }
+        try await cluster.delete(S3Indexes.buckets, [Array(name.utf8)], sync: true)
+        _ = try? await cluster.dropIndex(b.objects)
+        _ = try? await cluster.dropIndex(b.uploads)
+    }
+
+    // MARK: Objects
+
+    public func object(_ bucket: BucketRecord, _ key: String) async throws -> ObjectRecord? {
+        try await cluster.get(bucket.objects, [Array(key.utf8)])[0].map(ObjectRecord.decode)
+    }
+
+    /// Starts a new object whose data will belong to `owner`: its pending-free record is
+    /// durable before any of its data is written.
+    public func newObject(for owner: PendingFree.Owner) async throws -> ObjectWriter {
+        let fid = S3Indexes.random(tag: S3Indexes.dataTag)
+        try await notePending([(fid, owner)])
+        return ObjectWriter(cluster: cluster, fid: fid)
+    }
+
+    private func notePending(_ items: [(Fid, PendingFree.Owner)]) async throws {
+        guard !items.isEmpty else { return }
+        try await ensureIndex(S3Indexes.pendingFrees)
+        let t = Self.now()
+        try await cluster.put(
+            S3Indexes.pendingFrees, items.map { Record(key: S3Indexes.fidKey($0.0), value: PendingFree(owner: $0.1, noted: t).encode()) }, sync: true)
+    }
+
+    private func dropPending(_ fids: [Fid]) async {
+        guard !fids.isEmpty else { return }
+        // Not synced: a record that comes back after a crash is only looked at again.
+        _ = try? await cluster.delete(S3Indexes.pendingFrees, fids.map(S3Indexes.fidKey))
+    }
+
+    /// Makes `record` (whose data `newObject(for: .object(bucket, key))` wrote) the object
+    /// `key`, then frees the object it replaces.
+    public func commit(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord) async throws {
+        let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
+            let old = try await object(bucket, key)
+            if let old { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+            try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode())], sync: true)
+            return old
+        }
+        if let old { try await free(old.fid) }
+        await dropPending([record.fid] + (old.map { [$0.fid] } ?? []))
+    }
+
+    /// Removes object `key`; false if there was none.
+    @discardableResult
+    public func deleteObject(_ bucketName: String, _ bucket: BucketRecord, _ key: String) async throws -> Bool {
+        let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
+            guard let old = try await object(bucket, key) else { return nil }
+            try await notePending([(old.fid, .object(bucket: bucketName, key: key))])
+            try await cluster.delete(bucket.objects, [Array(key.utf8)], sync: true)
+            return old
+        }
+        guard let old else { return false }
+        try await free(old.fid)
+        await dropPending([old.fid])
+        return true
+    }
+
+    /// Frees an object's data, and the parts of a multipart one, once no reader in this
+    /// process is using it.
+    private func free(_ fid: Fid) async throws {
+        while readers.withLock({ $0[fid] != nil }) { try await Task.sleep(for: .milliseconds(5)) }
+        try await cluster.delete(fid)
+        while true {
+            let parts = try await partRecords(fid, after: 0, limit: 1000)
+            if parts.isEmpty { break }
+            for p in parts { try await cluster.delete(p.fid) }
+            try await cluster.delete(S3Indexes.parts, parts.map { S3Indexes.partKey(fid, $0.number) })
+        }
+    }
+
+    /// Runs `body` with the object's data kept from being freed by this process.
+    public func reading<R>(_ record: ObjectRecord, _ body: (ObjectReader) async throws -> R) async throws -> R {
+        readers.withLock { $0[record.fid, default: 0] += 1 }
+        defer {
+            readers.withLock {
+                let n = $0[record.fid, default: 1] - 1
+                $0[record.fid] = n == 0 ? nil : n
+            }
+        }
+        let parts = record.multipart ? try await allParts(record.fid) : []
+        return try await body(ObjectReader(cluster: cluster, record: record, parts: parts))
+    }
+
+    // MARK: Listing
+
+    public struct Listing: Sendable {
+        public var entries: [(key: String, value: [UInt8])] = []
+        public var commonPrefixes: [String] = []
+        public var truncated = false
+        /// The last key or common prefix returned: where the next page starts after.
+        public var last: String?
+    }
+
+    /// Keys of `index` beginning with `prefix`, after `after` (exclusive), grouped at the
+    /// first `delimiter` after the prefix, at most `limit` keys and prefixes in all.
+    public func list(_ index: Fid, prefix: String, delimiter: String?, after: String?, limit: Int) async throws -> Listing {
+        var out = Listing()
+        guard limit > 0 else { return out }
+        let p = Array(prefix.utf8)
+        let d = delimiter.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
+        var start: [UInt8] = p
+        var exclusive = false
+        if let a = after.map({ Array($0.utf8) }), a.lexicographicallyPrecedes(p) == false {
+            start = a
+            exclusive = true
+            // After a common prefix, skip every key under it.
+            if let d, a.count > p.count, a.starts(with: p), a.suffix(d.count).elementsEqual(d), let s = Self.successor(of: a) {
+                start = s
+                exclusive = false
+            }
+        }
+        while true {
+            let want = min(1000, limit - out.entries.count - out.commonPrefixes.count + 1)
+            let batch = try await cluster.next(index, from: [start], limit: want, excludeStart: exclusive)[0]
+            var skipTo: [UInt8]? = nil
+            for r in batch {
+                guard r.key.starts(with: p) else { return out }
+                if out.entries.count + out.commonPrefixes.count == limit {
+                    out.truncated = true
+                    return out
+                }
+                if let d, let cut = Self.find(d, in: r.key, from: p.count) {
+                    let cp = Array(r.key[..<(cut + d.count)])
+                    let s = String(decoding: cp, as: UTF8.self)
+                    out.commonPrefixes.append(s)
+                    out.last = s
+                    guard let next = Self.successor(of: cp) else { return out }
+                    skipTo = next
+                    break
+                }
+                out.entries.append((String(decoding: r.key, as: UTF8.self), r.value))
+                out.last = out.entries.last!.key
+            }
+            if let s = skipTo {
+                start = s
+                exclusive = false
+            } else {
+                guard batch.count == want, let last = batch.last else { return out }
+                start = last.key
+                exclusive = true
+            }
+        }
+    }
+
+    /// The smallest key greater than every key that starts with `k`.
+    static func successor(of k: [UInt8]) -> [UInt8]? {
+        var s = k
+        while let last = s.last {
+            if last < 0xFF {
+                s[s.count - 1] = last + 1
+                return s
+            }
+            s.removeLast()
+        }
+        return nil
+    }
+
+    static func find(_ needle: [UInt8], in hay: [UInt8], from: Int) -> Int? {
+        guard needle.count > 0, hay.count >= needle.count, from <= hay.count - needle.count else { return nil }
+        for i in from...(hay.count - needle.count) where hay[i] == needle[0] {
+            if hay[i..<(i + needle.count)].elementsEqual(needle) { return i }
+        }
+        return nil
+    }
+
+    // MARK: Multipart uploads
+
+    static func uploadKey(_ key: String, _ id: String) -> [UInt8] { Array(key.utf8) + [0] + Array(id.utf8) }
+
+    public static func uploadID(_ fid: Fid) -> String {
+        hex(withUnsafeBytes(of: fid.hi.bigEndian, Array.init) + withUnsafeBytes(of: fid.lo.bigEndian, Array.init))
+    }
+
+    /// Starts a multipart upload of `key`; returns its upload id.
+    public func createUpload(_ bucketName: String, _ bucket: BucketRecord, _ key: String, attributes: [Attribute]) async throws -> String {
+        let fid = S3Indexes.random(tag: S3Indexes.dataTag)
+        try await notePending([(fid, .object(bucket: bucketName, key: key))])
+        let id = Self.uploadID(fid)
+        try await cluster.put(bucket.uploads, [Record(key: Self.uploadKey(key, id), value: UploadRecord(fid: fid, created: Self.now(), attributes: attributes).encode())], sync: true)
+        return id
+    }
+
+    public func upload(_ bucket: BucketRecord, _ key: String, _ id: String) async throws -> UploadRecord? {
+        guard id.utf8.count == 32, id.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else { return nil }
+        return try await cluster.get(bucket.uploads, [Self.uploadKey(key, id)])[0].map(UploadRecord.decode)
+    }
+
+    /// Starts the data of part `number` of an upload.
+    public func newPart(_ upload: UploadRecord, _ number: Int) async throws -> ObjectWriter {
+        try await newObject(for: .part(upload: upload.fid, number: number))
+    }
+
+    /// Makes `part` (written by `newPart`) part `part.number` of the upload, freeing the
+    /// part it replaces.
+    public func commitPart(_ upload: UploadRecord, _ part: PartRecord) async throws {
+        try await ensureIndex(S3Indexes.parts)
+        let key = S3Indexes.partKey(upload.fid, part.number)
+        let old: PartRecord? = try await switchLocks.withLock("\(upload.fid)#\(part.number)") {
+            let old = try await cluster.get(S3Indexes.parts, [key])[0].map { try PartRecord.decode($0, number: part.number) }
+            if let old { try await notePending([(old.fid, .part(upload: upload.fid, number: part.number))]) }
+            try await cluster.put(S3Indexes.parts, [Record(key: key, value: part.encode())], sync: true)
+            return old
+        }
+        if let old { try await cluster.delete(old.fid) }
+        await dropPending([part.fid] + (old.map { [$0.fid] } ?? []))
+    }
+
+    /// Parts of upload (or multipart object) `fid` numbered above `after`, in order.
+    public func partRecords(_ fid: Fid, after: Int, limit: Int) async throws -> [PartRecord] {
+        let recs: [Record]
+        do {
+            recs = try await cluster.next(S3Indexes.parts, from: [S3Indexes.partKey(fid, after)], limit: limit, excludeStart: true)[0]
+        } catch let e as TesseraError where e.code == .notFound {
+            return []
+        }
+        let prefix = S3Indexes.fidKey(fid)
+        var out: [PartRecord] = []
+        for r in recs {
+            guard r.key.count == 20, r.key.starts(with: prefix) else { break }
+            let n = Int(r.key[16]) << 24 | Int(r.key[17]) << 16 | Int(r.key[18]) << 8 | Int(r.key[19])
+            out.append(try PartRecord.decode(r.value, number: n))
+        }
+        return out
+    }
+
+    func allParts(_ fid: Fid) async throws -> [PartRecord] {
+        var out: [PartRecord] = []
+        while true {
+            let batch = try await partRecords(fid, after: out.last?.number ?? 0, limit: 1000)
+            out += batch
+            if batch.count < 1000 { return out }
+        }
+    }
+
+    public enum CompletionError: Error, Sendable {
+        case invalidPart(Int)
+        case invalidPartOrder
+        case entityTooSmall(Int)
+    }
+
+    /// Completes an upload with the listed parts (number, ETag): they become object `key`,
+    /// and the upload's other parts are freed.
+    public func completeUpload(
+        _ bucketName: String, _ bucket: BucketRecord, _ key: String, _ id: String, _ upload: UploadRecord, parts wanted: [(number: Int, etag: String)],
+        attributes extra: [Attribute] = []
+    ) async throws -> ObjectRecord {
+        let stored = try await allParts(upload.fid)
+        let byNumber = Dictionary(stored.map { ($0.number, $0) }, uniquingKeysWith: { a, _ in a })
+        var chosen: [PartRecord] = []
+        for (i, w) in wanted.enumerated() {
+            if i > 0 && w.number <= wanted[i - 1].number { throw CompletionError.invalidPartOrder }
+            let tag = w.etag.trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
+            guard let p = byNumber[w.number], p.etag == tag else { throw CompletionError.invalidPart(w.number) }
+            chosen.append(p)
+        }
+        guard !chosen.isEmpty else { throw CompletionError.invalidPart(0) }
+        for p in chosen.dropLast() where p.size < Self.minimumPartSize { throw CompletionError.entityTooSmall(p.number) }
+        // Parts not chosen go first, so the object never reads through them.
+        let chosenNumbers = Set(chosen.map(\.number))
+        let unchosen = stored.filter { !chosenNumbers.contains($0.number) }
+        for p in unchosen { try await cluster.delete(p.fid) }
+        if !unchosen.isEmpty { try await cluster.delete(S3Indexes.parts, unchosen.map { S3Indexes.partKey(upload.fid, $0.number) }, sync: true) }
+
+        var md5s: [UInt8] = []
+        for p in chosen { md5s += p.md5 }
+        let record = ObjectRecord(
+            fid: upload.fid, size: chosen.reduce(0) { $0 + $1.size }, modified: Self.now(), etag: hex(md5Digest(md5s)) + "-\(chosen.count)",
+            parts: chosen.count, attributes: upload.attributes + extra)
+        let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
+            let old = try await object(bucket, key)
+            if let old { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+            try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode())], sync: true)
+            try await cluster.delete(bucket.uploads, [Self.uploadKey(key, id)], sync: true)
+            return old
+        }
+        if let old, old.fid != record.fid { try await free(old.fid) }
+        await dropPending([record.fid] + (old.map { [$0.fid] } ?? []))
+        return record
+    }
+
+    /// Abandons an upload and frees its parts.
+    public func abortUpload(_ bucket: BucketRecord, _ key: String, _ id: String, _ upload: UploadRecord) async throws {
+        // The upload's pending-free record (made when it started) covers its parts until
+        // they are gone.
+        try await cluster.delete(bucket.uploads, [Self.uploadKey(key, id)], sync: true)
+        try await free(upload.fid)
+        await dropPending([upload.fid])
+    }
+
+    /// Uploads in progress, in key then id order.
+    public func listUploads(_ bucket: BucketRecord, prefix: String, keyMarker: String?, idMarker: String?, limit: Int) async throws
+        -> (uploads: [(key: String, id: String, record: UploadRecord)], truncated: Bool)
+    {
+        var after: String? = nil
+        if let k = keyMarker {
+            after = idMarker.map { String(decoding: Self.uploadKey(k, $0), as: UTF8.self) } ?? String(decoding: Array(k.utf8) + [0, 0xFF], as: UTF8.self)
+        }
+        let l = try await list(bucket.uploads, prefix: prefix, delimiter: nil, after: after, limit: limit)
+        var out: [(String, String, UploadRecord)] = []
+        for e in l.entries {
+            let b = Array(e.key.utf8)
+            guard let z = b.lastIndex(of: 0) else { continue }
+            out.append((String(decoding: b[..<z], as: UTF8.self), String(decoding: b[(z + 1)...], as: UTF8.self), try UploadRecord.decode(e.value)))
+        }
+        return (out, l.truncated)
+    }
+
+    // MARK: The sweeper
+
+    /// Frees every object noted as pending before `cutoff` (ns since 1970) that its owner
+    /// does not refer to, and forgets the rest. Returns how many objects it freed.
+    @discardableResult
+    public func sweep(notedBefore cutoff: UInt64) async throws -> Int {
+        var freed = 0
+        var from: [UInt8]? = nil
+        while true {
+            let batch: [Record]
+            do { batch = try await cluster.next(S3Indexes.pendingFrees, from: [from], limit: 500, excludeStart: from != nil)[0] } catch let e as TesseraError
+                where e.code == .notFound
+            { return 0 }
+            for r in batch {
+                guard let fid = S3Indexes.fid(fromKey: r.key) else { continue }
+                let pending: PendingFree
+                do { pending = try PendingFree.decode(r.value) } catch {
+                    logger.warning("pending-free record of \(fid) unreadable, left alone: \(error)")
+                    continue
+                }
+                guard pending.noted < cutoff else { continue }
+                if try await !referenced(fid, by: pending.owner) {
+                    try await free(fid)
+                    freed += 1
+                }
+                await dropPending([fid])
+            }
+            guard batch.count == 500 else { break }
+            from = batch.last!.key
+        }
+        if freed > 0 { logger.info("sweeper freed \(freed) objects no entry refers to") }
+        return freed
+    }
+
+    private func referenced(_ fid: Fid, by owner: PendingFree.Owner) async throws -> Bool {
+        switch owner {
+        case .object(let bucketName, let key):
+            guard let b = try await bucket(bucketName) else { return false }
+            if try await object(b, key)?.fid == fid { return true }
+            return try await cluster.get(b.uploads, [Self.uploadKey(key, Self.uploadID(fid))])[0] != nil
+        case .part(let upload, let number):
+            let v: [UInt8]?
+            do { v = try await cluster.get(S3Indexes.parts, [S3Indexes.partKey(upload, number)])[0] } catch let e as TesseraError where e.code == .notFound {
+                return false
+            }
+            return try v.map { try PartRecord.decode($0, number: number).fid } == fid
+        }
+    }
+}

@@ -1,0 +1,58 @@
+// `tessera gateway`: the S3 HTTP endpoint over a cluster. At start it sweeps the
+// pending-free index (objects a process that died left half-replaced), then every ten
+// minutes sweeps records older than an hour.
+import ArgumentParser
+import Foundation
+import Logging
+import TesseraClient
+import TesseraConfig
+import TesseraCore
+import TesseraGateway
+import TesseraS3
+
+struct Gateway: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the cluster's buckets over the S3 HTTP API.")
+
+    @Option(help: "The cluster file.") var config: String
+    @Option(help: "HOST:PORT to listen on (port 0: any free port, printed at start).") var listen = "127.0.0.1:9000"
+
+    func run() async throws {
+        let cfg = try ClusterConfig.load(path: config)
+        guard let endpoint = Endpoint(listen) ?? (listen.hasSuffix(":0") ? Endpoint(host: String(listen.dropLast(2)), port: 0) : nil) else {
+            throw ValidationError("--listen '\(listen)' is not HOST:PORT")
+        }
+        if cfg.s3.credentials.isEmpty {
+            throw TesseraError(.invalidArgument, "\(config): no [[s3.credentials]]: the gateway would refuse every signed request (see docs/CLUSTER.md)")
+        }
+        let logger = Logger(label: "tessera.gateway")
+        let cluster = try Cluster(config: cfg)
+        let store = S3Store(cluster: cluster)
+        let gateway = S3Gateway(store: store, settings: cfg.s3)
+        let started = S3Store.now()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await gateway.run(host: endpoint.host, port: endpoint.port) { port in
+                    let host = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
+                    FileHandle.standardOutput.write(Data("tessera: S3 gateway listening on http://\(host):\(port)\n".utf8))
+                }
+            }
+            group.addTask {
+                // Everything noted before this process started belongs to no one running.
+                var cutoff = started
+                while true {
+                    do { try await store.sweep(notedBefore: cutoff) } catch { logger.warning("sweeper: \(error)") }
+                    try await Task.sleep(for: .seconds(600))
+                    cutoff = S3Store.now() - 3600 * 1_000_000_000
+                }
+            }
+            group.addTask {
+                let signal = await Server.waitForTermination()
+                logger.info("gateway: \(signal), stopping")
+                throw CancellationError()
+            }
+            do { try await group.next() } catch is CancellationError {}
+            group.cancelAll()
+        }
+        await cluster.close()
+    }
+}
