@@ -8,12 +8,14 @@ extension Cluster {
     static let parallelGroups = 8
 
     /// Writes `bytes` at `offset` of object `object` (created by its first write).
-    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8]) async throws {
+    /// `unwritten`: the caller knows the groups touched hold nothing yet (a new object
+    /// written in order), so partial groups need no read first.
+    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws {
         try checkRange(offset, UInt64(bytes.count))
         let pieces = layout.groups(offset: offset, length: bytes.count)
         try await forEachGroup(pieces) { piece in
             let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)])
+            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
         }
     }
 
@@ -115,25 +117,37 @@ extension Cluster {
     // MARK: One parity group
 
     /// Writes `bytes` at byte `from` of group `g`: the data units it touches and every
-    /// parity unit. A partial group reads its current data first (rebuilt if need be).
-    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>) async throws {
+    /// parity unit. A partial group reads its current data first (rebuilt if need be) and
+    /// writes each unit only up to its last non-zero byte, old or new: a small object, or
+    /// the tail of one, takes the blocks it fills rather than whole units.
+    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws {
         let u = layout.unitSize
         let n = layout.dataUnits
         let to = from + bytes.count
         try await groupLocks.withLock(GroupKey(object: object, group: g)) {
             var data: [[UInt8]]
+            // Bytes to write of each data unit, and of the parity units.
+            var extent = [Int](repeating: u, count: n)
+            var parityExtent = u
             if from == 0 && to == layout.groupSize {
                 data = (0..<n).map { d in Array(bytes[(bytes.startIndex + d * u)..<(bytes.startIndex + (d + 1) * u)]) }
             } else {
-                data = try await readUnits(object, g)
+                data = unwritten ? Array(repeating: [UInt8](repeating: 0, count: u), count: n) : try await readUnits(object, g)
+                let oldExtent = data.map(Self.usedLength)
                 var flat = data.flatMap { $0 }
                 flat.replaceSubrange(from..<to, with: bytes)
                 data = (0..<n).map { d in Array(flat[(d * u)..<((d + 1) * u)]) }
+                extent = (0..<n).map { max(oldExtent[$0], Self.usedLength(data[$0])) }
+                parityExtent = extent.max() ?? 0
             }
-            let parity = code.encode(data)
+            let parity = code.encode(parityExtent == u ? data : data.map { Array($0.prefix(parityExtent)) })
             let touched = (from / u)...((to - 1) / u)
-            var writes: [(unit: Int, bytes: [UInt8])] = touched.map { ($0, data[$0]) }
-            for p in 0..<layout.parityUnits { writes.append((n + p, parity[p])) }
+            var writes: [(unit: Int, bytes: [UInt8])] = touched.compactMap { d in
+                extent[d] == 0 ? nil : (d, extent[d] == u ? data[d] : Array(data[d].prefix(extent[d])))
+            }
+            if parityExtent > 0 {
+                for p in 0..<layout.parityUnits { writes.append((n + p, parity[p])) }
+            }
             let offset = layout.cobOffset(group: g)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for w in writes {
@@ -147,6 +161,16 @@ extension Cluster {
                 }
                 try await group.waitForAll()
             }
+        }
+    }
+
+    /// The length of `unit` without its trailing zeros.
+    static func usedLength(_ unit: [UInt8]) -> Int {
+        unit.withUnsafeBytes { b in
+            var end = b.count
+            while end >= 8 && b.loadUnaligned(fromByteOffset: end - 8, as: UInt64.self) == 0 { end -= 8 }
+            while end > 0 && b[end - 1] == 0 { end -= 1 }
+            return end
         }
     }
 

@@ -632,6 +632,7 @@ public final class S3Gateway: HTTPHandler {
         guard root.name == "Delete" else { throw S3Error.malformedXML() }
         let quiet = root.value("Quiet")?.trimmingSpaces.lowercased() == "true"
         let objects = root.all("Object")
+        guard !objects.isEmpty else { throw S3Error.malformedXML() }
         guard objects.count <= 1000 else { throw S3Error.malformedXML("The request must contain no more than 1000 keys") }
         var w = XMLWriter()
         w.open("DeleteResult", xmlns: true)

@@ -41,7 +41,7 @@ public final class ObjectWriter {
         buffer.removeAll(keepingCapacity: true)
         let cluster = self.cluster
         let fid = self.fid
-        inFlight.append(Task { try await cluster.write(fid, at: at, chunk) })
+        inFlight.append(Task { try await cluster.write(fid, at: at, chunk, unwritten: true) })
         if inFlight.count >= Self.maxInFlight {
             try await inFlight.removeFirst().value
         }

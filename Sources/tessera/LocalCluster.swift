@@ -248,16 +248,21 @@ struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "One line per server: id, address, up or down, image and log usage.")
 
     @OptionGroup var state: StateOption
+    @Flag(help: "Print exact byte counts as name=value fields, for scripts.") var bytes = false
 
     func run() async throws {
         var down = 0
         for (id, address, stats, error) in try await withCluster(state, { await $0.statistics() }) {
             guard let s = stats else {
                 down += 1
-                print("server \(id)  \(address)  down  (\(error ?? "no answer"))")
+                print(bytes ? "server=\(id) address=\(address) state=down" : "server \(id)  \(address)  down  (\(error ?? "no answer"))")
                 continue
             }
             let used = s.dataBytes - min(s.dataBytes, s.dataFreeBytes)
+            if bytes {
+                print("server=\(id) address=\(address) state=up data_used=\(used) data_total=\(s.dataBytes) log_used=\(s.logUsedBytes) log_total=\(s.logBytes)")
+                continue
+            }
             print("server \(id)  \(address)  up  data \(human(used)) of \(human(s.dataBytes)) used  log \(human(s.logUsedBytes)) of \(human(s.logBytes)) used")
         }
         if down > 0 { throw ExitCode(1) }
