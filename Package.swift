@@ -83,6 +83,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .testTarget(
+            name: "TesseraGatewayTests",
+            dependencies: ["TesseraGateway", "CTesseraSupport", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraConfig"]),
         .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "tessera"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
