@@ -466,12 +466,14 @@ class TestCrash(unittest.TestCase):
         for k, (old, new) in versions.items():
             got = s3.get_object(Bucket="crash", Key=f"k{k}")["Body"].read()
             self.assertIn(got, (old, new), f"k{k} is neither its old nor its new content")
-        # The restarted gateway sweeps at start; give it a moment, then free everything.
-        time.sleep(2)
+        # Free everything; once the restarted gateway's sweeper has run, nothing of this
+        # test's objects is left on the servers.
         for k in versions:
             s3.delete_object(Bucket="crash", Key=f"k{k}")
         s3.delete_bucket(Bucket="crash")
-        # Nothing of this test's objects is left on the servers.
+        deadline = time.time() + 30
+        while cluster.used_bytes() != TestCrash.before and time.time() < deadline:
+            time.sleep(0.2)
         self.assertEqual(cluster.used_bytes(), TestCrash.before)
 
     @classmethod
