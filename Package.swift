@@ -78,6 +78,7 @@ let package = Package(
             name: "tessera",
             dependencies: [
                 "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -57,3 +57,6 @@ func parseAmzDate(_ s: String) -> Date? {
 }
 
 func date(ns: UInt64) -> Date { Date(timeIntervalSince1970: TimeInterval(ns / 1_000_000_000) + TimeInterval(ns % 1_000_000_000) / 1e9) }
+
+/// "20261128T053633Z"
+func formatAmzDate(_ d: Date) -> String { format(d, "%Y%m%dT%H%M%SZ") }

@@ -39,7 +39,7 @@ struct SigningContext: Sendable {
     }
 }
 
-enum SigV4 {
+public enum SigV4 {
     static let emptyHash = hex(SHA256.hash(data: [UInt8]()))
 
     /// AWS's URI encoding: unreserved characters stay, every other byte is %XX (upper case);
@@ -66,9 +66,9 @@ enum SigV4 {
         return mac(mac(mac(mac(Array(("AWS4" + secret).utf8), date), region), service), "aws4_request")
     }
 
-    static func canonicalQuery(_ query: [(String, String)], excluding: String? = nil) -> String {
+    static func canonicalQuery(_ query: [(String, String)]) -> String {
         var pairs: [(String, String)] = []
-        for (name, value) in query where name != excluding {
+        for (name, value) in query {
             pairs.append((encode(name, keepSlash: false), encode(value, keepSlash: false)))
         }
         pairs.sort { a, b in a.0 != b.0 ? a.0 < b.0 : a.1 < b.1 }
@@ -148,23 +148,52 @@ enum SigV4 {
         guard amzDate.hasPrefix(cred.date) else { throw SigV4Error(kind: .malformed, message: "credential date does not match x-amz-date") }
         guard signedHeaders.contains("host") else { throw SigV4Error(kind: .malformed, message: "the host header must be signed") }
 
+        let key = signingKey(secret: secret, date: cred.date, region: cred.region, service: cred.service)
+        let scope = "\(cred.date)/\(cred.region)/\(cred.service)/aws4_request"
+        let expected = SigV4.signature(
+            method: method, path: path, query: query.filter { !presigned || $0.0 != "X-Amz-Signature" }, headers: headers, signedHeaders: signedHeaders,
+            payloadHash: payloadHash, amzDate: amzDate, scope: scope, key: key)
+        guard constantTimeEqual(expected, signature) else {
+            throw SigV4Error(kind: .signatureMismatch, message: "The request signature we calculated does not match the signature you provided.")
+        }
+        return SigningContext(accessKey: cred.key, keyBytes: key, amzDate: amzDate, scope: scope, seedSignature: signature)
+    }
+
+    /// The signature of a request: hex HMAC of the string to sign under the signing key.
+    static func signature(
+        method: String, path: String, query: [(String, String)], headers: [(String, String)], signedHeaders: [String], payloadHash: String,
+        amzDate: String, scope: String, key: [UInt8]
+    ) -> String {
         var canonicalHeaders = ""
         for name in signedHeaders {
             let values = headers.filter { $0.0 == name }.map { canonicalHeaderValue($0.1) }
             canonicalHeaders += "\(name):\(values.joined(separator: ","))\n"
         }
         let canonical = [
-            method, encode(path, keepSlash: true), canonicalQuery(query, excluding: presigned ? "X-Amz-Signature" : nil), canonicalHeaders,
-            signedHeaders.joined(separator: ";"), payloadHash,
+            method, encode(path, keepSlash: true), canonicalQuery(query), canonicalHeaders, signedHeaders.joined(separator: ";"), payloadHash,
         ].joined(separator: "\n")
-        let scope = "\(cred.date)/\(cred.region)/\(cred.service)/aws4_request"
         let toSign = "AWS4-HMAC-SHA256\n\(amzDate)\n\(scope)\n\(hex(SHA256.hash(data: Array(canonical.utf8))))"
-        let key = signingKey(secret: secret, date: cred.date, region: cred.region, service: cred.service)
-        let expected = hex(HMAC<SHA256>.authenticationCode(for: Array(toSign.utf8), using: SymmetricKey(data: key)))
-        guard constantTimeEqual(expected, signature) else {
-            throw SigV4Error(kind: .signatureMismatch, message: "The request signature we calculated does not match the signature you provided.")
-        }
-        return SigningContext(accessKey: cred.key, keyBytes: key, amzDate: amzDate, scope: scope, seedSignature: signature)
+        return hex(HMAC<SHA256>.authenticationCode(for: Array(toSign.utf8), using: SymmetricKey(data: key)))
+    }
+
+    /// Signs a request for the client side (the benchmark's S3 client): returns the
+    /// headers to add (`x-amz-date`, `x-amz-content-sha256`, `authorization`). `headers`
+    /// must hold `host`; every header given is signed.
+    public static func sign(
+        method: String, path: String, query: [(String, String)] = [], headers: [(String, String)], payloadHash: String = "UNSIGNED-PAYLOAD",
+        accessKey: String, secret: String, region: String, now: Date = Date()
+    ) -> [(String, String)] {
+        let amzDate = formatAmzDate(now)
+        let day = String(amzDate.prefix(8))
+        let scope = "\(day)/\(region)/s3/aws4_request"
+        let all = headers.map { ($0.0.lowercased(), $0.1) } + [("x-amz-date", amzDate), ("x-amz-content-sha256", payloadHash)]
+        let names = Array(Set(all.map(\.0))).sorted()
+        let key = signingKey(secret: secret, date: day, region: region, service: "s3")
+        let sig = signature(method: method, path: path, query: query, headers: all, signedHeaders: names, payloadHash: payloadHash, amzDate: amzDate, scope: scope, key: key)
+        return [
+            ("x-amz-date", amzDate), ("x-amz-content-sha256", payloadHash),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=\(accessKey)/\(scope),SignedHeaders=\(names.joined(separator: ";")),Signature=\(sig)"),
+        ]
     }
 
     static func constantTimeEqual(_ a: String, _ b: String) -> Bool {

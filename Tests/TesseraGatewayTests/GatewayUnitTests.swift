@@ -62,6 +62,14 @@ import Testing
         }
     }
 
+    @Test func whatSignSignsVerifies() throws {
+        let host = [("host", "127.0.0.1:9000"), ("content-length", "5")]
+        let added = SigV4.sign(method: "PUT", path: "/b/a key/ü", query: [("x", "1 2")], headers: host, accessKey: "AKIAIOSFODNN7EXAMPLE", secret: Self.secret, region: "us-east-1")
+        let ctx = try SigV4.verify(method: "PUT", path: "/b/a key/ü", query: [("x", "1 2")], headers: host + added, credentials: Self.keys)
+        #expect(ctx.accessKey == "AKIAIOSFODNN7EXAMPLE")
+        #expect(throws: SigV4Error.self) { try SigV4.verify(method: "PUT", path: "/b/a key/u", query: [("x", "1 2")], headers: host + added, credentials: Self.keys) }
+    }
+
     /// AWS's presigned-URL example (GET /test.txt, 86400 s).
     @Test func documentedPresignedExampleVerifies() throws {
         let query: [(String, String)] = [

@@ -1,0 +1,191 @@
+// `tessera bench s3`: 16 concurrent clients PUT then GET objects of 4 KiB and of 16 MiB
+// through the S3 gateway (signed HTTP, one keep-alive connection per client), against the
+// same load through the S3 layer and client library in-process (the gateway's overhead),
+// and against moto's standalone S3 server on the same machine. Rounds alternate the three
+// and the medians are printed with the ratios.
+import ArgumentParser
+import Foundation
+import NIOCore
+import TesseraClient
+import TesseraConfig
+import TesseraCore
+import TesseraGateway
+import TesseraS3
+
+struct BenchS3: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "s3", abstract: "S3 PUT and GET through the gateway vs the client library directly vs moto's S3 server.")
+
+    @Option(help: "Folder for the cluster (default: the system temporary folder).") var dir: String?
+    @Option(help: "Concurrent clients.") var clients = 16
+    @Option(help: "4 KiB objects per round.") var small = 2000
+    @Option(help: "16 MiB objects per round.") var large = 48
+    @Option(help: "Rounds (medians are printed).") var rounds = 3
+    @Flag(help: "Skip the moto baseline.") var noMoto = false
+
+    struct Load {
+        var name: String
+        var size: Int
+        var count: Int
+    }
+
+    /// ops/s of [load][put=0/get=1] for one target.
+    typealias Rates = [[Double]]
+
+    func run() async throws {
+        guard clients >= 1, small >= 1, large >= 1, rounds >= 1 else { throw ValidationError("counts must be at least 1") }
+        let root = (dir ?? NSTemporaryDirectory()) + "/tessera-bench-s3-\(getpid())"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let state = root + "/cluster"
+        let port = try freePorts(1)[0]
+        try runChild(tesseraExecutable, ["up", "--dir", state, "--data-size", "\(max(4, large * 16 * 3 / 1024 + 2))G", "--s3", "127.0.0.1:\(port)"])
+        defer { try? runChild(tesseraExecutable, ["down", "--dir", state]) }
+        let config = try StateOption.parse(["--dir", state]).config()
+        let (key, secret) = config.s3.credentials.sorted { $0.key < $1.key }.first!
+
+        var moto: Process?
+        var motoPort = 0
+        if !noMoto {
+            motoPort = try freePorts(1)[0]
+            moto = try startMoto(port: motoPort)
+        }
+        defer {
+            if let m = moto, m.isRunning {
+                kill(m.processIdentifier, SIGTERM)
+                m.waitUntilExit()
+            }
+        }
+
+        let loads = [Load(name: "4 KiB", size: 4096, count: small), Load(name: "16 MiB", size: 16 << 20, count: large)]
+        let cluster = try Cluster(config: config)
+        let store = S3Store(cluster: cluster)
+        let libBucket = try await store.createBucket("bench-library", owner: key)
+        let setup = try await S3HTTPClient(host: "127.0.0.1", port: port, accessKey: key, secret: secret)
+        try await setup.request(.PUT, "/bench-gateway")
+        await setup.close()
+        if moto != nil {
+            let m = try await S3HTTPClient(host: "127.0.0.1", port: motoPort, accessKey: key, secret: secret)
+            try await m.request(.PUT, "/bench-moto")
+            await m.close()
+        }
+
+        var library: [Rates] = []
+        var gateway: [Rates] = []
+        var motoRates: [Rates] = []
+        for round in 1...rounds {
+            note("round \(round) of \(rounds): client library")
+            library.append(try await measure(loads) { load, op, i in
+                let name = "\(load.name)/\(i % load.count)"
+                if op == 0 {
+                    let w = try await store.newObject(for: .object(bucket: "bench-library", key: name))
+                    try await w.write(Self.pattern(load.size))
+                    let size = try await w.finish()
+                    try await store.commit("bench-library", libBucket, name, ObjectRecord(fid: w.fid, size: size, modified: S3Store.now(), etag: "", attributes: []))
+                } else {
+                    guard let o = try await store.object(libBucket, name) else { throw TesseraError(.notFound, name) }
+                    try await store.reading(o) { r in
+                        var at: UInt64 = 0
+                        while at < o.size {
+                            let n = try await r.read(at: at, length: r.chunkSize).count
+                            guard n > 0 else { throw TesseraError(.corrupt, "short object") }
+                            at += UInt64(n)
+                        }
+                    }
+                }
+            })
+            note("round \(round) of \(rounds): gateway")
+            gateway.append(try await measureHTTP(loads, port: port, bucket: "bench-gateway", key: key, secret: secret))
+            if moto != nil {
+                note("round \(round) of \(rounds): moto")
+                motoRates.append(try await measureHTTP(loads, port: motoPort, bucket: "bench-moto", key: key, secret: secret))
+            }
+        }
+        await cluster.close()
+
+        print("\(clients) concurrent clients; medians of \(rounds) rounds; ratio = gateway / baseline")
+        print("load            op    gateway ops/s    MB/s   library ops/s    MB/s  gw/lib     moto ops/s    MB/s  gw/moto")
+        for (li, load) in loads.enumerated() {
+            for (op, opName) in ["PUT", "GET"].enumerated() {
+                let g = median(gateway.map { $0[li][op] })
+                let l = median(library.map { $0[li][op] })
+                let m = median(motoRates.map { $0[li][op] })
+                let mb = Double(load.size) / 1e6
+                var line = load.name.padding(toLength: 15, withPad: " ", startingAt: 0) + " " + opName
+                line += String(format: " %15.1f %7.1f %15.1f %7.1f %7.2f", g, g * mb, l, l * mb, g / l)
+                line += moto == nil ? "  (moto skipped)" : String(format: " %14.1f %7.1f %8.2f", m, m * mb, g / m)
+                print(line)
+            }
+        }
+    }
+
+    private func note(_ s: String) { FileHandle.standardError.write(Data("bench s3: \(s)\n".utf8)) }
+
+    static func pattern(_ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 17) } }
+
+    /// ops/s of each load's PUT phase then GET phase, `clients` workers sharing the ops.
+    private func measure(_ loads: [Load], _ op: @escaping @Sendable (Load, Int, Int) async throws -> Void) async throws -> Rates {
+        var out: Rates = []
+        for load in loads {
+            var pair: [Double] = []
+            for o in 0..<2 {
+                pair.append(try await rate(load.count) { try await inParallel(clients, count: load.count) { i in try await op(load, o, i) } })
+            }
+            out.append(pair)
+        }
+        return out
+    }
+
+    private func measureHTTP(_ loads: [Load], port: Int, bucket: String, key: String, secret: String) async throws -> Rates {
+        var out: Rates = []
+        let workers = clients
+        for load in loads {
+            let body = ByteBuffer(bytes: Self.pattern(load.size))
+            var pair: [Double] = []
+            for o in 0..<2 {
+                pair.append(try await rate(load.count) {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for w in 0..<workers {
+                            group.addTask {
+                                let c = try await S3HTTPClient(host: "127.0.0.1", port: port, accessKey: key, secret: secret)
+                                do {
+                                    var i = w
+                                    while i < load.count {
+                                        let path = "/\(bucket)/\(load.name.replacingOccurrences(of: " ", with: ""))/\(i)"
+                                        if o == 0 { try await c.put(path, body) } else { try await c.get(path, expect: load.size) }
+                                        i += workers
+                                    }
+                                } catch {
+                                    await c.close()
+                                    throw error
+                                }
+                                await c.close()
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                })
+            }
+            out.append(pair)
+        }
+        return out
+    }
+
+    /// moto's standalone server on `port`, started by pid and stopped by it.
+    private func startMoto(port: Int) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-m", "moto.server", "-H", "127.0.0.1", "-p", String(port)]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(30)
+        while !accepting("127.0.0.1", port) {
+            guard p.isRunning, Date() < deadline else {
+                throw TesseraError(.io, "moto's server did not start (pip install 'moto[server]', or run with --no-moto)")
+            }
+            usleep(100_000)
+        }
+        return p
+    }
+}
