@@ -8,9 +8,14 @@ import NIOHTTP1
 import NIOPosix
 
 public final class S3HTTPClient {
-    private let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
-    private var inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
-    private let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+    private typealias Connection = (
+        channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>,
+        inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+    )
+    private var connection: Connection?
+    private let hostName: String
+    private let port: Int
     private let host: String
     private let accessKey: String
     private let secret: String
@@ -21,45 +26,68 @@ public final class S3HTTPClient {
     }
 
     public init(host: String, port: Int, accessKey: String, secret: String, region: String = "us-east-1") async throws {
-        channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        hostName = host
+        self.port = port
+        self.host = "\(host):\(port)"
+        self.accessKey = accessKey
+        self.secret = secret
+        self.region = region
+        connection = try await connect()
+    }
+
+    private func connect() async throws -> Connection {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connect(host: host, port: port) { ch in
+            .connect(host: hostName, port: port) { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.addHTTPClientHandlers()
                     return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: ch)
                 }
             }
-        inbound = channel.inbound.makeAsyncIterator()
-        outbound = channel.outbound
-        self.host = "\(host):\(port)"
-        self.accessKey = accessKey
-        self.secret = secret
-        self.region = region
+        return (channel, channel.inbound.makeAsyncIterator(), channel.outbound)
     }
 
     public func close() async {
-        outbound.finish()
-        try? await channel.channel.close()
+        guard let c = connection else { return }
+        connection = nil
+        c.outbound.finish()
+        try? await c.channel.channel.close()
     }
 
     /// Sends a request and returns the status and the number of body bytes that came back.
+    /// A server that closes after each response (`Connection: close`) gets a new
+    /// connection for the next request.
     @discardableResult
     public func request(_ method: HTTPMethod, _ path: String, body: ByteBuffer? = nil) async throws -> (status: Int, bytes: Int) {
+        var c: Connection
+        if let existing = connection { c = existing } else { c = try await connect() }
+        connection = nil
         var headers = [("host", host), ("content-length", String(body?.readableBytes ?? 0))]
         headers += SigV4.sign(method: method.rawValue, path: path, headers: headers, accessKey: accessKey, secret: secret, region: region)
         let uri = SigV4.encode(path, keepSlash: true)
-        try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: HTTPHeaders(headers))))
-        if let body, body.readableBytes > 0 { try await outbound.write(.body(.byteBuffer(body))) }
-        try await outbound.write(.end(nil))
+        try await c.outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: HTTPHeaders(headers))))
+        if let body, body.readableBytes > 0 { try await c.outbound.write(.body(.byteBuffer(body))) }
+        try await c.outbound.write(.end(nil))
         var status = 0
         var bytes = 0
-        while let part = try await inbound.next() {
+        var keepAlive = true
+        while let part = try await c.inbound.next() {
             switch part {
-            case .head(let h): status = Int(h.status.code)
+            case .head(let h):
+                status = Int(h.status.code)
+                keepAlive = h.isKeepAlive
             case .body(let b): bytes += b.readableBytes
-            case .end: return (status, bytes)
+            case .end:
+                if keepAlive {
+                    connection = c
+                } else {
+                    c.outbound.finish()
+                    try? await c.channel.channel.close()
+                }
+                return (status, bytes)
             }
         }
+        try? await c.channel.channel.close()
         throw Failure(description: "connection closed before the response ended")
     }
 

@@ -51,8 +51,9 @@ struct BenchS3: AsyncParsableCommand {
             moto = try startMoto(port: motoPort)
         }
         defer {
+            // moto's server does not stop on SIGTERM; it keeps no state worth a clean stop.
             if let m = moto, m.isRunning {
-                kill(m.processIdentifier, SIGTERM)
+                kill(m.processIdentifier, SIGKILL)
                 m.waitUntilExit()
             }
         }
@@ -117,6 +118,7 @@ struct BenchS3: AsyncParsableCommand {
                 print(line)
             }
         }
+        fflush(nil)
     }
 
     private func note(_ s: String) { FileHandle.standardError.write(Data("bench s3: \(s)\n".utf8)) }

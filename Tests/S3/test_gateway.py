@@ -437,6 +437,51 @@ class TestMultipart(unittest.TestCase):
             shutil.rmtree(d)
 
 
+class TestS3apiCli(unittest.TestCase):
+    """The same operations through `aws s3api`, as a shell user runs them."""
+
+    def api(self, *args):
+        out = cluster.aws("s3api", *args).stdout
+        return json.loads(out) if out.strip() else {}
+
+    def test_s3api_round(self):
+        d = tempfile.mkdtemp(prefix="tessera-s3api-")
+        try:
+            body = os.path.join(d, "body")
+            with open(body, "wb") as f:
+                f.write(random_bytes(6 * MiB, 3))
+            self.api("create-bucket", "--bucket", "cli-api")
+            self.api("head-bucket", "--bucket", "cli-api")
+            put = self.api("put-object", "--bucket", "cli-api", "--key", "a/b.bin", "--body", body, "--content-type", "application/x-test",
+                           "--metadata", "k=v")
+            head = self.api("head-object", "--bucket", "cli-api", "--key", "a/b.bin")
+            self.assertEqual((head["ETag"], head["ContentLength"], head["ContentType"], head["Metadata"]),
+                             (put["ETag"], 6 * MiB, "application/x-test", {"k": "v"}))
+            self.api("get-object", "--bucket", "cli-api", "--key", "a/b.bin", "--range", "bytes=100-199", os.path.join(d, "part"))
+            with open(os.path.join(d, "part"), "rb") as f, open(body, "rb") as g:
+                self.assertEqual(f.read(), g.read()[100:200])
+            self.api("copy-object", "--bucket", "cli-api", "--key", "a/c.bin", "--copy-source", "cli-api/a/b.bin")
+            listed = self.api("list-objects-v2", "--bucket", "cli-api", "--prefix", "a/")
+            self.assertEqual([o["Key"] for o in listed["Contents"]], ["a/b.bin", "a/c.bin"])
+            self.assertEqual(self.api("list-objects", "--bucket", "cli-api", "--delimiter", "/")["CommonPrefixes"], [{"Prefix": "a/"}])
+            uid = self.api("create-multipart-upload", "--bucket", "cli-api", "--key", "mp")["UploadId"]
+            self.assertEqual(self.api("list-multipart-uploads", "--bucket", "cli-api")["Uploads"][0]["UploadId"], uid)
+            etag = self.api("upload-part", "--bucket", "cli-api", "--key", "mp", "--upload-id", uid, "--part-number", "1", "--body", body)["ETag"]
+            self.assertEqual(self.api("list-parts", "--bucket", "cli-api", "--key", "mp", "--upload-id", uid)["Parts"][0]["ETag"], etag)
+            self.api("complete-multipart-upload", "--bucket", "cli-api", "--key", "mp", "--upload-id", uid,
+                     "--multipart-upload", json.dumps({"Parts": [{"PartNumber": 1, "ETag": etag}]}))
+            uid2 = self.api("create-multipart-upload", "--bucket", "cli-api", "--key", "gone")["UploadId"]
+            self.api("abort-multipart-upload", "--bucket", "cli-api", "--key", "gone", "--upload-id", uid2)
+            self.assertNotIn("Uploads", self.api("list-multipart-uploads", "--bucket", "cli-api"))
+            deleted = self.api("delete-objects", "--bucket", "cli-api", "--delete",
+                               json.dumps({"Objects": [{"Key": "a/b.bin"}, {"Key": "a/c.bin"}]}))
+            self.assertEqual(len(deleted["Deleted"]), 2)
+            self.api("delete-object", "--bucket", "cli-api", "--key", "mp")
+            self.api("delete-bucket", "--bucket", "cli-api")
+        finally:
+            shutil.rmtree(d)
+
+
 class TestCrash(unittest.TestCase):
     """SIGKILL the gateway during overwrites: each key reads old or new in full, and once the
     restarted gateway's sweeper has run, deleting everything gives all the space back."""
