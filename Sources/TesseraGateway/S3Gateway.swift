@@ -410,18 +410,26 @@ public final class S3Gateway: HTTPHandler {
                 let chunk = UInt64(reader.chunkSize)
                 var at = from
                 let end = from + total
-                // Two reads in flight: the next chunk is fetched while this one is sent.
-                func fetch(_ a: UInt64) -> Task<[UInt8], Error> {
+                // Reads go straight into reply buffers, two in flight: the next chunk is
+                // fetched while this one is sent.
+                func fetch(_ a: UInt64) -> Task<ByteBuffer, Error> {
                     let n = Int(min(chunk - a % chunk, end - a))
-                    return Task { try await reader.read(at: a, length: n) }
+                    return Task {
+                        var buffer = ByteBufferAllocator().buffer(capacity: n)
+                        // SAFETY: `buffer` is owned here alone and not touched until the
+                        // read returns, so its storage stays put under the pointer.
+                        let target = buffer.withUnsafeMutableWritableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[0..<n]) }
+                        try await reader.read(at: a, into: target)
+                        buffer.moveWriterIndex(forwardBy: n)
+                        return buffer
+                    }
                 }
                 var pending = fetch(at)
                 while at < end {
-                    let bytes = try await pending.value
-                    guard !bytes.isEmpty else { throw S3Error(.internalServerError, "InternalError", "object shorter than its record") }
-                    at += UInt64(bytes.count)
+                    let buffer = try await pending.value
+                    at += UInt64(buffer.readableBytes)
                     if at < end { pending = fetch(at) }
-                    try await write(ByteBuffer(bytes: bytes))
+                    try await write(buffer)
                 }
             }
         })

@@ -59,5 +59,24 @@ public struct ObjectReader: Sendable {
     }
 }
 
+extension ObjectReader {
+    /// Reads `buffer.count` bytes at `offset` straight into the caller's buffer (a reply
+    /// buffer), which must lie within the object and stay valid until the call returns.
+    public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws {
+        precondition(offset + UInt64(buffer.count) <= record.size, "read past the end of the object")
+        if parts.isEmpty { return try await cluster.read(record.fid, at: offset, into: buffer) }
+        var at = offset
+        var filled = 0
+        for (start, p) in parts where at < start + p.size && filled < buffer.count {
+            guard start + p.size > at else { continue }
+            let inPart = at - start
+            let take = Int(min(UInt64(buffer.count - filled), p.size - inPart))
+            try await cluster.read(p.fid, at: inPart, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + take)]))
+            filled += take
+            at += UInt64(take)
+        }
+    }
+}
+
 /// MD5 of `bytes`: ETags.
 public func md5Digest(_ bytes: [UInt8]) -> [UInt8] { Array(Insecure.MD5.hash(data: bytes)) }
