@@ -137,7 +137,9 @@ extension Cluster {
                 var flat = data.flatMap { $0 }
                 flat.replaceSubrange(from..<to, with: bytes)
                 data = (0..<n).map { d in Array(flat[(d * u)..<((d + 1) * u)]) }
-                extent = (0..<n).map { max(oldExtent[$0], Self.usedLength(data[$0])) }
+                // Whole 4 KiB blocks (the data image's block size), so a server never
+                // reads an old block back to merge a partial one.
+                extent = (0..<n).map { min(u, (max(oldExtent[$0], Self.usedLength(data[$0])) + 4095) & ~4095) }
                 parityExtent = extent.max() ?? 0
             }
             let parity = code.encode(parityExtent == u ? data : data.map { Array($0.prefix(parityExtent)) })
