@@ -408,9 +408,8 @@ public final class S3Gateway: HTTPHandler {
         return HTTPResponse(status, headers: headers, body: .stream(length: length) { write in
             try await store.reading(o) { reader in
                 let chunk = UInt64(reader.chunkSize)
-                var at = from
                 let end = from + total
-                // Reads go straight into reply buffers, two in flight: the next chunk is
+                // Reads go straight into reply buffers, three in flight: the next chunks are
                 // fetched while this one is sent.
                 func fetch(_ a: UInt64) -> Task<ByteBuffer, Error> {
                     let n = Int(min(chunk - a % chunk, end - a))
@@ -424,11 +423,18 @@ public final class S3Gateway: HTTPHandler {
                         return buffer
                     }
                 }
-                var pending = fetch(at)
-                while at < end {
-                    let buffer = try await pending.value
-                    at += UInt64(buffer.readableBytes)
-                    if at < end { pending = fetch(at) }
+                var pending: [Task<ByteBuffer, Error>] = []
+                var next = from
+                func refill() {
+                    while pending.count < 3 && next < end {
+                        pending.append(fetch(next))
+                        next += min(chunk - next % chunk, end - next)
+                    }
+                }
+                refill()
+                while !pending.isEmpty {
+                    let buffer = try await pending.removeFirst().value
+                    refill()
                     try await write(buffer)
                 }
             }
