@@ -126,8 +126,8 @@ public final class S3Gateway: HTTPHandler {
             return try await createBucket(r, caller, name, body, cont)
         case .DELETE:
             _ = try requireCaller(caller)
-            _ = try await authorizedBucket(name, caller, write: true)
-            do { try await store.deleteBucket(name) } catch let e as TesseraError where e.code == .notEmpty {
+            let b = try await authorizedBucket(name, caller, write: true)
+            do { try await store.deleteBucket(name, b) } catch let e as TesseraError where e.code == .notEmpty {
                 throw S3Error(.conflict, "BucketNotEmpty", "The bucket you tried to delete is not empty")
             }
             return HTTPResponse(.noContent)
@@ -306,12 +306,12 @@ public final class S3Gateway: HTTPHandler {
             if listing.truncated, let last = listing.last { w.element("NextMarker", enc(last)) }
         }
         for e in listing.entries {
-            let o = try ObjectRecordView(e.value)
+            let o = try ObjectRecord.decode(e.value)
             w.element("Contents") { w in
                 w.element("Key", enc(e.key))
-                w.element("LastModified", isoDate(date(ns: o.record.modified)))
-                w.element("ETag", "\"\(o.record.etag)\"")
-                w.element("Size", String(o.record.size))
+                w.element("LastModified", isoDate(date(ns: o.modified)))
+                w.element("ETag", "\"\(o.etag)\"")
+                w.element("Size", String(o.size))
                 w.element("StorageClass", "STANDARD")
                 if !v2 || r.query("fetch-owner") == "true" {
                     w.element("Owner") { w in
@@ -782,10 +782,4 @@ public final class S3Gateway: HTTPHandler {
         w.close("ListMultipartUploadsResult")
         return .xml(.ok, w)
     }
-}
-
-/// An object record decoded from a listing's value.
-struct ObjectRecordView {
-    let record: ObjectRecord
-    init(_ bytes: [UInt8]) throws { record = try ObjectRecord.decode(bytes) }
 }

@@ -30,36 +30,12 @@ public struct ObjectReader: Sendable {
         guard offset < record.size else { return [] }
         let n = Int(min(UInt64(length), record.size - offset))
         if parts.isEmpty { return try await cluster.read(record.fid, at: offset, length: n) }
-        var out: [UInt8] = []
-        out.reserveCapacity(n)
-        var at = offset
-        let end = offset + UInt64(n)
-        // The last part starting at or before `at`.
-        var i = parts.count - 1
-        var lo = 0
-        var hi = parts.count - 1
-        while lo <= hi {
-            let mid = (lo + hi) / 2
-            if parts[mid].start <= at {
-                i = mid
-                lo = mid + 1
-            } else {
-                hi = mid - 1
-            }
-        }
-        while at < end && i < parts.count {
-            let (start, p) = parts[i]
-            let inPart = at - start
-            let take = Int(min(end - at, p.size - inPart))
-            if take > 0 { out += try await cluster.read(p.fid, at: inPart, length: take) }
-            at += UInt64(take)
-            i += 1
-        }
-        return out
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(n, 1), alignment: 16)
+        defer { buffer.deallocate() }
+        try await read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
+        return Array(buffer[0..<n])
     }
-}
 
-extension ObjectReader {
     /// Reads `buffer.count` bytes at `offset` straight into the caller's buffer (a reply
     /// buffer), which must lie within the object and stay valid until the call returns.
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws {
@@ -67,8 +43,8 @@ extension ObjectReader {
         if parts.isEmpty { return try await cluster.read(record.fid, at: offset, into: buffer) }
         var at = offset
         var filled = 0
-        for (start, p) in parts where at < start + p.size && filled < buffer.count {
-            guard start + p.size > at else { continue }
+        // Parts lie end to end: walk from the first that ends after `offset`.
+        for (start, p) in parts where start + p.size > at && filled < buffer.count {
             let inPart = at - start
             let take = Int(min(UInt64(buffer.count - filled), p.size - inPart))
             try await cluster.read(p.fid, at: inPart, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + take)]))

@@ -18,6 +18,9 @@ public final class S3Store: Sendable {
     private let switchLocks = KeyedLocks<String>()
     /// Objects being read in this process: a free waits until their readers are done.
     private let readers = Mutex<[Fid: Int]>([:])
+    /// Set once the global indexes (buckets, pending frees, parts) exist: they are made
+    /// on first use, once per process, not on every request.
+    private let globalIndexesReady = Mutex(false)
 
     /// The smallest part of a multipart upload other than the last (S3's limit).
     public static let minimumPartSize: UInt64 = 5 << 20
@@ -55,6 +58,13 @@ public final class S3Store: Sendable {
         _ = try await cluster.createIndex(fid)
     }
 
+    /// Creates the global indexes the first time this process needs them.
+    private func ensureGlobalIndexes() async throws {
+        guard !globalIndexesReady.withLock({ $0 }) else { return }
+        for fid in [S3Indexes.buckets, S3Indexes.pendingFrees, S3Indexes.parts] { try await ensureIndex(fid) }
+        globalIndexesReady.withLock { $0 = true }
+    }
+
     /// The bucket's record, or nil.
     public func bucket(_ name: String) async throws -> BucketRecord? {
         let v: [UInt8]?
@@ -69,7 +79,7 @@ public final class S3Store: Sendable {
     @discardableResult
     public func createBucket(_ name: String, owner: String, publicRead: Bool = false) async throws -> BucketRecord {
         guard Self.validBucketName(name) else { throw TesseraError(.invalidArgument, "'\(name)' is not a valid bucket name") }
-        try await ensureIndex(S3Indexes.buckets)
+        try await ensureGlobalIndexes()
         let record = BucketRecord(
             objects: S3Indexes.random(tag: S3Indexes.objectIndexTag), uploads: S3Indexes.random(tag: S3Indexes.uploadIndexTag),
             created: Self.now(), owner: owner, publicRead: publicRead)
@@ -102,9 +112,8 @@ public final class S3Store: Sendable {
         return out
     }
 
-    /// Deletes an empty bucket. Throws `.notFound` or `.notEmpty`.
-    public func deleteBucket(_ name: String) async throws {
-        guard let b = try await bucket(name) else { throw TesseraError(.notFound, "no bucket '\(name)'") }
+    /// Deletes empty bucket `name`, whose record the caller looked up. Throws `.notEmpty`.
+    public func deleteBucket(_ name: String, _ b: BucketRecord) async throws {
         let objects = try await cluster.next(b.objects, from: [nil], limit: 1)[0]
         let uploads = try await cluster.next(b.uploads, from: [nil], limit: 1)[0]
         guard objects.isEmpty && uploads.isEmpty else { throw TesseraError(.notEmpty, "bucket '\(name)' is not empty") }
@@ -129,7 +138,7 @@ public final class S3Store: Sendable {
 
     private func notePending(_ items: [(Fid, PendingFree.Owner)]) async throws {
         guard !items.isEmpty else { return }
-        try await ensureIndex(S3Indexes.pendingFrees)
+        try await ensureGlobalIndexes()
         let t = Self.now()
         try await cluster.put(
             S3Indexes.pendingFrees, items.map { Record(key: S3Indexes.fidKey($0.0), value: PendingFree(owner: $0.1, noted: t).encode()) }, sync: true)
@@ -307,7 +316,7 @@ public final class S3Store: Sendable {
     /// Makes `part` (written by `newPart`) part `part.number` of the upload, freeing the
     /// part it replaces.
     public func commitPart(_ upload: UploadRecord, _ part: PartRecord) async throws {
-        try await ensureIndex(S3Indexes.parts)
+        try await ensureGlobalIndexes()
         let key = S3Indexes.partKey(upload.fid, part.number)
         let old: PartRecord? = try await switchLocks.withLock("\(upload.fid)#\(part.number)") {
             let old = try await cluster.get(S3Indexes.parts, [key])[0].map { try PartRecord.decode($0, number: part.number) }

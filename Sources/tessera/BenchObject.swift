@@ -39,11 +39,10 @@ struct BenchObject: AsyncParsableCommand {
     /// Seconds to write and to read the object through a fresh cluster with `unitSize` units.
     private func measure(_ root: String, unitSize: String) async throws -> (Double, Double) {
         let state = root + "/cluster-\(unitSize)"
-        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         let dataSize = "\(mib + 512)M"
-        try runChild(me, ["up", "--dir", state, "--unit-size", unitSize, "--meta-size", "512M", "--data-size", dataSize])
+        try runChild(tesseraExecutable, ["up", "--dir", state, "--unit-size", unitSize, "--meta-size", "512M", "--data-size", dataSize])
         defer {
-            try? runChild(me, ["down", "--dir", state])
+            try? runChild(tesseraExecutable, ["down", "--dir", state])
             try? FileManager.default.removeItem(atPath: state)
         }
         let cluster = try Cluster(config: try StateOption.parse(["--dir", state]).config())

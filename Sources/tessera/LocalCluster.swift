@@ -82,15 +82,20 @@ struct StateOption: ParsableArguments {
 
 let tesseraExecutable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
 
-/// True once something accepts TCP connections at `host:port`.
+/// True once something accepts TCP connections at `host:port` (an IPv4 address).
 func accepting(_ host: String, _ port: Int) -> Bool {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
+    return withIPv4Address(host == "localhost" ? "127.0.0.1" : host, port) { connect(fd, $0, $1) } == 0
+}
+
+/// Calls `body` with a sockaddr for `host:port` (an IPv4 address) and its length.
+func withIPv4Address(_ host: String, _ port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = in_port_t(UInt16(port).bigEndian)
-    addr.sin_addr.s_addr = inet_addr(host == "localhost" ? "127.0.0.1" : host)
-    return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+    addr.sin_addr.s_addr = inet_addr(host)
+    return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
 }
 
 struct Up: AsyncParsableCommand {
@@ -298,11 +303,7 @@ func freePorts(_ n: Int) throws -> [Int] {
         let port = Int.random(in: 20_000..<32_000)
         guard !out.contains(port) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let ok = withIPv4Address("127.0.0.1", port) { bind(fd, $0, $1) }
         close(fd)
         if ok == 0 { out.append(port) }
     }
