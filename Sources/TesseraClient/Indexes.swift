@@ -110,6 +110,13 @@ extension Cluster {
         try merged(try await both(fid, .delete(index: fid, keys: keys, syncWait: sync)))
     }
 
+    /// Deletes `deletes` then puts `puts` in index `fid`, in one transaction on each replica.
+    /// Statuses: one per delete (`.ok`, `.notFound`), then one per put (`.ok`, `.tooLarge`).
+    @discardableResult
+    public func update(_ fid: Fid, deleting deletes: [[UInt8]], putting puts: [Record], sync: Bool = false) async throws -> [Status] {
+        try merged(try await both(fid, .update(index: fid, deletes: deletes, puts: puts, syncWait: sync)))
+    }
+
     /// Values of `keys` in index `fid` (nil where absent), from the first replica that answers.
     public func get(_ fid: Fid, _ keys: [[UInt8]]) async throws -> [[UInt8]?] {
         guard case .values(let v) = try await first(fid, .get(index: fid, keys: keys)), v.count == keys.count else {

@@ -12,6 +12,8 @@
 //   objects of a bucket   BucketRecord.objects   key = object key (UTF-8)  value = ObjectRecord
 //   uploads of a bucket   BucketRecord.uploads   key = object key, 0x00, upload id (32 hex digits)
 //                                                                       value = UploadRecord
+//   file system of a bucket  fileSystemIndex(of:)  key = inode number (u64 BE) value = ObjectRecord
+//                                                  (or 0xFF + block, see docs/FILESYSTEM.md)
 //
 // Big-endian fid keys make NEXT walk one upload's parts in part-number order.
 import TesseraCore
@@ -29,6 +31,20 @@ public enum S3Indexes {
     static let objectIndexTag: UInt32 = 0x5453_334F  // "TS3O"
     static let uploadIndexTag: UInt32 = 0x5453_3355  // "TS3U"
     static let dataTag: UInt32 = 0x5453_3341  // "TS3A"
+    static let fileSystemIndexTag: UInt32 = 0x5453_3346  // "TS3F"
+
+    /// A new data object's fid.
+    public static func newDataFid() -> Fid { random(tag: dataTag) }
+
+    /// The bucket's file-system index (inode records of hard-linked files, the root
+    /// directory's attributes, inode number claims): the objects index's fid with the
+    /// "TS3F" tag, so it needs no field in the bucket record. Made by the first mount.
+    public static func fileSystemIndex(of bucket: BucketRecord) -> Fid {
+        Fid(hi: UInt64(fileSystemIndexTag) << 32 | (bucket.objects.hi & 0xFFFF_FFFF), lo: bucket.objects.lo)
+    }
+
+    /// Key of inode `ino`'s record in the file-system index: 8 bytes big-endian.
+    public static func inodeKey(_ ino: UInt64) -> [UInt8] { withUnsafeBytes(of: ino.bigEndian, Array.init) }
 
     static func fidKey(_ fid: Fid) -> [UInt8] {
         var k: [UInt8] = []
@@ -107,11 +123,17 @@ public struct BucketRecord: Sendable, Equatable {
     }
 }
 
-/// Value of a bucket's object list.
+/// Value of a bucket's object list, and of the file-system index's inode records.
 ///
-///   u8 version = 1 · u8 flags (bit 0: multipart, its data in the parts under `fid`) ·
-///   fid data · u64 size · u64 modified (ns since 1970) · string etag (hex, "-N" for
-///   multipart, no quotes) · u32 parts · attributes (u32 count, then name and value strings)
+///   u8 version (1, or 2 when any of flag bits 1–3 is set) · u8 flags · fid data ·
+///   u64 size · u64 modified (ns since 1970) · string etag (hex, "-N" for multipart, no
+///   quotes) · u32 parts · attributes (u32 count, then name and value strings), then, in
+///   version 2 and in this order, only the fields whose flag is set:
+///   bit 1: bytes posix (the file system's attributes, docs/FILESYSTEM.md; opaque here) ·
+///   bit 2: u64 inode (a hard link: the object is the inode record of that number in the
+///   bucket's file-system index; this entry's other fields are a copy as of its last write) ·
+///   bit 3: u32 links (an inode record: how many entries link to it).
+///   Flag bit 0: multipart, its data in the parts under `fid`.
 public struct ObjectRecord: Sendable {
     public var fid: Fid
     public var size: UInt64
@@ -119,40 +141,58 @@ public struct ObjectRecord: Sendable {
     public var etag: String
     public var parts: Int
     public var attributes: [Attribute]
+    public var posix: [UInt8]?
+    public var inode: UInt64?
+    public var links: UInt32?
 
     public var multipart: Bool { parts > 0 }
 
-    public init(fid: Fid, size: UInt64, modified: UInt64, etag: String, parts: Int = 0, attributes: [Attribute]) {
+    public init(
+        fid: Fid, size: UInt64, modified: UInt64, etag: String, parts: Int = 0, attributes: [Attribute], posix: [UInt8]? = nil, inode: UInt64? = nil,
+        links: UInt32? = nil
+    ) {
         self.fid = fid
         self.size = size
         self.modified = modified
         self.etag = etag
         self.parts = parts
         self.attributes = attributes
+        self.posix = posix
+        self.inode = inode
+        self.links = links
     }
 
     public func attribute(_ name: String) -> String? { attributes.first { $0.name == name }?.value }
 
-    func encode() -> [UInt8] {
-        var w = WireWriter(capacity: 128)
-        w.u8(1)
-        w.u8(multipart ? 1 : 0)
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: 128 + (posix?.count ?? 0))
+        let flags: UInt8 = (multipart ? 1 : 0) | (posix != nil ? 2 : 0) | (inode != nil ? 4 : 0) | (links != nil ? 8 : 0)
+        w.u8(flags > 1 ? 2 : 1)
+        w.u8(flags)
         w.fid(fid)
         w.u64(size)
         w.u64(modified)
         w.string(etag)
         w.u32(UInt32(parts))
         writeAttributes(&w, attributes)
+        if let posix { w.blob(posix) }
+        if let inode { w.u64(inode) }
+        if let links { w.u32(links) }
         return w.bytes
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> ObjectRecord {
         var r = WireReader(bytes)
-        try checkVersion(&r, "object")
-        _ = try r.u8("object flags")
-        let o = ObjectRecord(
+        let version = try r.u8("object record version")
+        guard version == 1 || version == 2 else { throw TesseraError(.unsupportedVersion, "object record version \(version); this build reads 1 and 2") }
+        let flags = try r.u8("object flags")
+        guard flags & 0xF0 == 0, version == 2 || flags & 0x0E == 0 else { throw TesseraError(.corrupt, "object record flags \(flags) in version \(version)") }
+        var o = ObjectRecord(
             fid: try r.fid("object fid"), size: try r.u64("size"), modified: try r.u64("modified"), etag: try r.string("etag"),
             parts: Int(try r.u32("parts")), attributes: try readAttributes(&r))
+        if flags & 2 != 0 { o.posix = try r.blob("posix attributes") }
+        if flags & 4 != 0 { o.inode = try r.u64("inode") }
+        if flags & 8 != 0 { o.links = try r.u32("links") }
         try r.finish("object record")
         return o
     }

@@ -120,12 +120,52 @@ public final class S3Store: Sendable {
         try await cluster.delete(S3Indexes.buckets, [Array(name.utf8)], sync: true)
         _ = try? await cluster.dropIndex(b.objects)
         _ = try? await cluster.dropIndex(b.uploads)
+        _ = try? await cluster.dropIndex(S3Indexes.fileSystemIndex(of: b))
     }
 
     // MARK: Objects
 
+    /// Object `key`; a hard link made in the mount reads as its inode's record.
     public func object(_ bucket: BucketRecord, _ key: String) async throws -> ObjectRecord? {
+        guard let entry = try await entry(bucket, key) else { return nil }
+        return try await resolve(bucket, entry)
+    }
+
+    /// The object list entry of `key` as stored (a hard link is not followed).
+    public func entry(_ bucket: BucketRecord, _ key: String) async throws -> ObjectRecord? {
         try await cluster.get(bucket.objects, [Array(key.utf8)])[0].map(ObjectRecord.decode)
+    }
+
+    /// The record an entry stands for: itself, or for a hard link its inode's record.
+    public func resolve(_ bucket: BucketRecord, _ entry: ObjectRecord) async throws -> ObjectRecord {
+        guard let ino = entry.inode else { return entry }
+        let v = try await cluster.get(S3Indexes.fileSystemIndex(of: bucket), [S3Indexes.inodeKey(ino)])[0]
+        guard let v else { throw TesseraError(.corrupt, "hard link to inode \(ino), which has no record") }
+        return try ObjectRecord.decode(v)
+    }
+
+    /// Removes one link to inode `ino` (whose entry the caller has just deleted): the
+    /// inode record's link count drops, and at zero the record goes and the data is freed.
+    /// `owner` names the entry, for the pending-free record.
+    public func dropLink(_ bucketName: String, _ bucket: BucketRecord, inode ino: UInt64, owner key: String) async throws {
+        let index = S3Indexes.fileSystemIndex(of: bucket)
+        let freed: ObjectRecord? = try await switchLocks.withLock(bucketName + "\u{0}inode\u{0}\(ino)") {
+            guard let v = try await cluster.get(index, [S3Indexes.inodeKey(ino)])[0] else { return nil }
+            var r = try ObjectRecord.decode(v)
+            let left = (r.links ?? 1) - 1
+            if left > 0 {
+                r.links = left
+                try await cluster.put(index, [Record(key: S3Indexes.inodeKey(ino), value: r.encode())])
+                return nil
+            }
+            try await notePending([(r.fid, .object(bucket: bucketName, key: key))])
+            try await cluster.delete(index, [S3Indexes.inodeKey(ino)], sync: true)
+            return r
+        }
+        if let freed {
+            try await free(freed.fid)
+            await dropPending([freed.fid])
+        }
     }
 
     /// Starts a new object whose data will belong to `owner`: its pending-free record is
@@ -136,7 +176,7 @@ public final class S3Store: Sendable {
         return ObjectWriter(cluster: cluster, fid: fid)
     }
 
-    private func notePending(_ items: [(Fid, PendingFree.Owner)]) async throws {
+    public func notePending(_ items: [(Fid, PendingFree.Owner)]) async throws {
         guard !items.isEmpty else { return }
         try await ensureGlobalIndexes()
         let t = Self.now()
@@ -144,35 +184,59 @@ public final class S3Store: Sendable {
             S3Indexes.pendingFrees, items.map { Record(key: S3Indexes.fidKey($0.0), value: PendingFree(owner: $0.1, noted: t).encode()) }, sync: true)
     }
 
-    private func dropPending(_ fids: [Fid]) async {
+    public func dropPending(_ fids: [Fid]) async {
         guard !fids.isEmpty else { return }
         // Not synced: a record that comes back after a crash is only looked at again.
         _ = try? await cluster.delete(S3Indexes.pendingFrees, fids.map(S3Indexes.fidKey))
     }
 
     /// Makes `record` (whose data `newObject(for: .object(bucket, key))` wrote) the object
-    /// `key`, then frees the object it replaces.
+    /// `key`, then frees the object it replaces. A file's POSIX attributes (owner, mode,
+    /// inode number, xattrs) stay with the key.
     public func commit(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord) async throws {
+        try await replace(bucketName, bucket, key, record) {}
+    }
+
+    /// Switches entry `key` to `record` under the key's lock, running `alsoUnderLock` after
+    /// the switch, then lets go of the old data: freed, or one link fewer for a hard link.
+    private func replace(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord, alsoUnderLock: () async throws -> Void)
+        async throws
+    {
         let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
-            let old = try await object(bucket, key)
-            if let old { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+            let old = try await entry(bucket, key)
+            var record = record
+            if record.posix == nil, let old { record.posix = try await resolve(bucket, old).posix }
+            if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
             try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode())], sync: true)
+            try await alsoUnderLock()
             return old
         }
-        if let old { try await free(old.fid) }
-        await dropPending([record.fid] + (old.map { [$0.fid] } ?? []))
+        var done = [record.fid]
+        if let old, old.fid != record.fid {
+            if let ino = old.inode {
+                try await dropLink(bucketName, bucket, inode: ino, owner: key)
+            } else {
+                try await free(old.fid)
+                done.append(old.fid)
+            }
+        }
+        await dropPending(done)
     }
 
     /// Removes object `key`; false if there was none.
     @discardableResult
     public func deleteObject(_ bucketName: String, _ bucket: BucketRecord, _ key: String) async throws -> Bool {
         let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
-            guard let old = try await object(bucket, key) else { return nil }
-            try await notePending([(old.fid, .object(bucket: bucketName, key: key))])
+            guard let old = try await entry(bucket, key) else { return nil }
+            if old.inode == nil { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
             try await cluster.delete(bucket.objects, [Array(key.utf8)], sync: true)
             return old
         }
         guard let old else { return false }
+        if let ino = old.inode {
+            try await dropLink(bucketName, bucket, inode: ino, owner: key)
+            return true
+        }
         try await free(old.fid)
         await dropPending([old.fid])
         return true
@@ -180,7 +244,7 @@ public final class S3Store: Sendable {
 
     /// Frees an object's data, and the parts of a multipart one, once no reader in this
     /// process is using it.
-    private func free(_ fid: Fid) async throws {
+    public func free(_ fid: Fid) async throws {
         while readers.withLock({ $0[fid] != nil }) { try await Task.sleep(for: .milliseconds(5)) }
         try await cluster.delete(fid)
         while true {
@@ -389,15 +453,9 @@ public final class S3Store: Sendable {
         let record = ObjectRecord(
             fid: upload.fid, size: chosen.reduce(0) { $0 + $1.size }, modified: Self.now(), etag: hex(md5Digest(md5s)) + "-\(chosen.count)",
             parts: chosen.count, attributes: upload.attributes + extra)
-        let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
-            let old = try await object(bucket, key)
-            if let old { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
-            try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode())], sync: true)
+        try await replace(bucketName, bucket, key, record) {
             try await cluster.delete(bucket.uploads, [Self.uploadKey(key, id)], sync: true)
-            return old
         }
-        if let old, old.fid != record.fid { try await free(old.fid) }
-        await dropPending([record.fid] + (old.map { [$0.fid] } ?? []))
         return record
     }
 

@@ -27,7 +27,7 @@ public struct CatalogueService: Sendable {
     private func needsWait(_ request: Request) -> Bool {
         switch request {
         case .createIndexes, .dropIndexes: return true
-        case .put(_, _, _, let syncWait), .delete(_, _, let syncWait): return syncWait
+        case .put(_, _, _, let syncWait), .delete(_, _, let syncWait), .update(_, _, _, let syncWait): return syncWait
         default: return false
         }
     }
@@ -61,6 +61,20 @@ public struct CatalogueService: Sendable {
                     return try t.delete(index, k) ? .ok : .notFound
                 }
             }
+        case .update(let index, let deletes, let puts, _):
+            let limits = engine.limits
+            let bytes = puts.reduce(0) { $0 + $1.key.count + $1.value.count }
+            return try commit(deletes.count + puts.count, payload: bytes) { t in
+                let deleted: [Status] = try deletes.map { k in
+                    guard k.count <= limits.maxKey else { return .notFound }
+                    return try t.delete(index, k) ? .ok : .notFound
+                }
+                let put: [Status] = try puts.map { r in
+                    guard r.key.count <= limits.maxKey, r.value.count <= limits.maxValue else { return .tooLarge }
+                    return try t.put(index, r.key, r.value, mode: .overwrite) == .exists ? .exists : .ok
+                }
+                return deleted + put
+            }
         case .next(let index, let starts, let limit, let excludeStart):
             let n = min(Int(limit), CatalogueService.maxNext)
             return .records(try starts.map { start in
@@ -75,7 +89,7 @@ public struct CatalogueService: Sendable {
         let fids: [Fid]
         switch request {
         case .createIndexes(let f), .dropIndexes(let f): fids = f
-        case .get(let index, _), .put(let index, _, _, _), .delete(let index, _, _), .next(let index, _, _, _): fids = [index]
+        case .get(let index, _), .put(let index, _, _, _), .delete(let index, _, _), .next(let index, _, _, _), .update(let index, _, _, _): fids = [index]
         default: fids = []
         }
         if let f = fids.first(where: { $0.hi == CatalogueService.reservedHi }) {
@@ -86,8 +100,8 @@ public struct CatalogueService: Sendable {
     /// Answers requests that need no wait for LOGGED without suspending; nil for the others.
     public func handleImmediately(_ request: Request) -> Response? {
         switch request {
-        case .put(_, _, _, true), .delete(_, _, true), .createIndexes, .dropIndexes: return nil
-        case .get, .put, .delete, .next, .listIndexes:
+        case .put(_, _, _, true), .delete(_, _, true), .update(_, _, _, true), .createIndexes, .dropIndexes: return nil
+        case .get, .put, .delete, .update, .next, .listIndexes:
             do {
                 try refuseReserved(request)
                 return try answer(request)

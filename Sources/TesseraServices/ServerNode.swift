@@ -43,7 +43,7 @@ public struct ServerNode: RequestHandler {
     public func handle(_ request: Request) async -> Response {
         do {
             switch request {
-            case .createIndexes, .dropIndexes, .listIndexes, .get, .put, .delete, .next:
+            case .createIndexes, .dropIndexes, .listIndexes, .get, .put, .delete, .next, .update:
                 return try await catalogues.handle(request)
             case .write(let cob, let offset, let bytes, let syncWait):
                 let tx = try ios().write(cob: cob, offset: offset, bytes: bytes)

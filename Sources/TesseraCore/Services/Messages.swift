@@ -74,6 +74,9 @@ public enum Request: Sendable, Equatable {
     case delete(index: Fid, keys: [[UInt8]], syncWait: Bool)
     /// Up to `limit` records after each start key (nil: from the first key).
     case next(index: Fid, starts: [[UInt8]?], limit: UInt32, excludeStart: Bool)
+    /// Deletes `deletes`, then puts `puts` (overwriting), in one transaction: a rename of
+    /// many keys is all or nothing.
+    case update(index: Fid, deletes: [[UInt8]], puts: [Record], syncWait: Bool)
     // IOS
     case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
     case read(cob: Fid, offset: UInt64, length: UInt32)
@@ -85,7 +88,7 @@ public enum Request: Sendable, Equatable {
 
     /// Opcodes on the wire.
     public enum Opcode: UInt16, Sendable, CaseIterable {
-        case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next
+        case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next, update
         case write = 20, read, free
         case sync = 30
         case statistics = 40
@@ -100,6 +103,7 @@ public enum Request: Sendable, Equatable {
         case .put: return .put
         case .delete: return .delete
         case .next: return .next
+        case .update: return .update
         case .write: return .write
         case .read: return .read
         case .free: return .free
@@ -161,6 +165,14 @@ extension Request {
             w.array(starts) { $0.optionalBlob($1) }
             w.u32(limit)
             w.bool(excludeStart)
+        case .update(let index, let deletes, let puts, let syncWait):
+            w.fid(index)
+            w.array(deletes) { $0.blob($1) }
+            w.array(puts) {
+                $0.blob($1.key)
+                $0.blob($1.value)
+            }
+            w.bool(syncWait)
         case .write(let cob, let offset, let data, let syncWait):
             w.fid(cob)
             w.u64(offset)
@@ -210,6 +222,11 @@ extension Request {
             let index = try r.fid()
             let starts = try r.array("start keys", minimumSize: 1) { try $0.optionalBlob("start key") }
             request = .next(index: index, starts: starts, limit: try r.u32("limit"), excludeStart: try r.bool("exclude-start"))
+        case .update:
+            let index = try r.fid()
+            let deletes = try r.array("keys", minimumSize: 4) { try $0.blob("key") }
+            let puts = try r.array("records", minimumSize: 8) { Record(key: try $0.blob("key"), value: try $0.blob("value")) }
+            request = .update(index: index, deletes: deletes, puts: puts, syncWait: try r.bool("sync-wait"))
         case .write:
             request = .write(cob: try r.fid(), offset: try r.u64("offset"), data: try r.blob("data"), syncWait: try r.bool("sync-wait"))
         case .read:
