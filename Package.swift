@@ -70,6 +70,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Layer 7: the file-system core, POSIX over one bucket. No libfuse.
+        .target(
+            name: "TesseraFS",
+            dependencies: ["TesseraCore", "TesseraClient", "TesseraS3", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")]
+        ),
+        // Layer 8: the FUSE adapter, a libfuse3 low-level session over the core.
+        .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "TesseraFUSE", dependencies: ["CFuse", "TesseraFS", .product(name: "Logging", package: "swift-log")]),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "TesseraBench", dependencies: ["TesseraEngine", "CSQLite"]),
@@ -77,7 +85,7 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway",
+                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraFS", "TesseraFUSE",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

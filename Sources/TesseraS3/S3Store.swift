@@ -114,7 +114,7 @@ public final class S3Store: Sendable {
 
     /// Deletes empty bucket `name`, whose record the caller looked up. Throws `.notEmpty`.
     public func deleteBucket(_ name: String, _ b: BucketRecord) async throws {
-        let objects = try await cluster.next(b.objects, from: [nil], limit: 1)[0]
+        let objects = try await cluster.next(b.objects, from: [[]], limit: 1, excludeStart: true)[0]
         let uploads = try await cluster.next(b.uploads, from: [nil], limit: 1)[0]
         guard objects.isEmpty && uploads.isEmpty else { throw TesseraError(.notEmpty, "bucket '\(name)' is not empty") }
         try await cluster.delete(S3Indexes.buckets, [Array(name.utf8)], sync: true)
@@ -302,6 +302,8 @@ public final class S3Store: Sendable {
             var skipTo: [UInt8]? = nil
             for r in batch {
                 guard r.key.starts(with: p) else { return out }
+                // The empty key is the mounted file system's root directory, never an object.
+                if r.key.isEmpty { continue }
                 if out.entries.count + out.commonPrefixes.count == limit {
                     out.truncated = true
                     return out

@@ -1,0 +1,315 @@
+// The data of one open file: group-sized pages in front of its striped object.
+//
+// A page holds a whole parity group's worth of the file, complete: loaded from the object
+// where the object has data, zeros elsewhere. Writes land in pages (write-back); a page that
+// a sequential writer fills is sent at once as a whole-group write, which needs no read;
+// reads ahead of a sequential reader load the next groups. Every page is taken from one
+// MemoryBudget shared by all files: when it is spent, reads and writes go straight to the
+// object instead, so the budget is never exceeded whatever the number of open files.
+//
+// Invariant: the object's bytes at and beyond `stored` are zero, and `stored` is at least the
+// end of every byte written to it; truncation frees what lies beyond the new size first. So
+// a page beyond `stored` starts as zeros without a read, and a hole reads as zeros.
+//
+// A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time.
+import Crypto
+import Synchronization
+import TesseraClient
+import TesseraCore
+
+/// Bytes of pages all open files may hold together.
+public final class MemoryBudget: Sendable {
+    public let limit: Int
+    private let used = Mutex(0)
+
+    public init(limit: Int) { self.limit = limit }
+
+    func take(_ n: Int) -> Bool {
+        used.withLock { u in
+            guard u + n <= limit else { return false }
+            u += n
+            return true
+        }
+    }
+
+    func give(_ n: Int) { used.withLock { $0 -= n } }
+
+    public var inUse: Int { used.withLock { $0 } }
+}
+
+/// One group of the file in memory.
+final class Page: @unchecked Sendable {
+    // SAFETY: touched only under the inode's lock, or by the one task writing it out, during
+    // which the page is in `flushing` and no one else reads or writes it.
+    let bytes: UnsafeMutableRawBufferPointer
+    var dirty = false
+
+    init(size: Int) {
+        bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+        bytes.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    deinit { bytes.deallocate() }
+}
+
+final class FileData: @unchecked Sendable {
+    // SAFETY: used only under the inode's lock (see the header).
+    let cluster: Cluster
+    let budget: MemoryBudget
+    var fid: Fid
+    /// The file's size as the mount sees it.
+    var size: UInt64
+    /// The object's bytes from here on are zero (the invariant above).
+    var stored: UInt64
+    private var pages: [UInt64: Page] = [:]
+    /// Pages being written out, by group; the page comes back to `pages` only if written to
+    /// again, after the write-out is done.
+    private var flushing: [UInt64: Task<Void, Error>] = [:]
+    /// Pages being read ahead, by group.
+    private var loading: [UInt64: Task<Page?, Error>] = [:]
+    private var readEnd: UInt64 = 0
+    /// MD5 of the bytes written so far, while they were written in order from 0.
+    private var md5: Insecure.MD5? = Insecure.MD5()
+    private var md5End: UInt64 = 0
+    /// Data changed since the record was last stored.
+    var changed = false
+    var groupSize: Int { cluster.layout.groupSize }
+
+    static let maxFlushing = 3
+    static let readAhead = 2
+
+    init(cluster: Cluster, budget: MemoryBudget, fid: Fid, size: UInt64) {
+        self.cluster = cluster
+        self.budget = budget
+        self.fid = fid
+        self.size = size
+        self.stored = size
+        if size > 0 { md5 = nil }
+    }
+
+    /// The MD5 of the whole file, if it was written in order from empty.
+    var digest: [UInt8]? {
+        guard let md5, md5End == size else { return nil }
+        return Array(md5.finalize())
+    }
+
+    // MARK: Writes
+
+    func write(_ src: UnsafeRawBufferPointer, at offset: UInt64) async throws {
+        guard !src.isEmpty else { return }
+        if md5 != nil {
+            if offset == md5End {
+                md5!.update(bufferPointer: src)
+                md5End += UInt64(src.count)
+            } else {
+                md5 = nil
+            }
+        }
+        let gs = UInt64(groupSize)
+        var done = 0
+        while done < src.count {
+            let at = offset + UInt64(done)
+            let g = at / gs
+            let inGroup = Int(at % gs)
+            let n = min(src.count - done, groupSize - inGroup)
+            let piece = UnsafeRawBufferPointer(rebasing: src[done..<(done + n)])
+            if let page = try await page(g, create: true) {
+                UnsafeMutableRawBufferPointer(rebasing: page.bytes[inGroup..<(inGroup + n)]).copyMemory(from: piece)
+                page.dirty = true
+                size = max(size, at + UInt64(n))
+                // A sequential writer filled the group: send it now, whole.
+                if inGroup + n == groupSize { try await startFlush(g) }
+            } else {
+                try await flushing[g]?.value
+                try await cluster.write(fid, at: at, Array(piece))
+                stored = max(stored, at + UInt64(n))
+                size = max(size, at + UInt64(n))
+            }
+            done += n
+        }
+        changed = true
+    }
+
+    /// The page of group `g`: the one in memory, the one being read ahead, or (with
+    /// `create`, if the budget allows) a new one, loaded where the object has data.
+    private func page(_ g: UInt64, create: Bool) async throws -> Page? {
+        if let p = pages[g] { return p }
+        if let t = loading.removeValue(forKey: g) {
+            if let p = try await t.value {
+                pages[g] = p
+                return p
+            }
+        }
+        guard create, budget.take(groupSize) else { return nil }
+        do {
+            try await flushing.removeValue(forKey: g)?.value
+        } catch {
+            budget.give(groupSize)
+            throw error
+        }
+        let p = Page(size: groupSize)
+        let start = g * UInt64(groupSize)
+        if start < stored {
+            let n = Int(min(UInt64(groupSize), stored - start))
+            do { try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n])) } catch {
+                budget.give(groupSize)
+                throw error
+            }
+        }
+        pages[g] = p
+        return p
+    }
+
+    /// Starts writing page `g` out; at most `maxFlushing` write-outs at once.
+    private func startFlush(_ g: UInt64) async throws {
+        guard let page = pages.removeValue(forKey: g) else { return }
+        guard page.dirty else {
+            budget.give(groupSize)
+            return
+        }
+        if let earlier = flushing.removeValue(forKey: g) { try await earlier.value }
+        let gs = UInt64(groupSize)
+        let start = g * gs
+        // The file's bytes in this group, in whole 4 KiB blocks; beyond them all is zero.
+        let used = Int(min(gs, ((max(size, start) - start) + 4095) & ~4095))
+        let fresh = start >= stored
+        let end = start + UInt64(used)
+        stored = max(stored, min(end, size))
+        let cluster = self.cluster
+        let fid = self.fid
+        let budget = self.budget
+        let groupSize = self.groupSize
+        flushing[g] = Task {
+            defer {
+                withExtendedLifetime(page) {}
+                budget.give(groupSize)
+            }
+            guard used > 0 else { return }
+            try await cluster.write(fid, at: start, Array(UnsafeRawBufferPointer(rebasing: page.bytes[0..<used])), unwritten: fresh)
+        }
+        if flushing.count > Self.maxFlushing, let oldest = flushing.keys.min() {
+            try await flushing.removeValue(forKey: oldest)?.value
+        }
+    }
+
+    /// Writes every dirty page out and waits for every write: after this the object holds
+    /// all the file's data (not yet durable: the caller syncs for that).
+    func flush() async throws {
+        for g in pages.keys.sorted() where pages[g]!.dirty { try await startFlush(g) }
+        let all = flushing
+        flushing.removeAll()
+        for (_, t) in all { try await t.value }
+    }
+
+    // MARK: Reads
+
+    /// Reads up to `count` bytes at `offset` (fewer at the end of the file) into `dst`;
+    /// returns how many.
+    func read(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) async throws -> Int {
+        guard offset < size else { return 0 }
+        let total = Int(min(UInt64(dst.count), size - offset))
+        let gs = UInt64(groupSize)
+        let sequential = offset == readEnd
+        var done = 0
+        while done < total {
+            let at = offset + UInt64(done)
+            let g = at / gs
+            let inGroup = Int(at % gs)
+            let n = min(total - done, groupSize - inGroup)
+            let out = UnsafeMutableRawBufferPointer(rebasing: dst[done..<(done + n)])
+            if let p = try await page(g, create: sequential) {
+                out.copyMemory(from: UnsafeRawBufferPointer(rebasing: p.bytes[inGroup..<(inGroup + n)]))
+                // A sequential reader is done with a clean page once past its end.
+                if sequential && inGroup + n == groupSize && !p.dirty {
+                    pages[g] = nil
+                    budget.give(groupSize)
+                }
+            } else {
+                try await flushing.removeValue(forKey: g)?.value
+                let fromObject = Int(min(UInt64(n), stored > at ? stored - at : 0))
+                if fromObject > 0 { try await cluster.read(fid, at: at, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<fromObject])) }
+                if fromObject < n { UnsafeMutableRawBufferPointer(rebasing: out[fromObject...]).initializeMemory(as: UInt8.self, repeating: 0) }
+            }
+            done += n
+        }
+        readEnd = offset + UInt64(total)
+        if sequential { startReadAhead(after: (readEnd - 1) / gs) }
+        return total
+    }
+
+    private func startReadAhead(after g: UInt64) {
+        let gs = UInt64(groupSize)
+        for next in (g + 1)...(g + UInt64(Self.readAhead)) {
+            let start = next * gs
+            guard start < stored, pages[next] == nil, loading[next] == nil, flushing[next] == nil else { continue }
+            guard budget.take(groupSize) else { return }
+            let n = Int(min(gs, stored - start))
+            let cluster = self.cluster
+            let fid = self.fid
+            let budget = self.budget
+            let groupSize = self.groupSize
+            loading[next] = Task {
+                let p = Page(size: groupSize)
+                do {
+                    try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]))
+                    return p
+                } catch {
+                    budget.give(groupSize)
+                    return nil  // the reader reads it itself, and sees the error
+                }
+            }
+        }
+    }
+
+    // MARK: Size
+
+    /// Sets the size. Shrinking frees the object beyond the new size (so it reads as zeros
+    /// if the file grows again) and cuts the pages; growing needs nothing.
+    func truncate(to newSize: UInt64) async throws {
+        if newSize < (md5 == nil ? 0 : md5End) { md5 = nil }
+        if newSize == 0 {
+            md5 = Insecure.MD5()
+            md5End = 0
+        }
+        for (g, t) in loading {
+            if let p = try? await t.value {
+                pages[g] = p
+            }
+        }
+        loading.removeAll()
+        let gs = UInt64(groupSize)
+        if newSize < size {
+            for (g, p) in pages {
+                let start = g * gs
+                if start >= newSize {
+                    pages[g] = nil
+                    budget.give(groupSize)
+                } else if start + gs > newSize {
+                    let from = Int(newSize - start)
+                    UnsafeMutableRawBufferPointer(rebasing: p.bytes[from...]).initializeMemory(as: UInt8.self, repeating: 0)
+                }
+            }
+            if stored > newSize {
+                let all = flushing
+                flushing.removeAll()
+                for (_, t) in all { try await t.value }
+                try await cluster.free(fid, at: newSize, length: stored - newSize)
+                stored = newSize
+            }
+        }
+        size = newSize
+        changed = true
+    }
+
+    /// Gives every page back to the budget (the caller flushed first).
+    func drop() async {
+        for (_, t) in loading {
+            if case .some(.some) = try? await t.value { budget.give(groupSize) }
+        }
+        loading.removeAll()
+        for (_, t) in flushing { _ = try? await t.value }
+        flushing.removeAll()
+        budget.give(groupSize * pages.count)
+        pages.removeAll()
+    }
+}

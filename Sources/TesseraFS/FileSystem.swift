@@ -1,0 +1,1108 @@
+// The file-system core (layer 7): POSIX semantics over one bucket of the S3 layer. It
+// knows nothing of libfuse: the adapter turns kernel requests into these calls, and the
+// property tests call them directly.
+//
+// The namespace is the bucket's object list (ARCHITECTURE.md, "Decisions"): a file is the
+// entry whose key is its path, a directory is the entry `path/` (or, for keys written
+// through S3 without one, is implied by the keys under it), the root directory is the
+// entry with the empty key. Entries carry the POSIX attributes (Posix.swift). A hard-linked
+// file's entries all point at one inode record in the bucket's file-system index. Changes
+// that touch several keys (create with the parent's times, rename, unlink) go to the object
+// list in one CAS UPDATE, so each is all or nothing.
+//
+// Concurrency: namespace changes and every store of a record run under one async lock
+// (`namespace`); data calls run under their inode's lock (`fileLocks`). Lock order: an
+// inode's lock, then the namespace lock, never the other way round. The in-memory tables
+// (inodes, handles) sit behind a mutex and are only touched in short synchronous sections.
+import Glibc
+import Logging
+import Synchronization
+import TesseraClient
+import TesseraCore
+import TesseraS3
+
+public struct FileSystemOptions: Sendable {
+    /// Shown as every entry's owner instead of the stored one (mount options uid=, gid=).
+    public var uid: UInt32?
+    public var gid: UInt32?
+    /// Cleared from every mode shown (mount option umask=).
+    public var umask: UInt32 = 0
+    public var readOnly = false
+    /// Bytes of file pages (write-back and read-ahead) all open files share.
+    public var memoryBudget = 256 << 20
+    /// Owner of new entries when the caller is unknown, and of entries written through S3.
+    public var defaultUid: UInt32 = 0
+    public var defaultGid: UInt32 = 0
+
+    public init() {}
+}
+
+/// One entry of a directory listing.
+public struct DirectoryEntry: Sendable {
+    public var name: [UInt8]
+    public var attributes: Attributes
+}
+
+final class Inode: @unchecked Sendable {
+    // SAFETY: every field is read and written under FileSystem.state's lock, except `data`,
+    // which is used under the inode's own async lock once set.
+    let ino: UInt64
+    /// The entry's key: a file's path, a directory's path with its `/` ("" for the root).
+    var key: [UInt8]
+    /// The stored record (a hard link's inode record), with `size` and `modified` as the
+    /// mount sees them.
+    var record: ObjectRecord
+    var posix: Posix
+    /// Its record is in the file-system index (a hard-linked file).
+    var linked: Bool
+    /// A directory with no entry of its own, implied by the keys under it.
+    var implied: Bool
+    var lookups: UInt64 = 0
+    var opens = 0
+    /// No entry names it any more; its data goes at the last close.
+    var unlinked = false
+    var data: FileData?
+
+    init(ino: UInt64, key: [UInt8], record: ObjectRecord, posix: Posix, linked: Bool, implied: Bool) {
+        self.ino = ino
+        self.key = key
+        self.record = record
+        self.posix = posix
+        self.linked = linked
+        self.implied = implied
+    }
+
+    var type: FileType { posix.type }
+}
+
+public final class FileSystem: Sendable {
+    public let store: S3Store
+    public let bucketName: String
+    let bucket: BucketRecord
+    let fsIndex: Fid
+    public let options: FileSystemOptions
+    public let budget: MemoryBudget
+    let logger: Logger
+    public var cluster: Cluster { store.cluster }
+
+    struct State {
+        var inodes: [UInt64: Inode] = [:]
+        var handles: [UInt64: Handle] = [:]
+        var nextHandle: UInt64 = 1
+        var freeInos: Range<UInt64> = 0..<0
+    }
+    enum Handle {
+        case file(ino: UInt64, append: Bool, write: Bool)
+        case directory(ino: UInt64, entries: [DirectoryEntry]?)
+    }
+    let state = Mutex(State())
+    let namespace = KeyedLocks<Int>()
+    let fileLocks = KeyedLocks<UInt64>()
+
+    public static let rootIno: UInt64 = 1
+    public static let nameMax = 255
+    public static let keyMax = 1024
+    static let inoBlock: UInt64 = 4096
+    static let emptyMD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+    /// Opens the file system of bucket `bucketName`, making the bucket (owned by `owner`)
+    /// and its file-system index if they do not exist.
+    public init(store: S3Store, bucket bucketName: String, owner: String, options: FileSystemOptions = FileSystemOptions(), logger: Logger = Logger(label: "tessera.fs"))
+        async throws
+    {
+        self.store = store
+        self.bucketName = bucketName
+        self.options = options
+        self.logger = logger
+        budget = MemoryBudget(limit: options.memoryBudget)
+        var b = try await store.bucket(bucketName)
+        if b == nil {
+            do { b = try await store.createBucket(bucketName, owner: owner) } catch let e as TesseraError where e.code == .exists {
+                b = try await store.bucket(bucketName)
+            }
+        }
+        guard let b else { throw TesseraError(.notFound, "bucket '\(bucketName)' vanished while being made") }
+        bucket = b
+        fsIndex = S3Indexes.fileSystemIndex(of: b)
+        _ = try await store.cluster.createIndex(fsIndex)
+        let root = try await loadRoot()
+        state.withLock { $0.inodes[Self.rootIno] = root }
+    }
+
+    private func loadRoot() async throws -> Inode {
+        if let v = try await cluster.get(bucket.objects, [[]])[0] {
+            let r = try ObjectRecord.decode(v)
+            if let p = r.posix { return Inode(ino: Self.rootIno, key: [], record: r, posix: try Posix.decode(p), linked: false, implied: false) }
+        }
+        let t = bucket.created
+        let r = ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: Self.emptyMD5, attributes: [])
+        let p = Posix(ino: Self.rootIno, mode: FileType.directory.rawValue | 0o755, uid: options.defaultUid, gid: options.defaultGid, atime: t, ctime: t)
+        return Inode(ino: Self.rootIno, key: [], record: r, posix: p, linked: false, implied: true)
+    }
+
+    // MARK: The inode table
+
+    func inode(_ ino: UInt64) throws -> Inode {
+        guard let i = state.withLock({ $0.inodes[ino] }) else { throw FSError(ESTALE, "inode \(ino) is not known") }
+        return i
+    }
+
+    func attributes(_ i: Inode) -> Attributes {
+        state.withLock { _ in attributesLocked(i) }
+    }
+
+    private func attributesLocked(_ i: Inode) -> Attributes {
+        let p = i.posix
+        let size: UInt64
+        switch p.type {
+        case .regular: size = i.data?.size ?? i.record.size
+        case .symlink: size = UInt64(p.target.count)
+        default: size = 0
+        }
+        let nlink: UInt32 = i.unlinked ? 0 : (p.type == .directory ? 1 : (i.record.links ?? 1))
+        return Attributes(
+            ino: i.ino, mode: p.mode & ~(options.umask & 0o7777), nlink: nlink, uid: options.uid ?? p.uid, gid: options.gid ?? p.gid, rdev: p.rdev, size: size,
+            atime: p.atime, mtime: i.record.modified, ctime: p.ctime)
+    }
+
+    public func getattr(_ ino: UInt64) throws -> Attributes { attributes(try inode(ino)) }
+
+    /// The kernel forgets `n` lookups of `ino`.
+    public func forget(_ ino: UInt64, _ n: UInt64) {
+        state.withLock { s in
+            guard ino != Self.rootIno, let i = s.inodes[ino] else { return }
+            i.lookups -= min(i.lookups, n)
+            if i.lookups == 0 && i.opens == 0 { s.inodes[ino] = nil }
+        }
+    }
+
+    /// A readdirplus entry the kernel now holds: one lookup more.
+    public func noteLookup(_ ino: UInt64) {
+        state.withLock { s in s.inodes[ino]?.lookups += 1 }
+    }
+
+    // MARK: Finding entries
+
+    enum Found {
+        /// `entry` as stored; `record` what it stands for (a hard link's inode record).
+        case file(key: [UInt8], entry: ObjectRecord, record: ObjectRecord)
+        case directory(key: [UInt8], record: ObjectRecord?)
+        case none
+    }
+
+    static func childKey(_ parent: Inode, _ name: [UInt8]) throws -> [UInt8] {
+        guard !name.isEmpty, !name.contains(0x2F), name != [0x2E], name != [0x2E, 0x2E] else { throw FSError(EINVAL, "bad name") }
+        guard name.count <= nameMax else { throw FSError(ENAMETOOLONG, "names are at most \(nameMax) bytes") }
+        guard parent.type == .directory else { throw FSError(ENOTDIR) }
+        let key = parent.key + name
+        guard key.count < keyMax else { throw FSError(ENAMETOOLONG, "paths are at most \(keyMax - 1) bytes") }
+        return key
+    }
+
+    /// What the name `key` is: a directory (its own entry, or keys under it), a file, or
+    /// nothing. A directory hides a file of the same name (S3 allows both).
+    func find(_ key: [UInt8]) async throws -> Found {
+        let dirKey = key + [0x2F]
+        async let under = cluster.next(bucket.objects, from: [dirKey], limit: 1, excludeStart: true)
+        let values = try await cluster.get(bucket.objects, [key, dirKey])
+        let below = try await under[0]
+        if let v = values[1] { return .directory(key: dirKey, record: try ObjectRecord.decode(v)) }
+        if let first = below.first, first.key.starts(with: dirKey) { return .directory(key: dirKey, record: nil) }
+        if let v = values[0] {
+            let entry = try ObjectRecord.decode(v)
+            return .file(key: key, entry: entry, record: try await store.resolve(bucket, entry))
+        }
+        return .none
+    }
+
+    private func synthesizedPosix(_ key: [UInt8], _ record: ObjectRecord?, directory: Bool) -> Posix {
+        let t = record?.modified ?? bucket.created
+        return Posix(
+            ino: hashedInode(key), mode: directory ? FileType.directory.rawValue | 0o755 : FileType.regular.rawValue | 0o644, uid: options.defaultUid,
+            gid: options.defaultGid, atime: t, ctime: t)
+    }
+
+    /// The inode for what `find` found, from the table (refreshed unless open) or new.
+    func inode(for found: Found) throws -> Inode? {
+        let ino: UInt64, key: [UInt8], record: ObjectRecord, posix: Posix, linked: Bool, implied: Bool
+        switch found {
+        case .none: return nil
+        case .file(let k, let entry, let r):
+            posix = try r.posix.map(Posix.decode) ?? synthesizedPosix(k, r, directory: false)
+            ino = entry.inode ?? posix.ino
+            (key, record, linked, implied) = (k, r, entry.inode != nil, false)
+        case .directory(let k, let r):
+            posix = try r?.posix.map(Posix.decode) ?? synthesizedPosix(k, r, directory: true)
+            ino = posix.ino
+            key = k
+            record = r ?? ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: posix.ctime, etag: Self.emptyMD5, attributes: [])
+            (linked, implied) = (false, r == nil)
+        }
+        return state.withLock { s in
+            if let i = s.inodes[ino] {
+                i.key = key
+                if i.data == nil && !i.unlinked {
+                    (i.record, i.posix, i.linked, i.implied) = (record, posix, linked, implied)
+                }
+                return i
+            }
+            let i = Inode(ino: ino, key: key, record: record, posix: posix, linked: linked, implied: implied)
+            s.inodes[ino] = i
+            return i
+        }
+    }
+
+    public func lookup(_ parent: UInt64, _ name: [UInt8]) async throws -> Attributes {
+        let p = try inode(parent)
+        let key = try Self.childKey(p, name)
+        guard let i = try inode(for: try await find(key)) else { throw FSError(ENOENT) }
+        state.withLock { _ in i.lookups += 1 }
+        return attributes(i)
+    }
+
+    // MARK: Storing records
+
+    /// The record of `i` as it is to be stored.
+    private func storedRecord(_ i: Inode) -> ObjectRecord {
+        state.withLock { _ in
+            var r = i.record
+            if let d = i.data { r.size = d.size }
+            r.posix = i.posix.encode()
+            return r
+        }
+    }
+
+    /// Puts the records of `inodes` (and deletes `deleting`) in one UPDATE of the object
+    /// list; hard-linked inodes go to the file-system index first.
+    func storeRecords(_ inodes: [Inode], deleting: [[UInt8]] = [], putting extra: [Record] = [], sync: Bool = false) async throws {
+        var puts = extra
+        var linkedPuts: [Record] = []
+        for i in inodes {
+            let r = storedRecord(i)
+            let (linked, key, ino) = state.withLock { _ in (i.linked, i.key, i.ino) }
+            if linked {
+                linkedPuts.append(Record(key: S3Indexes.inodeKey(ino), value: r.encode()))
+            } else {
+                puts.append(Record(key: key, value: r.encode()))
+            }
+        }
+        if !linkedPuts.isEmpty { try await cluster.put(fsIndex, linkedPuts, sync: sync) }
+        if !puts.isEmpty || !deleting.isEmpty {
+            let st = try await cluster.update(bucket.objects, deleting: deleting, putting: puts, sync: sync)
+            if st.contains(.tooLarge) { throw FSError(E2BIG, "the entry's record is too large (xattrs?)") }
+        }
+        state.withLock { _ in
+            for i in inodes where i.implied && i.type == .directory { i.implied = false }
+        }
+    }
+
+    /// Marks `dir` changed now (mtime and ctime), for the caller to store.
+    private func touch(_ dir: Inode, _ t: UInt64) {
+        state.withLock { _ in
+            dir.record.modified = t
+            dir.posix.ctime = t
+        }
+    }
+
+    private func checkWritable() throws {
+        if options.readOnly { throw FSError(EROFS) }
+    }
+
+    // MARK: Inode numbers
+
+    /// A new inode number. Numbers are claimed from the file-system index in blocks of
+    /// 4096 with create-only puts, so two mounts of one bucket never hand out the same.
+    func allocateIno() async throws -> UInt64 {
+        if let n = state.withLock({ s -> UInt64? in
+            guard let n = s.freeInos.first else { return nil }
+            s.freeInos = (n + 1)..<s.freeInos.upperBound
+            return n
+        }) {
+            return n
+        }
+        let hintKey: [UInt8] = [0xFE]
+        var block: UInt64 = 0
+        if let v = try await cluster.get(fsIndex, [hintKey])[0], v.count == 8 { block = v.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) } }
+        while true {
+            let claim = [0xFF] + S3Indexes.inodeKey(block)
+            let st = try await cluster.put(fsIndex, [Record(key: claim, value: [])], mode: .createOnly, sync: true)
+            if st[0] == .ok { break }
+            block += 1
+        }
+        try await cluster.put(fsIndex, [Record(key: hintKey, value: S3Indexes.inodeKey(block + 1))])
+        let first = max(2, block * Self.inoBlock)
+        let range = first..<((block + 1) * Self.inoBlock)
+        state.withLock { $0.freeInos = (range.lowerBound + 1)..<range.upperBound }
+        return range.lowerBound
+    }
+
+    // MARK: Making entries
+
+    private func newEntry(
+        parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64 = 0, target: [UInt8] = [], caller: Caller
+    ) async throws -> Inode {
+        try checkWritable()
+        let p = try inode(parent)
+        let key = try Self.childKey(p, name)
+        let type = FileType(mode: mode) ?? .regular
+        if type == .directory && key.count + 1 >= Self.keyMax { throw FSError(ENAMETOOLONG) }
+        return try await namespace.withLock(0) {
+            if case .none = try await find(key) {} else { throw FSError(EEXIST) }
+            let ino = try await allocateIno()
+            let t = now()
+            var gid = caller.gid
+            var perms = mode & 0o7777
+            let parentPosix = state.withLock { _ in p.posix }
+            if parentPosix.mode & 0o2000 != 0 {
+                gid = parentPosix.gid
+                if type == .directory { perms |= 0o2000 }
+            }
+            let posix = Posix(ino: ino, mode: type.rawValue | perms, uid: caller.uid, gid: gid, atime: t, ctime: t, rdev: rdev, target: target)
+            let record = ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: Self.emptyMD5, attributes: [])
+            let i = Inode(ino: ino, key: type == .directory ? key + [0x2F] : key, record: record, posix: posix, linked: false, implied: false)
+            touch(p, t)
+            try await storeRecords([i, p])
+            state.withLock { s in
+                i.lookups = 1
+                s.inodes[ino] = i
+            }
+            return i
+        }
+    }
+
+    public func mkdir(_ parent: UInt64, _ name: [UInt8], mode: UInt32, caller: Caller) async throws -> Attributes {
+        attributes(try await newEntry(parent: parent, name: name, mode: FileType.directory.rawValue | (mode & 0o7777), caller: caller))
+    }
+
+    public func mknod(_ parent: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) async throws -> Attributes {
+        guard FileType(mode: mode) != nil, FileType(mode: mode) != .directory, FileType(mode: mode) != .symlink else { throw FSError(EINVAL, "mknod of mode \(String(mode, radix: 8))") }
+        return attributes(try await newEntry(parent: parent, name: name, mode: mode, rdev: rdev, caller: caller))
+    }
+
+    public func symlink(_ target: [UInt8], _ parent: UInt64, _ name: [UInt8], caller: Caller) async throws -> Attributes {
+        guard !target.isEmpty, target.count < 4096 else { throw FSError(target.isEmpty ? ENOENT : ENAMETOOLONG) }
+        return attributes(try await newEntry(parent: parent, name: name, mode: FileType.symlink.rawValue | 0o777, target: target, caller: caller))
+    }
+
+    public func readlink(_ ino: UInt64) throws -> [UInt8] {
+        let i = try inode(ino)
+        return try state.withLock { _ in
+            guard i.type == .symlink else { throw FSError(EINVAL) }
+            return i.posix.target
+        }
+    }
+
+    /// Creates and opens a regular file. Returns its attributes and a handle.
+    public func create(_ parent: UInt64, _ name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) async throws -> (Attributes, UInt64) {
+        let i = try await newEntry(parent: parent, name: name, mode: FileType.regular.rawValue | (mode & 0o7777), caller: caller)
+        let h = try await open(i.ino, flags: flags & ~O_TRUNC, fresh: true)
+        return (attributes(i), h)
+    }
+
+    // MARK: Removing entries
+
+    public func unlink(_ parent: UInt64, _ name: [UInt8]) async throws {
+        try checkWritable()
+        let p = try inode(parent)
+        let key = try Self.childKey(p, name)
+        try await namespace.withLock(0) {
+            let found = try await find(key)
+            guard case .file(_, let entry, let record) = found, let i = try inode(for: found) else {
+                if case .directory = found { throw FSError(EISDIR) }
+                throw FSError(ENOENT)
+            }
+            let t = now()
+            touch(p, t)
+            var freeData: Fid? = nil
+            if let ino = entry.inode {
+                // One link fewer; the last one takes the inode record (and its data, once closed).
+                let left = (record.links ?? 1) - 1
+                let open = state.withLock { _ in
+                    i.record.links = left
+                    i.posix.ctime = t
+                    if left == 0 { i.unlinked = true }
+                    return i.opens > 0
+                }
+                if left > 0 || open {
+                    try await storeRecords([i, p], deleting: [key])
+                } else {
+                    try await store.notePending([(record.fid, .object(bucket: bucketName, key: String(decoding: key, as: UTF8.self)))])
+                    try await cluster.delete(fsIndex, [S3Indexes.inodeKey(ino)], sync: true)
+                    try await storeRecords([p], deleting: [key])
+                    freeData = record.fid
+                }
+            } else {
+                let open = state.withLock { _ in
+                    i.unlinked = true
+                    i.posix.ctime = t
+                    return i.opens > 0
+                }
+                let hasData = record.size > 0 || record.multipart || open
+                if hasData { try await store.notePending([(record.fid, .object(bucket: bucketName, key: String(decoding: key, as: UTF8.self)))]) }
+                try await storeRecords([p], deleting: [key])
+                if hasData && !open { freeData = record.fid }
+            }
+            if let fid = freeData {
+                try await store.free(fid)
+                await store.dropPending([fid])
+            }
+        }
+    }
+
+    public func rmdir(_ parent: UInt64, _ name: [UInt8]) async throws {
+        try checkWritable()
+        let p = try inode(parent)
+        let key = try Self.childKey(p, name)
+        try await namespace.withLock(0) {
+            let found = try await find(key)
+            guard case .directory(let dirKey, _) = found, let i = try inode(for: found) else {
+                if case .file = found { throw FSError(ENOTDIR) }
+                throw FSError(ENOENT)
+            }
+            let below = try await cluster.next(bucket.objects, from: [dirKey], limit: 1, excludeStart: true)[0]
+            if let first = below.first, first.key.starts(with: dirKey) { throw FSError(ENOTEMPTY) }
+            let t = now()
+            touch(p, t)
+            try await storeRecords([p], deleting: [dirKey])
+            state.withLock { _ in i.unlinked = true }
+        }
+    }
+
+    // MARK: Rename and link
+
+    public static let renameNoReplace: UInt32 = 1
+    public static let renameExchange: UInt32 = 2
+
+    public func rename(_ parent: UInt64, _ name: [UInt8], _ newParent: UInt64, _ newName: [UInt8], flags: UInt32) async throws {
+        try checkWritable()
+        guard flags & ~(Self.renameNoReplace | Self.renameExchange) == 0, flags != Self.renameNoReplace | Self.renameExchange else { throw FSError(EINVAL) }
+        let p = try inode(parent)
+        let q = try inode(newParent)
+        let from = try Self.childKey(p, name)
+        let to = try Self.childKey(q, newName)
+        try await namespace.withLock(0) {
+            let source = try await find(from)
+            let target = try await find(to)
+            guard let s = try inode(for: source) else { throw FSError(ENOENT) }
+            let tgt = try inode(for: target)
+            let sourceIsDir: Bool
+            if case .directory = source { sourceIsDir = true } else { sourceIsDir = false }
+            let targetIsDir: Bool
+            if case .directory = target { targetIsDir = true } else { targetIsDir = false }
+            if from == to || (tgt != nil && tgt === s) { return }
+            // A directory cannot move under itself.
+            if sourceIsDir && (to + [0x2F]).starts(with: from + [0x2F]) { throw FSError(EINVAL) }
+            if targetIsDir && !(sourceIsDir) && flags & Self.renameExchange == 0 { throw FSError(EISDIR) }
+            if sourceIsDir && (tgt != nil && !targetIsDir) && flags & Self.renameExchange == 0 { throw FSError(ENOTDIR) }
+            if flags & Self.renameNoReplace != 0 && tgt != nil { throw FSError(EEXIST) }
+            if flags & Self.renameExchange != 0 {
+                guard let tgt else { throw FSError(ENOENT) }
+                if (sourceIsDir && (from + [0x2F]).starts(with: to + [0x2F])) { throw FSError(EINVAL) }
+                try await exchange(s, source, from, tgt, target, to, p, q)
+                return
+            }
+            var replaced: (Inode, Found)? = nil
+            if let tgt {
+                if targetIsDir {
+                    let below = try await cluster.next(bucket.objects, from: [to + [0x2F]], limit: 1, excludeStart: true)[0]
+                    if let first = below.first, first.key.starts(with: to + [0x2F]) { throw FSError(ENOTEMPTY) }
+                }
+                replaced = (tgt, target)
+            }
+            try await move(s, source, from, to, p, q, replacing: replaced)
+        }
+    }
+
+    /// Every entry under a name, as moves to another name: for a file its entry, for a
+    /// directory its own entry and every key below it. Entries without POSIX attributes get
+    /// them now, keeping the inode numbers they had under their old keys.
+    private func moves(_ found: Found, _ from: [UInt8], _ to: [UInt8], _ t: UInt64) async throws -> (deletes: [[UInt8]], puts: [Record]) {
+        switch found {
+        case .none: return ([], [])
+        case .file(let key, let entry, _):
+            var e = entry
+            if e.posix == nil { e.posix = synthesizedPosix(key, e, directory: false).encode() }
+            if e.inode == nil, var px = try e.posix.map(Posix.decode) {
+                px.ctime = t
+                e.posix = px.encode()
+            }
+            return ([key], [Record(key: to, value: e.encode())])
+        case .directory(let dirKey, let record):
+            let newDir = to + [0x2F]
+            var deletes: [[UInt8]] = []
+            var puts: [Record] = []
+            var r = record ?? ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: Self.emptyMD5, attributes: [])
+            var px = try record?.posix.map(Posix.decode) ?? synthesizedPosix(dirKey, record, directory: true)
+            px.ctime = t
+            r.posix = px.encode()
+            if record != nil { deletes.append(dirKey) }
+            puts.append(Record(key: newDir, value: r.encode()))
+            var start = dirKey
+            while true {
+                let batch = try await cluster.next(bucket.objects, from: [start], limit: 1000, excludeStart: true)[0]
+                for rec in batch {
+                    guard rec.key.starts(with: dirKey) else { return (deletes, puts) }
+                    var e = try ObjectRecord.decode(rec.value)
+                    if e.posix == nil && e.inode == nil {
+                        e.posix = synthesizedPosix(rec.key, e, directory: rec.key.last == 0x2F).encode()
+                    }
+                    let newKey = newDir + rec.key[dirKey.count...]
+                    guard newKey.count < Self.keyMax else { throw FSError(ENAMETOOLONG, "a path under the new name would pass \(Self.keyMax - 1) bytes") }
+                    deletes.append(rec.key)
+                    puts.append(Record(key: newKey, value: e.encode()))
+                }
+                guard batch.count == 1000 else { return (deletes, puts) }
+                start = batch.last!.key
+            }
+        }
+    }
+
+    /// Cached inodes whose keys start with `old` take `new` instead.
+    private func rekey(_ old: [UInt8], _ new: [UInt8], exact: Bool) {
+        state.withLock { s in
+            for (_, i) in s.inodes {
+                if exact ? i.key == old : i.key.starts(with: old) { i.key = new + i.key[old.count...] }
+            }
+        }
+    }
+
+    private func move(_ s: Inode, _ source: Found, _ from: [UInt8], _ to: [UInt8], _ p: Inode, _ q: Inode, replacing: (Inode, Found)?) async throws {
+        let t = now()
+        var (deletes, puts) = try await moves(source, from, to, t)
+        var freeData: Fid? = nil
+        if let (old, found) = replacing {
+            switch found {
+            case .directory(let dirKey, let record):
+                if record != nil { deletes.append(dirKey) }
+                state.withLock { _ in old.unlinked = true }
+            case .file(let key, let entry, let record):
+                deletes.append(key)
+                let (open, left) = state.withLock { _ in
+                    let left = entry.inode == nil ? 0 : (record.links ?? 1) - 1
+                    old.posix.ctime = t
+                    if left == 0 { old.unlinked = true } else { old.record.links = left }
+                    return (old.opens > 0, left)
+                }
+                if let ino = entry.inode, left > 0 || open {
+                    var r = record
+                    r.links = left
+                    try await cluster.put(fsIndex, [Record(key: S3Indexes.inodeKey(ino), value: r.encode())])
+                } else {
+                    if record.size > 0 || record.multipart || open { try await store.notePending([(record.fid, .object(bucket: bucketName, key: String(decoding: key, as: UTF8.self)))]) }
+                    if let ino = entry.inode { try await cluster.delete(fsIndex, [S3Indexes.inodeKey(ino)], sync: true) }
+                    if (record.size > 0 || record.multipart) && !open { freeData = record.fid }
+                }
+            case .none: break
+            }
+        }
+        // The deletes run first in the UPDATE: a key both deleted and put ends up put.
+        touch(p, t)
+        touch(q, t)
+        let parents = p === q ? [p] : [p, q]
+        try await storeRecords(parents.filter { !(($0.key).starts(with: from + [0x2F])) }, deleting: deletes, putting: puts)
+        if case .directory(let dirKey, _) = source {
+            rekey(dirKey, to + [0x2F], exact: false)
+        } else {
+            rekey(from, to, exact: true)
+        }
+        state.withLock { _ in
+            s.implied = false
+            s.posix.ctime = t
+        }
+        if let fid = freeData {
+            try await store.free(fid)
+            await store.dropPending([fid])
+        }
+    }
+
+    private func exchange(_ a: Inode, _ fa: Found, _ ka: [UInt8], _ b: Inode, _ fb: Found, _ kb: [UInt8], _ p: Inode, _ q: Inode) async throws {
+        let t = now()
+        let (da, pa) = try await moves(fa, ka, kb, t)
+        let (db, pb) = try await moves(fb, kb, ka, t)
+        touch(p, t)
+        touch(q, t)
+        let parents = p === q ? [p] : [p, q]
+        try await storeRecords(parents, deleting: da + db, putting: pa + pb)
+        // Swap the cached keys through a marker no key contains.
+        let marker: [UInt8] = [0x00, 0xFF, 0x00]
+        let aKey = state.withLock { _ in a.key }
+        let bKey = state.withLock { _ in b.key }
+        let aDir = a.type == .directory
+        let bDir = b.type == .directory
+        rekey(aKey, marker, exact: !aDir)
+        rekey(bKey, aDir ? ka + [0x2F] : ka, exact: !bDir)
+        if bDir && !aDir { rekey(ka + [0x2F], ka, exact: true) }
+        rekey(marker, bDir ? kb + [0x2F] : kb, exact: !aDir)
+        if aDir && !bDir { rekey(kb + [0x2F], kb, exact: true) }
+        state.withLock { _ in
+            a.posix.ctime = t
+            b.posix.ctime = t
+        }
+    }
+
+    public func link(_ ino: UInt64, _ newParent: UInt64, _ newName: [UInt8]) async throws -> Attributes {
+        try checkWritable()
+        let i = try inode(ino)
+        let q = try inode(newParent)
+        let key = try Self.childKey(q, newName)
+        guard i.type != .directory else { throw FSError(EPERM, "hard links to directories") }
+        return try await namespace.withLock(0) {
+            if case .none = try await find(key) {} else { throw FSError(EEXIST) }
+            let t = now()
+            let (wasLinked, oldKey, unlinked) = state.withLock { _ in (i.linked, i.key, i.unlinked) }
+            if unlinked { throw FSError(ENOENT) }
+            state.withLock { _ in
+                i.record.links = (i.record.links ?? 1) + 1
+                i.posix.ctime = t
+                i.linked = true
+            }
+            let r = storedRecord(i)
+            var entry = r
+            entry.links = nil
+            entry.inode = ino
+            entry.posix = nil
+            try await cluster.put(fsIndex, [Record(key: S3Indexes.inodeKey(ino), value: r.encode())], sync: !wasLinked)
+            touch(q, t)
+            var puts = [Record(key: key, value: entry.encode())]
+            if !wasLinked { puts.append(Record(key: oldKey, value: entry.encode())) }
+            try await storeRecords([q], putting: puts)
+            state.withLock { _ in i.lookups += 1 }
+            return attributes(i)
+        }
+    }
+
+    // MARK: Attributes
+
+    public func setattr(_ ino: UInt64, _ c: AttributeChanges, caller: Caller) async throws -> Attributes {
+        try checkWritable()
+        let i = try inode(ino)
+        return try await fileLocks.withLock(ino) {
+            let t = now()
+            if let size = c.size {
+                guard i.type == .regular else { throw FSError(i.type == .directory ? EISDIR : EINVAL) }
+                try await withData(i) { d in try await d.truncate(to: size) }
+                state.withLock { _ in
+                    i.record.modified = t
+                    i.posix.ctime = t
+                    if caller.uid != 0 { i.posix.mode &= ~0o4000 }
+                }
+            }
+            try await namespace.withLock(0) {
+                state.withLock { _ in
+                    if let m = c.mode { i.posix.mode = (i.posix.mode & 0o170000) | (m & 0o7777) }
+                    if c.uid != nil || c.gid != nil {
+                        if let u = c.uid { i.posix.uid = u }
+                        if let g = c.gid { i.posix.gid = g }
+                        if i.type != .directory && c.mode == nil {
+                            // chown drops set-user-ID, and set-group-ID where it means that.
+                            i.posix.mode &= ~0o4000
+                            if i.posix.mode & 0o010 != 0 { i.posix.mode &= ~0o2000 }
+                        }
+                    }
+                    switch c.atime {
+                    case .now: i.posix.atime = t
+                    case .at(let v): i.posix.atime = v
+                    case nil: break
+                    }
+                    switch c.mtime {
+                    case .now: i.record.modified = t
+                    case .at(let v): i.record.modified = v
+                    case nil: break
+                    }
+                    i.posix.ctime = t
+                }
+                if state.withLock({ _ in !i.unlinked }) { try await storeRecords([i]) }
+            }
+            return attributes(i)
+        }
+    }
+
+    // MARK: Extended attributes
+
+    public static let xattrCreate: Int32 = 1
+    public static let xattrReplace: Int32 = 2
+    static let xattrValueMax = 64 << 10
+
+    public func setxattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32) async throws {
+        try checkWritable()
+        guard !name.isEmpty, name.count <= 255 else { throw FSError(name.isEmpty ? EINVAL : ERANGE) }
+        guard value.count <= Self.xattrValueMax else { throw FSError(E2BIG) }
+        let i = try inode(ino)
+        try await namespace.withLock(0) {
+            try state.withLock { _ in
+                let at = i.posix.xattrs.firstIndex { $0.name == name }
+                if flags & Self.xattrCreate != 0 && at != nil { throw FSError(EEXIST) }
+                if flags & Self.xattrReplace != 0 && at == nil { throw FSError(ENODATA) }
+                if let at { i.posix.xattrs[at].value = value } else { i.posix.xattrs.append((name, value)) }
+                i.posix.ctime = now()
+            }
+            try await storeRecords([i])
+        }
+    }
+
+    public func getxattr(_ ino: UInt64, _ name: [UInt8]) throws -> [UInt8] {
+        let i = try inode(ino)
+        return try state.withLock { _ in
+            guard let x = i.posix.xattrs.first(where: { $0.name == name }) else { throw FSError(ENODATA) }
+            return x.value
+        }
+    }
+
+    public func listxattr(_ ino: UInt64) throws -> [[UInt8]] {
+        let i = try inode(ino)
+        return state.withLock { _ in i.posix.xattrs.map(\.name) }
+    }
+
+    public func removexattr(_ ino: UInt64, _ name: [UInt8]) async throws {
+        try checkWritable()
+        let i = try inode(ino)
+        try await namespace.withLock(0) {
+            try state.withLock { _ in
+                guard let at = i.posix.xattrs.firstIndex(where: { $0.name == name }) else { throw FSError(ENODATA) }
+                i.posix.xattrs.remove(at: at)
+                i.posix.ctime = now()
+            }
+            try await storeRecords([i])
+        }
+    }
+
+    // MARK: Open files
+
+    /// Runs `body` on the inode's data, opening it for the call if no handle has it open.
+    /// Called under the inode's lock.
+    private func withData<R>(_ i: Inode, _ body: (FileData) async throws -> R) async throws -> R {
+        if let d = state.withLock({ _ in i.data }) { return try await body(d) }
+        let d = try await openData(i)
+        defer { state.withLock { _ in i.data = nil } }
+        let r = try await body(d)
+        try await d.flush()
+        try await storeData(i, d, sync: false)
+        await d.drop()
+        return r
+    }
+
+    /// Makes the inode's FileData, and a multipart object (from S3) into a single one first.
+    private func openData(_ i: Inode) async throws -> FileData {
+        var record = state.withLock { _ in i.record }
+        if record.multipart {
+            record = try await flatten(i, record)
+        }
+        let d = FileData(cluster: cluster, budget: budget, fid: record.fid, size: record.size)
+        state.withLock { _ in i.data = d }
+        return d
+    }
+
+    /// Copies a multipart object into one object the mount can write in place.
+    private func flatten(_ i: Inode, _ record: ObjectRecord) async throws -> ObjectRecord {
+        let key = state.withLock { _ in i.key }
+        let writer = try await store.newObject(for: .object(bucket: bucketName, key: String(decoding: key, as: UTF8.self)))
+        try await store.reading(record) { reader in
+            var at: UInt64 = 0
+            while at < record.size {
+                let n = Int(min(UInt64(reader.chunkSize), record.size - at))
+                try await writer.write(try await reader.read(at: at, length: n))
+                at += UInt64(n)
+            }
+        }
+        _ = try await writer.finish()
+        var r = record
+        r.fid = writer.fid
+        r.parts = 0
+        try await namespace.withLock(0) {
+            state.withLock { _ in i.record = r }
+            try await storeRecords([i], sync: true)
+        }
+        try await store.free(record.fid)
+        await store.dropPending([record.fid, writer.fid])
+        return r
+    }
+
+    /// Stores the record after data changes: size, mtime, ETag.
+    private func storeData(_ i: Inode, _ d: FileData, sync: Bool) async throws {
+        guard d.changed else {
+            if sync { try await cluster.sync() }
+            return
+        }
+        d.changed = false
+        try await namespace.withLock(0) {
+            let gone = state.withLock { _ in
+                i.record.size = d.size
+                i.record.fid = d.fid
+                if let md5 = d.digest {
+                    i.record.etag = hex(md5)
+                } else {
+                    // Not an MD5 (the file was not written in order): shaped like a multipart
+                    // ETag, so S3 clients do not check the data against it.
+                    i.record.etag = hex(withUnsafeBytes(of: (d.fid.lo ^ i.record.modified).bigEndian, Array.init) + withUnsafeBytes(of: d.size.bigEndian, Array.init)) + "-1"
+                }
+                return i.unlinked
+            }
+            if !gone { try await storeRecords([i]) }
+        }
+        if sync { try await cluster.sync() }
+    }
+
+    public func open(_ ino: UInt64, flags: Int32) async throws -> UInt64 {
+        try await open(ino, flags: flags, fresh: false)
+    }
+
+    private func open(_ ino: UInt64, flags: Int32, fresh: Bool) async throws -> UInt64 {
+        let i = try inode(ino)
+        let acc = flags & O_ACCMODE
+        let write = acc == O_WRONLY || acc == O_RDWR
+        if write || flags & O_TRUNC != 0 { try checkWritable() }
+        guard i.type != .directory || !write else { throw FSError(EISDIR) }
+        return try await fileLocks.withLock(ino) {
+            // Close-to-open: a file no one has open is read again from its entry, so an
+            // object PUT through S3 since is what this open sees.
+            let (first, key) = state.withLock { _ in (i.opens == 0 && !i.unlinked, i.key) }
+            if first && !fresh && i.type == .regular {
+                _ = try inode(for: try await find(key))
+            }
+            if i.type == .regular && state.withLock({ _ in i.data == nil }) { _ = try await openData(i) }
+            let h = state.withLock { s in
+                i.opens += 1
+                let h = s.nextHandle
+                s.nextHandle += 1
+                s.handles[h] = .file(ino: ino, append: flags & O_APPEND != 0, write: write)
+                return h
+            }
+            if flags & O_TRUNC != 0 && i.type == .regular, let d = state.withLock({ _ in i.data }), d.size > 0 {
+                try await d.truncate(to: 0)
+                let t = now()
+                state.withLock { _ in
+                    i.record.modified = t
+                    i.posix.ctime = t
+                }
+            }
+            return h
+        }
+    }
+
+    private func fileHandle(_ h: UInt64) throws -> (Inode, append: Bool, write: Bool) {
+        guard case .file(let ino, let append, let write)? = state.withLock({ $0.handles[h] }) else { throw FSError(EBADF) }
+        return (try inode(ino), append, write)
+    }
+
+    public func read(_ h: UInt64, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws -> Int {
+        let (i, _, _) = try fileHandle(h)
+        return try await fileLocks.withLock(i.ino) {
+            guard let d = state.withLock({ _ in i.data }) else { throw FSError(EBADF) }
+            return try await d.read(at: offset, into: buffer)
+        }
+    }
+
+    public func write(_ h: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer, caller: Caller? = nil) async throws -> Int {
+        let (i, append, write) = try fileHandle(h)
+        guard write else { throw FSError(EBADF) }
+        return try await fileLocks.withLock(i.ino) {
+            guard let d = state.withLock({ _ in i.data }) else { throw FSError(EBADF) }
+            let at = append ? d.size : offset
+            guard at.addingReportingOverflow(UInt64(bytes.count)).overflow == false, at + UInt64(bytes.count) <= 1 << 50 else { throw FSError(EFBIG) }
+            try await d.write(bytes, at: at)
+            let t = now()
+            state.withLock { _ in
+                i.record.modified = t
+                i.posix.ctime = t
+                // A write by anyone but root drops set-user-ID and set-group-ID.
+                if (caller?.uid ?? 0) != 0 && i.posix.mode & 0o6000 != 0 {
+                    i.posix.mode &= ~0o4000
+                    if i.posix.mode & 0o010 != 0 { i.posix.mode &= ~0o2000 }
+                }
+            }
+            return bytes.count
+        }
+    }
+
+    /// close(2) of one descriptor: the data goes to the object and the entry is updated, so
+    /// S3 GETs read the whole file; not yet durable.
+    public func flush(_ h: UInt64) async throws {
+        let (i, _, write) = try fileHandle(h)
+        guard write else { return }
+        try await fileLocks.withLock(i.ino) {
+            guard let d = state.withLock({ _ in i.data }) else { return }
+            try await d.flush()
+            try await storeData(i, d, sync: false)
+        }
+    }
+
+    /// Makes the file's data and entry durable on every server they touched.
+    public func fsync(_ h: UInt64) async throws {
+        let (i, _, _) = try fileHandle(h)
+        try await fileLocks.withLock(i.ino) {
+            guard let d = state.withLock({ _ in i.data }) else { return }
+            try await d.flush()
+            try await storeData(i, d, sync: true)
+        }
+    }
+
+    /// The last close of a handle.
+    public func release(_ h: UInt64) async throws {
+        let (i, _, _) = try fileHandle(h)
+        state.withLock { s in s.handles[h] = nil }
+        try await fileLocks.withLock(i.ino) {
+            let (last, d) = state.withLock { _ in
+                i.opens -= 1
+                return (i.opens == 0, i.data)
+            }
+            guard last, let d else { return }
+            defer {
+                state.withLock { s in
+                    i.data = nil
+                    if i.lookups == 0 && i.opens == 0 { s.inodes[i.ino] = nil }
+                }
+            }
+            if state.withLock({ _ in i.unlinked }) {
+                await d.drop()
+                try await store.free(d.fid)
+                await store.dropPending([d.fid])
+                if state.withLock({ _ in i.linked }) { _ = try? await cluster.delete(fsIndex, [S3Indexes.inodeKey(i.ino)], sync: true) }
+                return
+            }
+            do {
+                try await d.flush()
+                try await storeData(i, d, sync: false)
+            } catch {
+                await d.drop()
+                throw error
+            }
+            await d.drop()
+        }
+    }
+
+    // MARK: Directories
+
+    public func opendir(_ ino: UInt64) throws -> UInt64 {
+        let i = try inode(ino)
+        guard i.type == .directory else { throw FSError(ENOTDIR) }
+        return state.withLock { s in
+            let h = s.nextHandle
+            s.nextHandle += 1
+            s.handles[h] = .directory(ino: ino, entries: nil)
+            return h
+        }
+    }
+
+    /// The entries of the directory from index `offset` on ("." and ".." first). The list
+    /// is read at offset 0 and kept in the handle, so a listing is one consistent snapshot.
+    public func readdir(_ h: UInt64, from offset: Int) async throws -> ArraySlice<DirectoryEntry> {
+        guard case .directory(let ino, var entries)? = state.withLock({ $0.handles[h] }) else { throw FSError(EBADF) }
+        if entries == nil || offset == 0 {
+            let dir = try inode(ino)
+            entries = try await list(dir)
+            state.withLock { $0.handles[h] = .directory(ino: ino, entries: entries) }
+        }
+        return entries![min(offset, entries!.count)...]
+    }
+
+    public func releasedir(_ h: UInt64) {
+        state.withLock { s in
+            if case .directory(_, let entries)? = s.handles[h] {
+                for e in entries ?? [] {
+                    if let i = s.inodes[e.attributes.ino], i.lookups == 0, i.opens == 0, i.ino != Self.rootIno { s.inodes[i.ino] = nil }
+                }
+            }
+            s.handles[h] = nil
+        }
+    }
+
+    private func list(_ dir: Inode) async throws -> [DirectoryEntry] {
+        let prefix = state.withLock { _ in dir.key }
+        let own = attributes(dir)
+        var out = [DirectoryEntry(name: [0x2E], attributes: own), DirectoryEntry(name: [0x2E, 0x2E], attributes: own)]
+        var start = prefix
+        var exclusive = true
+        while true {
+            let batch = try await cluster.next(bucket.objects, from: [start], limit: 1000, excludeStart: exclusive)[0]
+            var skipTo: [UInt8]? = nil
+            for r in batch {
+                guard r.key.starts(with: prefix) else { return out }
+                let rest = r.key[prefix.count...]
+                if rest.isEmpty { continue }
+                if let slash = rest.firstIndex(of: 0x2F) {
+                    let name = Array(rest[..<slash])
+                    let dirKey = prefix + name + [0x2F]
+                    skipTo = successor(dirKey)
+                    if name.isEmpty || name.count > Self.nameMax || name == [0x2E] || name == [0x2E, 0x2E] { break }
+                    let record = slash == rest.index(before: rest.endIndex) ? try? ObjectRecord.decode(r.value) : nil
+                    if let i = try? inode(for: .directory(key: dirKey, record: record)) {
+                        // A directory hides a file of the same name.
+                        if out.last?.name == name { out.removeLast() }
+                        out.append(DirectoryEntry(name: name, attributes: attributes(i)))
+                    }
+                    break
+                }
+                let name = Array(rest)
+                guard name.count <= Self.nameMax, name != [0x2E], name != [0x2E, 0x2E] else { continue }
+                do {
+                    let entry = try ObjectRecord.decode(r.value)
+                    let record = try await store.resolve(bucket, entry)
+                    if let i = try inode(for: .file(key: r.key, entry: entry, record: record)) {
+                        out.append(DirectoryEntry(name: name, attributes: attributes(i)))
+                    }
+                } catch {
+                    logger.warning("entry '\(String(decoding: r.key, as: UTF8.self))' unreadable, not listed: \(error)")
+                }
+            }
+            if let s = skipTo {
+                guard let s2 = Optional(s) else { return out }
+                start = s2
+                exclusive = false
+            } else {
+                guard batch.count == 1000, let last = batch.last else { return out }
+                start = last.key
+                exclusive = true
+            }
+            if start.isEmpty { return out }
+        }
+    }
+
+    /// The smallest key after every key that starts with `k` ([] if there is none).
+    private func successor(_ k: [UInt8]) -> [UInt8] {
+        var s = k
+        while let last = s.last {
+            if last < 0xFF {
+                s[s.count - 1] = last + 1
+                return s
+            }
+            s.removeLast()
+        }
+        return []
+    }
+
+    // MARK: The file system as a whole
+
+    public func statfs() async throws -> FileSystemStatistics {
+        let stats = await cluster.statistics()
+        var total: UInt64 = 0
+        var free: UInt64 = 0
+        for s in stats {
+            guard let st = s.stats else { continue }
+            total += st.dataBytes
+            free += st.dataFreeBytes
+        }
+        // Data is stored with parity: N of every N+K bytes hold file data.
+        let l = cluster.layout
+        let usable = { (b: UInt64) in b / UInt64(l.dataUnits + l.parityUnits) * UInt64(l.dataUnits) }
+        let bs: UInt64 = 4096
+        return FileSystemStatistics(
+            blockSize: bs, blocks: usable(total) / bs, freeBlocks: usable(free) / bs, files: 1 << 40, freeFiles: (1 << 40) - 1, nameMax: UInt64(Self.nameMax))
+    }
+
+    /// Flushes every open file and waits: for unmount.
+    public func flushAll() async {
+        let open = state.withLock { s in s.inodes.values.filter { $0.data != nil } }
+        for i in open {
+            await fileLocks.withLock(i.ino) {
+                guard let d = state.withLock({ _ in i.data }) else { return }
+                do {
+                    try await d.flush()
+                    try await storeData(i, d, sync: false)
+                } catch {
+                    logger.error("flushing inode \(i.ino) at unmount: \(error)")
+                }
+            }
+        }
+        _ = try? await cluster.sync()
+    }
+}

@@ -1,0 +1,173 @@
+// `tessera mount BUCKET DIR`: the FUSE daemon. Without -f it starts itself again in the
+// foreground as a detached child (a process that has started threads cannot fork safely),
+// waits until DIR is mounted, and exits; the child serves until DIR is unmounted (umount,
+// fusermount3 -u) or it gets SIGTERM/SIGINT, then exits, leaving no process behind.
+import ArgumentParser
+import Foundation
+import Logging
+import TesseraClient
+import TesseraConfig
+import TesseraCore
+import TesseraFS
+import TesseraFUSE
+import TesseraS3
+
+struct Mount: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mount a bucket as a directory (FUSE).",
+        discussion: """
+            Options (-o, comma-separated, as mount(8) passes them): allow_other, ro, uid=N, gid=N, \
+            umask=OCTAL, attr_timeout=SECONDS, entry_timeout=SECONDS (default 1), memory=SIZE (write-back \
+            and read-ahead budget, default 256M), config=FILE, log=FILE; _netdev, defaults, auto, noauto, \
+            nofail, user and rw are accepted and ignored; anything else goes to libfuse.
+            """)
+
+    @OptionGroup var state: StateOption
+    @Option(help: "The cluster file (default: the state folder's cluster.toml).") var config: String?
+    @Flag(name: .short, help: "Stay in the foreground.") var foreground = false
+    @Option(name: .short, help: "Mount options.") var o: [String] = []
+    @Option(help: "Where the daemon's log goes (default: discarded unless -f).") var log: String?
+    @Argument(help: "The bucket (made if it does not exist).") var bucket: String
+    @Argument(help: "The directory to mount it on.") var mountpoint: String
+
+    struct Parsed {
+        var fs = FileSystemOptions()
+        var mount = MountOptions()
+        var config: String?
+        var log: String?
+    }
+
+    static func parse(_ options: [String]) throws -> Parsed {
+        var p = Parsed()
+        for item in options.flatMap({ $0.split(separator: ",").map(String.init) }) where !item.isEmpty {
+            let (name, value) = item.firstIndex(of: "=").map { (String(item[..<$0]), String(item[item.index(after: $0)...])) } ?? (item, "")
+            func number(_ radix: Int = 10) throws -> UInt32 {
+                guard let n = UInt32(value, radix: radix) else { throw ValidationError("-o \(item): '\(value)' is not a number") }
+                return n
+            }
+            func seconds() throws -> Double {
+                guard let s = Double(value), s >= 0, s < 86400 else { throw ValidationError("-o \(item): '\(value)' is not a number of seconds") }
+                return s
+            }
+            switch name {
+            case "allow_other": p.mount.allowOther = true
+            case "ro":
+                p.fs.readOnly = true
+                p.mount.readOnly = true
+            case "rw", "_netdev", "defaults", "auto", "noauto", "nofail", "user", "users": break
+            case "uid": p.fs.uid = try number()
+            case "gid": p.fs.gid = try number()
+            case "umask": p.fs.umask = try number(8) & 0o7777
+            case "attr_timeout": p.mount.attrTimeout = try seconds()
+            case "entry_timeout": p.mount.entryTimeout = try seconds()
+            case "memory":
+                let n = try parseSize(value)
+                guard n >= 16 << 20 else { throw ValidationError("-o memory: at least 16M") }
+                p.fs.memoryBudget = Int(n)
+            case "config": p.config = value
+            case "log": p.log = value
+            default: p.mount.fuseOptions.append(item)
+            }
+        }
+        return p
+    }
+
+    func run() async throws {
+        var parsed = try Self.parse(o)
+        let configPath = config ?? parsed.config ?? state.configPath
+        guard var isDir = Optional(ObjCBool(false)), FileManager.default.fileExists(atPath: mountpoint, isDirectory: &isDir), isDir.boolValue else {
+            throw ValidationError("\(mountpoint) is not a directory")
+        }
+        let cfg = try ClusterConfig.load(path: configPath)
+        guard S3Store.validBucketName(bucket) else { throw ValidationError("'\(bucket)' is not a valid bucket name (3–63 of a-z, 0-9, '.', '-')") }
+        let target = URL(fileURLWithPath: mountpoint).standardizedFileURL.resolvingSymlinksInPath().path
+        if !foreground {
+            try daemonize(configPath: configPath, target: target, log: log ?? parsed.log)
+            return
+        }
+        if ProcessInfo.processInfo.environment["TESSERA_MOUNT_DAEMON"] == "1" { setsid() }
+        parsed.mount.fuseOptions = ["fsname=tessera:\(bucket)", "subtype=tessera"] + parsed.mount.fuseOptions
+        let logger = Logger(label: "tessera.mount")
+        let cluster = try Cluster(config: cfg)
+        let store = S3Store(cluster: cluster)
+        let owner = cfg.s3.credentials.keys.sorted().first ?? "tessera"
+        let fs: FileSystem
+        do { fs = try await FileSystem(store: store, bucket: bucket, owner: owner, options: parsed.fs) } catch {
+            await cluster.close()
+            throw error
+        }
+        let session = try FUSESession(fs: fs, mountpoint: target, options: parsed.mount)
+        logger.info("bucket \(bucket) mounted on \(target)")
+        // libfuse's loop blocks its threads: run it on a thread of its own, not the pool's.
+        let status = await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
+            let t = Thread { c.resume(returning: session.run()) }
+            t.stackSize = 8 << 20
+            t.start()
+        }
+        logger.info("\(target) unmounted")
+        await cluster.close()
+        if status != 0 { throw TesseraError(.io, "the FUSE session ended with status \(status)") }
+    }
+
+    /// Starts `tessera mount … -f` detached and waits until the mount is there.
+    private func daemonize(configPath: String, target: String, log: String?) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tesseraExecutable)
+        p.arguments = ["mount", "--config", configPath, "-f"] + o.flatMap { ["-o", $0] } + [bucket, mountpoint]
+        var env = ProcessInfo.processInfo.environment
+        env["TESSERA_MOUNT_DAEMON"] = "1"
+        p.environment = env
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        if let log {
+            if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            h.seekToEndOfFile()
+            p.standardError = h
+        } else {
+            p.standardError = FileHandle.nullDevice
+        }
+        try p.run()
+        let deadline = Date().addingTimeInterval(60)
+        while !isFuseMount(target) {
+            if !p.isRunning {
+                throw TesseraError(.io, "the mount daemon exited with status \(p.terminationStatus)\(log.map { "; see \($0)" } ?? " (run with -f to see why)")")
+            }
+            guard Date() < deadline else {
+                kill(p.processIdentifier, SIGTERM)
+                throw TesseraError(.timedOut, "\(target) was not mounted within a minute")
+            }
+            usleep(20_000)
+        }
+    }
+}
+
+/// True if `path` (absolute, symlinks resolved) is a FUSE mount point now.
+func isFuseMount(_ path: String) -> Bool {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+    for line in text.split(separator: "\n") {
+        let halves = line.components(separatedBy: " - ")
+        guard halves.count == 2 else { continue }
+        let fields = halves[0].split(separator: " ")
+        guard fields.count >= 5, halves[1].hasPrefix("fuse") else { continue }
+        if unescapeMountinfo(String(fields[4])) == path { return true }
+    }
+    return false
+}
+
+/// mountinfo writes space, tab, newline and backslash as \ooo.
+private func unescapeMountinfo(_ s: String) -> String {
+    var out: [UInt8] = []
+    let b = Array(s.utf8)
+    var i = 0
+    while i < b.count {
+        if b[i] == 0x5C, i + 4 <= b.count, let v = UInt8(String(decoding: b[(i + 1)..<(i + 4)], as: UTF8.self), radix: 8) {
+            out.append(v)
+            i += 4
+        } else {
+            out.append(b[i])
+            i += 1
+        }
+    }
+    return String(decoding: out, as: UTF8.self)
+}
