@@ -96,6 +96,10 @@ let package = Package(
             name: "TesseraGatewayTests",
             dependencies: ["TesseraGateway", "CTesseraSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        .testTarget(
+            name: "TesseraFSTests",
+            dependencies: ["TesseraFS", "TesseraS3", "TesseraClient", "TesseraConfig", "TesseraCore", "TesseraEngine", "TesseraServices", "TesseraRPC", .product(name: "NIOPosix", package: "swift-nio")]
+        ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraConfig"]),
         .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "tessera"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),

@@ -497,7 +497,7 @@ public final class FileSystem: Sendable {
             if flags & Self.renameNoReplace != 0 && tgt != nil { throw FSError(EEXIST) }
             if flags & Self.renameExchange != 0 {
                 guard let tgt else { throw FSError(ENOENT) }
-                if (sourceIsDir && (from + [0x2F]).starts(with: to + [0x2F])) { throw FSError(EINVAL) }
+                if (from + [0x2F]).starts(with: to + [0x2F]) { throw FSError(EINVAL) }
                 try await exchange(s, source, from, tgt, target, to, p, q)
                 return
             }
@@ -912,6 +912,22 @@ public final class FileSystem: Sendable {
             }
             return bytes.count
         }
+    }
+
+    /// `write` of an array (tests and tools; the adapter passes the kernel's buffer).
+    public func write(_ h: UInt64, at offset: UInt64, bytes: [UInt8], caller: Caller? = nil) async throws -> Int {
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        defer { copy.deallocate() }
+        copy.copyBytes(from: bytes)
+        return try await write(h, at: offset, UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count]), caller: caller)
+    }
+
+    /// `read` into a new array of at most `count` bytes.
+    public func read(_ h: UInt64, at offset: UInt64, count: Int) async throws -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 16)
+        defer { buffer.deallocate() }
+        let n = try await read(h, at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
+        return Array(buffer[0..<n])
     }
 
     /// close(2) of one descriptor: the data goes to the object and the entry is updated, so

@@ -1,0 +1,58 @@
+// Three servers in this process (engine, CAS, IOS, RPC on loopback ports), and the
+// file-system core over them: what the property tests drive.
+import Foundation
+import NIOPosix
+import TesseraClient
+import TesseraConfig
+import TesseraCore
+import TesseraEngine
+import TesseraFS
+import TesseraRPC
+import TesseraS3
+import TesseraServices
+
+final class InProcessCluster: @unchecked Sendable {
+    // SAFETY: set up in init, torn down in stop(), used by one test at a time.
+    let dir: String
+    var nodes: [ServerNode] = []
+    var servers: [RPCServer] = []
+    var config: ClusterConfig!
+
+    init(unitSize: String = "64K") async throws {
+        var template = Array((NSTemporaryDirectory() + "/tessera-fs-XXXXXX").utf8CString)
+        dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        var ports: [Int] = []
+        for i in 0..<3 {
+            try FileManager.default.createDirectory(atPath: dir + "/\(i)", withIntermediateDirectories: true)
+            _ = try Engine.format(path: dir + "/\(i)/meta.img", size: 64 << 20, pageSize: 4096, logSize: 8 << 20)
+            _ = try DataImage.format(path: dir + "/\(i)/data.img", size: 512 << 20)
+            var o = EngineOptions()
+            o.logger.logLevel = .warning
+            let node = try ServerNode.open(metaPath: dir + "/\(i)/meta.img", dataPath: dir + "/\(i)/data.img", options: o)
+            let server = try await RPCServer.start(host: "127.0.0.1", port: 0, secret: "fs-test-secret-0123456", handler: node, group: MultiThreadedEventLoopGroup.singleton)
+            nodes.append(node)
+            servers.append(server)
+            ports.append(server.port)
+        }
+        var toml = "secret = \"fs-test-secret-0123456\"\n[layout]\ndata_units = 2\nparity_units = 1\nunit_size = \"\(unitSize)\"\n"
+        for i in 0..<3 {
+            toml += "[[server]]\nid = \(i)\naddress = \"127.0.0.1:\(ports[i])\"\nmeta = \"\(i)/meta.img\"\nmeta_size = \"64M\"\ndata = \"\(i)/data.img\"\ndata_size = \"512M\"\n"
+        }
+        config = try ClusterConfig.parse(toml, path: dir + "/cluster.toml", directory: dir)
+    }
+
+    /// A new client and file system over the bucket, as a new mount would make.
+    func mount(bucket: String = "fs-test", memory: Int = 1 << 20) async throws -> (Cluster, FileSystem) {
+        let cluster = try Cluster(config: config)
+        var o = FileSystemOptions()
+        o.memoryBudget = memory
+        let fs = try await FileSystem(store: S3Store(cluster: cluster), bucket: bucket, owner: "owner", options: o)
+        return (cluster, fs)
+    }
+
+    func stop() async {
+        for s in servers { await s.shutdown(drain: .seconds(2)) }
+        for n in nodes { try? n.close() }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
