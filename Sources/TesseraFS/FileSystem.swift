@@ -727,6 +727,9 @@ public final class FileSystem: Sendable {
         try checkWritable()
         guard !name.isEmpty, name.count <= 255 else { throw FSError(name.isEmpty ? EINVAL : ERANGE) }
         guard value.count <= Self.xattrValueMax else { throw FSError(E2BIG) }
+        // POSIX ACLs are not kept: refusing them makes cp -a and friends fall back to chmod,
+        // instead of storing an ACL that nothing would enforce.
+        if name.starts(with: Array("system.posix_acl_".utf8)) { throw FSError(EOPNOTSUPP, "POSIX ACLs") }
         let i = try inode(ino)
         try await namespace.withLock(0) {
             try state.withLock { _ in

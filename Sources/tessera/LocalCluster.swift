@@ -30,6 +30,9 @@ struct StateOption: ParsableArguments {
     func pidFile(_ id: Int) -> String { path + "/server-\(id).pid" }
     func logFile(_ id: Int) -> String { path + "/server-\(id).log" }
 
+    var mountPidFile: String { path + "/mount.pid" }
+    var mountLogFile: String { path + "/mount.log" }
+    var mountPointFile: String { path + "/mount.point" }
     var gatewayPidFile: String { path + "/gateway.pid" }
     var gatewayLogFile: String { path + "/gateway.log" }
 
@@ -43,6 +46,11 @@ struct StateOption: ParsableArguments {
     /// The pid of the gateway `up --s3` started, if it is running.
     func runningGatewayPid() -> pid_t? {
         runningPid(gatewayPidFile) { $0.contains("gateway") && $0.contains(configPath) }
+    }
+
+    /// The pid of the mount daemon `up DIR` started, if it is running.
+    func runningMountPid() -> pid_t? {
+        runningPid(mountPidFile) { $0.contains("mount") && $0.contains(configPath) }
     }
 
     /// The pid in `file` if that process runs with arguments `matching` accepts.
@@ -100,17 +108,26 @@ func withIPv4Address(_ host: String, _ port: Int, _ body: (UnsafePointer<sockadd
 
 struct Up: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start a local three-server cluster (formatting its images on first run).")
+        abstract: "Start a local three-server cluster (formatting its images on first run), and mount it on MOUNTPOINT if given.")
 
     @OptionGroup var state: StateOption
     @Option(help: "Metadata image size of each server, on first run.") var metaSize = "512M"
     @Option(help: "Data image size of each server, on first run (sparse file).") var dataSize = "4G"
     @Option(help: "Parity-group unit size, on first run.") var unitSize = "1M"
     @Option(name: .customLong("s3"), help: "Also start the S3 gateway on HOST:PORT (e.g. 127.0.0.1:9000).") var s3: String?
-    @Argument(help: "Mount point (needs the FUSE mount, not built yet).") var mountpoint: String?
+    @Option(help: "The bucket to mount.") var bucket = "tessera"
+    @Option(name: .short, help: "Mount options (see tessera mount --help).") var o: [String] = []
+    @Argument(help: "Mount point: the bucket is mounted there.") var mountpoint: String?
 
     func run() async throws {
-        if mountpoint != nil { throw ValidationError("mounting is not available yet; run `tessera up` without a mount point") }
+        if let mountpoint {
+            var isDir = ObjCBool(false)
+            if !FileManager.default.fileExists(atPath: mountpoint, isDirectory: &isDir) {
+                try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            } else if !isDir.boolValue {
+                throw ValidationError("\(mountpoint) is not a directory")
+            }
+        }
         if let s3, Endpoint(s3) == nil { throw ValidationError("--s3 '\(s3)' is not HOST:PORT") }
         let dir = state.path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -148,6 +165,25 @@ struct Up: AsyncParsableCommand {
         say("cluster of \(config.servers.count) servers up in \(dir)")
         for s in config.servers { say("  server \(s.id) at \(s.address)") }
         if let s3, let endpoint = Endpoint(s3) { try await startGateway(config, endpoint) }
+        if let mountpoint { try await mount(mountpoint, say: say) }
+    }
+
+    private func mount(_ mountpoint: String, say: (String) -> Void) async throws {
+        let target = URL(fileURLWithPath: mountpoint).standardizedFileURL.resolvingSymlinksInPath().path
+        if isFuseMount(target) {
+            say("\(target) is mounted already")
+            return
+        }
+        try state.spawn(["mount", "--config", state.configPath, "-f"] + o.flatMap { ["-o", $0] } + [bucket, target], log: state.mountLogFile, pidFile: state.mountPidFile)
+        try target.write(toFile: state.mountPointFile, atomically: true, encoding: .utf8)
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !isFuseMount(target) {
+            guard state.runningMountPid() != nil, ContinuousClock.now < deadline else {
+                throw TesseraError(.io, "bucket \(bucket) was not mounted on \(target); see \(state.mountLogFile)")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        say("bucket \(bucket) mounted on \(target)")
     }
 
     private func startGateway(_ config: ClusterConfig, _ endpoint: Endpoint) async throws {
@@ -214,13 +250,14 @@ struct Up: AsyncParsableCommand {
 }
 
 struct Down: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop the servers `tessera up` started.")
+    static let configuration = CommandConfiguration(abstract: "Unmount and stop what `tessera up` started.")
 
     @OptionGroup var state: StateOption
-    @Argument(help: "Mount point to unmount first (needs the FUSE mount, not built yet).") var mountpoint: String?
+    @Argument(help: "Mount point to unmount first (default: the one `up` mounted).") var mountpoint: String?
 
     func run() async throws {
         let config = try state.config()
+        try await unmount()
         if let pid = state.runningGatewayPid() {
             try await state.stop(pid, what: "the S3 gateway", stillRunning: state.runningGatewayPid)
             unlink(state.gatewayPidFile)
@@ -247,6 +284,41 @@ struct Down: AsyncParsableCommand {
         }
         print("tessera: \(pids.count) server(s) stopped")
     }
+}
+
+extension Down {
+    /// Unmounts what `up` mounted (or MOUNTPOINT) and waits for the daemon to exit.
+    private func unmount() async throws {
+        let recorded = try? String(contentsOfFile: state.mountPointFile, encoding: .utf8)
+        guard let path = mountpoint ?? recorded else { return }
+        let target = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
+        if isFuseMount(target) {
+            var status = try runTool("/bin/fusermount3", ["-u", target])
+            if status != 0 { status = try runTool("/bin/umount", [target]) }
+            if status != 0 { throw TesseraError(.busy, "cannot unmount \(target) (files open there?)") }
+            print("tessera: \(target) unmounted")
+        }
+        if let pid = state.runningMountPid() {
+            let deadline = ContinuousClock.now + .seconds(60)
+            while state.runningMountPid() == pid && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            if state.runningMountPid() == pid { try await state.stop(pid, what: "the mount daemon", stillRunning: state.runningMountPid) }
+        }
+        if mountpoint == nil || recorded.map({ URL(fileURLWithPath: $0).standardizedFileURL.path }) == target {
+            unlink(state.mountPidFile)
+            unlink(state.mountPointFile)
+        }
+    }
+}
+
+/// Runs a system tool, its output on our stderr; returns its exit status.
+func runTool(_ path: String, _ args: [String]) throws -> Int32 {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    p.standardOutput = FileHandle.standardError
+    try p.run()
+    p.waitUntilExit()
+    return p.terminationStatus
 }
 
 struct Status: AsyncParsableCommand {
