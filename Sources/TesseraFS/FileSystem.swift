@@ -395,7 +395,7 @@ public final class FileSystem: Sendable {
     /// Creates and opens a regular file. Returns its attributes and a handle.
     public func create(_ parent: UInt64, _ name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) async throws -> (Attributes, UInt64) {
         let i = try await newEntry(parent: parent, name: name, mode: FileType.regular.rawValue | (mode & 0o7777), caller: caller)
-        let h = try await open(i.ino, flags: flags & ~O_TRUNC, fresh: true)
+        let (h, _) = try await open(i.ino, flags: flags & ~O_TRUNC, fresh: true)
         return (attributes(i), h)
     }
 
@@ -845,11 +845,13 @@ public final class FileSystem: Sendable {
         if sync { try await cluster.sync() }
     }
 
-    public func open(_ ino: UInt64, flags: Int32) async throws -> UInt64 {
+    /// Opens a file; returns the handle, and whether the file changed (through S3, or
+    /// another mount) since the kernel last saw it, so its cached pages and attributes must go.
+    public func open(_ ino: UInt64, flags: Int32) async throws -> (handle: UInt64, changed: Bool) {
         try await open(ino, flags: flags, fresh: false)
     }
 
-    private func open(_ ino: UInt64, flags: Int32, fresh: Bool) async throws -> UInt64 {
+    private func open(_ ino: UInt64, flags: Int32, fresh: Bool) async throws -> (handle: UInt64, changed: Bool) {
         let i = try inode(ino)
         let acc = flags & O_ACCMODE
         let write = acc == O_WRONLY || acc == O_RDWR
@@ -859,8 +861,11 @@ public final class FileSystem: Sendable {
             // Close-to-open: a file no one has open is read again from its entry, so an
             // object PUT through S3 since is what this open sees.
             let (first, key) = state.withLock { _ in (i.opens == 0 && !i.unlinked, i.key) }
+            var changed = false
             if first && !fresh && i.type == .regular {
+                let before = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) }
                 _ = try inode(for: try await find(key))
+                changed = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) } != before
             }
             if i.type == .regular && state.withLock({ _ in i.data == nil }) { _ = try await openData(i) }
             let h = state.withLock { s in
@@ -878,7 +883,7 @@ public final class FileSystem: Sendable {
                     i.posix.ctime = t
                 }
             }
-            return h
+            return (h, changed)
         }
     }
 

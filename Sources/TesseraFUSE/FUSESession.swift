@@ -74,6 +74,12 @@ public final class FUSESession: @unchecked Sendable {
         return r
     }
 
+    /// Tells the kernel to forget what it cached of `ino`.
+    func invalidate(_ ino: UInt64) {
+        guard let session else { return }
+        _ = fuse_lowlevel_notify_inval_inode(session, ino, 0, 0)
+    }
+
     static func of(_ req: fuse_req_t?) -> FUSESession {
         Unmanaged<FUSESession>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
     }

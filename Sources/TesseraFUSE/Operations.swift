@@ -143,9 +143,11 @@ func makeOperations() -> fuse_lowlevel_ops {
         let s = FUSESession.of(req)
         guard let fi else { _ = fuse_reply_err(req, EINVAL); return }
         let flags = fi.pointee.flags
-        s.serve(req, { try await s.fs.open(ino, flags: flags) }) { h in
-            fi.pointee.fh = h
-            fuse_reply_open(req, fi)
+        s.serve(req, { try await s.fs.open(ino, flags: flags) }) { opened in
+            fi.pointee.fh = opened.handle
+            // Changed behind the kernel's back: drop its cached attributes and pages.
+            if opened.changed { s.invalidate(ino) }
+            _ = fuse_reply_open(req, fi)
         }
     }
 

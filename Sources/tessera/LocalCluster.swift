@@ -120,7 +120,7 @@ struct Up: AsyncParsableCommand {
     @Argument(help: "Mount point: the bucket is mounted there.") var mountpoint: String?
 
     func run() async throws {
-        if let mountpoint {
+        if let mountpoint, !isFuseMount(URL(fileURLWithPath: mountpoint).standardizedFileURL.resolvingSymlinksInPath().path) {
             var isDir = ObjCBool(false)
             if !FileManager.default.fileExists(atPath: mountpoint, isDirectory: &isDir) {
                 try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
@@ -171,8 +171,12 @@ struct Up: AsyncParsableCommand {
     private func mount(_ mountpoint: String, say: (String) -> Void) async throws {
         let target = URL(fileURLWithPath: mountpoint).standardizedFileURL.resolvingSymlinksInPath().path
         if isFuseMount(target) {
-            say("\(target) is mounted already")
-            return
+            if state.runningMountPid() != nil {
+                say("\(target) is mounted already")
+                return
+            }
+            // Left by a mount daemon that died: its mount point only answers ENOTCONN.
+            _ = try runTool("/bin/fusermount3", ["-u", "-z", target])
         }
         try state.spawn(["mount", "--config", state.configPath, "-f"] + o.flatMap { ["-o", $0] } + [bucket, target], log: state.mountLogFile, pidFile: state.mountPidFile)
         try target.write(toFile: state.mountPointFile, atomically: true, encoding: .utf8)

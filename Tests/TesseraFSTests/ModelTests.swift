@@ -278,7 +278,7 @@ final class Runner {
                     if try fs.getattr(ino).type == .directory { throw FSError(EISDIR) }
                     return
                 }
-                let h = try await fs.open(ino, flags: O_RDWR)
+                let h = try await fs.open(ino, flags: O_RDWR).handle
                 let bytes = pattern(s, l)
                 _ = try await fs.write(h, at: UInt64(o), bytes: bytes)
                 try await fs.flush(h)
@@ -329,7 +329,7 @@ final class Runner {
                     try await fs.unlink(d, n)
                     return
                 }
-                let h = try await fs.open(ino, flags: O_RDWR)
+                let h = try await fs.open(ino, flags: O_RDWR).handle
                 let (d, n) = try await split(p)
                 try await fs.unlink(d, n)
                 let bytes = pattern(s, 5000)
@@ -367,7 +367,7 @@ final class Runner {
             switch node.type {
             case .regular:
                 if a.size != UInt64(node.data.count) { return "\(path): size \(a.size), model \(node.data.count)" }
-                let h = try await fs.open(ino, flags: O_RDONLY)
+                let h = try await fs.open(ino, flags: O_RDONLY).handle
                 let back = try await fs.read(h, at: 0, count: node.data.count + 10)
                 try await fs.release(h)
                 if back.count != node.data.count { return "\(path): read \(back.count) bytes, model \(node.data.count)" }

@@ -1,0 +1,488 @@
+"""The mount, end to end: `tessera up --s3 ADDR DIR` in a temporary state folder, then real
+tools and system calls on DIR, and boto3 through the gateway on the same bucket.
+
+Run by scripts/test with TESSERA=.build/release/tessera. Every process started here is
+stopped by its pid (from the state folder's pid files), every mount is unmounted, and the
+temporary folder is removed.
+"""
+
+import ctypes
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import unittest
+
+import boto3
+from botocore.config import Config
+
+TESSERA = os.environ.get("TESSERA", os.path.join(os.path.dirname(__file__), "../../.build/release/tessera"))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+BUCKET = "tessera"
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def renameat2(a, b, flags):
+    AT_FDCWD = -100
+    if _libc.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split(" ")
+            if len(fields) > 4 and fields[4].replace("\\040", " ") == path and right.startswith("fuse"):
+                return True
+    return False
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+class MountTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="tessera-fs-")
+        cls.state = os.path.join(cls.tmp, "state")
+        cls.mnt = os.path.join(cls.tmp, "mnt")
+        cls.port = free_port()
+        cls.up()
+
+    @classmethod
+    def up(cls):
+        r = subprocess.run(
+            [TESSERA, "up", "--dir", cls.state, "--data-size", "3G", "--s3", f"127.0.0.1:{cls.port}", cls.mnt],
+            capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise AssertionError(f"tessera up failed: {r.stderr}")
+        out = r.stdout
+        env = dict(line[len("export "):].split("=", 1) for line in out.splitlines() if line.startswith("export "))
+        cls.s3 = boto3.client(
+            "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"],
+            config=Config(retries={"max_attempts": 1}))
+
+    @classmethod
+    def pids(cls):
+        names = ["mount.pid", "gateway.pid"] + [f"server-{i}.pid" for i in range(3)]
+        return [p for p in (read_pid(os.path.join(cls.state, n)) for n in names) if p]
+
+    @classmethod
+    def tearDownClass(cls):
+        subprocess.run([TESSERA, "down", "--dir", cls.state], capture_output=True, timeout=180)
+        if is_mounted(cls.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", cls.mnt])
+        for pid in cls.pids():
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def path(self, *parts):
+        return os.path.join(self.mnt, *parts)
+
+    def remount(self):
+        """Unmounts (the daemon exits), then mounts again with `tessera up`."""
+        pid = read_pid(os.path.join(self.state, "mount.pid"))
+        subprocess.run(["fusermount3", "-u", self.mnt], check=True)
+        deadline = time.time() + 60
+        while pid and pid_alive(pid) and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(pid and pid_alive(pid), "the mount daemon outlived its unmount")
+        self.assertFalse(is_mounted(self.mnt))
+        self.up()
+
+    # --- trees -----------------------------------------------------------------------
+
+    def test_copy_real_tree(self):
+        sources = [d for d in ["/usr/share/zoneinfo", "/usr/lib/python3.11", "/usr/include/linux"] if os.path.isdir(d)]
+        self.assertTrue(sources)
+        os.mkdir(self.path("trees"))
+        count = 0
+        for src in sources:
+            dst = self.path("trees", os.path.basename(src))
+            subprocess.run(["cp", "-a", src, dst], check=True)
+            subprocess.run(["diff", "-r", "--no-dereference", src, dst], check=True)
+            for dirpath, dirs, files in os.walk(src):
+                count += len(dirs) + len(files)
+                for name in files:
+                    a, b = os.lstat(os.path.join(dirpath, name)), os.lstat(os.path.join(dst, os.path.relpath(dirpath, src), name))
+                    self.assertEqual((a.st_mode, a.st_size, a.st_uid, a.st_gid, a.st_mtime_ns), (b.st_mode, b.st_size, b.st_uid, b.st_gid, b.st_mtime_ns), name)
+        self.assertGreater(count, 2000)
+        listing = subprocess.run(["ls", "-lR", self.path("trees")], check=True, capture_output=True, text=True).stdout
+        self.assertIn("total", listing)
+
+    # --- attributes ------------------------------------------------------------------
+
+    def test_stat_shows_sizes_modes_owners_links_times(self):
+        p = self.path("attrs.bin")
+        with open(p, "wb") as f:
+            f.write(b"x" * 123457)
+        os.chmod(p, 0o640)
+        os.chown(p, 1234, 5678)
+        os.utime(p, ns=(1_000_000_001, 2_000_000_002))
+        st = os.stat(p)
+        self.assertEqual(st.st_size, 123457)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o640)
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual((st.st_uid, st.st_gid, st.st_nlink), (1234, 5678, 1))
+        self.assertEqual((st.st_atime_ns, st.st_mtime_ns), (1_000_000_001, 2_000_000_002))
+        before = os.stat(p).st_ctime_ns
+        time.sleep(0.01)
+        os.chmod(p, 0o600)
+        self.assertGreater(os.stat(p).st_ctime_ns, before)
+        # mtime and ctime move on write and truncate.
+        m = os.stat(p).st_mtime_ns
+        with open(p, "r+b") as f:
+            f.write(b"y")
+        self.assertGreater(os.stat(p).st_mtime_ns, m)
+        m = os.stat(p).st_mtime_ns
+        os.truncate(p, 10)
+        self.assertGreater(os.stat(p).st_mtime_ns, m)
+        ls = subprocess.run(["ls", "-ln", p], check=True, capture_output=True, text=True).stdout.split()
+        self.assertEqual(ls[0], "-rw-------")
+        self.assertEqual(ls[1:5], ["1", "1234", "5678", "10"])
+
+    def test_truncate_up_and_down_and_holes(self):
+        p = self.path("holes")
+        with open(p, "wb") as f:
+            f.seek(5_000_000)
+            f.write(b"end")
+        with open(p, "rb") as f:
+            data = f.read()
+        self.assertEqual(len(data), 5_000_003)
+        self.assertEqual(data[:5_000_000], bytes(5_000_000))
+        os.truncate(p, 4)
+        os.truncate(p, 5_000_003)
+        with open(p, "rb") as f:
+            self.assertEqual(f.read(), bytes(5_000_003))
+
+    def test_open_flags(self):
+        p = self.path("flags")
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(fd, b"hello")
+        os.close(fd)
+        with self.assertRaises(FileExistsError):
+            os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b" world")
+        os.close(fd)
+        with open(p, "rb") as f:
+            self.assertEqual(f.read(), b"hello world")
+        fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+        os.close(fd)
+        self.assertEqual(os.stat(p).st_size, 0)
+
+    def test_long_names(self):
+        with self.assertRaises(OSError) as e:
+            open(self.path("n" * 256), "w")
+        self.assertEqual(e.exception.errno, errno.ENAMETOOLONG)
+        open(self.path("n" * 255), "w").close()
+        deep = self.path("deep")
+        os.mkdir(deep)
+        part = "d" * 200
+        with self.assertRaises(OSError) as e:
+            cur = deep
+            for _ in range(6):
+                cur = os.path.join(cur, part)
+                os.mkdir(cur)
+        self.assertEqual(e.exception.errno, errno.ENAMETOOLONG)
+
+    # --- namespace -------------------------------------------------------------------
+
+    def test_rename_files_and_directories(self):
+        os.makedirs(self.path("r1", "sub"))
+        with open(self.path("r1", "sub", "f"), "w") as f:
+            f.write("one")
+        ino = os.stat(self.path("r1", "sub", "f")).st_ino
+        os.rename(self.path("r1"), self.path("r2"))
+        self.assertFalse(os.path.exists(self.path("r1")))
+        with open(self.path("r2", "sub", "f")) as f:
+            self.assertEqual(f.read(), "one")
+        self.assertEqual(os.stat(self.path("r2", "sub", "f")).st_ino, ino)
+        # Replacing an existing file.
+        with open(self.path("r2", "g"), "w") as f:
+            f.write("two")
+        os.rename(self.path("r2", "g"), self.path("r2", "sub", "f"))
+        with open(self.path("r2", "sub", "f")) as f:
+            self.assertEqual(f.read(), "two")
+        # Onto a non-empty directory, a directory into itself.
+        os.mkdir(self.path("r3"))
+        with self.assertRaises(OSError) as e:
+            os.rename(self.path("r3"), self.path("r2"))
+        self.assertIn(e.exception.errno, (errno.ENOTEMPTY, errno.EEXIST))
+        with self.assertRaises(OSError) as e:
+            os.rename(self.path("r2"), self.path("r2", "sub", "x"))
+        self.assertEqual(e.exception.errno, errno.EINVAL)
+        # RENAME_NOREPLACE and RENAME_EXCHANGE (renameat2).
+        with open(self.path("r3", "a"), "w") as f:
+            f.write("A")
+        with open(self.path("r3", "b"), "w") as f:
+            f.write("B")
+        with self.assertRaises(OSError) as e:
+            renameat2(self.path("r3", "a"), self.path("r3", "b"), RENAME_NOREPLACE)
+        self.assertEqual(e.exception.errno, errno.EEXIST)
+        renameat2(self.path("r3", "a"), self.path("r3", "b"), RENAME_EXCHANGE)
+        with open(self.path("r3", "a")) as f:
+            self.assertEqual(f.read(), "B")
+        with open(self.path("r3", "b")) as f:
+            self.assertEqual(f.read(), "A")
+        renameat2(self.path("r3"), self.path("r2"), RENAME_EXCHANGE)
+        self.assertTrue(os.path.exists(self.path("r3", "sub", "f")))
+        self.assertTrue(os.path.exists(self.path("r2", "a")))
+
+    def test_hard_links_share_attributes(self):
+        a, b = self.path("hl-a"), self.path("hl-b")
+        with open(a, "w") as f:
+            f.write("shared")
+        os.link(a, b)
+        self.assertEqual(os.stat(a).st_nlink, 2)
+        self.assertEqual(os.stat(a).st_ino, os.stat(b).st_ino)
+        os.chmod(b, 0o600)
+        with open(b, "a") as f:
+            f.write("+more")
+        with open(a) as f:
+            self.assertEqual(f.read(), "shared+more")
+        self.assertEqual(stat.S_IMODE(os.stat(a).st_mode), 0o600)
+        os.unlink(a)
+        self.assertEqual(os.stat(b).st_nlink, 1)
+        with open(b) as f:
+            self.assertEqual(f.read(), "shared+more")
+        # Through S3 the link reads as the file.
+        self.assertEqual(self.s3.get_object(Bucket=BUCKET, Key="hl-b")["Body"].read(), b"shared+more")
+
+    def test_symlinks_and_special_files(self):
+        os.symlink("some/target", self.path("sl"))
+        self.assertEqual(os.readlink(self.path("sl")), "some/target")
+        self.assertTrue(stat.S_ISLNK(os.lstat(self.path("sl")).st_mode))
+        self.assertEqual(os.lstat(self.path("sl")).st_size, len("some/target"))
+        os.mkfifo(self.path("fifo"))
+        self.assertTrue(stat.S_ISFIFO(os.stat(self.path("fifo")).st_mode))
+        os.mknod(self.path("chr"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        st = os.stat(self.path("chr"))
+        self.assertTrue(stat.S_ISCHR(st.st_mode))
+        self.assertEqual((os.major(st.st_rdev), os.minor(st.st_rdev)), (1, 3))
+
+    def test_xattrs(self):
+        p = self.path("xa")
+        open(p, "w").close()
+        os.setxattr(p, "user.color", b"blue")
+        self.assertEqual(os.getxattr(p, "user.color"), b"blue")
+        with self.assertRaises(OSError) as e:
+            os.setxattr(p, "user.color", b"red", os.XATTR_CREATE)
+        self.assertEqual(e.exception.errno, errno.EEXIST)
+        with self.assertRaises(OSError) as e:
+            os.setxattr(p, "user.size", b"big", os.XATTR_REPLACE)
+        self.assertEqual(e.exception.errno, errno.ENODATA)
+        os.setxattr(p, "user.color", b"red", os.XATTR_REPLACE)
+        os.setxattr(p, "user.size", b"big")
+        self.assertEqual(sorted(os.listxattr(p)), ["user.color", "user.size"])
+        os.removexattr(p, "user.color")
+        self.assertEqual(os.listxattr(p), ["user.size"])
+        with self.assertRaises(OSError) as e:
+            os.getxattr(p, "user.color")
+        self.assertEqual(e.exception.errno, errno.ENODATA)
+
+    def test_open_unlinked_file_lives_until_closed(self):
+        p = self.path("ul")
+        with open(p, "w+b") as f:
+            f.write(b"abc" * 100000)
+            f.flush()
+            os.unlink(p)
+            self.assertFalse(os.path.exists(p))
+            f.write(b"tail")
+            f.flush()
+            f.seek(0)
+            self.assertEqual(f.read(), b"abc" * 100000 + b"tail")
+        self.assertFalse(os.path.exists(p))
+
+    def test_rmdir_and_errors(self):
+        os.mkdir(self.path("rd"))
+        open(self.path("rd", "f"), "w").close()
+        with self.assertRaises(OSError) as e:
+            os.rmdir(self.path("rd"))
+        self.assertEqual(e.exception.errno, errno.ENOTEMPTY)
+        os.unlink(self.path("rd", "f"))
+        os.rmdir(self.path("rd"))
+        with self.assertRaises(FileNotFoundError):
+            os.stat(self.path("rd"))
+
+    def test_statfs_shows_cluster_capacity(self):
+        st = os.statvfs(self.mnt)
+        total = st.f_blocks * st.f_frsize
+        # Three 3 GiB data images at 2+1 parity: 6 GiB of file data.
+        self.assertGreater(total, 5 << 30)
+        self.assertLess(total, 7 << 30)
+        self.assertLessEqual(st.f_bavail, st.f_blocks)
+        self.assertEqual(st.f_namemax, 255)
+
+    def test_permissions_are_checked(self):
+        d = self.path("perm")
+        os.mkdir(d, 0o755)
+        os.chmod(d, 0o755)
+        r = subprocess.run(["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "touch", os.path.join(d, "x")], capture_output=True)
+        self.assertNotEqual(r.returncode, 0, "an unprivileged user wrote into a 0755 root directory")
+        os.chmod(d, 0o1777)
+        open(os.path.join(d, "root-file"), "w").close()
+        r = subprocess.run(["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "rm", "-f", os.path.join(d, "root-file")], capture_output=True)
+        self.assertNotEqual(r.returncode, 0, "the sticky bit did not protect another user's file")
+        self.assertTrue(os.path.exists(os.path.join(d, "root-file")))
+
+    # --- the mount and S3 ------------------------------------------------------------
+
+    def test_file_written_in_mount_reads_through_s3(self):
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        with open(self.path("to-s3.bin"), "wb") as f:
+            f.write(data)
+        got = self.s3.get_object(Bucket=BUCKET, Key="to-s3.bin")
+        self.assertEqual(got["Body"].read(), data)
+        self.assertEqual(got["ETag"].strip('"'), hashlib.md5(data).hexdigest())
+        os.makedirs(self.path("s3dir", "inner"))
+        with open(self.path("s3dir", "inner", "f.txt"), "w") as f:
+            f.write("nested")
+        keys = [o["Key"] for o in self.s3.list_objects_v2(Bucket=BUCKET, Prefix="s3dir/")["Contents"]]
+        self.assertIn("s3dir/inner/f.txt", keys)
+
+    def test_object_put_through_s3_reads_in_mount(self):
+        data = os.urandom(5 * 1024 * 1024 + 3)
+        self.s3.put_object(Bucket=BUCKET, Key="from-s3/deep/obj.bin", Body=data)
+        with open(self.path("from-s3", "deep", "obj.bin"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertTrue(os.path.isdir(self.path("from-s3")))
+        # An overwrite through S3 is what the next open sees.
+        data2 = os.urandom(1000)
+        self.s3.put_object(Bucket=BUCKET, Key="from-s3/deep/obj.bin", Body=data2)
+        with open(self.path("from-s3", "deep", "obj.bin"), "rb") as f:
+            self.assertEqual(f.read(), data2)
+
+    # --- remount and crash -----------------------------------------------------------
+
+    def test_remount_keeps_everything_and_inode_numbers(self):
+        os.makedirs(self.path("keep", "d"))
+        files = {}
+        for i in range(20):
+            p = self.path("keep", "d", f"f{i}")
+            with open(p, "wb") as f:
+                f.write(os.urandom(1000 * i))
+        os.symlink("d/f1", self.path("keep", "link"))
+        os.link(self.path("keep", "d", "f2"), self.path("keep", "hard"))
+        for dirpath, dirs, names in os.walk(self.path("keep")):
+            for n in dirs + names:
+                p = os.path.join(dirpath, n)
+                st = os.lstat(p)
+                files[p] = (st.st_ino, st.st_size, st.st_mode, st.st_nlink,
+                            open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None)
+        self.remount()
+        for p, (ino, size, mode, nlink, data) in files.items():
+            st = os.lstat(p)
+            self.assertEqual((st.st_ino, st.st_size, st.st_mode, st.st_nlink), (ino, size, mode, nlink), p)
+            if data is not None:
+                with open(p, "rb") as f:
+                    self.assertEqual(f.read(), data, p)
+
+    def test_fsynced_data_survives_sigkill_of_everything(self):
+        data = os.urandom(4 * 1024 * 1024 + 5)
+        p = self.path("durable.bin")
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, data)
+        os.fsync(fd)
+        for pid in self.pids():
+            os.kill(pid, signal.SIGKILL)
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the daemon is gone
+        for pid in self.pids():
+            deadline = time.time() + 30
+            while pid_alive(pid) and time.time() < deadline:
+                time.sleep(0.02)
+        self.up()
+        with open(p, "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    # --- fsx ----------------------------------------------------------------------------
+
+    def test_zz_fsx(self):
+        """`tessera fsx`: 10,000 operations with each of 8 seeds, with and without mmap."""
+        seeds = int(os.environ.get("TESSERA_FSX_SEEDS", "8"))
+        ops = os.environ.get("TESSERA_FSX_OPS", "10000")
+        for seed in range(1, seeds + 1):
+            for mmap in (True, False):
+                name = self.path(f"fsx-{seed}-{int(mmap)}")
+                args = [TESSERA, "fsx", "-N", ops, "-S", str(seed), name] + ([] if mmap else ["--no-mmap"])
+                r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                print(r.stdout.strip(), flush=True)
+                os.unlink(name)
+
+    # --- mount(8) ----------------------------------------------------------------------
+
+    def test_mount_helper_and_fstab(self):
+        helper = os.path.join(ROOT, "mount-helpers", "mount.tessera")
+        installed = "/sbin/mount.tessera"
+        if os.path.exists(installed) or os.geteuid() != 0:
+            self.skipTest("mount.tessera is installed already, or not root")
+        other = os.path.join(self.tmp, "other")
+        os.mkdir(other)
+        shutil.copy(helper, installed)
+        env = dict(os.environ, TESSERA=os.path.abspath(TESSERA))
+        config = os.path.join(self.state, "cluster.toml")
+        try:
+            subprocess.run(["mount", "-t", "tessera", "-o", f"config={config},ro", "second", other], check=True, env=env, timeout=60)
+            self.assertTrue(is_mounted(other))
+            with self.assertRaises(OSError) as e:
+                open(os.path.join(other, "x"), "w")
+            self.assertEqual(e.exception.errno, errno.EROFS)
+            subprocess.run(["umount", other], check=True)
+            fstab = os.path.join(self.tmp, "fstab")
+            with open(fstab, "w") as f:
+                f.write(f"second {other} tessera _netdev,config={config} 0 0\n")
+            subprocess.run(["mount", "-T", fstab, other], check=True, env=env, timeout=60)
+            self.assertTrue(is_mounted(other))
+            with open(os.path.join(other, "x"), "w") as f:
+                f.write("fstab")
+            subprocess.run(["umount", other], check=True)
+            self.assertFalse(is_mounted(other))
+            # Nothing is left running: no process has this mount in its arguments.
+            time.sleep(0.5)
+            left = subprocess.run(["pgrep", "-f", f"mount .*second {other}"], capture_output=True, text=True).stdout.split()
+            self.assertEqual(left, [])
+        finally:
+            if is_mounted(other):
+                subprocess.run(["fusermount3", "-u", "-z", other])
+            os.unlink(installed)
+
+
+if __name__ == "__main__":
+    unittest.main()
