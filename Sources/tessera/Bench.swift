@@ -4,7 +4,7 @@ import ArgumentParser
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a benchmark against its baseline and print the ratios.",
-        subcommands: [BenchEngine.self, BenchServer.self, BenchObject.self, BenchS3.self])
+        subcommands: [BenchEngine.self, BenchServer.self, BenchObject.self, BenchS3.self, BenchFS.self])
 }
 
 import Foundation

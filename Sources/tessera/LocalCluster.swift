@@ -314,15 +314,25 @@ extension Down {
     }
 }
 
-/// Runs a system tool, its output on our stderr; returns its exit status.
+/// Runs a system tool, its output on our stderr; returns its exit status. posix_spawn and
+/// waitpid, not Foundation's Process: a tool that daemonizes (bindfs, a mount helper)
+/// leaves a child Process.waitUntilExit can miss.
 func runTool(_ path: String, _ args: [String]) throws -> Int32 {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    p.standardOutput = FileHandle.standardError
-    try p.run()
-    p.waitUntilExit()
-    return p.terminationStatus
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO)
+    let argv = ([path] + args).map { strdup($0) } + [nil]
+    defer { for a in argv { free(a) } }
+    var pid: pid_t = 0
+    let r = posix_spawn(&pid, path, &actions, nil, argv, environ)
+    guard r == 0 else { throw TesseraError(.io, "cannot run \(path): \(String(cString: strerror(r)))") }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 {
+        guard errno == EINTR else { throw TesseraError(.io, "waiting for \(path): \(String(cString: strerror(errno)))") }
+    }
+    // WIFEXITED / WEXITSTATUS, which Swift does not import.
+    return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
 }
 
 struct Status: AsyncParsableCommand {
