@@ -13,6 +13,7 @@
 //
 // A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time.
 import Crypto
+import Glibc
 import Synchronization
 import TesseraClient
 import TesseraCore
@@ -43,13 +44,20 @@ final class Page: @unchecked Sendable {
     // which the page is in `flushing` and no one else reads or writes it.
     let bytes: UnsafeMutableRawBufferPointer
     var dirty = false
+    /// Bytes from the page's start that a write-out must cover even past the file's end:
+    /// a truncation zeroed them here, and the object still holds their old data.
+    var zeroTo = 0
 
+    /// Anonymous memory: the kernel hands out zeroed pages as they are touched, so a page of
+    /// a small file costs what the file uses, not a group's worth of memset.
     init(size: Int) {
-        bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
-        bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            fatalError("out of memory: mmap of a \(size)-byte page failed")
+        }
+        bytes = UnsafeMutableRawBufferPointer(start: p, count: size)
     }
 
-    deinit { bytes.deallocate() }
+    deinit { munmap(bytes.baseAddress, bytes.count) }
 }
 
 final class FileData: @unchecked Sendable {
@@ -170,8 +178,9 @@ final class FileData: @unchecked Sendable {
         if let earlier = flushing.removeValue(forKey: g) { try await earlier.value }
         let gs = UInt64(groupSize)
         let start = g * gs
-        // The file's bytes in this group, in whole 4 KiB blocks; beyond them all is zero.
-        let used = Int(min(gs, ((max(size, start) - start) + 4095) & ~4095))
+        // The file's bytes in this group, in whole 4 KiB blocks; beyond them all is zero
+        // (and up to `zeroTo`, zeros that must reach the object).
+        let used = max(page.zeroTo, Int(min(gs, ((max(size, start) - start) + 4095) & ~4095)))
         let fresh = start >= stored
         let end = start + UInt64(used)
         stored = max(stored, min(end, size))
@@ -279,22 +288,32 @@ final class FileData: @unchecked Sendable {
         loading.removeAll()
         let gs = UInt64(groupSize)
         if newSize < size {
+            // The group the new end falls in: cut in its page if it has one (the write-out
+            // then zeros the object's old bytes), else in the object.
+            let partial = newSize % gs == 0 ? nil : newSize / gs
+            var cutInPage = false
             for (g, p) in pages {
                 let start = g * gs
                 if start >= newSize {
                     pages[g] = nil
                     budget.give(groupSize)
-                } else if start + gs > newSize {
+                } else if g == partial {
                     let from = Int(newSize - start)
                     UnsafeMutableRawBufferPointer(rebasing: p.bytes[from...]).initializeMemory(as: UInt8.self, repeating: 0)
+                    if stored > newSize {
+                        p.zeroTo = max(p.zeroTo, Int(min(gs, ((stored - start) + 4095) & ~4095)))
+                        p.dirty = true
+                    }
+                    cutInPage = true
                 }
             }
             if stored > newSize {
                 let all = flushing
                 flushing.removeAll()
                 for (_, t) in all { try await t.value }
-                try await cluster.free(fid, at: newSize, length: stored - newSize)
-                stored = newSize
+                let from = cutInPage ? (partial! + 1) * gs : newSize
+                if stored > from { try await cluster.free(fid, at: from, length: stored - from) }
+                stored = cutInPage ? min(stored, (partial! + 1) * gs) : newSize
             }
         }
         size = newSize

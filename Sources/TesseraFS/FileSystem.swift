@@ -61,6 +61,8 @@ final class Inode: @unchecked Sendable {
     var opens = 0
     /// No entry names it any more; its data goes at the last close.
     var unlinked = false
+    /// Attributes changed while open, to be stored with the data at the next flush.
+    var attributesChanged = false
     var data: FileData?
 
     init(ino: UInt64, key: [UInt8], record: ObjectRecord, posix: Posix, linked: Bool, implied: Bool) {
@@ -347,7 +349,12 @@ public final class FileSystem: Sendable {
         let type = FileType(mode: mode) ?? .regular
         if type == .directory && key.count + 1 >= Self.keyMax { throw FSError(ENAMETOOLONG) }
         return try await namespace.withLock(0) {
-            if case .none = try await find(key) {} else { throw FSError(EEXIST) }
+            // A regular file is made with a create-only put, checked against a directory of
+            // the same name at the same time; other types look first.
+            async let found = find(key)
+            if type != .regular {
+                guard case .none = try await found else { throw FSError(EEXIST) }
+            }
             let ino = try await allocateIno()
             let t = now()
             var gid = caller.gid
@@ -361,7 +368,19 @@ public final class FileSystem: Sendable {
             let record = ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: Self.emptyMD5, attributes: [])
             let i = Inode(ino: ino, key: type == .directory ? key + [0x2F] : key, record: record, posix: posix, linked: false, implied: false)
             touch(p, t)
-            try await storeRecords([i, p])
+            if type == .regular {
+                async let parentStored: Void = storeRecords([p])
+                let st = try await cluster.put(bucket.objects, [Record(key: key, value: storedRecord(i).encode())], mode: .createOnly)
+                let existing = try await found
+                try await parentStored
+                if st[0] == .exists { throw FSError(EEXIST) }
+                if case .directory = existing {
+                    try await cluster.delete(bucket.objects, [key])
+                    throw FSError(EEXIST)
+                }
+            } else {
+                try await storeRecords([i, p])
+            }
             state.withLock { s in
                 i.lookups = 1
                 s.inodes[ino] = i
@@ -711,7 +730,12 @@ public final class FileSystem: Sendable {
                     }
                     i.posix.ctime = t
                 }
-                if state.withLock({ _ in !i.unlinked }) { try await storeRecords([i]) }
+                // An open file's entry is stored with its data at the next flush or close.
+                let (gone, open) = state.withLock { _ in
+                    if i.data != nil { i.attributesChanged = true }
+                    return (i.unlinked, i.data != nil)
+                }
+                if !gone && !open { try await storeRecords([i]) }
             }
             return attributes(i)
         }
@@ -822,16 +846,23 @@ public final class FileSystem: Sendable {
 
     /// Stores the record after data changes: size, mtime, ETag.
     private func storeData(_ i: Inode, _ d: FileData, sync: Bool) async throws {
-        guard d.changed else {
+        let attributesChanged = state.withLock { _ in
+            defer { i.attributesChanged = false }
+            return i.attributesChanged
+        }
+        guard d.changed || attributesChanged else {
             if sync { try await cluster.sync() }
             return
         }
+        let dataChanged = d.changed
         d.changed = false
         try await namespace.withLock(0) {
             let gone = state.withLock { _ in
                 i.record.size = d.size
                 i.record.fid = d.fid
-                if let md5 = d.digest {
+                if !dataChanged {
+                    // Attributes only: the ETag stays.
+                } else if let md5 = d.digest {
                     i.record.etag = hex(md5)
                 } else {
                     // Not an MD5 (the file was not written in order): shaped like a multipart
@@ -942,7 +973,7 @@ public final class FileSystem: Sendable {
     /// S3 GETs read the whole file; not yet durable.
     public func flush(_ h: UInt64) async throws {
         let (i, _, write) = try fileHandle(h)
-        guard write else { return }
+        guard write || state.withLock({ _ in i.attributesChanged }) else { return }
         try await fileLocks.withLock(i.ino) {
             guard let d = state.withLock({ _ in i.data }) else { return }
             try await d.flush()
