@@ -109,13 +109,17 @@ struct BenchFS: AsyncParsableCommand {
             return r
         }
 
-        print("tessera bench fs: \(dir), one run; ratios > 1 are better for tessera (for seconds, the inverse is taken)")
-        print(String(format: "%-42@ %12@ %12@ %12@ %9@ %9@", "" as NSString, "plain" as NSString, "bindfs" as NSString, "tessera" as NSString, "/plain" as NSString, "/bindfs" as NSString))
+        print("tessera bench fs: \(dir), one run; ratios above 1 favour tessera (for seconds, the inverse)")
+        func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
+            s.count >= n ? s : (left ? s + String(repeating: " ", count: n - s.count) : String(repeating: " ", count: n - s.count) + s)
+        }
+        print(pad("", 44, left: true) + ["plain", "bindfs", "tessera", "/plain", "/bindfs"].map { pad($0, 11) }.joined() + "  unit")
         for (what, unit, v) in rows {
             let lowerBetter = unit == "s"
             let vsPlain = lowerBetter ? v[0] / v[2] : v[2] / v[0]
             let vsBind = lowerBetter ? v[1] / v[2] : v[2] / v[1]
-            print(String(format: "%-42@ %12.1f %12.1f %12.1f %9.2f %9.2f  %@", (what as NSString), v[0], v[1], v[2], vsPlain, vsBind, unit as NSString))
+            let cells = v.map { pad(String(format: "%.1f", $0), 11) } + [vsPlain, vsBind].map { pad(String(format: "%.2f", $0), 11) }
+            print(pad(what, 44, left: true) + cells.joined() + "  " + unit)
         }
     }
 
