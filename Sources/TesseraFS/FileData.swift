@@ -12,7 +12,6 @@
 // a page beyond `stored` starts as zeros without a read, and a hole reads as zeros.
 //
 // A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time.
-import Crypto
 import Glibc
 import Synchronization
 import TesseraClient
@@ -76,9 +75,6 @@ final class FileData: @unchecked Sendable {
     /// Pages being read ahead, by group.
     private var loading: [UInt64: Task<Page?, Error>] = [:]
     private var readEnd: UInt64 = 0
-    /// MD5 of the bytes written so far, while they were written in order from 0.
-    private var md5: Insecure.MD5? = Insecure.MD5()
-    private var md5End: UInt64 = 0
     /// Data changed since the record was last stored.
     var changed = false
     var groupSize: Int { cluster.layout.groupSize }
@@ -92,27 +88,12 @@ final class FileData: @unchecked Sendable {
         self.fid = fid
         self.size = size
         self.stored = size
-        if size > 0 { md5 = nil }
-    }
-
-    /// The MD5 of the whole file, if it was written in order from empty.
-    var digest: [UInt8]? {
-        guard let md5, md5End == size else { return nil }
-        return Array(md5.finalize())
     }
 
     // MARK: Writes
 
     func write(_ src: UnsafeRawBufferPointer, at offset: UInt64) async throws {
         guard !src.isEmpty else { return }
-        if md5 != nil {
-            if offset == md5End {
-                md5!.update(bufferPointer: src)
-                md5End += UInt64(src.count)
-            } else {
-                md5 = nil
-            }
-        }
         let gs = UInt64(groupSize)
         var done = 0
         while done < src.count {
@@ -275,11 +256,6 @@ final class FileData: @unchecked Sendable {
     /// Sets the size. Shrinking frees the object beyond the new size (so it reads as zeros
     /// if the file grows again) and cuts the pages; growing needs nothing.
     func truncate(to newSize: UInt64) async throws {
-        if newSize < (md5 == nil ? 0 : md5End) { md5 = nil }
-        if newSize == 0 {
-            md5 = Insecure.MD5()
-            md5End = 0
-        }
         for (g, t) in loading {
             if let p = try? await t.value {
                 pages[g] = p
