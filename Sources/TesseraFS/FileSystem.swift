@@ -1079,7 +1079,7 @@ public final class FileSystem: Sendable {
                 if let slash = rest.firstIndex(of: 0x2F) {
                     let name = Array(rest[..<slash])
                     let dirKey = prefix + name + [0x2F]
-                    skipTo = successor(dirKey)
+                    skipTo = S3Store.successor(of: dirKey) ?? []
                     if name.isEmpty || name.count > Self.nameMax || name == [0x2E] || name == [0x2E, 0x2E] { break }
                     let record = slash == rest.index(before: rest.endIndex) ? try? ObjectRecord.decode(r.value) : nil
                     if let i = try? inode(for: .directory(key: dirKey, record: record)) {
@@ -1102,8 +1102,7 @@ public final class FileSystem: Sendable {
                 }
             }
             if let s = skipTo {
-                guard let s2 = Optional(s) else { return out }
-                start = s2
+                start = s
                 exclusive = false
             } else {
                 guard batch.count == 1000, let last = batch.last else { return out }
@@ -1112,19 +1111,6 @@ public final class FileSystem: Sendable {
             }
             if start.isEmpty { return out }
         }
-    }
-
-    /// The smallest key after every key that starts with `k` ([] if there is none).
-    private func successor(_ k: [UInt8]) -> [UInt8] {
-        var s = k
-        while let last = s.last {
-            if last < 0xFF {
-                s[s.count - 1] = last + 1
-                return s
-            }
-            s.removeLast()
-        }
-        return []
     }
 
     // MARK: The file system as a whole

@@ -331,8 +331,8 @@ public final class S3Store: Sendable {
         }
     }
 
-    /// The smallest key greater than every key that starts with `k`.
-    static func successor(of k: [UInt8]) -> [UInt8]? {
+    /// The smallest key greater than every key that starts with `k` (nil: none).
+    public static func successor(of k: [UInt8]) -> [UInt8]? {
         var s = k
         while let last = s.last {
             if last < 0xFF {
