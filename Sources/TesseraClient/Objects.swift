@@ -132,20 +132,29 @@ extension Cluster {
             if from == 0 && to == layout.groupSize {
                 data = (0..<n).map { d in Array(bytes[(bytes.startIndex + d * u)..<(bytes.startIndex + (d + 1) * u)]) }
             } else {
-                data = unwritten ? Array(repeating: [UInt8](repeating: 0, count: u), count: n) : try await readUnits(object, g)
+                // A unit is kept only as long as its content (an empty array is all zeros), so
+                // a small write into an unwritten group touches kilobytes, not whole units.
+                data = unwritten ? Array(repeating: [], count: n) : try await readUnits(object, g)
                 let oldExtent = data.map(Self.usedLength)
-                var flat = data.flatMap { $0 }
-                flat.replaceSubrange(from..<to, with: bytes)
-                data = (0..<n).map { d in Array(flat[(d * u)..<((d + 1) * u)]) }
+                for d in (from / u)...((to - 1) / u) {
+                    let a = max(from, d * u) - d * u
+                    let b = min(to, (d + 1) * u) - d * u
+                    if data[d].count < b { data[d] += [UInt8](repeating: 0, count: b - data[d].count) }
+                    let src = bytes.startIndex + d * u + a - from
+                    data[d].replaceSubrange(a..<b, with: bytes[src..<(src + b - a)])
+                }
                 // Whole 4 KiB blocks (the data image's block size), so a server never
                 // reads an old block back to merge a partial one.
                 extent = (0..<n).map { min(u, (max(oldExtent[$0], Self.usedLength(data[$0])) + 4095) & ~4095) }
                 parityExtent = extent.max() ?? 0
+                data = data.map { unit in
+                    unit.count >= parityExtent ? Array(unit.prefix(parityExtent)) : unit + [UInt8](repeating: 0, count: parityExtent - unit.count)
+                }
             }
-            let parity = code.encode(parityExtent == u ? data : data.map { Array($0.prefix(parityExtent)) })
+            let parity = code.encode(data)
             let touched = (from / u)...((to - 1) / u)
             var writes: [(unit: Int, bytes: [UInt8])] = touched.compactMap { d in
-                extent[d] == 0 ? nil : (d, extent[d] == u ? data[d] : Array(data[d].prefix(extent[d])))
+                extent[d] == 0 ? nil : (d, extent[d] == data[d].count ? data[d] : Array(data[d].prefix(extent[d])))
             }
             if parityExtent > 0 {
                 for p in 0..<layout.parityUnits { writes.append((n + p, parity[p])) }

@@ -130,6 +130,8 @@ public final class FileSystem: Sendable {
         _ = try await store.cluster.createIndex(fsIndex)
         let root = try await loadRoot()
         state.withLock { $0.inodes[Self.rootIno] = root }
+        // Data a process let go of but died before freeing.
+        do { try await store.sweepMarkers(bucketName, b, notedBefore: S3Store.now()) } catch { logger.warning("sweeping free markers: \(error)") }
     }
 
     private func loadRoot() async throws -> Inode {
@@ -457,14 +459,26 @@ public final class FileSystem: Sendable {
                     i.posix.ctime = t
                     return i.opens > 0
                 }
-                let hasData = record.size > 0 || record.multipart || open
-                if hasData { try await store.notePending([(record.fid, .object(bucket: bucketName, key: String(decoding: key, as: UTF8.self)))]) }
-                try await storeRecords([p], deleting: [key])
-                if hasData && !open { freeData = record.fid }
+                let owner = String(decoding: key, as: UTF8.self)
+                if open {
+                    // Freed at the last close; until then a crash leaves it to the sweeper.
+                    try await store.notePending([(record.fid, .object(bucket: bucketName, key: owner))])
+                    try await storeRecords([p], deleting: [key])
+                } else if record.size > 0 || record.multipart {
+                    // The free marker goes in the same UPDATE as the entry's removal.
+                    try await storeRecords([p], deleting: [key], putting: [S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName)])
+                    freeData = record.fid
+                } else {
+                    try await storeRecords([p], deleting: [key])
+                }
             }
             if let fid = freeData {
                 try await store.free(fid)
-                await store.dropPending([fid])
+                if entry.inode == nil {
+                    _ = try? await cluster.delete(bucket.objects, [S3Store.freeMarkerKey(fid)])
+                } else {
+                    await store.dropPending([fid])
+                }
             }
         }
     }
@@ -608,8 +622,13 @@ public final class FileSystem: Sendable {
                     r.links = left
                     try await cluster.put(fsIndex, [Record(key: S3Indexes.inodeKey(ino), value: r.encode())])
                 } else {
-                    if record.size > 0 || record.multipart || open { try await store.notePending([(record.fid, .object(bucket: bucketName, key: String(decoding: key, as: UTF8.self)))]) }
-                    if let ino = entry.inode { try await cluster.delete(fsIndex, [S3Indexes.inodeKey(ino)], sync: true) }
+                    let owner = String(decoding: key, as: UTF8.self)
+                    if open || entry.inode != nil {
+                        if record.size > 0 || record.multipart || open { try await store.notePending([(record.fid, .object(bucket: bucketName, key: owner))]) }
+                        if let ino = entry.inode { try await cluster.delete(fsIndex, [S3Indexes.inodeKey(ino)], sync: true) }
+                    } else if record.size > 0 || record.multipart {
+                        puts.append(S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName))
+                    }
                     if (record.size > 0 || record.multipart) && !open { freeData = record.fid }
                 }
             case .none: break
@@ -632,6 +651,7 @@ public final class FileSystem: Sendable {
         if let fid = freeData {
             try await store.free(fid)
             await store.dropPending([fid])
+            _ = try? await cluster.delete(bucket.objects, [S3Store.freeMarkerKey(fid)])
         }
     }
 
@@ -1075,7 +1095,8 @@ public final class FileSystem: Sendable {
             for r in batch {
                 guard r.key.starts(with: prefix) else { return out }
                 let rest = r.key[prefix.count...]
-                if rest.isEmpty { continue }
+                // The directory's own entry, and the free markers (0x00 …) under the root.
+                if rest.isEmpty || rest.first == 0 { continue }
                 if let slash = rest.firstIndex(of: 0x2F) {
                     let name = Array(rest[..<slash])
                     let dirKey = prefix + name + [0x2F]

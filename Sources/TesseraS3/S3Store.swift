@@ -114,7 +114,7 @@ public final class S3Store: Sendable {
 
     /// Deletes empty bucket `name`, whose record the caller looked up. Throws `.notEmpty`.
     public func deleteBucket(_ name: String, _ b: BucketRecord) async throws {
-        let objects = try await cluster.next(b.objects, from: [[]], limit: 1, excludeStart: true)[0]
+        let objects = try await cluster.next(b.objects, from: [[0x01]], limit: 1)[0]
         let uploads = try await cluster.next(b.uploads, from: [nil], limit: 1)[0]
         guard objects.isEmpty && uploads.isEmpty else { throw TesseraError(.notEmpty, "bucket '\(name)' is not empty") }
         try await cluster.delete(S3Indexes.buckets, [Array(name.utf8)], sync: true)
@@ -183,6 +183,16 @@ public final class S3Store: Sendable {
         try await cluster.put(
             S3Indexes.pendingFrees, items.map { Record(key: S3Indexes.fidKey($0.0), value: PendingFree(owner: $0.1, noted: t).encode()) }, sync: true)
     }
+
+    /// A free marker: the pending-free record of `fid` kept in the bucket's own object list,
+    /// so it can go in the same UPDATE as the entry change that lets go of the data, with no
+    /// sync-wait in between (docs/S3.md).
+    public static func freeMarker(_ fid: Fid, owner key: String, bucket bucketName: String) -> Record {
+        Record(key: freeMarkerPrefix + S3Indexes.fidKey(fid), value: PendingFree(owner: .object(bucket: bucketName, key: key), noted: now()).encode())
+    }
+
+    public static func freeMarkerKey(_ fid: Fid) -> [UInt8] { freeMarkerPrefix + S3Indexes.fidKey(fid) }
+    static let freeMarkerPrefix: [UInt8] = [0x00, 0x46]
 
     public func dropPending(_ fids: [Fid]) async {
         guard !fids.isEmpty else { return }
@@ -302,8 +312,9 @@ public final class S3Store: Sendable {
             var skipTo: [UInt8]? = nil
             for r in batch {
                 guard r.key.starts(with: p) else { return out }
-                // The empty key is the mounted file system's root directory, never an object.
-                if r.key.isEmpty { continue }
+                // The empty key (the mounted file system's root directory) and keys that start
+                // with 0x00 (its free markers) are never objects: S3 keys hold no NUL.
+                if r.key.first ?? 0 == 0 { continue }
                 if out.entries.count + out.commonPrefixes.count == limit {
                     out.truncated = true
                     return out
@@ -518,8 +529,36 @@ public final class S3Store: Sendable {
             guard batch.count == 500 else { break }
             from = batch.last!.key
         }
+        for (name, b) in try await listBuckets() { freed += try await sweepMarkers(name, b, notedBefore: cutoff) }
         if freed > 0 { logger.info("sweeper freed \(freed) objects no entry refers to") }
         return freed
+    }
+
+    /// The same for the free markers in one bucket's object list.
+    @discardableResult
+    public func sweepMarkers(_ bucketName: String, _ bucket: BucketRecord, notedBefore cutoff: UInt64) async throws -> Int {
+        var freed = 0
+        var from = Self.freeMarkerPrefix
+        var exclusive = false
+        while true {
+            let batch = try await cluster.next(bucket.objects, from: [from], limit: 500, excludeStart: exclusive)[0]
+            for r in batch {
+                guard r.key.starts(with: Self.freeMarkerPrefix) else { return freed }
+                guard let fid = S3Indexes.fid(fromKey: Array(r.key.dropFirst(Self.freeMarkerPrefix.count))), let pending = try? PendingFree.decode(r.value) else {
+                    logger.warning("free marker \(hex(r.key)) in bucket \(bucketName) unreadable, left alone")
+                    continue
+                }
+                guard pending.noted < cutoff else { continue }
+                if try await !referenced(fid, by: pending.owner) {
+                    try await free(fid)
+                    freed += 1
+                }
+                _ = try? await cluster.delete(bucket.objects, [r.key])
+            }
+            guard batch.count == 500, let last = batch.last else { return freed }
+            from = last.key
+            exclusive = true
+        }
     }
 
     private func referenced(_ fid: Fid, by owner: PendingFree.Owner) async throws -> Bool {
