@@ -134,7 +134,8 @@ enum HTTPServer {
                     if !body.ended {
                         if wantsContinue && !continued {
                             keepAlive = false
-                        } else if let n = request.header("content-length").flatMap(Int.init), n <= 1 << 20 {
+                        } else if let n = request.header("content-length").flatMap(Int.init) ?? (request.header("transfer-encoding") == nil ? 0 : nil), n <= 1 << 20 {
+                            // (A request with neither header has no body: its end is already here.)
                             do { while try await body.next() != nil {} } catch { keepAlive = false }
                         } else {
                             keepAlive = false
