@@ -100,7 +100,7 @@ enum HTTPServer {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
                         wrappingChannelSynchronously: channel,
-                        configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
+                        configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), isOutboundHalfClosureEnabled: true))
                 }
             }
         bound(server.channel.localAddress?.port ?? port)
@@ -142,7 +142,14 @@ enum HTTPServer {
                         }
                     }
                     try await write(response, version: head.version, method: request.method, keepAlive: keepAlive, to: outbound, logger: logger)
-                    if !keepAlive { return }
+                    if !keepAlive {
+                        // Close our side once everything queued is on the wire (a half-close
+                        // waits for pending writes; a full close would drop them), then wait
+                        // for the client to close its side.
+                        outbound.finish()
+                        while try await parts.next() != nil {}
+                        return
+                    }
                 }
             }
         } catch {

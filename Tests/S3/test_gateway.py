@@ -169,6 +169,21 @@ class TestObjects(unittest.TestCase):
         finally:
             shutil.rmtree(d)
 
+    def test_keep_alive_and_connection_close(self):
+        """GETs keep the connection open; a client asking for Connection: close still gets
+        every byte of a large body before the close."""
+        data = random_bytes(24 * MiB, 77)
+        self.s3.put_object(Bucket="objects", Key="close", Body=data)
+        got = self.s3.get_object(Bucket="objects", Key="close")
+        self.assertNotIn("connection", {k.lower(): v for k, v in got["ResponseMetadata"]["HTTPHeaders"].items()})
+        self.assertEqual(got["Body"].read(), data)
+        closing = cluster.client()
+        closing.meta.events.register("before-send.s3.GetObject", lambda request, **kw: request.headers.__setitem__("Connection", "close"))
+        for _ in range(5):
+            got = closing.get_object(Bucket="objects", Key="close")
+            self.assertEqual(got["ResponseMetadata"]["HTTPHeaders"].get("connection"), "close")
+            self.assertEqual(got["Body"].read(), data)
+
     def test_metadata_and_headers(self):
         self.s3.put_object(
             Bucket="objects", Key="meta", Body=b"hello", ContentType="text/plain", CacheControl="max-age=60",
