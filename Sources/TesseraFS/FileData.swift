@@ -72,8 +72,9 @@ final class FileData: @unchecked Sendable {
     /// Pages being written out, by group; the page comes back to `pages` only if written to
     /// again, after the write-out is done.
     private var flushing: [UInt64: Task<Void, Error>] = [:]
-    /// Pages being read ahead, by group.
-    private var loading: [UInt64: Task<Page?, Error>] = [:]
+    /// Pages being read (ahead, or for a caller), by group; nil when the read failed, and
+    /// the caller then goes to the object itself and sees the error.
+    private var loading: [UInt64: Task<Page?, Never>] = [:]
     private var readEnd: UInt64 = 0
     /// Data changed since the record was last stored.
     var changed = false
@@ -123,30 +124,41 @@ final class FileData: @unchecked Sendable {
     /// `create`, if the budget allows) a new one, loaded where the object has data.
     private func page(_ g: UInt64, create: Bool) async throws -> Page? {
         if let p = pages[g] { return p }
-        if let t = loading.removeValue(forKey: g) {
-            if let p = try await t.value {
-                pages[g] = p
-                return p
-            }
-        }
-        guard create, budget.take(groupSize) else { return nil }
-        do {
+        var load = loading.removeValue(forKey: g)
+        if load == nil && create {
             try await flushing.removeValue(forKey: g)?.value
-        } catch {
-            budget.give(groupSize)
-            throw error
+            load = startLoad(g)
         }
-        let p = Page(size: groupSize)
-        let start = g * UInt64(groupSize)
-        if start < stored {
-            let n = Int(min(UInt64(groupSize), stored - start))
-            do { try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n])) } catch {
-                budget.give(groupSize)
-                throw error
-            }
-        }
+        guard let p = await load?.value else { return nil }
         pages[g] = p
         return p
+    }
+
+    /// Starts reading group `g` into a new page, if the budget has room for one; where the
+    /// object holds nothing (at and past `stored`) the page stays zeros, unread.
+    private func startLoad(_ g: UInt64) -> Task<Page?, Never>? {
+        guard budget.take(groupSize) else { return nil }
+        let start = g * UInt64(groupSize)
+        let n = start < stored ? Int(min(UInt64(groupSize), stored - start)) : 0
+        let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
+        return Task {
+            let p = Page(size: groupSize)
+            guard n > 0 else { return p }
+            do {
+                try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]))
+                return p
+            } catch {
+                budget.give(groupSize)
+                return nil
+            }
+        }
+    }
+
+    /// Waits for every page being written out.
+    private func waitForWriteOuts() async throws {
+        let all = flushing
+        flushing.removeAll()
+        for (_, t) in all { try await t.value }
     }
 
     /// Starts writing page `g` out; at most `maxFlushing` write-outs at once.
@@ -186,9 +198,7 @@ final class FileData: @unchecked Sendable {
     /// all the file's data (not yet durable: the caller syncs for that).
     func flush() async throws {
         for g in pages.keys.sorted() where pages[g]!.dirty { try await startFlush(g) }
-        let all = flushing
-        flushing.removeAll()
-        for (_, t) in all { try await t.value }
+        try await waitForWriteOuts()
     }
 
     // MARK: Reads
@@ -228,26 +238,10 @@ final class FileData: @unchecked Sendable {
     }
 
     private func startReadAhead(after g: UInt64) {
-        let gs = UInt64(groupSize)
         for next in (g + 1)...(g + UInt64(Self.readAhead)) {
-            let start = next * gs
-            guard start < stored, pages[next] == nil, loading[next] == nil, flushing[next] == nil else { continue }
-            guard budget.take(groupSize) else { return }
-            let n = Int(min(gs, stored - start))
-            let cluster = self.cluster
-            let fid = self.fid
-            let budget = self.budget
-            let groupSize = self.groupSize
-            loading[next] = Task {
-                let p = Page(size: groupSize)
-                do {
-                    try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]))
-                    return p
-                } catch {
-                    budget.give(groupSize)
-                    return nil  // the reader reads it itself, and sees the error
-                }
-            }
+            guard next * UInt64(groupSize) < stored, pages[next] == nil, loading[next] == nil, flushing[next] == nil else { continue }
+            guard let load = startLoad(next) else { return }
+            loading[next] = load
         }
     }
 
@@ -257,9 +251,7 @@ final class FileData: @unchecked Sendable {
     /// if the file grows again) and cuts the pages; growing needs nothing.
     func truncate(to newSize: UInt64) async throws {
         for (g, t) in loading {
-            if let p = try? await t.value {
-                pages[g] = p
-            }
+            if let p = await t.value { pages[g] = p }
         }
         loading.removeAll()
         let gs = UInt64(groupSize)
@@ -284,9 +276,7 @@ final class FileData: @unchecked Sendable {
                 }
             }
             if stored > newSize {
-                let all = flushing
-                flushing.removeAll()
-                for (_, t) in all { try await t.value }
+                try await waitForWriteOuts()
                 let from = cutInPage ? (partial! + 1) * gs : newSize
                 if stored > from { try await cluster.free(fid, at: from, length: stored - from) }
                 stored = cutInPage ? min(stored, (partial! + 1) * gs) : newSize
@@ -298,9 +288,7 @@ final class FileData: @unchecked Sendable {
 
     /// Gives every page back to the budget (the caller flushed first).
     func drop() async {
-        for (_, t) in loading {
-            if case .some(.some) = try? await t.value { budget.give(groupSize) }
-        }
+        for (_, t) in loading where await t.value != nil { budget.give(groupSize) }
         loading.removeAll()
         for (_, t) in flushing { _ = try? await t.value }
         flushing.removeAll()

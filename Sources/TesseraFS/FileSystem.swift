@@ -108,6 +108,11 @@ public final class FileSystem: Sendable {
     static let inoBlock: UInt64 = 4096
     static let emptyMD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
+    /// The record of an entry with no data yet: a directory, a special file, a new file.
+    static func emptyRecord(modified t: UInt64) -> ObjectRecord {
+        ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: emptyMD5, attributes: [])
+    }
+
     /// Opens the file system of bucket `bucketName`, making the bucket (owned by `owner`)
     /// and its file-system index if they do not exist.
     public init(store: S3Store, bucket bucketName: String, owner: String, options: FileSystemOptions = FileSystemOptions(), logger: Logger = Logger(label: "tessera.fs"))
@@ -140,7 +145,7 @@ public final class FileSystem: Sendable {
             if let p = r.posix { return Inode(ino: Self.rootIno, key: [], record: r, posix: try Posix.decode(p), linked: false, implied: false) }
         }
         let t = bucket.created
-        let r = ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: Self.emptyMD5, attributes: [])
+        let r = Self.emptyRecord(modified: t)
         let p = Posix(ino: Self.rootIno, mode: FileType.directory.rawValue | 0o755, uid: options.defaultUid, gid: options.defaultGid, atime: t, ctime: t)
         return Inode(ino: Self.rootIno, key: [], record: r, posix: p, linked: false, implied: true)
     }
@@ -195,24 +200,34 @@ public final class FileSystem: Sendable {
         case none
     }
 
+    /// A name a directory can show: not empty, not `.` or `..`, at most 255 bytes.
+    static func isName(_ name: [UInt8]) -> Bool {
+        !name.isEmpty && name.count <= nameMax && name != [0x2E] && name != [0x2E, 0x2E]
+    }
+
     static func childKey(_ parent: Inode, _ name: [UInt8]) throws -> [UInt8] {
-        guard !name.isEmpty, !name.contains(0x2F), name != [0x2E], name != [0x2E, 0x2E] else { throw FSError(EINVAL, "bad name") }
         guard name.count <= nameMax else { throw FSError(ENAMETOOLONG, "names are at most \(nameMax) bytes") }
+        guard isName(name), !name.contains(0x2F) else { throw FSError(EINVAL, "bad name") }
         guard parent.type == .directory else { throw FSError(ENOTDIR) }
         let key = parent.key + name
         guard key.count < keyMax else { throw FSError(ENAMETOOLONG, "paths are at most \(keyMax - 1) bytes") }
         return key
     }
 
+    /// True if some key lies below directory key `dirKey` (which ends in `/`).
+    func hasEntries(under dirKey: [UInt8]) async throws -> Bool {
+        let below = try await cluster.next(bucket.objects, from: [dirKey], limit: 1, excludeStart: true)[0]
+        return below.first?.key.starts(with: dirKey) ?? false
+    }
+
     /// What the name `key` is: a directory (its own entry, or keys under it), a file, or
     /// nothing. A directory hides a file of the same name (S3 allows both).
     func find(_ key: [UInt8]) async throws -> Found {
         let dirKey = key + [0x2F]
-        async let under = cluster.next(bucket.objects, from: [dirKey], limit: 1, excludeStart: true)
+        async let implied = hasEntries(under: dirKey)
         let values = try await cluster.get(bucket.objects, [key, dirKey])
-        let below = try await under[0]
         if let v = values[1] { return .directory(key: dirKey, record: try ObjectRecord.decode(v)) }
-        if let first = below.first, first.key.starts(with: dirKey) { return .directory(key: dirKey, record: nil) }
+        if try await implied { return .directory(key: dirKey, record: nil) }
         if let v = values[0] {
             let entry = try ObjectRecord.decode(v)
             return .file(key: key, entry: entry, record: try await store.resolve(bucket, entry))
@@ -240,7 +255,7 @@ public final class FileSystem: Sendable {
             posix = try r?.posix.map(Posix.decode) ?? synthesizedPosix(k, r, directory: true)
             ino = posix.ino
             key = k
-            record = r ?? ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: posix.ctime, etag: Self.emptyMD5, attributes: [])
+            record = r ?? Self.emptyRecord(modified: posix.ctime)
             (linked, implied) = (false, r == nil)
         }
         return state.withLock { s in
@@ -368,7 +383,7 @@ public final class FileSystem: Sendable {
                 if type == .directory { perms |= 0o2000 }
             }
             let posix = Posix(ino: ino, mode: type.rawValue | perms, uid: caller.uid, gid: gid, atime: t, ctime: t, rdev: rdev, target: target)
-            let record = ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: Self.emptyMD5, attributes: [])
+            let record = Self.emptyRecord(modified: t)
             let i = Inode(ino: ino, key: type == .directory ? key + [0x2F] : key, record: record, posix: posix, linked: false, implied: false)
             touch(p, t)
             if type == .regular {
@@ -435,51 +450,64 @@ public final class FileSystem: Sendable {
             }
             let t = now()
             touch(p, t)
-            var freeData: Fid? = nil
-            if let ino = entry.inode {
-                // One link fewer; the last one takes the inode record (and its data, once closed).
-                let left = (record.links ?? 1) - 1
-                let open = state.withLock { _ in
-                    i.record.links = left
-                    i.posix.ctime = t
-                    if left == 0 { i.unlinked = true }
-                    return i.opens > 0
-                }
-                if left > 0 || open {
-                    try await storeRecords([i, p], deleting: [key])
-                } else {
-                    try await store.notePending([(record.fid, .object(bucket: bucketName, key: String(decoding: key, as: UTF8.self)))])
-                    try await cluster.delete(fsIndex, [S3Indexes.inodeKey(ino)], sync: true)
-                    try await storeRecords([p], deleting: [key])
-                    freeData = record.fid
-                }
-            } else {
-                let open = state.withLock { _ in
-                    i.unlinked = true
-                    i.posix.ctime = t
-                    return i.opens > 0
-                }
-                let owner = String(decoding: key, as: UTF8.self)
-                if open {
-                    // Freed at the last close; until then a crash leaves it to the sweeper.
-                    try await store.notePending([(record.fid, .object(bucket: bucketName, key: owner))])
-                    try await storeRecords([p], deleting: [key])
-                } else if record.size > 0 || record.multipart {
-                    // The free marker goes in the same UPDATE as the entry's removal.
-                    try await storeRecords([p], deleting: [key], putting: [S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName)])
-                    freeData = record.fid
-                } else {
-                    try await storeRecords([p], deleting: [key])
-                }
+            let (puts, after) = try await letGo(key, entry: entry, record: record, i, at: t)
+            try await storeRecords([p], deleting: [key], putting: puts)
+            try await finish(after, owner: key)
+        }
+    }
+
+    /// What is left to do once a file's entry is gone (see `letGo`).
+    private enum AfterRemoval {
+        case nothing
+        /// Free the data, then the free marker that went in the UPDATE.
+        case free(Fid)
+        /// Drop one link of the hard-linked inode (the S3 store frees it with the last).
+        case dropLink(UInt64)
+    }
+
+    /// What removing file entry `key` (stored as `entry`, standing for `record`, cached as
+    /// `i`) takes besides deleting the key: records for the same UPDATE, and what to do
+    /// after it. An open file keeps its data until its last close: a hard link's inode
+    /// record stays (with no links), a plain file's data is noted pending-free, so a crash
+    /// before the close leaves it to the sweeper.
+    private func letGo(_ key: [UInt8], entry: ObjectRecord, record: ObjectRecord, _ i: Inode, at t: UInt64) async throws -> ([Record], AfterRemoval) {
+        let owner = String(decoding: key, as: UTF8.self)
+        if let ino = entry.inode {
+            let left = (record.links ?? 1) - 1
+            let open = state.withLock { _ in
+                i.record.links = left
+                i.posix.ctime = t
+                if left == 0 { i.unlinked = true }
+                return i.opens > 0
             }
-            if let fid = freeData {
-                try await store.free(fid)
-                if entry.inode == nil {
-                    _ = try? await cluster.delete(bucket.objects, [S3Store.freeMarkerKey(fid)])
-                } else {
-                    await store.dropPending([fid])
-                }
+            if left == 0 && open {
+                try await storeRecords([i])
+                return ([], .nothing)
             }
+            return ([], .dropLink(ino))
+        }
+        let open = state.withLock { _ in
+            i.unlinked = true
+            i.posix.ctime = t
+            return i.opens > 0
+        }
+        if open {
+            try await store.notePending([(record.fid, .object(bucket: bucketName, key: owner))])
+            return ([], .nothing)
+        }
+        // The free marker goes in the same UPDATE as the entry's removal.
+        guard record.size > 0 || record.multipart else { return ([], .nothing) }
+        return ([S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName)], .free(record.fid))
+    }
+
+    private func finish(_ after: AfterRemoval, owner key: [UInt8]) async throws {
+        switch after {
+        case .nothing: break
+        case .free(let fid):
+            try await store.free(fid)
+            _ = try? await cluster.delete(bucket.objects, [S3Store.freeMarkerKey(fid)])
+        case .dropLink(let ino):
+            try await store.dropLink(bucketName, bucket, inode: ino, owner: String(decoding: key, as: UTF8.self))
         }
     }
 
@@ -493,8 +521,7 @@ public final class FileSystem: Sendable {
                 if case .file = found { throw FSError(ENOTDIR) }
                 throw FSError(ENOENT)
             }
-            let below = try await cluster.next(bucket.objects, from: [dirKey], limit: 1, excludeStart: true)[0]
-            if let first = below.first, first.key.starts(with: dirKey) { throw FSError(ENOTEMPTY) }
+            if try await hasEntries(under: dirKey) { throw FSError(ENOTEMPTY) }
             let t = now()
             touch(p, t)
             try await storeRecords([p], deleting: [dirKey])
@@ -537,10 +564,7 @@ public final class FileSystem: Sendable {
             }
             var replaced: (Inode, Found)? = nil
             if let tgt {
-                if targetIsDir {
-                    let below = try await cluster.next(bucket.objects, from: [to + [0x2F]], limit: 1, excludeStart: true)[0]
-                    if let first = below.first, first.key.starts(with: to + [0x2F]) { throw FSError(ENOTEMPTY) }
-                }
+                if targetIsDir, try await hasEntries(under: to + [0x2F]) { throw FSError(ENOTEMPTY) }
                 replaced = (tgt, target)
             }
             try await move(s, source, from, to, p, q, replacing: replaced)
@@ -565,7 +589,7 @@ public final class FileSystem: Sendable {
             let newDir = to + [0x2F]
             var deletes: [[UInt8]] = []
             var puts: [Record] = []
-            var r = record ?? ObjectRecord(fid: S3Indexes.newDataFid(), size: 0, modified: t, etag: Self.emptyMD5, attributes: [])
+            var r = record ?? Self.emptyRecord(modified: t)
             var px = try record?.posix.map(Posix.decode) ?? synthesizedPosix(dirKey, record, directory: true)
             px.ctime = t
             r.posix = px.encode()
@@ -603,7 +627,7 @@ public final class FileSystem: Sendable {
     private func move(_ s: Inode, _ source: Found, _ from: [UInt8], _ to: [UInt8], _ p: Inode, _ q: Inode, replacing: (Inode, Found)?) async throws {
         let t = now()
         var (deletes, puts) = try await moves(source, from, to, t)
-        var freeData: Fid? = nil
+        var after = AfterRemoval.nothing
         if let (old, found) = replacing {
             switch found {
             case .directory(let dirKey, let record):
@@ -611,26 +635,9 @@ public final class FileSystem: Sendable {
                 state.withLock { _ in old.unlinked = true }
             case .file(let key, let entry, let record):
                 deletes.append(key)
-                let (open, left) = state.withLock { _ in
-                    let left = entry.inode == nil ? 0 : (record.links ?? 1) - 1
-                    old.posix.ctime = t
-                    if left == 0 { old.unlinked = true } else { old.record.links = left }
-                    return (old.opens > 0, left)
-                }
-                if let ino = entry.inode, left > 0 || open {
-                    var r = record
-                    r.links = left
-                    try await cluster.put(fsIndex, [Record(key: S3Indexes.inodeKey(ino), value: r.encode())])
-                } else {
-                    let owner = String(decoding: key, as: UTF8.self)
-                    if open || entry.inode != nil {
-                        if record.size > 0 || record.multipart || open { try await store.notePending([(record.fid, .object(bucket: bucketName, key: owner))]) }
-                        if let ino = entry.inode { try await cluster.delete(fsIndex, [S3Indexes.inodeKey(ino)], sync: true) }
-                    } else if record.size > 0 || record.multipart {
-                        puts.append(S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName))
-                    }
-                    if (record.size > 0 || record.multipart) && !open { freeData = record.fid }
-                }
+                let (extra, then) = try await letGo(key, entry: entry, record: record, old, at: t)
+                puts += extra
+                after = then
             case .none: break
             }
         }
@@ -648,11 +655,7 @@ public final class FileSystem: Sendable {
             s.implied = false
             s.posix.ctime = t
         }
-        if let fid = freeData {
-            try await store.free(fid)
-            await store.dropPending([fid])
-            _ = try? await cluster.delete(bucket.objects, [S3Store.freeMarkerKey(fid)])
-        }
+        try await finish(after, owner: to)
     }
 
     private func exchange(_ a: Inode, _ fa: Found, _ ka: [UInt8], _ b: Inode, _ fb: Found, _ kb: [UInt8], _ p: Inode, _ q: Inode) async throws {
@@ -733,11 +736,7 @@ public final class FileSystem: Sendable {
                     if c.uid != nil || c.gid != nil {
                         if let u = c.uid { i.posix.uid = u }
                         if let g = c.gid { i.posix.gid = g }
-                        if i.type != .directory && c.mode == nil {
-                            // chown drops set-user-ID, and set-group-ID where it means that.
-                            i.posix.mode &= ~0o4000
-                            if i.posix.mode & 0o010 != 0 { i.posix.mode &= ~0o2000 }
-                        }
+                        if i.type != .directory && c.mode == nil { i.posix.dropSetIDs() }
                     }
                     switch c.atime {
                     case .now: i.posix.atime = t
@@ -823,8 +822,7 @@ public final class FileSystem: Sendable {
         let d = try await openData(i)
         defer { state.withLock { _ in i.data = nil } }
         let r = try await body(d)
-        try await d.flush()
-        try await storeData(i, d, sync: false)
+        try await writeBack(i, d, sync: false)
         await d.drop()
         return r
     }
@@ -863,6 +861,12 @@ public final class FileSystem: Sendable {
         try await store.free(record.fid)
         await store.dropPending([record.fid, writer.fid])
         return r
+    }
+
+    /// Writes the file's pages to its object, then stores its entry (synced with `sync`).
+    private func writeBack(_ i: Inode, _ d: FileData, sync: Bool) async throws {
+        try await d.flush()
+        try await storeData(i, d, sync: sync)
     }
 
     /// Stores the record after data changes: size, mtime, ETag.
@@ -921,13 +925,8 @@ public final class FileSystem: Sendable {
                 changed = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) } != before
             }
             if i.type == .regular && state.withLock({ _ in i.data == nil }) { _ = try await openData(i) }
-            let h = state.withLock { s in
-                i.opens += 1
-                let h = s.nextHandle
-                s.nextHandle += 1
-                s.handles[h] = .file(ino: ino, append: flags & O_APPEND != 0, write: write)
-                return h
-            }
+            state.withLock { _ in i.opens += 1 }
+            let h = newHandle(.file(ino: ino, append: flags & O_APPEND != 0, write: write))
             if flags & O_TRUNC != 0 && i.type == .regular, let d = state.withLock({ _ in i.data }), d.size > 0 {
                 try await d.truncate(to: 0)
                 let t = now()
@@ -965,11 +964,7 @@ public final class FileSystem: Sendable {
             state.withLock { _ in
                 i.record.modified = t
                 i.posix.ctime = t
-                // A write by anyone but root drops set-user-ID and set-group-ID.
-                if (caller?.uid ?? 0) != 0 && i.posix.mode & 0o6000 != 0 {
-                    i.posix.mode &= ~0o4000
-                    if i.posix.mode & 0o010 != 0 { i.posix.mode &= ~0o2000 }
-                }
+                if (caller?.uid ?? 0) != 0 { i.posix.dropSetIDs() }
             }
             return bytes.count
         }
@@ -998,8 +993,7 @@ public final class FileSystem: Sendable {
         guard write || state.withLock({ _ in i.attributesChanged }) else { return }
         try await fileLocks.withLock(i.ino) {
             guard let d = state.withLock({ _ in i.data }) else { return }
-            try await d.flush()
-            try await storeData(i, d, sync: false)
+            try await writeBack(i, d, sync: false)
         }
     }
 
@@ -1008,8 +1002,7 @@ public final class FileSystem: Sendable {
         let (i, _, _) = try fileHandle(h)
         try await fileLocks.withLock(i.ino) {
             guard let d = state.withLock({ _ in i.data }) else { return }
-            try await d.flush()
-            try await storeData(i, d, sync: true)
+            try await writeBack(i, d, sync: true)
         }
     }
 
@@ -1036,10 +1029,7 @@ public final class FileSystem: Sendable {
                 if state.withLock({ _ in i.linked }) { _ = try? await cluster.delete(fsIndex, [S3Indexes.inodeKey(i.ino)], sync: true) }
                 return
             }
-            do {
-                try await d.flush()
-                try await storeData(i, d, sync: false)
-            } catch {
+            do { try await writeBack(i, d, sync: false) } catch {
                 await d.drop()
                 throw error
             }
@@ -1052,10 +1042,14 @@ public final class FileSystem: Sendable {
     public func opendir(_ ino: UInt64) throws -> UInt64 {
         let i = try inode(ino)
         guard i.type == .directory else { throw FSError(ENOTDIR) }
-        return state.withLock { s in
+        return newHandle(.directory(ino: ino, entries: nil))
+    }
+
+    private func newHandle(_ handle: Handle) -> UInt64 {
+        state.withLock { s in
             let h = s.nextHandle
             s.nextHandle += 1
-            s.handles[h] = .directory(ino: ino, entries: nil)
+            s.handles[h] = handle
             return h
         }
     }
@@ -1101,7 +1095,7 @@ public final class FileSystem: Sendable {
                     let name = Array(rest[..<slash])
                     let dirKey = prefix + name + [0x2F]
                     skipTo = S3Store.successor(of: dirKey) ?? []
-                    if name.isEmpty || name.count > Self.nameMax || name == [0x2E] || name == [0x2E, 0x2E] { break }
+                    guard Self.isName(name) else { break }
                     let record = slash == rest.index(before: rest.endIndex) ? try? ObjectRecord.decode(r.value) : nil
                     if let i = try? inode(for: .directory(key: dirKey, record: record)) {
                         // A directory hides a file of the same name.
@@ -1111,7 +1105,7 @@ public final class FileSystem: Sendable {
                     break
                 }
                 let name = Array(rest)
-                guard name.count <= Self.nameMax, name != [0x2E], name != [0x2E, 0x2E] else { continue }
+                guard Self.isName(name) else { continue }
                 do {
                     let entry = try ObjectRecord.decode(r.value)
                     let record = try await store.resolve(bucket, entry)
@@ -1159,10 +1153,7 @@ public final class FileSystem: Sendable {
         for i in open {
             await fileLocks.withLock(i.ino) {
                 guard let d = state.withLock({ _ in i.data }) else { return }
-                do {
-                    try await d.flush()
-                    try await storeData(i, d, sync: false)
-                } catch {
+                do { try await writeBack(i, d, sync: false) } catch {
                     logger.error("flushing inode \(i.ino) at unmount: \(error)")
                 }
             }

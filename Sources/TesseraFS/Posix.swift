@@ -32,6 +32,13 @@ struct Posix: Sendable, Equatable {
 
     var type: FileType { FileType(mode: mode) ?? .regular }
 
+    /// What a write or chown by someone other than root does: set-user-ID goes, and
+    /// set-group-ID where it means that (with group-execute; without, it marks locking).
+    mutating func dropSetIDs() {
+        mode &= ~0o4000
+        if mode & 0o010 != 0 { mode &= ~0o2000 }
+    }
+
     static func == (a: Posix, b: Posix) -> Bool {
         a.ino == b.ino && a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.atime == b.atime && a.ctime == b.ctime && a.rdev == b.rdev
             && a.target == b.target && a.xattrs.elementsEqual(b.xattrs) { $0.name == $1.name && $0.value == $1.value }

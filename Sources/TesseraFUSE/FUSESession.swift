@@ -87,17 +87,7 @@ public final class FUSESession: @unchecked Sendable {
     // MARK: Bridging
 
     /// Runs `body` on the Swift pool and waits for it on this (libfuse) thread.
-    func block(_ body: @escaping @Sendable () async -> Void) {
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            await body()
-            done.signal()
-        }
-        done.wait()
-    }
-
-    /// Runs `body` and replies with its result through `reply`, or with its errno.
-    func serve<R>(_ req: fuse_req_t?, _ body: @escaping @Sendable () async throws -> R, reply: (R) -> Void) {
+    func wait<R>(_ body: @escaping @Sendable () async throws -> R) -> Result<R, Error> {
         let box = ResultBox<R>()
         let done = DispatchSemaphore(value: 0)
         Task {
@@ -105,7 +95,16 @@ public final class FUSESession: @unchecked Sendable {
             done.signal()
         }
         done.wait()
-        switch box.result! {
+        return box.result!
+    }
+
+    func block(_ body: @escaping @Sendable () async -> Void) {
+        _ = wait(body)
+    }
+
+    /// Runs `body` and replies with its result through `reply`, or with its errno.
+    func serve<R>(_ req: fuse_req_t?, _ body: @escaping @Sendable () async throws -> R, reply: (R) -> Void) {
+        switch wait(body) {
         case .success(let r): reply(r)
         case .failure(let e):
             let n = FSError.errno(of: e)

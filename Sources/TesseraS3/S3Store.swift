@@ -188,7 +188,7 @@ public final class S3Store: Sendable {
     /// so it can go in the same UPDATE as the entry change that lets go of the data, with no
     /// sync-wait in between (docs/S3.md).
     public static func freeMarker(_ fid: Fid, owner key: String, bucket bucketName: String) -> Record {
-        Record(key: freeMarkerPrefix + S3Indexes.fidKey(fid), value: PendingFree(owner: .object(bucket: bucketName, key: key), noted: now()).encode())
+        Record(key: freeMarkerKey(fid), value: PendingFree(owner: .object(bucket: bucketName, key: key), noted: now()).encode())
     }
 
     public static func freeMarkerKey(_ fid: Fid) -> [UInt8] { freeMarkerPrefix + S3Indexes.fidKey(fid) }
@@ -502,32 +502,13 @@ public final class S3Store: Sendable {
     // MARK: The sweeper
 
     /// Frees every object noted as pending before `cutoff` (ns since 1970) that its owner
-    /// does not refer to, and forgets the rest. Returns how many objects it freed.
+    /// does not refer to, and forgets the rest: in the pending-free index, then in every
+    /// bucket's free markers. Returns how many objects it freed.
     @discardableResult
     public func sweep(notedBefore cutoff: UInt64) async throws -> Int {
         var freed = 0
-        var from: [UInt8]? = nil
-        while true {
-            let batch: [Record]
-            do { batch = try await cluster.next(S3Indexes.pendingFrees, from: [from], limit: 500, excludeStart: from != nil)[0] } catch let e as TesseraError
-                where e.code == .notFound
-            { return 0 }
-            for r in batch {
-                guard let fid = S3Indexes.fid(fromKey: r.key) else { continue }
-                let pending: PendingFree
-                do { pending = try PendingFree.decode(r.value) } catch {
-                    logger.warning("pending-free record of \(fid) unreadable, left alone: \(error)")
-                    continue
-                }
-                guard pending.noted < cutoff else { continue }
-                if try await !referenced(fid, by: pending.owner) {
-                    try await free(fid)
-                    freed += 1
-                }
-                await dropPending([fid])
-            }
-            guard batch.count == 500 else { break }
-            from = batch.last!.key
+        do { freed = try await sweep(S3Indexes.pendingFrees, prefix: [], notedBefore: cutoff) } catch let e as TesseraError where e.code == .notFound {
+            return 0  // no pending free was ever noted
         }
         for (name, b) in try await listBuckets() { freed += try await sweepMarkers(name, b, notedBefore: cutoff) }
         if freed > 0 { logger.info("sweeper freed \(freed) objects no entry refers to") }
@@ -537,15 +518,22 @@ public final class S3Store: Sendable {
     /// The same for the free markers in one bucket's object list.
     @discardableResult
     public func sweepMarkers(_ bucketName: String, _ bucket: BucketRecord, notedBefore cutoff: UInt64) async throws -> Int {
+        try await sweep(bucket.objects, prefix: Self.freeMarkerPrefix, notedBefore: cutoff)
+    }
+
+    /// Sweeps the pending-free records of `index` whose keys are `prefix` then a fid.
+    private func sweep(_ index: Fid, prefix: [UInt8], notedBefore cutoff: UInt64) async throws -> Int {
         var freed = 0
-        var from = Self.freeMarkerPrefix
+        var from = prefix
         var exclusive = false
         while true {
-            let batch = try await cluster.next(bucket.objects, from: [from], limit: 500, excludeStart: exclusive)[0]
+            let batch = try await cluster.next(index, from: [from], limit: 500, excludeStart: exclusive)[0]
             for r in batch {
-                guard r.key.starts(with: Self.freeMarkerPrefix) else { return freed }
-                guard let fid = S3Indexes.fid(fromKey: Array(r.key.dropFirst(Self.freeMarkerPrefix.count))), let pending = try? PendingFree.decode(r.value) else {
-                    logger.warning("free marker \(hex(r.key)) in bucket \(bucketName) unreadable, left alone")
+                guard r.key.starts(with: prefix) else { return freed }
+                guard let fid = S3Indexes.fid(fromKey: Array(r.key.dropFirst(prefix.count))) else { continue }
+                let pending: PendingFree
+                do { pending = try PendingFree.decode(r.value) } catch {
+                    logger.warning("pending-free record of \(fid) in index \(index) unreadable, left alone: \(error)")
                     continue
                 }
                 guard pending.noted < cutoff else { continue }
@@ -553,7 +541,8 @@ public final class S3Store: Sendable {
                     try await free(fid)
                     freed += 1
                 }
-                _ = try? await cluster.delete(bucket.objects, [r.key])
+                // Not synced: a record that comes back after a crash is only looked at again.
+                _ = try? await cluster.delete(index, [r.key])
             }
             guard batch.count == 500, let last = batch.last else { return freed }
             from = last.key

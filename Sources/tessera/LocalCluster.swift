@@ -120,12 +120,12 @@ struct Up: AsyncParsableCommand {
     @Argument(help: "Mount point: the bucket is mounted there.") var mountpoint: String?
 
     func run() async throws {
-        if let mountpoint, !isFuseMount(URL(fileURLWithPath: mountpoint).standardizedFileURL.resolvingSymlinksInPath().path) {
-            var isDir = ObjCBool(false)
-            if !FileManager.default.fileExists(atPath: mountpoint, isDirectory: &isDir) {
-                try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-            } else if !isDir.boolValue {
-                throw ValidationError("\(mountpoint) is not a directory")
+        // A dead mount daemon's mount point answers ENOTCONN, so it reads as no directory.
+        if let mountpoint, !isFuseMount(mountTarget(mountpoint)) {
+            switch isDirectory(mountpoint) {
+            case nil: try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            case false?: throw ValidationError("\(mountpoint) is not a directory")
+            case true?: break
             }
         }
         if let s3, Endpoint(s3) == nil { throw ValidationError("--s3 '\(s3)' is not HOST:PORT") }
@@ -165,11 +165,10 @@ struct Up: AsyncParsableCommand {
         say("cluster of \(config.servers.count) servers up in \(dir)")
         for s in config.servers { say("  server \(s.id) at \(s.address)") }
         if let s3, let endpoint = Endpoint(s3) { try await startGateway(config, endpoint) }
-        if let mountpoint { try await mount(mountpoint, say: say) }
+        if let mountpoint { try await mount(mountTarget(mountpoint), say: say) }
     }
 
-    private func mount(_ mountpoint: String, say: (String) -> Void) async throws {
-        let target = URL(fileURLWithPath: mountpoint).standardizedFileURL.resolvingSymlinksInPath().path
+    private func mount(_ target: String, say: (String) -> Void) async throws {
         if isFuseMount(target) {
             if state.runningMountPid() != nil {
                 say("\(target) is mounted already")
@@ -295,7 +294,7 @@ extension Down {
     private func unmount() async throws {
         let recorded = try? String(contentsOfFile: state.mountPointFile, encoding: .utf8)
         guard let path = mountpoint ?? recorded else { return }
-        let target = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
+        let target = mountTarget(path)
         if isFuseMount(target) {
             var status = try runTool("/bin/fusermount3", ["-u", target])
             if status != 0 { status = try runTool("/bin/umount", [target]) }
@@ -307,7 +306,7 @@ extension Down {
             while state.runningMountPid() == pid && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
             if state.runningMountPid() == pid { try await state.stop(pid, what: "the mount daemon", stillRunning: state.runningMountPid) }
         }
-        if mountpoint == nil || recorded.map({ URL(fileURLWithPath: $0).standardizedFileURL.path }) == target {
+        if mountpoint == nil || recorded == target {
             unlink(state.mountPidFile)
             unlink(state.mountPointFile)
         }

@@ -75,12 +75,10 @@ struct Mount: AsyncParsableCommand {
     func run() async throws {
         var parsed = try Self.parse(o)
         let configPath = config ?? parsed.config ?? state.configPath
-        guard var isDir = Optional(ObjCBool(false)), FileManager.default.fileExists(atPath: mountpoint, isDirectory: &isDir), isDir.boolValue else {
-            throw ValidationError("\(mountpoint) is not a directory")
-        }
+        guard isDirectory(mountpoint) == true else { throw ValidationError("\(mountpoint) is not a directory") }
         let cfg = try ClusterConfig.load(path: configPath)
         guard S3Store.validBucketName(bucket) else { throw ValidationError("'\(bucket)' is not a valid bucket name (3–63 of a-z, 0-9, '.', '-')") }
-        let target = URL(fileURLWithPath: mountpoint).standardizedFileURL.resolvingSymlinksInPath().path
+        let target = mountTarget(mountpoint)
         if !foreground {
             try daemonize(configPath: configPath, target: target, log: log ?? parsed.log)
             return
@@ -140,6 +138,17 @@ struct Mount: AsyncParsableCommand {
             usleep(20_000)
         }
     }
+}
+
+/// The absolute path, symlinks resolved, that the kernel's mount table names for `path`.
+func mountTarget(_ path: String) -> String {
+    URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
+}
+
+/// Whether `path` is a directory; nil if nothing is there.
+func isDirectory(_ path: String) -> Bool? {
+    var isDir = ObjCBool(false)
+    return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) ? isDir.boolValue : nil
 }
 
 /// True if `path` (absolute, symlinks resolved) is a FUSE mount point now.
