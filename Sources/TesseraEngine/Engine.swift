@@ -60,7 +60,6 @@ public final class Engine: @unchecked Sendable {
 
     /// Opens an image, replaying its log, and starts the commit pipeline.
     public static func open(path: String, options: EngineOptions = EngineOptions()) throws -> Engine {
-        _ = Engine.mallocTuned
         let file = try ImageFile(path: path, faults: options.faults)
         let (header, slot, problems) = try ImageHeader.load(from: file)
         let recovered = try Recovery.replay(file: file, header: header, slot: slot)
@@ -87,12 +86,6 @@ public final class Engine: @unchecked Sendable {
         if groups > 0 { logger.info("\(path): replayed \(groups) commit groups from the log") }
         try reclaimDropped()
     }
-
-    /// Commit groups and log records are large (up to megabytes) and short-lived. glibc raises
-    /// its mmap threshold after such blocks are freed and then keeps them in the heap, where
-    /// they fragment and stay resident: measured, several MiB beyond the node-cache budget.
-    /// A fixed threshold sends them back to the system when freed.
-    private static let mallocTuned: Bool = tessera_set_mmap_threshold(128 << 10) == 1
 
     /// Logs and places everything, then closes the image. Further calls fail with `.closed`.
     public func close() throws {

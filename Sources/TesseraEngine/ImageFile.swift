@@ -55,6 +55,11 @@ public final class ImageFile: @unchecked Sendable {
 
     deinit { close() }
 
+    /// Tells the kernel reads will mostly be sequential (a larger read-ahead window).
+    public func adviseSequential() {
+        _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
+    }
+
     /// Closes the descriptor (releasing the lock); later calls fail with EBADF.
     public func close() {
         if fd >= 0 { Glibc.close(fd) }

@@ -35,30 +35,23 @@ extension ByteBuffer {
     /// Appends one frame (header, then body) as docs/WIRE.md lays it out. Handlers append
     /// every frame of a burst to one buffer and write it once: one syscall for the burst.
     mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: [UInt8]) {
-        writeFrame(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, body: body, then: [])
+        reserveCapacity(minimumWritableBytes: Frame.headerSize + body.count)
+        withUnsafeTemporaryAllocation(byteCount: Frame.headerSize, alignment: 8) { h in
+            Frame.writeHeader(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, bodyLength: body.count, to: h.baseAddress!)
+            writeBytes(UnsafeRawBufferPointer(h))
+        }
+        body.withUnsafeBytes { _ = writeBytes($0) }
     }
 
-    /// A response frame; READ data goes from the response straight into the buffer.
+    /// A response frame; READ data goes in a `data` frame, the bytes alone as its body.
     mutating func writeResponse(_ response: Response, requestID: UInt64) {
         if case .data(let bytes) = response {
-            writeFrame(kind: .response, requestID: requestID, body: Response.dataPrefix(count: bytes.count), then: bytes)
+            writeFrame(kind: .data, requestID: requestID, body: bytes)
         } else {
             var w = WireWriter()
             response.encode(into: &w)
             writeFrame(kind: .response, requestID: requestID, body: w.bytes)
         }
-    }
-
-    /// A frame whose body is `body` followed by `then`.
-    mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: [UInt8], then more: [UInt8]) {
-        let length = body.count + more.count
-        reserveCapacity(minimumWritableBytes: Frame.headerSize + length)
-        withUnsafeTemporaryAllocation(byteCount: Frame.headerSize, alignment: 8) { h in
-            Frame.writeHeader(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, bodyLength: length, to: h.baseAddress!)
-            writeBytes(UnsafeRawBufferPointer(h))
-        }
-        body.withUnsafeBytes { _ = writeBytes($0) }
-        if !more.isEmpty { more.withUnsafeBytes { _ = writeBytes($0) } }
     }
 
     mutating func writeFrame(_ f: Frame) {

@@ -212,6 +212,9 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         case .response:
             guard let p = pending.removeValue(forKey: frame.requestID) else { return }  // late reply after a timeout
             p.batch.complete(p.slot, (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response"))
+        case .data:
+            guard let p = pending.removeValue(forKey: frame.requestID) else { return }
+            p.batch.complete(p.slot, .data(frame.body))
         case .refused:
             failAll(.failure(.io, "the server closed the connection: \(frame.refusalMessage)"))
             context.close(promise: nil)

@@ -108,6 +108,8 @@ public final class DataFile: @unchecked Sendable {
 
     public init(path: String, faults: FaultInjector? = nil) throws {
         (file, header) = try DataImage.open(path: path, faults: faults)
+        // Units are runs of blocks, and objects are read group after group.
+        file.adviseSequential()
     }
 
     public var path: String { file.path }

@@ -4,6 +4,7 @@
 // reads them back at random and in one full scan, verifying every byte, and prints the
 // resident set size before and at most during the work ("rss-base N", "rss-max N").
 import ArgumentParser
+import CTesseraSupport
 import Foundation
 import TesseraCore
 import TesseraEngine
@@ -20,6 +21,12 @@ struct Fill: ParsableCommand {
     static func key(_ i: Int) -> [UInt8] { Array(String(format: "%08x-%06d", (i &* 2_654_435_761) & 0xFFFF_FFFF, i).utf8) }
 
     func run() throws {
+        // Commit groups and log records are large (up to megabytes) and short-lived. With
+        // freed blocks kept in the heap (Main.swift) they fragment and stay resident, several
+        // MiB beyond the node-cache budget this command measures; a fixed, small mmap
+        // threshold sends them back to the system when freed. A server keeps them instead:
+        // it moves unit-sized buffers, and fresh pages for each cost more than they save.
+        _ = tessera_set_mmap_threshold(128 << 10)
         var options = EngineOptions()
         options.cacheBytes = cache
         let engine = try Engine.open(path: image, options: options)

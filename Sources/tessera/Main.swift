@@ -27,7 +27,7 @@ enum Main {
         signal(SIGHUP, SIG_IGN)
         // Clients move data in unit-sized buffers (up to 16 MiB plus a frame header): keep
         // freed ones in the heap, or every reply costs fresh pages, faulted in and zeroed.
-        // A server's engine sets its own, smaller threshold when it opens (Engine.swift).
+        // Servers too: unit-sized reads and writes. `debug fill` sets a small one (Fill.swift).
         _ = tessera_keep_freed_blocks(64 << 20)
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

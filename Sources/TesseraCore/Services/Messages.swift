@@ -244,15 +244,6 @@ extension Request {
 }
 
 extension Response {
-    /// For `.data`: the encoding is this prefix followed by the bytes themselves, so a
-    /// transport can send large data without copying it into an encoded body first.
-    public static func dataPrefix(count: Int) -> [UInt8] {
-        var w = WireWriter(capacity: 6)
-        w.u16(Kind.data.rawValue)
-        w.u32(UInt32(count))
-        return w.bytes
-    }
-
     public func encode(into w: inout WireWriter) {
         switch self {
         case .statuses(let statuses, let tx):

@@ -26,6 +26,9 @@ public enum FrameKind: UInt8, Sendable {
     case welcome = 6
     /// Either side, before closing: u16 status, then a message.
     case refused = 7
+    /// Server → client: the response to a READ whose body is the bytes read, with no
+    /// response encoding around them, so neither side copies them into or out of one.
+    case data = 8
 }
 
 public struct Frame: Sendable, Equatable {
