@@ -99,6 +99,12 @@ public final class FileSystem: Sendable {
         case directory(ino: UInt64, entries: [DirectoryEntry]?)
     }
     let state = Mutex(State())
+    /// Data of removed files waiting to be freed (`reclaimLater`).
+    let reclaims = Mutex(Reclaims())
+    struct Reclaims {
+        var queue: [Fid] = []
+        var running = false
+    }
     let namespace = KeyedLocks<Int>()
     let fileLocks = KeyedLocks<UInt64>()
 
@@ -504,11 +510,60 @@ public final class FileSystem: Sendable {
         switch after {
         case .nothing: break
         case .free(let fid):
-            try await store.free(fid)
-            _ = try? await cluster.delete(bucket.objects, [S3Store.freeMarkerKey(fid)])
+            reclaimLater(fid)
         case .dropLink(let ino):
             try await store.dropLink(bucketName, bucket, inode: ino, owner: String(decoding: key, as: UTF8.self))
         }
+    }
+
+    // MARK: Freeing removed data
+
+    /// Frees the data of a removed file after the removal is answered. The free marker that
+    /// went in the removal's UPDATE keeps a crash from leaking it (a starting mount and the
+    /// gateway's sweeper free what a dead process left), so nothing needs to wait for it.
+    private func reclaimLater(_ fid: Fid) {
+        let start = reclaims.withLock { r -> Bool in
+            r.queue.append(fid)
+            defer { r.running = true }
+            return !r.running
+        }
+        if start { Task { await self.reclaimQueued() } }
+    }
+
+    /// Frees queued data, up to 32 objects at a time, then drops their free markers in one
+    /// DEL; a free that fails leaves its marker for the sweepers.
+    private func reclaimQueued() async {
+        while true {
+            let batch = reclaims.withLock { r -> [Fid] in
+                let b = Array(r.queue.prefix(32))
+                r.queue.removeFirst(b.count)
+                if b.isEmpty { r.running = false }
+                return b
+            }
+            if batch.isEmpty { return }
+            let freed = await withTaskGroup(of: Fid?.self) { group in
+                for fid in batch {
+                    group.addTask {
+                        do {
+                            try await self.store.free(fid)
+                            return fid
+                        } catch {
+                            self.logger.warning("freeing the data \(fid) of a removed file: \(error); its free marker stays for the sweeper")
+                            return nil
+                        }
+                    }
+                }
+                var out: [Fid] = []
+                for await f in group { if let f { out.append(f) } }
+                return out
+            }
+            if !freed.isEmpty { _ = try? await cluster.delete(bucket.objects, freed.map(S3Store.freeMarkerKey)) }
+        }
+    }
+
+    /// Returns once every queued free is done.
+    func reclaimsDone() async {
+        while reclaims.withLock({ $0.running }) { try? await Task.sleep(for: .milliseconds(2)) }
     }
 
     public func rmdir(_ parent: UInt64, _ name: [UInt8]) async throws {
@@ -1158,6 +1213,7 @@ public final class FileSystem: Sendable {
                 }
             }
         }
+        await reclaimsDone()
         _ = try? await cluster.sync()
     }
 }

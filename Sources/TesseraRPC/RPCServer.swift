@@ -90,6 +90,13 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     /// Replies answered on the event loop during this read burst, written together in
     /// `channelReadComplete`.
     private var burst: ByteBuffer?
+    /// Requests decoded during this read burst, not yet answered or started.
+    private var queued: [Queued] = []
+    struct Queued {
+        let id: UInt64
+        let request: Request
+        let deadlineMillis: UInt32
+    }
     private static let pauseAt = 256
     private static let resumeAt = 128
 
@@ -122,11 +129,32 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             reply(context, Response(error), id: id)
             return
         }
-        if let response = handler.handleImmediately(request) {
-            reply(context, response, id: id)
-            return
+        queued.append(Queued(id: id, request: request, deadlineMillis: frame.deadlineMillis))
+        if queued.count >= Self.pauseAt { answerQueued(context) }
+    }
+
+    /// Answers the requests of this read burst in arrival order: runs that need no waiting
+    /// go to the handler together (`handleImmediately`), and each request that must wait
+    /// starts its own task once everything before it is answered.
+    private func answerQueued(_ context: ChannelHandlerContext) {
+        guard !queued.isEmpty else { return }
+        let requests = queued.map(\.request)
+        var i = 0
+        while i < requests.count {
+            let answered = handler.handleImmediately(requests[i...])
+            for (k, response) in answered.enumerated() { reply(context, response, id: queued[i + k].id) }
+            i += answered.count
+            if i < requests.count {
+                start(context, queued[i])
+                i += 1
+            }
         }
-        let deadline = frame.deadlineMillis == 0 ? nil : ContinuousClock.now + .milliseconds(Int(frame.deadlineMillis))
+        queued.removeAll(keepingCapacity: true)
+    }
+
+    /// Runs a request that must wait (a sync-wait change, IO, SYNC) in a task of its own.
+    private func start(_ context: ChannelHandlerContext, _ q: Queued) {
+        let deadline = q.deadlineMillis == 0 ? nil : ContinuousClock.now + .milliseconds(Int(q.deadlineMillis))
         let channel = context.channel
         let handler = self.handler
         let connections = self.connections
@@ -140,10 +168,10 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             if let deadline, ContinuousClock.now >= deadline {
                 response = .failure(.timedOut, "the request's deadline passed before it ran")
             } else {
-                response = await handler.handle(request)
+                response = await handler.handle(q.request)
             }
             var out = channel.allocator.buffer(capacity: 64)
-            out.writeResponse(response, requestID: id)
+            out.writeResponse(response, requestID: q.id)
             channel.writeAndFlush(out).whenComplete { _ in
                 this.value.answered(channel)
             }
@@ -165,6 +193,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        answerQueued(context)
         if let out = burst {
             burst = nil
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
@@ -181,6 +210,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
     private func refuse(_ context: ChannelHandlerContext, _ status: Status, _ message: String) {
         let channel = context.channel
+        queued.removeAll()
         if let out = burst {
             burst = nil
             context.write(wrapOutboundOut(out), promise: nil)

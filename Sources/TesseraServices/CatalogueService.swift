@@ -44,37 +44,9 @@ public struct CatalogueService: Sendable {
             return .fids(Array(all.filter { after == nil || $0 > after! }.prefix(Int(limit))))
         case .get(let index, let keys):
             return .values(try keys.map { try engine.get(index, $0) })
-        case .put(let index, let records, let mode, _):
-            let limits = engine.limits
-            let bytes = records.reduce(0) { $0 + $1.key.count + $1.value.count }
-            return try commit(records.count, payload: bytes) { t in
-                try records.map { r in
-                    guard r.key.count <= limits.maxKey, r.value.count <= limits.maxValue else { return .tooLarge }
-                    return try t.put(index, r.key, r.value, mode: mode) == .exists ? .exists : .ok
-                }
-            }
-        case .delete(let index, let keys, _):
-            let limits = engine.limits
-            return try commit(keys.count) { t in
-                try keys.map { k in
-                    guard k.count <= limits.maxKey else { return .notFound }
-                    return try t.delete(index, k) ? .ok : .notFound
-                }
-            }
-        case .update(let index, let deletes, let puts, _):
-            let limits = engine.limits
-            let bytes = puts.reduce(0) { $0 + $1.key.count + $1.value.count }
-            return try commit(deletes.count + puts.count, payload: bytes) { t in
-                let deleted: [Status] = try deletes.map { k in
-                    guard k.count <= limits.maxKey else { return .notFound }
-                    return try t.delete(index, k) ? .ok : .notFound
-                }
-                let put: [Status] = try puts.map { r in
-                    guard r.key.count <= limits.maxKey, r.value.count <= limits.maxValue else { return .tooLarge }
-                    return try t.put(index, r.key, r.value, mode: .overwrite) == .exists ? .exists : .ok
-                }
-                return deleted + put
-            }
+        case .put, .delete, .update:
+            let (operations, payload) = Self.size(of: request)
+            return try commit(operations, payload: payload) { t in try apply(request, t) }
         case .next(let index, let starts, let limit, let excludeStart):
             let n = min(Int(limit), CatalogueService.maxNext)
             return .records(try starts.map { start in
@@ -82,6 +54,36 @@ public struct CatalogueService: Sendable {
             })
         default:
             throw TesseraError(.invalidArgument, "not a catalogue request: \(request.opcode)")
+        }
+    }
+
+    /// Records and payload bytes of a PUT, DEL or UPDATE.
+    private static func size(of request: Request) -> (operations: Int, payload: Int) {
+        switch request {
+        case .put(_, let records, _, _): return (records.count, records.reduce(0) { $0 + $1.key.count + $1.value.count })
+        case .delete(_, let keys, _): return (keys.count, 0)
+        case .update(_, let deletes, let puts, _): return (deletes.count + puts.count, puts.reduce(0) { $0 + $1.key.count + $1.value.count })
+        default: return (0, 0)
+        }
+    }
+
+    /// Makes the changes of a PUT, DEL or UPDATE in `t`: a status per record.
+    private func apply(_ request: Request, _ t: Transaction) throws -> [Status] {
+        let limits = engine.limits
+        func put(_ index: Fid, _ r: Record, _ mode: PutMode) throws -> Status {
+            guard r.key.count <= limits.maxKey, r.value.count <= limits.maxValue else { return .tooLarge }
+            return try t.put(index, r.key, r.value, mode: mode) == .exists ? .exists : .ok
+        }
+        func delete(_ index: Fid, _ k: [UInt8]) throws -> Status {
+            guard k.count <= limits.maxKey else { return .notFound }
+            return try t.delete(index, k) ? .ok : .notFound
+        }
+        switch request {
+        case .put(let index, let records, let mode, _): return try records.map { try put(index, $0, mode) }
+        case .delete(let index, let keys, _): return try keys.map { try delete(index, $0) }
+        case .update(let index, let deletes, let puts, _):
+            return try deletes.map { try delete(index, $0) } + puts.map { try put(index, $0, .overwrite) }
+        default: throw TesseraError(.invalidArgument, "not a change: \(request.opcode)")
         }
     }
 
@@ -108,6 +110,54 @@ public struct CatalogueService: Sendable {
             } catch { return Response(error) }
         default: return nil
         }
+    }
+
+    /// Answers the leading requests that need no wait. A run of two or more changes that
+    /// reply at close (PUT, DEL, UPDATE without sync-wait) is made in one transaction: one
+    /// commit and one log region per page instead of one per request. Each change is still
+    /// atomic and each reply carries its own statuses; if the shared transaction fails as a
+    /// whole, the run is made again one request at a time, so a request's failure is its own.
+    public func handleImmediately(_ requests: ArraySlice<Request>) -> [Response] {
+        var out: [Response] = []
+        var i = requests.startIndex
+        while i < requests.endIndex {
+            var end = i
+            var operations = 0
+            var payload = 0
+            while end < requests.endIndex, isSharable(requests[end]) {
+                let (n, b) = Self.size(of: requests[end])
+                guard operations + n <= Engine.maxOperationsPerTransaction else { break }
+                operations += n
+                payload += b
+                end += 1
+            }
+            if end - i >= 2, let responses = try? commitRun(requests[i..<end], operations: operations, payload: payload) {
+                out += responses
+                i = end
+                continue
+            }
+            for r in requests[i..<max(end, i + 1)] {
+                guard let response = handleImmediately(r) else { return out }
+                out.append(response)
+            }
+            i = max(end, i + 1)
+        }
+        return out
+    }
+
+    private func isSharable(_ request: Request) -> Bool {
+        switch request {
+        case .put(let index, _, _, false), .delete(let index, _, false), .update(let index, _, _, false):
+            return index.hi != CatalogueService.reservedHi
+        default: return false
+        }
+    }
+
+    private func commitRun(_ run: ArraySlice<Request>, operations: Int, payload: Int) throws -> [Response] {
+        let (statuses, tx) = try engine.write(credit: engine.credit(operations: operations, payloadBytes: payload)) { t in
+            try run.map { try apply($0, t) }
+        }
+        return statuses.map { .statuses($0, transaction: tx.group) }
     }
 
     /// Runs one transaction of `count` records.

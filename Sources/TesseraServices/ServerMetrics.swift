@@ -47,21 +47,30 @@ public final class ServerMetrics: RequestHandler {
     public func handleImmediately(_ request: Request) -> Response? {
         let start = ContinuousClock.now
         guard let response = inner.handleImmediately(request) else { return nil }
-        record(request, response, since: start)
+        record(request, response, ContinuousClock.now - start)
         return response
+    }
+
+    /// Each request of a run answered together counts the run's time as its own.
+    public func handleImmediately(_ requests: ArraySlice<Request>) -> [Response] {
+        let start = ContinuousClock.now
+        let responses = inner.handleImmediately(requests)
+        let elapsed = ContinuousClock.now - start
+        for (request, response) in zip(requests, responses) { record(request, response, elapsed) }
+        return responses
     }
 
     public func handle(_ request: Request) async -> Response {
         let start = ContinuousClock.now
         let response = await inner.handle(request)
-        record(request, response, since: start)
+        record(request, response, ContinuousClock.now - start)
         return response
     }
 
-    private func record(_ request: Request, _ response: Response, since start: ContinuousClock.Instant) {
+    private func record(_ request: Request, _ response: Response, _ elapsed: Duration) {
         let op = request.opcode
         requests[Int(op.rawValue)]?.increment()
-        latencies[Int(op.rawValue)]?.record(ContinuousClock.now - start)
+        latencies[Int(op.rawValue)]?.record(elapsed)
         if case .failure(let status, _) = response {
             registry.makeCounter(name: "tessera_request_failures_total", labels: [("op", "\(op)"), ("status", "\(status)")], help: "Requests that failed, by operation and status.").increment()
         }

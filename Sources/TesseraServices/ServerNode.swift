@@ -40,6 +40,10 @@ public struct ServerNode: RequestHandler {
         catalogues.handleImmediately(request)
     }
 
+    public func handleImmediately(_ requests: ArraySlice<Request>) -> [Response] {
+        catalogues.handleImmediately(requests)
+    }
+
     public func handle(_ request: Request) async -> Response {
         do {
             switch request {

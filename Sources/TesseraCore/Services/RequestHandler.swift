@@ -12,10 +12,25 @@ public protocol RequestHandler: Sendable {
     /// lookup or a change that replies at close); nil for the rest, which go to `handle`.
     /// Lets a server answer on its network thread and skip two thread hand-offs.
     func handleImmediately(_ request: Request) -> Response?
+
+    /// Answers at once, in order, the leading requests of `requests` that need no waiting,
+    /// stopping at the first that does; returns their responses. A server hands it the
+    /// requests of one network read, so it may do their work together (one transaction for
+    /// a run of changes) as long as each gets the response it would get alone.
+    func handleImmediately(_ requests: ArraySlice<Request>) -> [Response]
 }
 
 extension RequestHandler {
     public func handleImmediately(_ request: Request) -> Response? { nil }
+
+    public func handleImmediately(_ requests: ArraySlice<Request>) -> [Response] {
+        var out: [Response] = []
+        for r in requests {
+            guard let response = handleImmediately(r) else { break }
+            out.append(response)
+        }
+        return out
+    }
 }
 
 extension Response {
