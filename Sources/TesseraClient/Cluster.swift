@@ -52,6 +52,16 @@ public final class Cluster: Sendable {
         return response
     }
 
+    /// Sends READ `request` to server `server`, its data going straight into `destination`
+    /// (see `RPCClient.read(_:into:)`); `.done` when it is filled.
+    func read(_ server: Int, _ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response {
+        let client: RPCClient
+        do { client = try await links[server].client() } catch { return Response(error) }
+        let response = await client.read(request, into: destination)
+        if case .failure(.closed, _) = response { await links[server].lost(client) }
+        return response
+    }
+
     func noteTransaction(_ server: Int, _ tx: UInt64) {
         unsynced.withLock { $0[server] = max($0[server], tx) }
     }

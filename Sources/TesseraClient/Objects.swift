@@ -192,23 +192,22 @@ extension Cluster {
         let u = layout.unitSize
         let offset = layout.cobOffset(group: g)
         let units = Array((from / u)...((to - 1) / u))
-        let parts = await withTaskGroup(of: (Int, Response).self) { group in
+        // Each unit's bytes go from the connection's buffer straight to their place in the sink.
+        let allRead = await withTaskGroup(of: Bool.self) { group in
             for d in units {
                 let a = max(from, d * u) - d * u
                 let b = min(to, (d + 1) * u) - d * u
                 let server = layout.server(group: g, unit: d)
-                group.addTask { (d, await self.call(server, .read(cob: object, offset: offset + UInt64(a), length: UInt32(b - a)))) }
+                let target = sink.region(at: at + d * u + a - from, count: b - a)
+                group.addTask {
+                    await self.read(server, .read(cob: object, offset: offset + UInt64(a), length: UInt32(b - a)), into: target.buffer) == .done
+                }
             }
-            var out: [Int: Response] = [:]
-            for await (d, r) in group { out[d] = r }
-            return out
+            var ok = true
+            for await r in group { ok = ok && r }
+            return ok
         }
-        if units.allSatisfy({ if case .data(let b) = parts[$0], b.count == min(to, ($0 + 1) * u) - max(from, $0 * u) { return true } else { return false } }) {
-            for d in units {
-                if case .data(let bytes) = parts[d]! { sink.put(bytes, at: at + max(from, d * u) - from) }
-            }
-            return
-        }
+        if allRead { return }
         let all = try await readUnits(object, g).flatMap { $0 }
         sink.put(Array(all[from..<to]), at: at)
     }
@@ -279,6 +278,18 @@ final class ByteSink: @unchecked Sendable {
     }
 
     deinit { if owned { buffer.deallocate() } }
+
+    /// Bytes [offset, offset + count) of the buffer, for one writer to fill.
+    func region(at offset: Int, count: Int) -> Region {
+        precondition(offset >= 0 && offset + count <= self.count)
+        return Region(buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + count)]))
+    }
+
+    /// A disjoint part of a sink, handed to the one task that fills it.
+    struct Region: @unchecked Sendable {
+        // SAFETY: as for the sink: one writer per region, read after the writers finish.
+        let buffer: UnsafeMutableRawBufferPointer
+    }
 
     func put(_ bytes: [UInt8], at offset: Int) {
         precondition(offset >= 0 && offset + bytes.count <= count)

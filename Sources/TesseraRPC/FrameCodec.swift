@@ -22,12 +22,45 @@ public struct FrameDecoder: ByteToMessageDecoder {
 
     /// Takes one whole frame from `buffer`, or nothing if it is not all there yet.
     public static func take(from buffer: inout ByteBuffer) throws -> Frame? {
+        guard let (header, body) = try takeSlice(from: &buffer) else { return nil }
+        return Frame(kind: header.kind, requestID: header.requestID, deadlineMillis: header.deadlineMillis, body: Array(body.readableBytesView))
+    }
+
+    /// Takes one whole frame's header and its body as a slice of `buffer` (no copy), or
+    /// nothing if the frame is not all there yet.
+    static func takeSlice(from buffer: inout ByteBuffer) throws -> (Frame.Header, ByteBuffer)? {
         guard buffer.readableBytes >= Frame.headerSize else { return nil }
         let header = try buffer.withUnsafeReadableBytes { try Frame.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<Frame.headerSize])) }
         guard buffer.readableBytes >= Frame.headerSize + header.bodyLength else { return nil }
         buffer.moveReaderIndex(forwardBy: Frame.headerSize)
-        let body = buffer.readBytes(length: header.bodyLength)!
-        return Frame(kind: header.kind, requestID: header.requestID, deadlineMillis: header.deadlineMillis, body: body)
+        return (header, buffer.readSlice(length: header.bodyLength)!)
+    }
+}
+
+/// A client's view of the frames a server sends: READ data stays in the connection's buffer
+/// (a slice, no copy) until the handler puts it where the caller wants it.
+enum ClientInbound {
+    case frame(Frame)
+    case data(requestID: UInt64, ByteBuffer)
+}
+
+/// Bytes → `ClientInbound`, with the same header checks as `FrameDecoder`.
+struct ClientFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ClientInbound
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let (header, body) = try FrameDecoder.takeSlice(from: &buffer) else { return .needMoreData }
+        if header.kind == .data {
+            context.fireChannelRead(wrapInboundOut(.data(requestID: header.requestID, body)))
+        } else {
+            let frame = Frame(kind: header.kind, requestID: header.requestID, deadlineMillis: header.deadlineMillis, body: Array(body.readableBytesView))
+            context.fireChannelRead(wrapInboundOut(.frame(frame)))
+        }
+        return .continue
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        try decode(context: context, buffer: &buffer)
     }
 }
 

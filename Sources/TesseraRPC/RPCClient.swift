@@ -34,7 +34,7 @@ public final class RPCClient: RequestHandler {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandlers([
-                            ByteToMessageHandler(FrameDecoder()),
+                            ByteToMessageHandler(ClientFrameDecoder()),
                             ClientConnectionHandler(secret: secret, ready: ready),
                         ])
                     }
@@ -97,14 +97,26 @@ public final class RPCClient: RequestHandler {
         return await withCheckedContinuation { submit([body], Self.millis(deadline), .single($0)) }
     }
 
+    /// Sends a READ whose data goes from the connection's buffer straight into
+    /// `destination`, which must stay valid until this returns and must be the length the
+    /// request asks for. Returns `.done` once it is filled, or the failure the server (or
+    /// the connection) answered; a reply of any other length is a failure.
+    public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response {
+        var w = WireWriter()
+        request.encode(into: &w)
+        let body = w.bytes
+        let target = Destination(buffer: destination)
+        return await withCheckedContinuation { submit([body], Self.millis(defaultDeadline), .single($0), into: target) }
+    }
+
     /// Hands the frames to the connection's handler: directly when already on its event
     /// loop (a caller on `executor`), else through the loop's queue.
-    private func submit(_ bodies: [[UInt8]], _ millis: UInt32, _ waiter: Waiter) {
+    private func submit(_ bodies: [[UInt8]], _ millis: UInt32, _ waiter: Waiter, into destination: Destination? = nil) {
         let connection = self.connection
         if connection.eventLoop.inEventLoop {
-            connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: waiter)
+            connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: waiter, into: destination)
         } else {
-            connection.eventLoop.execute { connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: waiter) }
+            connection.eventLoop.execute { connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: waiter, into: destination) }
         }
     }
 
@@ -132,7 +144,7 @@ public final class LoopExecutor: TaskExecutor {
 
 /// Per connection, on its event loop: the handshake, then matching responses to requests.
 final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = Frame
+    typealias InboundIn = ClientInbound
     typealias OutboundOut = ByteBuffer
 
     private var handshake: ClientHandshake
@@ -157,7 +169,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
     /// Sends one frame per body; `waiter` is resumed once every one has its response (or
     /// failed: deadline passed, connection lost).
-    func send(bodies: [[UInt8]], deadlineMillis: UInt32, waiter: Waiter) {
+    func send(bodies: [[UInt8]], deadlineMillis: UInt32, waiter: Waiter, into destination: Destination? = nil) {
         let batch = Batch(count: bodies.count, waiter: waiter)
         guard let context, !closed else {
             for i in bodies.indices { batch.complete(i, .failure(.closed, "the connection is closed")) }
@@ -179,7 +191,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         var out = context.channel.allocator.buffer(capacity: bodies.reduce(0) { $0 + Frame.headerSize + $1.count })
         for (i, body) in bodies.enumerated() {
             let id = first + UInt64(i)
-            pending[id] = Pending(batch: batch, slot: i)
+            pending[id] = Pending(batch: batch, slot: i, destination: destination)
             out.writeFrame(kind: .request, requestID: id, deadlineMillis: deadlineMillis, body: body)
         }
         context.write(wrapOutboundOut(out), promise: nil)
@@ -194,7 +206,19 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
+        let frame: Frame
+        switch unwrapInboundIn(data) {
+        case .frame(let f): frame = f
+        case .data(let id, let bytes):
+            guard ready == nil else {
+                failAll(.failure(.invalidArgument, "a data frame during the handshake"))
+                context.close(promise: nil)
+                return
+            }
+            guard let p = pending.removeValue(forKey: id) else { return }
+            p.batch.complete(p.slot, p.deliver(bytes))
+            return
+        }
         if let promise = ready {
             switch handshake.receive(frame) {
             case .send(let reply): _ = context.writeFrameAndFlush(reply)
@@ -211,10 +235,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         switch frame.kind {
         case .response:
             guard let p = pending.removeValue(forKey: frame.requestID) else { return }  // late reply after a timeout
-            p.batch.complete(p.slot, (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response"))
-        case .data:
-            guard let p = pending.removeValue(forKey: frame.requestID) else { return }
-            p.batch.complete(p.slot, .data(frame.body))
+            let response = (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response")
+            if case .data(let bytes) = response, p.destination != nil {
+                p.batch.complete(p.slot, p.deliver(ByteBuffer(bytes: bytes)))
+            } else {
+                p.batch.complete(p.slot, response)
+            }
         case .refused:
             failAll(.failure(.io, "the server closed the connection: \(frame.refusalMessage)"))
             context.close(promise: nil)
@@ -252,10 +278,29 @@ enum Waiter {
     case batch(CheckedContinuation<[Response], Never>)
 }
 
-/// A request waiting for its response: its batch and its place in it.
+/// A request waiting for its response: its batch and its place in it, and for a READ sent
+/// with `RPCClient.read(_:into:)`, where its data goes.
 struct Pending {
     let batch: Batch
     let slot: Int
+    let destination: Destination?
+
+    /// The response for READ data `bytes`: copied into the destination (`.done`), or as is.
+    func deliver(_ bytes: ByteBuffer) -> Response {
+        guard let destination else { return .data(Array(bytes.readableBytesView)) }
+        guard bytes.readableBytes == destination.buffer.count else {
+            return .failure(.io, "READ answered \(bytes.readableBytes) bytes, \(destination.buffer.count) asked")
+        }
+        bytes.withUnsafeReadableBytes { destination.buffer.copyMemory(from: $0) }
+        return .done
+    }
+}
+
+/// Memory a caller lends for a READ's data until its call returns.
+struct Destination: @unchecked Sendable {
+    // SAFETY: written only by the connection's event loop, before the caller, who waits
+    // for the reply, reads it.
+    let buffer: UnsafeMutableRawBufferPointer
 }
 
 /// The responses of one send, filled in as they arrive; the waiter resumes when the last

@@ -1,4 +1,5 @@
 // One server's services behind one RequestHandler: CAS, IOS and SYNC.
+import Dispatch
 import TesseraCore
 import TesseraEngine
 
@@ -50,14 +51,16 @@ public struct ServerNode: RequestHandler {
             case .createIndexes, .dropIndexes, .listIndexes, .get, .put, .delete, .next, .update:
                 return try await catalogues.handle(request)
             case .write(let cob, let offset, let bytes, let syncWait):
-                let tx = try ios().write(cob: cob, offset: offset, bytes: bytes)
+                let io = try ios()
+                let tx = try await ServerNode.offload { try io.write(cob: cob, offset: offset, bytes: bytes) }
                 if syncWait { try await catalogues.engine.waitLogged(tx) }
                 return .statuses([.ok], transaction: tx.group)
             case .read(let cob, let offset, let length):
                 guard Int(length) <= ServerNode.maxRead else {
                     throw TesseraError(.tooLarge, "read of \(length) bytes exceeds the \(ServerNode.maxRead)-byte limit")
                 }
-                return .data(try ios().read(cob: cob, offset: offset, length: Int(length)))
+                let io = try ios()
+                return .data(try await ServerNode.offload { try io.read(cob: cob, offset: offset, length: Int(length)) })
             case .free(let cob, let offset, let length, let syncWait):
                 let tx = try ios().free(cob: cob, offset: offset, length: length)
                 if syncWait { try await catalogues.engine.waitLogged(tx) }
@@ -77,6 +80,17 @@ public struct ServerNode: RequestHandler {
             }
         } catch {
             return Response(error)
+        }
+    }
+
+    /// IOS reads and writes block on the data image (a cold read waits for the disk). They
+    /// run on threads of their own, so the few threads of Swift's cooperative pool are never
+    /// all asleep in `pread`, and many reads can be at the disk at once.
+    private static let ioQueue = DispatchQueue(label: "tessera.ios", attributes: .concurrent)
+
+    private static func offload<R: Sendable>(_ body: @escaping @Sendable () throws -> R) async throws -> R {
+        try await withCheckedThrowingContinuation { c in
+            ioQueue.async { c.resume(with: Result { try body() }) }
         }
     }
 
