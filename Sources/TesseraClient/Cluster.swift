@@ -53,11 +53,11 @@ public final class Cluster: Sendable {
     }
 
     /// Sends READ `request` to server `server`, its data going straight into `destination`
-    /// (see `RPCClient.read(_:into:)`); `.done` when it is filled.
+    /// (see `RPCClient.call(_:dataInto:)`); `.done` when it is filled.
     func read(_ server: Int, _ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response {
         let client: RPCClient
         do { client = try await links[server].client() } catch { return Response(error) }
-        let response = await client.read(request, into: destination)
+        let response = await client.call(request, dataInto: destination)
         if case .failure(.closed, _) = response { await links[server].lost(client) }
         return response
     }

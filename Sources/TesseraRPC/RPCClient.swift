@@ -101,7 +101,7 @@ public final class RPCClient: RequestHandler {
     /// `destination`, which must stay valid until this returns and must be the length the
     /// request asks for. Returns `.done` once it is filled, or the failure the server (or
     /// the connection) answered; a reply of any other length is a failure.
-    public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response {
+    public func call(_ request: Request, dataInto destination: UnsafeMutableRawBufferPointer) async -> Response {
         var w = WireWriter()
         request.encode(into: &w)
         let body = w.bytes
@@ -279,7 +279,7 @@ enum Waiter {
 }
 
 /// A request waiting for its response: its batch and its place in it, and for a READ sent
-/// with `RPCClient.read(_:into:)`, where its data goes.
+/// with `RPCClient.call(_:dataInto:)`, where its data goes.
 struct Pending {
     let batch: Batch
     let slot: Int

@@ -164,14 +164,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         connections.started()
         Task {
             defer { connections.finished() }
-            let response: Response
-            if let deadline, ContinuousClock.now >= deadline {
-                response = .failure(.timedOut, "the request's deadline passed before it ran")
-            } else {
-                response = await handler.handle(q.request)
-            }
-            var out = channel.allocator.buffer(capacity: 64)
-            out.writeResponse(response, requestID: q.id)
+            let out = await WaitedReply.frame(to: q.request, id: q.id, handler, deadline: deadline, allocator: channel.allocator)
             channel.writeAndFlush(out).whenComplete { _ in
                 this.value.answered(channel)
             }
@@ -216,5 +209,46 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             context.write(wrapOutboundOut(out), promise: nil)
         }
         context.writeFrameAndFlush(.refused(status, message)).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+extension Request {
+    /// The bytes a READ asks for; nil for every other request.
+    var readLength: Int? {
+        if case .read(_, _, let length) = self { return Int(length) }
+        return nil
+    }
+}
+
+/// Replies to requests that ran in a task of their own.
+enum WaitedReply {
+    /// The reply frame to a request that had to wait.
+    static func frame(to request: Request, id: UInt64, _ handler: RequestHandler, deadline: ContinuousClock.Instant?, allocator: ByteBufferAllocator) async -> ByteBuffer {
+        var out = allocator.buffer(capacity: 64)
+        if let deadline, ContinuousClock.now >= deadline {
+            out.writeResponse(.failure(.timedOut, "the request's deadline passed before it ran"), requestID: id)
+            return out
+        }
+        if let length = request.readLength, length <= Frame.maxBody {
+            return await readFrame(handler, request, id: id, length: length, allocator: allocator)
+        }
+        out.writeResponse(await handler.handle(request), requestID: id)
+        return out
+    }
+
+    /// The reply to a READ, with the data read straight into the frame's body: a `data`
+    /// frame, or a failure response.
+    private static func readFrame(_ handler: RequestHandler, _ request: Request, id: UInt64, length: Int, allocator: ByteBufferAllocator) async -> ByteBuffer {
+        var out = allocator.buffer(capacity: Frame.headerSize + length)
+        // SAFETY: `out` is this task's alone and is not resized until the body is written,
+        // so its storage stays where it is while the handler fills it.
+        let base = out.withUnsafeMutableWritableBytes { $0.baseAddress! }
+        if let failure = await handler.read(request, into: UnsafeMutableRawBufferPointer(start: base + Frame.headerSize, count: length)) {
+            out.writeResponse(failure, requestID: id)
+            return out
+        }
+        Frame.writeHeader(kind: .data, requestID: id, deadlineMillis: 0, bodyLength: length, to: base)
+        out.moveWriterIndex(forwardBy: Frame.headerSize + length)
+        return out
     }
 }

@@ -187,67 +187,73 @@ public final class IOService: @unchecked Sendable {
     /// Reads `length` bytes at `offset`; holes read as zeros. A block whose CRC32C does not
     /// match is an error, never data.
     public func read(cob: Fid, offset: UInt64, length: Int) throws -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: length) { typed, initialized in
+            try read(cob: cob, offset: offset, into: UnsafeMutableRawBufferPointer(typed))
+            initialized = length
+        }
+    }
+
+    /// Reads `buffer.count` bytes at `offset` into `buffer` (a server's outgoing frame), with
+    /// the same checks. On a throw the buffer's contents are unspecified.
+    public func read(cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
+        let length = out.count
         try checkRange(offset, UInt64(length))
-        guard length > 0 else { return [] }
+        guard length > 0 else { return }
         let bs = UInt64(blockSize)
         let end = offset + UInt64(length)
         var found = try extents(nil, cob: cob, from: offset / bs * bs, to: end)
         // A concurrent write may remap the range, and its freed blocks be reused, between the
         // map lookup and the data read: a checksum error with a changed map is retried.
         for _ in 0..<3 {
-            do { return try read(found, cob: cob, offset: offset, length: length) } catch let e as TesseraError where e.code == .checksum {
+            do { return try read(found, cob: cob, offset: offset, into: out) } catch let e as TesseraError where e.code == .checksum {
                 let again = try extents(nil, cob: cob, from: offset / bs * bs, to: end)
                 guard again.map(\.block) != found.map(\.block) || again.map(\.offset) != found.map(\.offset) else { throw e }
                 found = again
             }
         }
-        return try read(found, cob: cob, offset: offset, length: length)
+        try read(found, cob: cob, offset: offset, into: out)
     }
 
-    private func read(_ found: [Extent], cob: Fid, offset: UInt64, length: Int) throws -> [UInt8] {
+    private func read(_ found: [Extent], cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
+        let length = out.count
         let bs = UInt64(blockSize)
         let end = offset + UInt64(length)
         // Filled in offset order with no zeroing first: only the holes between extents are
         // cleared (a unit-sized reply is mostly data, and a memset of it costs a copy's time).
-        let out = try [UInt8](unsafeUninitializedCapacity: length) { typed, initialized in
-            let out = UnsafeMutableRawBufferPointer(typed)
-            var filled = offset
-            func zero(to: UInt64) {
-                if to > filled { UnsafeMutableRawBufferPointer(rebasing: out[Int(filled - offset)..<Int(to - offset)]).initializeMemory(as: UInt8.self, repeating: 0) }
-                filled = max(filled, to)
-            }
-            for e in found.sorted(by: { $0.offset < $1.offset }) {
-                let lo = max(offset, e.offset)
-                let hi = min(end, e.offset + UInt64(e.crcs.count) * bs)
-                guard lo < hi else { continue }
-                zero(to: lo)
-                let firstBlock = Int((lo - e.offset) / bs)
-                let lastBlock = Int((hi - 1 - e.offset) / bs)
-                let n = lastBlock - firstBlock + 1
-                let blocksAt = e.offset + UInt64(firstBlock) * bs
-                // Whole blocks inside the result are read in place; blocks cut by its edges go
-                // through a scratch buffer, since the checksum covers the whole block.
-                let inPlace = blocksAt >= offset && blocksAt + UInt64(n) * bs <= end
-                let scratch = inPlace ? nil : UnsafeMutableRawBufferPointer.allocate(byteCount: n * blockSize, alignment: 16)
-                defer { scratch?.deallocate() }
-                let target = scratch ?? UnsafeMutableRawBufferPointer(rebasing: out[Int(blocksAt - offset)..<(Int(blocksAt - offset) + n * blockSize)])
-                try data.read(block: e.block + UInt64(firstBlock), into: target)
-                for i in 0..<n where CRC32C.checksum(UnsafeRawBufferPointer(rebasing: target[(i * blockSize)..<((i + 1) * blockSize)])) != e.crcs[firstBlock + i] {
-                    let at = blocksAt + UInt64(i) * bs
-                    throw TesseraError(.checksum, "cob \(cob) bytes \(at)..<\(at + bs): block \(e.block + UInt64(firstBlock + i)) of the data image failed its CRC32C check")
-                }
-                if let scratch {
-                    let from = Int(lo - blocksAt)
-                    UnsafeMutableRawBufferPointer(rebasing: out[Int(lo - offset)..<Int(hi - offset)])
-                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: scratch[from..<(from + Int(hi - lo))]))
-                }
-                filled = hi
-            }
-            zero(to: end)
-            initialized = length
+        var filled = offset
+        func zero(to: UInt64) {
+            if to > filled { UnsafeMutableRawBufferPointer(rebasing: out[Int(filled - offset)..<Int(to - offset)]).initializeMemory(as: UInt8.self, repeating: 0) }
+            filled = max(filled, to)
         }
+        for e in found.sorted(by: { $0.offset < $1.offset }) {
+            let lo = max(offset, e.offset)
+            let hi = min(end, e.offset + UInt64(e.crcs.count) * bs)
+            guard lo < hi else { continue }
+            zero(to: lo)
+            let firstBlock = Int((lo - e.offset) / bs)
+            let lastBlock = Int((hi - 1 - e.offset) / bs)
+            let n = lastBlock - firstBlock + 1
+            let blocksAt = e.offset + UInt64(firstBlock) * bs
+            // Whole blocks inside the result are read in place; blocks cut by its edges go
+            // through a scratch buffer, since the checksum covers the whole block.
+            let inPlace = blocksAt >= offset && blocksAt + UInt64(n) * bs <= end
+            let scratch = inPlace ? nil : UnsafeMutableRawBufferPointer.allocate(byteCount: n * blockSize, alignment: 16)
+            defer { scratch?.deallocate() }
+            let target = scratch ?? UnsafeMutableRawBufferPointer(rebasing: out[Int(blocksAt - offset)..<(Int(blocksAt - offset) + n * blockSize)])
+            try data.read(block: e.block + UInt64(firstBlock), into: target)
+            for i in 0..<n where CRC32C.checksum(UnsafeRawBufferPointer(rebasing: target[(i * blockSize)..<((i + 1) * blockSize)])) != e.crcs[firstBlock + i] {
+                let at = blocksAt + UInt64(i) * bs
+                throw TesseraError(.checksum, "cob \(cob) bytes \(at)..<\(at + bs): block \(e.block + UInt64(firstBlock + i)) of the data image failed its CRC32C check")
+            }
+            if let scratch {
+                let from = Int(lo - blocksAt)
+                UnsafeMutableRawBufferPointer(rebasing: out[Int(lo - offset)..<Int(hi - offset)])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: scratch[from..<(from + Int(hi - lo))]))
+            }
+            filled = hi
+        }
+        zero(to: end)
         lock.withLock { bytesRead += UInt64(length) }
-        return out
     }
 
     // MARK: Free

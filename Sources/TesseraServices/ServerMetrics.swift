@@ -60,6 +60,13 @@ public final class ServerMetrics: RequestHandler {
         return responses
     }
 
+    public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response? {
+        let start = ContinuousClock.now
+        let failure = await inner.read(request, into: destination)
+        record(request, failure ?? .done, ContinuousClock.now - start)
+        return failure
+    }
+
     public func handle(_ request: Request) async -> Response {
         let start = ContinuousClock.now
         let response = await inner.handle(request)

@@ -45,6 +45,21 @@ public struct ServerNode: RequestHandler {
         catalogues.handleImmediately(requests)
     }
 
+    public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response? {
+        guard case .read(let cob, let offset, let length) = request else { return .failure(.invalidArgument, "not a READ: \(request.opcode)") }
+        guard Int(length) == destination.count, Int(length) <= ServerNode.maxRead else {
+            return .failure(.tooLarge, "read of \(length) bytes exceeds the \(ServerNode.maxRead)-byte limit")
+        }
+        do {
+            let io = try ios()
+            let target = Destination(buffer: destination)
+            try await ServerNode.offload { try io.read(cob: cob, offset: offset, into: target.buffer) }
+            return nil
+        } catch {
+            return Response(error)
+        }
+    }
+
     public func handle(_ request: Request) async -> Response {
         do {
             switch request {
@@ -92,6 +107,12 @@ public struct ServerNode: RequestHandler {
         try await withCheckedThrowingContinuation { c in
             ioQueue.async { c.resume(with: Result { try body() }) }
         }
+    }
+
+    /// A caller's buffer, lent to the IO queue's thread while the caller waits for it.
+    private struct Destination: @unchecked Sendable {
+        // SAFETY: the caller does not touch the buffer until the offloaded read returns.
+        let buffer: UnsafeMutableRawBufferPointer
     }
 
     private func ios() throws -> IOService {

@@ -18,10 +18,26 @@ public protocol RequestHandler: Sendable {
     /// requests of one network read, so it may do their work together (one transaction for
     /// a run of changes) as long as each gets the response it would get alone.
     func handleImmediately(_ requests: ArraySlice<Request>) -> [Response]
+
+    /// Answers a READ by filling `destination`, which is exactly the length asked and stays
+    /// valid until this returns: nil once it is filled, else the failure. A server reads
+    /// its data image straight into the outgoing frame this way.
+    func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response?
 }
 
 extension RequestHandler {
     public func handleImmediately(_ request: Request) -> Response? { nil }
+
+    /// Answers through `handle` and copies the data.
+    public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response? {
+        let response = await handle(request)
+        guard case .data(let bytes) = response else { return response }
+        guard bytes.count == destination.count else {
+            return .failure(.internalError, "READ answered \(bytes.count) bytes, \(destination.count) asked")
+        }
+        bytes.withUnsafeBytes { destination.copyMemory(from: $0) }
+        return nil
+    }
 
     public func handleImmediately(_ requests: ArraySlice<Request>) -> [Response] {
         var out: [Response] = []
