@@ -47,8 +47,11 @@ public struct ServerNode: RequestHandler {
 
     public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response? {
         guard case .read(let cob, let offset, let length) = request else { return .failure(.invalidArgument, "not a READ: \(request.opcode)") }
-        guard Int(length) == destination.count, Int(length) <= ServerNode.maxRead else {
+        guard Int(length) <= ServerNode.maxRead else {
             return .failure(.tooLarge, "read of \(length) bytes exceeds the \(ServerNode.maxRead)-byte limit")
+        }
+        guard Int(length) == destination.count else {
+            return .failure(.internalError, "READ of \(length) bytes into a \(destination.count)-byte buffer")
         }
         do {
             let io = try ios()
