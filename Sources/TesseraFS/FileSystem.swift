@@ -524,8 +524,9 @@ public final class FileSystem: Sendable {
     private func reclaimLater(_ fid: Fid) {
         let start = reclaims.withLock { r -> Bool in
             r.queue.append(fid)
-            defer { r.running = true }
-            return !r.running
+            let idle = !r.running
+            r.running = true
+            return idle
         }
         if start { Task { await self.reclaimQueued() } }
     }

@@ -216,7 +216,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
                 return
             }
             guard let p = pending.removeValue(forKey: id) else { return }
-            p.batch.complete(p.slot, p.deliver(bytes))
+            p.batch.complete(p.slot, bytes.withUnsafeReadableBytes { p.deliver($0) })
             return
         }
         if let promise = ready {
@@ -237,7 +237,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             guard let p = pending.removeValue(forKey: frame.requestID) else { return }  // late reply after a timeout
             let response = (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response")
             if case .data(let bytes) = response, p.destination != nil {
-                p.batch.complete(p.slot, p.deliver(ByteBuffer(bytes: bytes)))
+                p.batch.complete(p.slot, bytes.withUnsafeBytes { p.deliver($0) })
             } else {
                 p.batch.complete(p.slot, response)
             }
@@ -286,12 +286,12 @@ struct Pending {
     let destination: Destination?
 
     /// The response for READ data `bytes`: copied into the destination (`.done`), or as is.
-    func deliver(_ bytes: ByteBuffer) -> Response {
-        guard let destination else { return .data(Array(bytes.readableBytesView)) }
-        guard bytes.readableBytes == destination.buffer.count else {
-            return .failure(.io, "READ answered \(bytes.readableBytes) bytes, \(destination.buffer.count) asked")
+    func deliver(_ bytes: UnsafeRawBufferPointer) -> Response {
+        guard let destination else { return .data(Array(bytes)) }
+        guard bytes.count == destination.buffer.count else {
+            return .failure(.io, "READ answered \(bytes.count) bytes, \(destination.buffer.count) asked")
         }
-        bytes.withUnsafeReadableBytes { destination.buffer.copyMemory(from: $0) }
+        destination.buffer.copyMemory(from: bytes)
         return .done
     }
 }

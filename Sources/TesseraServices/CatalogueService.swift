@@ -136,11 +136,13 @@ public struct CatalogueService: Sendable {
                 i = end
                 continue
             }
-            for r in requests[i..<max(end, i + 1)] {
+            // One request, not a change, or a run that must be made one by one.
+            end = max(end, i + 1)
+            for r in requests[i..<end] {
                 guard let response = handleImmediately(r) else { return out }
                 out.append(response)
             }
-            i = max(end, i + 1)
+            i = end
         }
         return out
     }
