@@ -63,16 +63,17 @@ struct Posix: Sendable, Equatable {
     }
 
     static func decode(_ bytes: [UInt8]) throws -> Posix {
-        var r = WireReader(bytes)
-        let v = try r.u8("posix version")
-        guard v == 1 else { throw TesseraError(.unsupportedVersion, "posix attributes version \(v); this build reads version 1") }
-        var p = Posix(ino: try r.u64("inode"), mode: try r.u32("mode"), uid: try r.u32("uid"), gid: try r.u32("gid"), atime: try r.u64("atime"), ctime: try r.u64("ctime"))
-        p.rdev = try r.u64("rdev")
-        p.target = try r.blob("symlink target")
-        p.xattrs = try r.array("xattrs", minimumSize: 8) { r in (try r.blob("xattr name"), try r.blob("xattr value")) }
-        try r.finish("posix attributes")
-        guard FileType(mode: p.mode) != nil, p.ino > 1 || p.ino == 1 else { throw TesseraError(.corrupt, "posix attributes with mode \(String(p.mode, radix: 8))") }
-        return p
+        return try WireReader.read(bytes) { r in
+            let v = try r.u8("posix version")
+            guard v == 1 else { throw TesseraError(.unsupportedVersion, "posix attributes version \(v); this build reads version 1") }
+            var p = Posix(ino: try r.u64("inode"), mode: try r.u32("mode"), uid: try r.u32("uid"), gid: try r.u32("gid"), atime: try r.u64("atime"), ctime: try r.u64("ctime"))
+            p.rdev = try r.u64("rdev")
+            p.target = try r.blob("symlink target")
+            p.xattrs = try r.array("xattrs", minimumSize: 8) { r in (try r.blob("xattr name"), try r.blob("xattr value")) }
+            try r.finish("posix attributes")
+            guard FileType(mode: p.mode) != nil, p.ino > 1 || p.ino == 1 else { throw TesseraError(.corrupt, "posix attributes with mode \(String(p.mode, radix: 8))") }
+            return p
+        }
     }
 }
 

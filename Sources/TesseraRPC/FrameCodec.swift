@@ -1,29 +1,48 @@
-// Frames to and from bytes on a NIO channel. The decoder moves the reader index only when a
-// whole frame is there; handlers encode their own frames into one buffer per burst.
+// Frames to and from bytes on a NIO channel. Each connection handler takes the bytes its
+// socket reads straight from the channel and cuts them into frames itself
+// (`FrameAccumulator`): no decoder stage in the pipeline, no message per frame, and a
+// frame's body is handed over as a slice of the received bytes. Handlers encode their own
+// frames into one buffer per burst.
 import NIOCore
 import TesseraCore
 
-/// Bytes → `Frame`. A header that fails to parse (bad magic, checksum, version, kind,
-/// oversize) is an error: frame boundaries are lost, so the connection must close.
-public struct FrameDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = Frame
+/// Cuts the bytes a connection receives into whole frames. Bytes that do not yet make a
+/// whole frame are held until the rest arrives. A header that fails to parse (bad magic,
+/// checksum, version, kind, oversize) is an error: frame boundaries are lost, so the
+/// connection must close.
+struct FrameAccumulator {
+    /// Received bytes not yet cut into frames: the start of a frame.
+    private var held: ByteBuffer?
 
-    public init() {}
+    /// Bytes held back waiting for the rest of their frame.
+    var heldBytes: Int { held?.readableBytes ?? 0 }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try FrameDecoder.take(from: &buffer) else { return .needMoreData }
-        context.fireChannelRead(wrapInboundOut(frame))
-        return .continue
-    }
-
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try decode(context: context, buffer: &buffer)
+    /// Takes `incoming` and calls `each` with every frame now whole, in order: its header and
+    /// its body (a slice of the received bytes, valid beyond the call only if kept). `each`
+    /// returns false to stop: the connection is closing and the rest is dropped.
+    mutating func receive(_ incoming: ByteBuffer, _ each: (Frame.Header, ByteBuffer) throws -> Bool) throws {
+        var buffer: ByteBuffer
+        if var h = held {
+            held = nil
+            h.writeImmutableBuffer(incoming)
+            buffer = h
+        } else {
+            buffer = incoming
+        }
+        while let (header, body) = try Self.takeSlice(from: &buffer) {
+            guard try each(header, body) else { return }
+        }
+        if buffer.readableBytes > 0 {
+            // A buffer with frames taken from it keeps only its unread bytes (the next append
+            // copies them once into storage of their own); one still whole grows in place.
+            held = buffer.readerIndex == 0 ? buffer : buffer.slice()
+        }
     }
 
     /// Takes one whole frame from `buffer`, or nothing if it is not all there yet.
-    public static func take(from buffer: inout ByteBuffer) throws -> Frame? {
+    static func take(from buffer: inout ByteBuffer) throws -> Frame? {
         guard let (header, body) = try takeSlice(from: &buffer) else { return nil }
-        return Frame(kind: header.kind, requestID: header.requestID, deadlineMillis: header.deadlineMillis, body: Array(body.readableBytesView))
+        return Frame(header, body)
     }
 
     /// Takes one whole frame's header and its body as a slice of `buffer` (no copy), or
@@ -37,53 +56,49 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// A client's view of the frames a server sends: READ data stays in the connection's buffer
-/// (a slice, no copy) until the handler puts it where the caller wants it.
-enum ClientInbound {
-    case frame(Frame)
-    case data(requestID: UInt64, ByteBuffer)
-}
-
-/// Bytes → `ClientInbound`, with the same header checks as `FrameDecoder`.
-struct ClientFrameDecoder: ByteToMessageDecoder {
-    typealias InboundOut = ClientInbound
-
-    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let (header, body) = try FrameDecoder.takeSlice(from: &buffer) else { return .needMoreData }
-        if header.kind == .data {
-            context.fireChannelRead(wrapInboundOut(.data(requestID: header.requestID, body)))
-        } else {
-            let frame = Frame(kind: header.kind, requestID: header.requestID, deadlineMillis: header.deadlineMillis, body: Array(body.readableBytesView))
-            context.fireChannelRead(wrapInboundOut(.frame(frame)))
-        }
-        return .continue
-    }
-
-    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try decode(context: context, buffer: &buffer)
+extension Frame {
+    /// A frame of `header` with a copy of `body`.
+    init(_ header: Frame.Header, _ body: ByteBuffer) {
+        self.init(kind: header.kind, requestID: header.requestID, deadlineMillis: header.deadlineMillis, body: body.bytes)
     }
 }
 
 extension ByteBuffer {
+    /// The readable bytes as an array (one copy).
+    var bytes: [UInt8] {
+        withUnsafeReadableBytes { Array($0) }
+    }
+
     /// Appends one frame (header, then body) as docs/WIRE.md lays it out. Handlers append
     /// every frame of a burst to one buffer and write it once: one syscall for the burst.
     mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: [UInt8]) {
+        body.withUnsafeBytes { writeFrame(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, body: $0) }
+    }
+
+    mutating func writeFrame(kind: FrameKind, requestID: UInt64, deadlineMillis: UInt32 = 0, body: UnsafeRawBufferPointer) {
         reserveCapacity(minimumWritableBytes: Frame.headerSize + body.count)
-        withUnsafeTemporaryAllocation(byteCount: Frame.headerSize, alignment: 8) { h in
+        writeWithUnsafeMutableBytes(minimumWritableBytes: Frame.headerSize) { h in
             Frame.writeHeader(kind: kind, requestID: requestID, deadlineMillis: deadlineMillis, bodyLength: body.count, to: h.baseAddress!)
-            writeBytes(UnsafeRawBufferPointer(h))
+            return Frame.headerSize
         }
-        body.withUnsafeBytes { _ = writeBytes($0) }
+        writeBytes(body)
     }
 
     /// A response frame; READ data goes in a `data` frame, the bytes alone as its body.
     mutating func writeResponse(_ response: Response, requestID: UInt64) {
+        var scratch = WireWriter()
+        writeResponse(response, requestID: requestID, scratch: &scratch)
+    }
+
+    /// The same, encoding the body in `scratch`, whose storage a handler keeps from one
+    /// response to the next.
+    mutating func writeResponse(_ response: Response, requestID: UInt64, scratch: inout WireWriter) {
         if case .data(let bytes) = response {
             writeFrame(kind: .data, requestID: requestID, body: bytes)
         } else {
-            var w = WireWriter()
-            response.encode(into: &w)
-            writeFrame(kind: .response, requestID: requestID, body: w.bytes)
+            scratch.reset()
+            response.encode(into: &scratch)
+            writeFrame(kind: .response, requestID: requestID, body: scratch.bytes)
         }
     }
 

@@ -103,8 +103,7 @@ struct ClientHandshake {
 extension Frame {
     /// The message of a `refused` frame ("refused" if it has none that decodes).
     var refusalMessage: String {
-        var r = WireReader(body)
-        return (try? r.u16()).flatMap { _ in try? r.string() } ?? "refused"
+        WireReader.read(body) { r in (try? r.u16()).flatMap { _ in try? r.string() } } ?? "refused"
     }
 
     /// A `refused` frame: u16 status, then the message.

@@ -33,10 +33,7 @@ public final class RPCClient: RequestHandler {
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandlers([
-                            ByteToMessageHandler(ClientFrameDecoder()),
-                            ClientConnectionHandler(secret: secret, ready: ready),
-                        ])
+                        try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(secret: secret, ready: ready))
                     }
                 }
                 .connect(host: host, port: port).get()
@@ -74,9 +71,7 @@ public final class RPCClient: RequestHandler {
 
     /// Sends `request`; a reply that has not come within `deadline` is a `.timedOut` failure.
     public func call(_ request: Request, deadline: Duration) async -> Response {
-        var w = WireWriter()
-        request.encode(into: &w)
-        return await sendRaw(body: w.bytes, deadline: deadline)
+        await withCheckedContinuation { submit(Bodies([request]), Self.millis(deadline), .single($0)) }
     }
 
     /// Sends every request at once, each in its own frame (all in flight together, written
@@ -84,17 +79,12 @@ public final class RPCClient: RequestHandler {
     /// one hop to the event loop and one wake-up for the whole batch instead of one per request.
     public func pipeline(_ requests: [Request], deadline: Duration? = nil) async -> [Response] {
         guard !requests.isEmpty else { return [] }
-        let bodies = requests.map { r in
-            var w = WireWriter()
-            r.encode(into: &w)
-            return w.bytes
-        }
         let millis = Self.millis(deadline ?? defaultDeadline)
-        return await withCheckedContinuation { submit(bodies, millis, .batch($0)) }
+        return await withCheckedContinuation { submit(Bodies(requests), millis, .batch($0)) }
     }
 
     func sendRaw(body: [UInt8], deadline: Duration) async -> Response {
-        return await withCheckedContinuation { submit([body], Self.millis(deadline), .single($0)) }
+        await withCheckedContinuation { submit(Bodies(raw: body), Self.millis(deadline), .single($0)) }
     }
 
     /// Sends a READ whose data goes from the connection's buffer straight into
@@ -102,16 +92,13 @@ public final class RPCClient: RequestHandler {
     /// request asks for. Returns `.done` once it is filled, or the failure the server (or
     /// the connection) answered; a reply of any other length is a failure.
     public func call(_ request: Request, dataInto destination: UnsafeMutableRawBufferPointer) async -> Response {
-        var w = WireWriter()
-        request.encode(into: &w)
-        let body = w.bytes
         let target = Destination(buffer: destination)
-        return await withCheckedContinuation { submit([body], Self.millis(defaultDeadline), .single($0), into: target) }
+        return await withCheckedContinuation { submit(Bodies([request]), Self.millis(defaultDeadline), .single($0), into: target) }
     }
 
     /// Hands the frames to the connection's handler: directly when already on its event
     /// loop (a caller on `executor`), else through the loop's queue.
-    private func submit(_ bodies: [[UInt8]], _ millis: UInt32, _ waiter: Waiter, into destination: Destination? = nil) {
+    private func submit(_ bodies: Bodies, _ millis: UInt32, _ waiter: Waiter, into destination: Destination? = nil) {
         let connection = self.connection
         if connection.eventLoop.inEventLoop {
             connection.value.send(bodies: bodies, deadlineMillis: millis, waiter: waiter, into: destination)
@@ -143,11 +130,14 @@ public final class LoopExecutor: TaskExecutor {
 }
 
 /// Per connection, on its event loop: the handshake, then matching responses to requests.
+/// It takes the socket's bytes as they come (`FrameAccumulator`); READ data is copied from
+/// them straight to where the caller wants it.
 final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ClientInbound
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private var handshake: ClientHandshake
+    private var frames = FrameAccumulator()
     private var ready: EventLoopPromise<Void>?
     private var pending: [UInt64: Pending] = [:]
     private var nextID: UInt64 = 1
@@ -169,7 +159,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
     /// Sends one frame per body; `waiter` is resumed once every one has its response (or
     /// failed: deadline passed, connection lost).
-    func send(bodies: [[UInt8]], deadlineMillis: UInt32, waiter: Waiter, into destination: Destination? = nil) {
+    func send(bodies: Bodies, deadlineMillis: UInt32, waiter: Waiter, into destination: Destination? = nil) {
         let batch = Batch(count: bodies.count, waiter: waiter)
         guard let context, !closed else {
             for i in bodies.indices { batch.complete(i, .failure(.closed, "the connection is closed")) }
@@ -188,11 +178,13 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             }
         }
         batch.timer = timer
-        var out = context.channel.allocator.buffer(capacity: bodies.reduce(0) { $0 + Frame.headerSize + $1.count })
-        for (i, body) in bodies.enumerated() {
+        var out = context.channel.allocator.buffer(capacity: bodies.count * Frame.headerSize + bodies.bytes.count)
+        for i in bodies.indices {
             let id = first + UInt64(i)
             pending[id] = Pending(batch: batch, slot: i, destination: destination)
-            out.writeFrame(kind: .request, requestID: id, deadlineMillis: deadlineMillis, body: body)
+            bodies.bytes.withUnsafeBytes { all in
+                out.writeFrame(kind: .request, requestID: id, deadlineMillis: deadlineMillis, body: UnsafeRawBufferPointer(rebasing: all[bodies.range(i)]))
+            }
         }
         context.write(wrapOutboundOut(out), promise: nil)
         // Requests sent in the same event-loop tick share one flush (one syscall).
@@ -206,21 +198,42 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame: Frame
-        switch unwrapInboundIn(data) {
-        case .frame(let f): frame = f
-        case .data(let id, let bytes):
+        guard !closed else { return }
+        do {
+            try frames.receive(unwrapInboundIn(data)) { header, body in
+                received(context, header, body)
+                return !closed
+            }
+        } catch {
+            // Undecodable bytes: the frame boundary is lost.
+            fail(context, .io, "connection error: \(error)")
+        }
+    }
+
+    /// Fails everything waiting and closes the connection.
+    private func fail(_ context: ChannelHandlerContext, _ status: Status, _ message: String) {
+        closed = true
+        failAll(.failure(status, message))
+        if let promise = ready {
+            ready = nil
+            promise.fail(TesseraError(status.code ?? .io, message))
+        }
+        context.close(promise: nil)
+    }
+
+    /// One whole frame from the server.
+    private func received(_ context: ChannelHandlerContext, _ header: Frame.Header, _ body: ByteBuffer) {
+        if header.kind == .data {
             guard ready == nil else {
-                failAll(.failure(.invalidArgument, "a data frame during the handshake"))
-                context.close(promise: nil)
+                fail(context, .invalidArgument, "a data frame during the handshake")
                 return
             }
-            guard let p = pending.removeValue(forKey: id) else { return }
-            p.batch.complete(p.slot, bytes.withUnsafeReadableBytes { p.deliver($0) })
+            guard let p = pending.removeValue(forKey: header.requestID) else { return }
+            p.batch.complete(p.slot, body.withUnsafeReadableBytes { p.deliver($0) })
             return
         }
         if let promise = ready {
-            switch handshake.receive(frame) {
+            switch handshake.receive(Frame(header, body)) {
             case .send(let reply): _ = context.writeFrameAndFlush(reply)
             case .ready:
                 ready = nil
@@ -232,21 +245,19 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             }
             return
         }
-        switch frame.kind {
+        switch header.kind {
         case .response:
-            guard let p = pending.removeValue(forKey: frame.requestID) else { return }  // late reply after a timeout
-            let response = (try? Response.decode(frame.body)) ?? .failure(.invalidArgument, "malformed response")
+            guard let p = pending.removeValue(forKey: header.requestID) else { return }  // late reply after a timeout
+            let response = (try? body.withUnsafeReadableBytes { try Response.decode($0) }) ?? .failure(.invalidArgument, "malformed response")
             if case .data(let bytes) = response, p.destination != nil {
                 p.batch.complete(p.slot, bytes.withUnsafeBytes { p.deliver($0) })
             } else {
                 p.batch.complete(p.slot, response)
             }
         case .refused:
-            failAll(.failure(.io, "the server closed the connection: \(frame.refusalMessage)"))
-            context.close(promise: nil)
+            fail(context, .io, "the server closed the connection: \(Frame(header, body).refusalMessage)")
         default:
-            failAll(.failure(.invalidArgument, "unexpected \(frame.kind) frame from the server"))
-            context.close(promise: nil)
+            fail(context, .invalidArgument, "unexpected \(header.kind) frame from the server")
         }
     }
 
@@ -270,6 +281,33 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         pending.removeAll()
         for (_, p) in all { p.batch.complete(p.slot, response) }
     }
+}
+
+/// The bodies of the frames of one send, encoded one after another in one array.
+struct Bodies: Sendable {
+    private(set) var bytes: [UInt8]
+    /// Where each body ends in `bytes`.
+    private var ends: [Int]
+
+    init(_ requests: [Request]) {
+        var w = WireWriter(capacity: 64 * requests.count)
+        ends = []
+        ends.reserveCapacity(requests.count)
+        for r in requests {
+            r.encode(into: &w)
+            ends.append(w.bytes.count)
+        }
+        bytes = w.bytes
+    }
+
+    init(raw body: [UInt8]) {
+        bytes = body
+        ends = [body.count]
+    }
+
+    var count: Int { ends.count }
+    var indices: Range<Int> { ends.indices }
+    func range(_ i: Int) -> Range<Int> { (i == 0 ? 0 : ends[i - 1])..<ends[i] }
 }
 
 /// Who waits for a send: one caller for one request, or one for a pipelined batch.

@@ -25,10 +25,8 @@ public final class RPCServer: Sendable {
             .childChannelInitializer { channel in
                 connections.insert(channel)
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(FrameDecoder()),
-                        ServerConnectionHandler(secret: secret, handler: handler, connections: connections, logger: logger),
-                    ])
+                    try channel.pipeline.syncOperations.addHandler(
+                        ServerConnectionHandler(secret: secret, handler: handler, connections: connections, logger: logger))
                 }
             }
             .bind(host: host, port: port).get()
@@ -74,12 +72,18 @@ final class ConnectionSet: @unchecked Sendable {
     func finished() { lock.withLock { running -= 1 } }
 }
 
-/// Per connection: the handshake, then requests. Lives on its channel's event loop.
+/// Per connection: the handshake, then requests. Lives on its channel's event loop, and
+/// takes the socket's bytes as they come (`FrameAccumulator`).
 final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = Frame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private var handshake: ServerHandshake
+    private var frames = FrameAccumulator()
+    /// The connection was refused: what it still sends is dropped.
+    private var refused = false
+    /// Storage for encoding replies, kept from one to the next.
+    private var scratch = WireWriter(capacity: 256)
     private let handler: RequestHandler
     private let connections: ConnectionSet
     private let logger: Logger
@@ -108,9 +112,24 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
+        guard !refused else { return }
+        do {
+            try frames.receive(unwrapInboundIn(data)) { header, body in
+                received(context, header, body)
+                return !refused
+            }
+        } catch {
+            // Undecodable bytes: the frame boundary is lost. Say why, then close this connection.
+            let e = error as? TesseraError ?? TesseraError(.io, "\(error)")
+            logger.debug("closing connection from \(context.remoteAddress?.description ?? "?"): \(e.message)")
+            refuse(context, Status(e.code), e.message)
+        }
+    }
+
+    /// One whole frame: a handshake step, or a request queued for `answerQueued`.
+    private func received(_ context: ChannelHandlerContext, _ header: Frame.Header, _ body: ByteBuffer) {
         guard handshake.isReady else {
-            switch handshake.receive(frame) {
+            switch handshake.receive(Frame(header, body)) {
             case .send(let reply), .ready(let reply):
                 _ = context.writeFrameAndFlush(reply)
             case .refuse(let status, let message):
@@ -118,18 +137,17 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
             }
             return
         }
-        guard frame.kind == .request else {
-            refuse(context, .invalidArgument, "expected a request frame, got \(frame.kind)")
+        guard header.kind == .request else {
+            refuse(context, .invalidArgument, "expected a request frame, got \(header.kind)")
             return
         }
-        let id = frame.requestID
         let request: Request
-        do { request = try Request.decode(frame.body) } catch {
+        do { request = try body.withUnsafeReadableBytes { try Request.decode($0) } } catch {
             // The frame was whole, so the connection stays usable: answer this one with an error.
-            reply(context, Response(error), id: id)
+            reply(context, Response(error), id: header.requestID)
             return
         }
-        queued.append(Queued(id: id, request: request, deadlineMillis: frame.deadlineMillis))
+        queued.append(Queued(id: header.requestID, request: request, deadlineMillis: header.deadlineMillis))
         if queued.count >= Self.pauseAt { answerQueued(context) }
     }
 
@@ -182,7 +200,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     /// Answers on this thread: the reply joins the burst, written once the read burst ends.
     private func reply(_ context: ChannelHandlerContext, _ response: Response, id: UInt64) {
         if burst == nil { burst = context.channel.allocator.buffer(capacity: 4096) }
-        burst!.writeResponse(response, requestID: id)
+        burst!.writeResponse(response, requestID: id, scratch: &scratch)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -195,14 +213,13 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Undecodable bytes: the frame boundary is lost. Say why, then close this connection.
-        let e = error as? TesseraError ?? TesseraError(.io, "\(error)")
-        logger.debug("closing connection from \(context.remoteAddress?.description ?? "?"): \(e.message)")
-        refuse(context, Status(e.code), e.message)
+        logger.debug("connection from \(context.remoteAddress?.description ?? "?") failed: \(error)")
+        context.close(promise: nil)
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ status: Status, _ message: String) {
         let channel = context.channel
+        refused = true
         queued.removeAll()
         if let out = burst {
             burst = nil

@@ -114,12 +114,13 @@ public struct BucketRecord: Sendable, Equatable {
     }
 
     static func decode(_ bytes: [UInt8]) throws -> BucketRecord {
-        var r = WireReader(bytes)
-        try checkVersion(&r, "bucket")
-        let flags = try r.u8("bucket flags")
-        let b = BucketRecord(objects: try r.fid("objects index"), uploads: try r.fid("uploads index"), created: try r.u64("created"), owner: try r.string("owner"), publicRead: flags & 1 != 0)
-        try r.finish("bucket record")
-        return b
+        return try WireReader.read(bytes) { r in
+            try checkVersion(&r, "bucket")
+            let flags = try r.u8("bucket flags")
+            let b = BucketRecord(objects: try r.fid("objects index"), uploads: try r.fid("uploads index"), created: try r.u64("created"), owner: try r.string("owner"), publicRead: flags & 1 != 0)
+            try r.finish("bucket record")
+            return b
+        }
     }
 }
 
@@ -182,19 +183,20 @@ public struct ObjectRecord: Sendable {
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> ObjectRecord {
-        var r = WireReader(bytes)
-        let version = try r.u8("object record version")
-        guard version == 1 || version == 2 else { throw TesseraError(.unsupportedVersion, "object record version \(version); this build reads 1 and 2") }
-        let flags = try r.u8("object flags")
-        guard flags & 0xF0 == 0, version == 2 || flags & 0x0E == 0 else { throw TesseraError(.corrupt, "object record flags \(flags) in version \(version)") }
-        var o = ObjectRecord(
-            fid: try r.fid("object fid"), size: try r.u64("size"), modified: try r.u64("modified"), etag: try r.string("etag"),
-            parts: Int(try r.u32("parts")), attributes: try readAttributes(&r))
-        if flags & 2 != 0 { o.posix = try r.blob("posix attributes") }
-        if flags & 4 != 0 { o.inode = try r.u64("inode") }
-        if flags & 8 != 0 { o.links = try r.u32("links") }
-        try r.finish("object record")
-        return o
+        return try WireReader.read(bytes) { r in
+            let version = try r.u8("object record version")
+            guard version == 1 || version == 2 else { throw TesseraError(.unsupportedVersion, "object record version \(version); this build reads 1 and 2") }
+            let flags = try r.u8("object flags")
+            guard flags & 0xF0 == 0, version == 2 || flags & 0x0E == 0 else { throw TesseraError(.corrupt, "object record flags \(flags) in version \(version)") }
+            var o = ObjectRecord(
+                fid: try r.fid("object fid"), size: try r.u64("size"), modified: try r.u64("modified"), etag: try r.string("etag"),
+                parts: Int(try r.u32("parts")), attributes: try readAttributes(&r))
+            if flags & 2 != 0 { o.posix = try r.blob("posix attributes") }
+            if flags & 4 != 0 { o.inode = try r.u64("inode") }
+            if flags & 8 != 0 { o.links = try r.u32("links") }
+            try r.finish("object record")
+            return o
+        }
     }
 }
 
@@ -217,11 +219,12 @@ public struct UploadRecord: Sendable {
     }
 
     static func decode(_ bytes: [UInt8]) throws -> UploadRecord {
-        var r = WireReader(bytes)
-        try checkVersion(&r, "upload")
-        let u = UploadRecord(fid: try r.fid("upload fid"), created: try r.u64("created"), attributes: try readAttributes(&r))
-        try r.finish("upload record")
-        return u
+        return try WireReader.read(bytes) { r in
+            try checkVersion(&r, "upload")
+            let u = UploadRecord(fid: try r.fid("upload fid"), created: try r.u64("created"), attributes: try readAttributes(&r))
+            try r.finish("upload record")
+            return u
+        }
     }
 }
 
@@ -260,16 +263,17 @@ public struct PartRecord: Sendable {
     }
 
     static func decode(_ bytes: [UInt8], number: Int) throws -> PartRecord {
-        var r = WireReader(bytes)
-        try checkVersion(&r, "part")
-        let fid = try r.fid("part fid")
-        let size = try r.u64("part size")
-        let modified = try r.u64("part modified")
-        var md5: [UInt8] = []
-        for _ in 0..<16 { md5.append(try r.u8("part md5")) }
-        let p = PartRecord(number: number, fid: fid, size: size, modified: modified, md5: md5, attributes: try readAttributes(&r))
-        try r.finish("part record")
-        return p
+        return try WireReader.read(bytes) { r in
+            try checkVersion(&r, "part")
+            let fid = try r.fid("part fid")
+            let size = try r.u64("part size")
+            let modified = try r.u64("part modified")
+            var md5: [UInt8] = []
+            for _ in 0..<16 { md5.append(try r.u8("part md5")) }
+            let p = PartRecord(number: number, fid: fid, size: size, modified: modified, md5: md5, attributes: try readAttributes(&r))
+            try r.finish("part record")
+            return p
+        }
     }
 }
 
@@ -310,19 +314,20 @@ public struct PendingFree: Sendable {
     }
 
     static func decode(_ bytes: [UInt8]) throws -> PendingFree {
-        var r = WireReader(bytes)
-        try checkVersion(&r, "pending-free")
-        let kind = try r.u8("owner kind")
-        let noted = try r.u64("noted")
-        let bucket = try r.string("bucket")
-        let key = try r.string("key")
-        let upload = try r.fid("upload")
-        let part = Int(try r.u32("part"))
-        try r.finish("pending-free record")
-        switch kind {
-        case 0: return PendingFree(owner: .object(bucket: bucket, key: key), noted: noted)
-        case 1: return PendingFree(owner: .part(upload: upload, number: part), noted: noted)
-        default: throw TesseraError(.corrupt, "pending-free owner kind \(kind)")
+        return try WireReader.read(bytes) { r in
+            try checkVersion(&r, "pending-free")
+            let kind = try r.u8("owner kind")
+            let noted = try r.u64("noted")
+            let bucket = try r.string("bucket")
+            let key = try r.string("key")
+            let upload = try r.fid("upload")
+            let part = Int(try r.u32("part"))
+            try r.finish("pending-free record")
+            switch kind {
+            case 0: return PendingFree(owner: .object(bucket: bucket, key: key), noted: noted)
+            case 1: return PendingFree(owner: .part(upload: upload, number: part), noted: noted)
+            default: throw TesseraError(.corrupt, "pending-free owner kind \(kind)")
+            }
         }
     }
 }

@@ -136,7 +136,7 @@ struct BenchServer: AsyncParsableCommand {
                 try await pipelines(client, inFlight, ops) { i in
                     .get(index: index, keys: [keys[i]])
                 } check: { i, response in
-                    guard case .values(let v) = try response.unwrap(), v.count == 1, v[0] == value else { throw ValidationError("lost key \(i)") }
+                    guard case .values(let v) = try response.unwrap(), v.count == 1, let got = v[0], sameBytes(got, value) else { throw ValidationError("lost key \(i)") }
                 }
             }
             rows.append(("CAS put, \(inFlight) in flight vs Redis SET", put))
@@ -230,6 +230,11 @@ struct BenchServer: AsyncParsableCommand {
         return Double(mib) * 1.048576 / Date().timeIntervalSince(start)
     }
 
+}
+
+/// `a == b` as one memcmp, as redis-benchmark would (the generic `==` goes byte by byte).
+private func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    a.count == b.count && (a.isEmpty || a.withUnsafeBytes { x in b.withUnsafeBytes { y in memcmp(x.baseAddress!, y.baseAddress!, a.count) == 0 } })
 }
 
 private func key(_ i: Int) -> [UInt8] { Array(String(format: "key:%012d", i).utf8) }

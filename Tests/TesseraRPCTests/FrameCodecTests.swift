@@ -1,6 +1,6 @@
-// The frame decoder fed one byte at a time, all at once, and one frame at a time.
+// The frame accumulator the connection handlers use, fed one byte at a time, all at once,
+// one frame at a time, and in random pieces.
 import NIOCore
-import NIOEmbedded
 import Testing
 import TesseraCore
 @testable import TesseraRPC
@@ -15,13 +15,15 @@ import TesseraCore
     static let wire: [UInt8] = frames.flatMap { $0.encode() }
 
     func decode(_ chunks: [[UInt8]]) throws -> [Frame] {
-        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoder()))
+        var frames = FrameAccumulator()
         var out: [Frame] = []
         for chunk in chunks {
-            try channel.writeInbound(ByteBuffer(bytes: chunk))
-            while let f = try channel.readInbound(as: Frame.self) { out.append(f) }
+            try frames.receive(ByteBuffer(bytes: chunk)) { header, body in
+                out.append(Frame(header, body))
+                return true
+            }
         }
-        _ = try channel.finish()
+        #expect(frames.heldBytes == 0)
         return out
     }
 
@@ -61,13 +63,36 @@ import TesseraCore
         for f in Self.frames { shifted.writeFrame(f) }
         shifted.moveReaderIndex(forwardBy: 1)
         var decoded: [Frame] = []
-        while let f = try FrameDecoder.take(from: &shifted) { decoded.append(f) }
+        while let f = try FrameAccumulator.take(from: &shifted) { decoded.append(f) }
         #expect(decoded == Self.frames)
     }
 
     @Test func garbageIsAnError() throws {
-        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoder()))
-        #expect(throws: (any Error).self) { try channel.writeInbound(ByteBuffer(bytes: [UInt8](repeating: 0x41, count: 64))) }
-        _ = try? channel.finish()
+        var frames = FrameAccumulator()
+        #expect(throws: (any Error).self) {
+            try frames.receive(ByteBuffer(bytes: [UInt8](repeating: 0x41, count: 64))) { _, _ in true }
+        }
+    }
+
+    @Test func aPartFrameIsHeldUntilItsRestComes() throws {
+        var frames = FrameAccumulator()
+        let wire = Self.frames[5].encode() + Self.frames[6].encode()
+        var out: [Frame] = []
+        try frames.receive(ByteBuffer(bytes: wire[0..<(wire.count - 10)])) { h, b in out.append(Frame(h, b)); return true }
+        #expect(out == [Self.frames[5]])
+        #expect(frames.heldBytes == Self.frames[6].encode().count - 10)
+        try frames.receive(ByteBuffer(bytes: wire[(wire.count - 10)...])) { h, b in out.append(Frame(h, b)); return true }
+        #expect(out == [Self.frames[5], Self.frames[6]])
+        #expect(frames.heldBytes == 0)
+    }
+
+    @Test func stoppingDropsTheRest() throws {
+        var frames = FrameAccumulator()
+        var seen = 0
+        try frames.receive(ByteBuffer(bytes: Self.wire)) { _, _ in
+            seen += 1
+            return seen < 3
+        }
+        #expect(seen == 3)
     }
 }

@@ -196,7 +196,12 @@ extension Request {
 
     /// Decodes a request body; malformed bytes throw `.invalidArgument`.
     public static func decode(_ bytes: [UInt8]) throws -> Request {
-        var r = WireReader(bytes)
+        try bytes.withUnsafeBytes { try decode($0) }
+    }
+
+    /// Decodes a body from borrowed bytes (a connection's receive buffer).
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws -> Request {
+        var r = WireReader(unsafeBytes: bytes)
         let raw = try r.u16("opcode")
         guard let op = Opcode(rawValue: raw) else { throw TesseraError(.invalidArgument, "unknown opcode \(raw)") }
         let request: Request
@@ -280,7 +285,12 @@ extension Response {
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> Response {
-        var r = WireReader(bytes)
+        try bytes.withUnsafeBytes { try decode($0) }
+    }
+
+    /// Decodes a body from borrowed bytes (a connection's receive buffer).
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws -> Response {
+        var r = WireReader(unsafeBytes: bytes)
         let raw = try r.u16("response kind")
         guard let kind = Kind(rawValue: raw) else { throw TesseraError(.invalidArgument, "unknown response kind \(raw)") }
         func status(_ r: inout WireReader) throws -> Status {

@@ -3,13 +3,25 @@
 /// Reads what `WireWriter` wrote. Any read past the end, or a count that could not possibly
 /// fit in the remaining bytes, throws a `.invalidArgument` error naming the field: bytes from
 /// the network never trap. Field names are autoclosures: they are built only for the error.
+///
+/// A reader borrows its bytes: it lives inside `read(_:_:)` (or the caller's own
+/// `withUnsafeBytes`), so bytes from the network are decoded where they arrived.
 public struct WireReader {
-    private let bytes: [UInt8]
+    private let bytes: UnsafeRawBufferPointer
     public private(set) var offset: Int
 
-    public init(_ bytes: [UInt8], offset: Int = 0) {
+    /// A reader of `bytes`, which must stay valid while it is used.
+    public init(unsafeBytes bytes: UnsafeRawBufferPointer, offset: Int = 0) {
         self.bytes = bytes
         self.offset = offset
+    }
+
+    /// Runs `body` with a reader of `bytes`.
+    public static func read<T>(_ bytes: [UInt8], _ body: (inout WireReader) throws -> T) rethrows -> T {
+        try bytes.withUnsafeBytes { raw in
+            var r = WireReader(unsafeBytes: raw)
+            return try body(&r)
+        }
     }
 
     public var remaining: Int { bytes.count - offset }
@@ -23,9 +35,9 @@ public struct WireReader {
     }
 
     public mutating func u8(_ what: @autoclosure () -> String = "u8") throws -> UInt8 { bytes[try take(1, what())] }
-    public mutating func u16(_ what: @autoclosure () -> String = "u16") throws -> UInt16 { bytes.loadLE(at: try take(2, what()), as: UInt16.self) }
-    public mutating func u32(_ what: @autoclosure () -> String = "u32") throws -> UInt32 { bytes.loadLE(at: try take(4, what()), as: UInt32.self) }
-    public mutating func u64(_ what: @autoclosure () -> String = "u64") throws -> UInt64 { bytes.loadLE(at: try take(8, what()), as: UInt64.self) }
+    public mutating func u16(_ what: @autoclosure () -> String = "u16") throws -> UInt16 { UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: try take(2, what()), as: UInt16.self)) }
+    public mutating func u32(_ what: @autoclosure () -> String = "u32") throws -> UInt32 { UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: try take(4, what()), as: UInt32.self)) }
+    public mutating func u64(_ what: @autoclosure () -> String = "u64") throws -> UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: try take(8, what()), as: UInt64.self)) }
 
     public mutating func bool(_ what: @autoclosure () -> String = "flag") throws -> Bool {
         switch try u8(what()) {
@@ -40,7 +52,7 @@ public struct WireReader {
     public mutating func blob(_ what: @autoclosure () -> String = "bytes") throws -> [UInt8] {
         let n = Int(try u32(what() + " length"))
         let at = try take(n, what())
-        return Array(bytes[at..<(at + n)])
+        return Array(UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
     }
 
     public mutating func string(_ what: @autoclosure () -> String = "string") throws -> String {
