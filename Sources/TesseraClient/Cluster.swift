@@ -180,19 +180,28 @@ public final class KeyedLocks<Key: Hashable & Sendable>: Sendable {
             }
             if now { c.resume() }
         }
-        defer {
-            let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
-                if var w = s.waiters[key], !w.isEmpty {
-                    let n = w.removeFirst()
-                    s.waiters[key] = w.isEmpty ? nil : w
-                    return n  // ownership passes to the next waiter: `held` keeps the key
-                }
-                s.held.remove(key)
-                return nil
-            }
-            next?.resume()
-        }
+        defer { release(key) }
         return try await body()
+    }
+
+    /// Runs `body` under `key`'s lock if no one holds it, without waiting; nil if someone does.
+    public func withLockIfFree<R>(_ key: Key, _ body: () throws -> R) rethrows -> R? {
+        guard state.withLock({ $0.held.insert(key).inserted }) else { return nil }
+        defer { release(key) }
+        return try body()
+    }
+
+    private func release(_ key: Key) {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if var w = s.waiters[key], !w.isEmpty {
+                let n = w.removeFirst()
+                s.waiters[key] = w.isEmpty ? nil : w
+                return n  // ownership passes to the next waiter: `held` keeps the key
+            }
+            s.held.remove(key)
+            return nil
+        }
+        next?.resume()
     }
 }
 

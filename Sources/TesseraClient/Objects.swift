@@ -10,12 +10,19 @@ extension Cluster {
     /// Writes `bytes` at `offset` of object `object` (created by its first write).
     /// `unwritten`: the caller knows the groups touched hold nothing yet (a new object
     /// written in order), so partial groups need no read first.
-    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws {
+    /// `whole`: `offset` is a group's start and `bytes` are all its content from there: past
+    /// them the object holds nothing in the groups touched (the caller had every byte of the
+    /// group in memory). No unit is read, and each unit is written to the end of its bytes,
+    /// zeros included, so whatever the object held before in them is replaced.
+    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false, whole: Bool = false) async throws {
         try checkRange(offset, UInt64(bytes.count))
+        if whole && offset % UInt64(layout.groupSize) != 0 {
+            throw TesseraError(.invalidArgument, "a whole-content write starts at a group's start, not at byte \(offset)")
+        }
         let pieces = layout.groups(offset: offset, length: bytes.count)
         try await forEachGroup(pieces) { piece in
             let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
+            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten, whole: whole)
         }
     }
 
@@ -120,7 +127,7 @@ extension Cluster {
     /// parity unit. A partial group reads its current data first (rebuilt if need be) and
     /// writes each unit only up to its last non-zero byte, old or new: a small object, or
     /// the tail of one, takes the blocks it fills rather than whole units.
-    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws {
+    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false, whole: Bool = false) async throws {
         let u = layout.unitSize
         let n = layout.dataUnits
         let to = from + bytes.count
@@ -131,6 +138,13 @@ extension Cluster {
             var parityExtent = u
             if from == 0 && to == layout.groupSize {
                 data = (0..<n).map { d in Array(bytes[(bytes.startIndex + d * u)..<(bytes.startIndex + (d + 1) * u)]) }
+            } else if whole && from == 0 {
+                // The group's whole content: each unit its part of the bytes, in whole 4 KiB
+                // blocks, trailing zeros included (they replace what the unit held).
+                data = (0..<n).map { d in d * u < to ? Array(bytes[(bytes.startIndex + d * u)..<(bytes.startIndex + min(to, (d + 1) * u))]) : [] }
+                extent = data.map { min(u, ($0.count + 4095) & ~4095) }
+                parityExtent = extent.max() ?? 0
+                data = data.map { $0 + [UInt8](repeating: 0, count: parityExtent - $0.count) }
             } else {
                 // A unit is kept only as long as its content (an empty array is all zeros), so
                 // a small write into an unwritten group touches kilobytes, not whole units.

@@ -120,6 +120,31 @@ final class FileData: @unchecked Sendable {
         changed = true
     }
 
+    /// `write` when it needs no I/O and no wait, done at once: the bytes fall in one group,
+    /// short of its end (so no write-out starts), whose page is here, or which lies wholly
+    /// past `stored` with nothing loading or writing it out (a new page of zeros, if the
+    /// budget has room). False, with nothing changed, otherwise.
+    func writeResident(_ src: UnsafeRawBufferPointer, at offset: UInt64) -> Bool {
+        guard !src.isEmpty else { return true }
+        let gs = UInt64(groupSize)
+        let g = offset / gs
+        let inGroup = Int(offset % gs)
+        guard inGroup + src.count < groupSize else { return false }
+        let page: Page
+        if let p = pages[g] {
+            page = p
+        } else {
+            guard loading[g] == nil, flushing[g] == nil, g * gs >= stored, budget.take(groupSize) else { return false }
+            page = Page(size: groupSize)
+            pages[g] = page
+        }
+        UnsafeMutableRawBufferPointer(rebasing: page.bytes[inGroup..<(inGroup + src.count)]).copyMemory(from: src)
+        page.dirty = true
+        size = max(size, offset + UInt64(src.count))
+        changed = true
+        return true
+    }
+
     /// The page of group `g`: the one in memory, the one being read ahead, or (with
     /// `create`, if the budget allows) a new one, loaded where the object has data.
     private func page(_ g: UInt64, create: Bool) async throws -> Page? {
@@ -161,11 +186,14 @@ final class FileData: @unchecked Sendable {
         for (_, t) in all { try await t.value }
     }
 
-    /// Starts writing page `g` out; at most `maxFlushing` write-outs at once.
-    private func startFlush(_ g: UInt64) async throws {
-        guard let page = pages.removeValue(forKey: g) else { return }
+    /// Starts writing page `g` out; at most `maxFlushing` write-outs at once. A page a
+    /// sequential writer filled leaves memory with its write-out; one written out by
+    /// `flush` (close, fsync) is `kept`, clean, so the next small write or read of the group
+    /// needs no read of the object.
+    private func startFlush(_ g: UInt64, keep: Bool = false) async throws {
+        guard let page = keep ? pages[g] : pages.removeValue(forKey: g) else { return }
         guard page.dirty else {
-            budget.give(groupSize)
+            if !keep { budget.give(groupSize) }
             return
         }
         if let earlier = flushing.removeValue(forKey: g) { try await earlier.value }
@@ -174,20 +202,34 @@ final class FileData: @unchecked Sendable {
         // The file's bytes in this group, in whole 4 KiB blocks; beyond them all is zero
         // (and up to `zeroTo`, zeros that must reach the object).
         let used = max(page.zeroTo, Int(min(gs, ((max(size, start) - start) + 4095) & ~4095)))
-        let fresh = start >= stored
         let end = start + UInt64(used)
+        // The page is every byte of the group, and what the object held in it lies below the
+        // old `stored`: if that is within `used`, the write replaces the group's content with
+        // no read (else the write reads the rest of the group first).
+        let whole = stored <= end
         stored = max(stored, min(end, size))
         let cluster = self.cluster
         let fid = self.fid
         let budget = self.budget
         let groupSize = self.groupSize
-        flushing[g] = Task {
-            defer {
-                withExtendedLifetime(page) {}
-                budget.give(groupSize)
+        if keep {
+            // The page stays writable here, so its bytes go out as they are now.
+            let bytes = Array(UnsafeRawBufferPointer(rebasing: page.bytes[0..<used]))
+            page.dirty = false
+            page.zeroTo = 0
+            flushing[g] = Task {
+                guard used > 0 else { return }
+                try await cluster.write(fid, at: start, bytes, whole: whole)
             }
-            guard used > 0 else { return }
-            try await cluster.write(fid, at: start, Array(UnsafeRawBufferPointer(rebasing: page.bytes[0..<used])), unwritten: fresh)
+        } else {
+            flushing[g] = Task {
+                defer {
+                    withExtendedLifetime(page) {}
+                    budget.give(groupSize)
+                }
+                guard used > 0 else { return }
+                try await cluster.write(fid, at: start, Array(UnsafeRawBufferPointer(rebasing: page.bytes[0..<used])), whole: whole)
+            }
         }
         if flushing.count > Self.maxFlushing, let oldest = flushing.keys.min() {
             try await flushing.removeValue(forKey: oldest)?.value
@@ -197,7 +239,7 @@ final class FileData: @unchecked Sendable {
     /// Writes every dirty page out and waits for every write: after this the object holds
     /// all the file's data (not yet durable: the caller syncs for that).
     func flush() async throws {
-        for g in pages.keys.sorted() where pages[g]!.dirty { try await startFlush(g) }
+        for g in pages.keys.sorted() where pages[g]!.dirty { try await startFlush(g, keep: true) }
         try await waitForWriteOuts()
     }
 
@@ -234,6 +276,26 @@ final class FileData: @unchecked Sendable {
         }
         readEnd = offset + UInt64(total)
         if sequential { startReadAhead(after: (readEnd - 1) / gs) }
+        return total
+    }
+
+    /// `read` when it needs no I/O and no wait, done at once: the bytes fall in one group
+    /// whose page is here. Nil, with nothing changed, otherwise.
+    func readResident(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) -> Int? {
+        guard offset < size else { return 0 }
+        let total = Int(min(UInt64(dst.count), size - offset))
+        let gs = UInt64(groupSize)
+        let g = offset / gs
+        let inGroup = Int(offset % gs)
+        guard inGroup + total <= groupSize, let p = pages[g] else { return nil }
+        UnsafeMutableRawBufferPointer(rebasing: dst[0..<total]).copyMemory(from: UnsafeRawBufferPointer(rebasing: p.bytes[inGroup..<(inGroup + total)]))
+        let sequential = offset == readEnd
+        if sequential && inGroup + total == groupSize && !p.dirty {
+            pages[g] = nil
+            budget.give(groupSize)
+        }
+        readEnd = offset + UInt64(total)
+        if sequential && total > 0 { startReadAhead(after: (readEnd - 1) / gs) }
         return total
     }
 

@@ -228,14 +228,18 @@ public final class FileSystem: Sendable {
 
     /// What the name `key` is: a directory (its own entry, or keys under it), a file, or
     /// nothing. A directory hides a file of the same name (S3 allows both).
+    ///
+    /// One NEXT answers all three: the first key at or after `key` is the file's entry if it
+    /// is `key`; the first at or after `key/` is the directory's entry if it is `key/`, and a
+    /// key below it implies the directory.
     func find(_ key: [UInt8]) async throws -> Found {
         let dirKey = key + [0x2F]
-        async let implied = hasEntries(under: dirKey)
-        let values = try await cluster.get(bucket.objects, [key, dirKey])
-        if let v = values[1] { return .directory(key: dirKey, record: try ObjectRecord.decode(v)) }
-        if try await implied { return .directory(key: dirKey, record: nil) }
-        if let v = values[0] {
-            let entry = try ObjectRecord.decode(v)
+        let firsts = try await cluster.next(bucket.objects, from: [key, dirKey], limit: 1)
+        if let d = firsts[1].first, d.key.starts(with: dirKey) {
+            return .directory(key: dirKey, record: d.key == dirKey ? try ObjectRecord.decode(d.value) : nil)
+        }
+        if let f = firsts[0].first, f.key == key {
+            let entry = try ObjectRecord.decode(f.value)
             return .file(key: key, entry: entry, record: try await store.resolve(bucket, entry))
         }
         return .none
@@ -1008,21 +1012,58 @@ public final class FileSystem: Sendable {
         }
     }
 
+    /// `read` done at once, without suspending, when the file's lock is free and the bytes
+    /// are in a page in memory (`FileData.readResident`); nil when the caller must take the
+    /// async `read`. The FUSE adapter tries this first: it saves two thread hand-offs.
+    public func readNow(_ h: UInt64, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int? {
+        let (i, _, _) = try fileHandle(h)
+        return try fileLocks.withLockIfFree(i.ino) { () throws -> Int? in
+            guard let d = state.withLock({ _ in i.data }) else { throw FSError(EBADF) }
+            return d.readResident(at: offset, into: buffer)
+        } ?? nil
+    }
+
     public func write(_ h: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer, caller: Caller? = nil) async throws -> Int {
         let (i, append, write) = try fileHandle(h)
         guard write else { throw FSError(EBADF) }
         return try await fileLocks.withLock(i.ino) {
-            guard let d = state.withLock({ _ in i.data }) else { throw FSError(EBADF) }
-            let at = append ? d.size : offset
-            guard at.addingReportingOverflow(UInt64(bytes.count)).overflow == false, at + UInt64(bytes.count) <= 1 << 50 else { throw FSError(EFBIG) }
+            let (d, at) = try writable(i, at: offset, append: append, count: bytes.count)
             try await d.write(bytes, at: at)
-            let t = now()
-            state.withLock { _ in
-                i.record.modified = t
-                i.posix.ctime = t
-                if (caller?.uid ?? 0) != 0 { i.posix.dropSetIDs() }
-            }
+            wrote(i, caller)
             return bytes.count
+        }
+    }
+
+    /// `write` done at once, without suspending, when the file's lock is free and the bytes
+    /// land in memory (`FileData.writeResident`); nil when the caller must take the async
+    /// `write`.
+    public func writeNow(_ h: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer, caller: Caller? = nil) throws -> Int? {
+        let (i, append, write) = try fileHandle(h)
+        guard write else { throw FSError(EBADF) }
+        return try fileLocks.withLockIfFree(i.ino) { () throws -> Int? in
+            let (d, at) = try writable(i, at: offset, append: append, count: bytes.count)
+            guard d.writeResident(bytes, at: at) else { return nil }
+            wrote(i, caller)
+            return bytes.count
+        } ?? nil
+    }
+
+    /// The open file's data and where a write of `count` bytes goes (its end with O_APPEND).
+    /// Called under the inode's lock.
+    private func writable(_ i: Inode, at offset: UInt64, append: Bool, count: Int) throws -> (FileData, UInt64) {
+        guard let d = state.withLock({ _ in i.data }) else { throw FSError(EBADF) }
+        let at = append ? d.size : offset
+        guard at.addingReportingOverflow(UInt64(count)).overflow == false, at + UInt64(count) <= 1 << 50 else { throw FSError(EFBIG) }
+        return (d, at)
+    }
+
+    /// After a write: mtime and ctime now; a write by anyone but root drops set-ID bits.
+    private func wrote(_ i: Inode, _ caller: Caller?) {
+        let t = now()
+        state.withLock { _ in
+            i.record.modified = t
+            i.posix.ctime = t
+            if (caller?.uid ?? 0) != 0 { i.posix.dropSetIDs() }
         }
     }
 

@@ -113,6 +113,21 @@ public final class FUSESession: @unchecked Sendable {
         }
     }
 
+    /// Replies with `now()` if it has an answer without waiting (on this thread, no task);
+    /// else runs `later` as `serve` does.
+    func serve<R>(_ req: fuse_req_t?, now: () throws -> R?, _ later: @escaping @Sendable () async throws -> R, reply: (R) -> Void) {
+        do {
+            if let r = try now() {
+                reply(r)
+                return
+            }
+        } catch {
+            fuse_reply_err(req, FSError.errno(of: error))
+            return
+        }
+        serve(req, later, reply: reply)
+    }
+
     func serveSync<R>(_ req: fuse_req_t?, _ body: () throws -> R, reply: (R) -> Void) {
         do { reply(try body()) } catch { fuse_reply_err(req, FSError.errno(of: error)) }
     }

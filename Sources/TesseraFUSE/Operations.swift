@@ -171,7 +171,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 4096)
         defer { buffer.deallocate() }
         let lent = LentMutable(buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
-        s.serve(req, { try await s.fs.read(h, at: UInt64(off), into: lent.buffer) }) { n in
+        s.serve(req, now: { try s.fs.readNow(h, at: UInt64(off), into: lent.buffer) }, { try await s.fs.read(h, at: UInt64(off), into: lent.buffer) }) { n in
             fuse_reply_buf(req, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), n)
         }
     }
@@ -182,7 +182,9 @@ func makeOperations() -> fuse_lowlevel_ops {
         let h = fi.pointee.fh
         let lent = Lent(read: UnsafeRawBufferPointer(start: buf, count: size))
         let caller = FUSESession.caller(req)
-        s.serve(req, { try await s.fs.write(h, at: UInt64(off), lent.read, caller: caller) }) { n in _ = fuse_reply_write(req, n) }
+        s.serve(req, now: { try s.fs.writeNow(h, at: UInt64(off), lent.read, caller: caller) }, { try await s.fs.write(h, at: UInt64(off), lent.read, caller: caller) }) { n in
+            _ = fuse_reply_write(req, n)
+        }
     }
 
     ops.flush = { req, _, fi in
