@@ -10,19 +10,12 @@ extension Cluster {
     /// Writes `bytes` at `offset` of object `object` (created by its first write).
     /// `unwritten`: the caller knows the groups touched hold nothing yet (a new object
     /// written in order), so partial groups need no read first.
-    /// `whole`: `offset` is a group's start and `bytes` are all its content from there: past
-    /// them the object holds nothing in the groups touched (the caller had every byte of the
-    /// group in memory). No unit is read, and each unit is written to the end of its bytes,
-    /// zeros included, so whatever the object held before in them is replaced.
-    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false, whole: Bool = false) async throws {
+    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws {
         try checkRange(offset, UInt64(bytes.count))
-        if whole && offset % UInt64(layout.groupSize) != 0 {
-            throw TesseraError(.invalidArgument, "a whole-content write starts at a group's start, not at byte \(offset)")
-        }
         let pieces = layout.groups(offset: offset, length: bytes.count)
         try await forEachGroup(pieces) { piece in
             let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten, whole: whole)
+            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
         }
     }
 
@@ -127,7 +120,7 @@ extension Cluster {
     /// parity unit. A partial group reads its current data first (rebuilt if need be) and
     /// writes each unit only up to its last non-zero byte, old or new: a small object, or
     /// the tail of one, takes the blocks it fills rather than whole units.
-    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false, whole: Bool = false) async throws {
+    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws {
         let u = layout.unitSize
         let n = layout.dataUnits
         let to = from + bytes.count
@@ -138,13 +131,6 @@ extension Cluster {
             var parityExtent = u
             if from == 0 && to == layout.groupSize {
                 data = (0..<n).map { d in Array(bytes[(bytes.startIndex + d * u)..<(bytes.startIndex + (d + 1) * u)]) }
-            } else if whole && from == 0 {
-                // The group's whole content: each unit its part of the bytes, in whole 4 KiB
-                // blocks, trailing zeros included (they replace what the unit held).
-                data = (0..<n).map { d in d * u < to ? Array(bytes[(bytes.startIndex + d * u)..<(bytes.startIndex + min(to, (d + 1) * u))]) : [] }
-                extent = data.map { min(u, ($0.count + 4095) & ~4095) }
-                parityExtent = extent.max() ?? 0
-                data = data.map { $0 + [UInt8](repeating: 0, count: parityExtent - $0.count) }
             } else {
                 // A unit is kept only as long as its content (an empty array is all zeros), so
                 // a small write into an unwritten group touches kilobytes, not whole units.
@@ -181,6 +167,50 @@ extension Cluster {
                         let r = await self.call(server, .write(cob: object, offset: offset, data: w.bytes, syncWait: false))
                         if case .failure(let status, let message) = r {
                             throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(w.unit) on server \(self.links[server].id): \(message)")
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    /// The unit writes that store bytes `changed` of group `g`, given every byte of the group
+    /// as the object is to hold it (`content`, the group's size; the caller knows the object
+    /// already holds the rest): each data unit over its part of the range, and every parity
+    /// unit over the same unit offsets, computed from `content`, in whole 4 KiB blocks. Made
+    /// at once (the bytes are copied), sent by `write(_:_:)`, with no read.
+    public func groupWrite(group g: UInt64, content: UnsafeRawBufferPointer, changed: Range<Int>) -> GroupWrite {
+        let u = layout.unitSize
+        let n = layout.dataUnits
+        precondition(content.count == layout.groupSize && changed.lowerBound >= 0 && changed.upperBound <= layout.groupSize && !changed.isEmpty)
+        var pieces: [(unit: Int, range: Range<Int>)] = []
+        for d in (changed.lowerBound / u)...((changed.upperBound - 1) / u) {
+            let a = (max(changed.lowerBound, d * u) - d * u) & ~4095
+            let b = min(u, (min(changed.upperBound, (d + 1) * u) - d * u + 4095) & ~4095)
+            pieces.append((d, a..<b))
+        }
+        let stripe = pieces.map(\.range.lowerBound).min()!..<pieces.map(\.range.upperBound).max()!
+        func unit(_ d: Int, _ r: Range<Int>) -> [UInt8] { Array(UnsafeRawBufferPointer(rebasing: content[(d * u + r.lowerBound)..<(d * u + r.upperBound)])) }
+        var writes = pieces.map { (unit: $0.unit, at: $0.range.lowerBound, bytes: unit($0.unit, $0.range)) }
+        for (p, bytes) in code.encode((0..<n).map { unit($0, stripe) }).enumerated() {
+            writes.append((n + p, stripe.lowerBound, bytes))
+        }
+        return GroupWrite(group: g, writes: writes)
+    }
+
+    /// Sends the unit writes of `w` to object `object`.
+    public func write(_ object: Fid, _ w: GroupWrite) async throws {
+        let g = w.group
+        let offset = layout.cobOffset(group: g)
+        try await groupLocks.withLock(GroupKey(object: object, group: g)) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (unit, at, bytes) in w.writes {
+                    let server = layout.server(group: g, unit: unit)
+                    group.addTask {
+                        let r = await self.call(server, .write(cob: object, offset: offset + UInt64(at), data: bytes, syncWait: false))
+                        if case .failure(let status, let message) = r {
+                            throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(unit) on server \(self.links[server].id): \(message)")
                         }
                     }
                 }
@@ -311,4 +341,11 @@ final class ByteSink: @unchecked Sendable {
     }
 
     var bytes: [UInt8] { Array(buffer.prefix(count)) }
+}
+
+/// The unit writes of part of one parity group (`Cluster.groupWrite`): unit index (data
+/// units first, then parity), byte offset in the unit, bytes.
+public struct GroupWrite: Sendable {
+    public let group: UInt64
+    let writes: [(unit: Int, at: Int, bytes: [UInt8])]
 }

@@ -1,9 +1,10 @@
 // The data of one open file: group-sized pages in front of its striped object.
 //
 // A page holds a whole parity group's worth of the file, complete: loaded from the object
-// where the object has data, zeros elsewhere. Writes land in pages (write-back); a page that
-// a sequential writer fills is sent at once as a whole-group write, which needs no read;
-// reads ahead of a sequential reader load the next groups. Every page is taken from one
+// where the object has data, zeros elsewhere. Writes land in pages (write-back), and a page
+// remembers which of its bytes differ from the object; a write-out sends those bytes with
+// parity computed from the page, so it never reads the object back. A page that a
+// sequential writer fills is sent at once, whole; reads ahead of a sequential reader load the next groups. Every page is taken from one
 // MemoryBudget shared by all files: when it is spent, reads and writes go straight to the
 // object instead, so the budget is never exceeded whatever the number of open files.
 //
@@ -42,10 +43,16 @@ final class Page: @unchecked Sendable {
     // SAFETY: touched only under the inode's lock, or by the one task writing it out, during
     // which the page is in `flushing` and no one else reads or writes it.
     let bytes: UnsafeMutableRawBufferPointer
-    var dirty = false
-    /// Bytes from the page's start that a write-out must cover even past the file's end:
-    /// a truncation zeroed them here, and the object still holds their old data.
-    var zeroTo = 0
+    /// Bytes (offsets in the group) that differ from the object: written, or zeroed by a
+    /// truncation while the object still holds their old data. Nil when the page is clean:
+    /// every byte is what the object holds (zeros at and past `stored`).
+    var changed: Range<Int>?
+    var dirty: Bool { changed != nil }
+
+    func markChanged(_ r: Range<Int>) {
+        guard !r.isEmpty else { return }
+        changed = changed.map { min($0.lowerBound, r.lowerBound)..<max($0.upperBound, r.upperBound) } ?? r
+    }
 
     /// Anonymous memory: the kernel hands out zeroed pages as they are touched, so a page of
     /// a small file costs what the file uses, not a group's worth of memset.
@@ -105,7 +112,7 @@ final class FileData: @unchecked Sendable {
             let piece = UnsafeRawBufferPointer(rebasing: src[done..<(done + n)])
             if let page = try await page(g, create: true) {
                 UnsafeMutableRawBufferPointer(rebasing: page.bytes[inGroup..<(inGroup + n)]).copyMemory(from: piece)
-                page.dirty = true
+                page.markChanged(inGroup..<(inGroup + n))
                 size = max(size, at + UInt64(n))
                 // A sequential writer filled the group: send it now, whole.
                 if inGroup + n == groupSize { try await startFlush(g) }
@@ -139,7 +146,7 @@ final class FileData: @unchecked Sendable {
             pages[g] = page
         }
         UnsafeMutableRawBufferPointer(rebasing: page.bytes[inGroup..<(inGroup + src.count)]).copyMemory(from: src)
-        page.dirty = true
+        page.markChanged(inGroup..<(inGroup + src.count))
         size = max(size, offset + UInt64(src.count))
         changed = true
         return true
@@ -186,49 +193,31 @@ final class FileData: @unchecked Sendable {
         for (_, t) in all { try await t.value }
     }
 
-    /// Starts writing page `g` out; at most `maxFlushing` write-outs at once. A page a
-    /// sequential writer filled leaves memory with its write-out; one written out by
-    /// `flush` (close, fsync) is `kept`, clean, so the next small write or read of the group
-    /// needs no read of the object.
+    /// Starts writing page `g` out; at most `maxFlushing` write-outs at once. Only the bytes
+    /// that differ from the object go out, with parity over the same stripe computed from the
+    /// page: the rest of the page is what the object holds, so nothing is read back. A page a
+    /// sequential writer filled leaves memory; one written out by `flush` (close, fsync) is
+    /// `kept`, clean, so the next small write or read of the group needs no read either.
     private func startFlush(_ g: UInt64, keep: Bool = false) async throws {
         guard let page = keep ? pages[g] : pages.removeValue(forKey: g) else { return }
-        guard page.dirty else {
+        guard let changed = page.changed else {
             if !keep { budget.give(groupSize) }
             return
         }
         if let earlier = flushing.removeValue(forKey: g) { try await earlier.value }
-        let gs = UInt64(groupSize)
-        let start = g * gs
-        // The file's bytes in this group, in whole 4 KiB blocks; beyond them all is zero
-        // (and up to `zeroTo`, zeros that must reach the object).
-        let used = max(page.zeroTo, Int(min(gs, ((max(size, start) - start) + 4095) & ~4095)))
-        let end = start + UInt64(used)
-        // The page is every byte of the group, and what the object held in it lies below the
-        // old `stored`: if that is within `used`, the write replaces the group's content with
-        // no read (else the write reads the rest of the group first).
-        let whole = stored <= end
-        stored = max(stored, min(end, size))
-        let cluster = self.cluster
-        let fid = self.fid
-        let budget = self.budget
-        let groupSize = self.groupSize
+        page.changed = nil
+        // Changed bytes past the size are a truncation's zeros: data ends below the size.
+        stored = max(stored, min(g * UInt64(groupSize) + UInt64(changed.upperBound), size))
+        let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
         if keep {
-            // The page stays writable here, so its bytes go out as they are now.
-            let bytes = Array(UnsafeRawBufferPointer(rebasing: page.bytes[0..<used]))
-            page.dirty = false
-            page.zeroTo = 0
-            flushing[g] = Task {
-                guard used > 0 else { return }
-                try await cluster.write(fid, at: start, bytes, whole: whole)
-            }
+            // The unit writes copy their bytes now: the page may change again while they go out.
+            let write = cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed)
+            flushing[g] = Task { try await cluster.write(fid, write) }
         } else {
+            // The page is the task's alone: its bytes are copied and encoded there.
             flushing[g] = Task {
-                defer {
-                    withExtendedLifetime(page) {}
-                    budget.give(groupSize)
-                }
-                guard used > 0 else { return }
-                try await cluster.write(fid, at: start, Array(UnsafeRawBufferPointer(rebasing: page.bytes[0..<used])), whole: whole)
+                defer { budget.give(groupSize) }
+                try await cluster.write(fid, cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed))
             }
         }
         if flushing.count > Self.maxFlushing, let oldest = flushing.keys.min() {
@@ -331,8 +320,7 @@ final class FileData: @unchecked Sendable {
                     let from = Int(newSize - start)
                     UnsafeMutableRawBufferPointer(rebasing: p.bytes[from...]).initializeMemory(as: UInt8.self, repeating: 0)
                     if stored > newSize {
-                        p.zeroTo = max(p.zeroTo, Int(min(gs, ((stored - start) + 4095) & ~4095)))
-                        p.dirty = true
+                        p.markChanged(from..<Int(min(gs, stored - start)))
                     }
                     cutInPage = true
                 }
