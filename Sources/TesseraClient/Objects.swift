@@ -191,9 +191,15 @@ extension Cluster {
             pieces.append((d, a..<b))
         }
         let stripe = pieces.map(\.range.lowerBound).min()!..<pieces.map(\.range.upperBound).max()!
-        func unit(_ d: Int, _ r: Range<Int>) -> [UInt8] { Array(UnsafeRawBufferPointer(rebasing: content[(d * u + r.lowerBound)..<(d * u + r.upperBound)])) }
-        var writes = pieces.map { (unit: $0.unit, at: $0.range.lowerBound, bytes: unit($0.unit, $0.range)) }
-        for (p, bytes) in code.encode((0..<n).map { unit($0, stripe) }).enumerated() {
+        // Every data unit over the stripe, copied once: the parity's input, and (cut to its
+        // own range where that is narrower) a data unit's write.
+        let stripes = (0..<n).map { d in Array(UnsafeRawBufferPointer(rebasing: content[(d * u + stripe.lowerBound)..<(d * u + stripe.upperBound)])) }
+        var writes = pieces.map { piece in
+            let bytes = piece.range == stripe
+                ? stripes[piece.unit] : Array(stripes[piece.unit][(piece.range.lowerBound - stripe.lowerBound)..<(piece.range.upperBound - stripe.lowerBound)])
+            return (unit: piece.unit, at: piece.range.lowerBound, bytes: bytes)
+        }
+        for (p, bytes) in code.encode(stripes).enumerated() {
             writes.append((n + p, stripe.lowerBound, bytes))
         }
         return GroupWrite(group: g, writes: writes)
