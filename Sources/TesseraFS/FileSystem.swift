@@ -34,6 +34,9 @@ public struct FileSystemOptions: Sendable {
     /// Owner of new entries when the caller is unknown, and of entries written through S3.
     public var defaultUid: UInt32 = 0
     public var defaultGid: UInt32 = 0
+    /// How long the names this mount knows are trusted before the bucket's change stamps
+    /// are read again (NameCache.swift); zero: every lookup reads the store.
+    public var nameCacheWindow: Duration = .milliseconds(100)
 
     public init() {}
 }
@@ -106,6 +109,12 @@ public final class FileSystem: Sendable {
         var running = false
     }
     let namespace = KeyedLocks<Int>()
+    /// Names known present or absent (NameCache.swift).
+    let names = Mutex(Names())
+    /// This mount's change stamp, written with each change of the object list.
+    let stamp = ChangeStamp()
+    /// Every change of the object list, in order (ChangeQueue.swift).
+    let changes: ChangeQueue
     let fileLocks = KeyedLocks<UInt64>()
 
     public static let rootIno: UInt64 = 1
@@ -137,6 +146,7 @@ public final class FileSystem: Sendable {
         }
         guard let b else { throw TesseraError(.notFound, "bucket '\(bucketName)' vanished while being made") }
         bucket = b
+        changes = ChangeQueue(cluster: store.cluster, index: b.objects)
         fsIndex = S3Indexes.fileSystemIndex(of: b)
         _ = try await store.cluster.createIndex(fsIndex)
         let root = try await loadRoot()
@@ -222,6 +232,7 @@ public final class FileSystem: Sendable {
 
     /// True if some key lies below directory key `dirKey` (which ends in `/`).
     func hasEntries(under dirKey: [UInt8]) async throws -> Bool {
+        await changes.drained()
         let below = try await cluster.next(bucket.objects, from: [dirKey], limit: 1, excludeStart: true)[0]
         return below.first?.key.starts(with: dirKey) ?? false
     }
@@ -233,6 +244,16 @@ public final class FileSystem: Sendable {
     /// is `key`; the first at or after `key/` is the directory's entry if it is `key/`, and a
     /// key below it implies the directory.
     func find(_ key: [UInt8]) async throws -> Found {
+        if let known = await cachedFind(key) { return known }
+        let generation = namesGeneration
+        let found = try await findStored(key)
+        if case .none = found { rememberAbsent(key, readAt: generation) }
+        return found
+    }
+
+    /// `find` from the store, never from the name cache.
+    func findStored(_ key: [UInt8]) async throws -> Found {
+        await changes.drained()
         let dirKey = key + [0x2F]
         let firsts = try await cluster.next(bucket.objects, from: [key, dirKey], limit: 1)
         if let d = firsts[1].first, d.key.starts(with: dirKey) {
@@ -268,7 +289,7 @@ public final class FileSystem: Sendable {
             record = r ?? Self.emptyRecord(modified: posix.ctime)
             (linked, implied) = (false, r == nil)
         }
-        return state.withLock { s in
+        let i = state.withLock { s in
             if let i = s.inodes[ino] {
                 i.key = key
                 if i.data == nil && !i.unlinked {
@@ -280,6 +301,9 @@ public final class FileSystem: Sendable {
             s.inodes[ino] = i
             return i
         }
+        let directory = posix.type == .directory
+        rememberPresent(directory ? Array(key.dropLast()) : key, i, directory: directory)
+        return i
     }
 
     public func lookup(_ parent: UInt64, _ name: [UInt8]) async throws -> Attributes {
@@ -288,6 +312,23 @@ public final class FileSystem: Sendable {
         guard let i = try inode(for: try await find(key)) else { throw FSError(ENOENT) }
         state.withLock { _ in i.lookups += 1 }
         return attributes(i)
+    }
+
+    /// `lookup` answered from the name cache without waiting, or nil.
+    public func lookupNow(_ parent: UInt64, _ name: [UInt8]) throws -> Attributes? {
+        let p = try inode(parent)
+        let key = try Self.childKey(p, name)
+        switch known(key) {
+        case nil: return nil
+        case .absent: throw FSError(ENOENT)
+        case .inode(let i):
+            // Forgotten since known() looked: let the store answer.
+            return state.withLock { s in
+                guard s.inodes[i.ino] === i else { return nil }
+                i.lookups += 1
+                return attributesLocked(i)
+            }
+        }
     }
 
     // MARK: Storing records
@@ -303,8 +344,28 @@ public final class FileSystem: Sendable {
     }
 
     /// Puts the records of `inodes` (and deletes `deleting`) in one UPDATE of the object
-    /// list; hard-linked inodes go to the file-system index first.
+    /// list (through the change queue); hard-linked inodes go to the file-system index first.
     func storeRecords(_ inodes: [Inode], deleting: [[UInt8]] = [], putting extra: [Record] = [], sync: Bool = false) async throws {
+        let (puts, linkedPuts) = records(of: inodes, extra)
+        if !linkedPuts.isEmpty { try await cluster.put(fsIndex, linkedPuts, sync: sync) }
+        if !puts.isEmpty || !deleting.isEmpty {
+            try await changes.submit(deleting: deleting, putting: puts + [stamp.next()], sync: sync)
+        }
+        stored(inodes)
+    }
+
+    /// `storeRecords` of inodes that are not hard links, answered at once: the change is
+    /// written behind (ChangeQueue.swift), and `then` runs once it is in the store.
+    func storeRecordsBehind(_ inodes: [Inode], deleting: [[UInt8]], putting extra: [Record], then: (@Sendable () async -> Void)?) {
+        let (puts, _) = records(of: inodes, extra)
+        changes.submitBehind(deleting: deleting, putting: puts + [stamp.next()], after: then) { [weak self] error in
+            self?.lostChange(error)
+        }
+        stored(inodes)
+    }
+
+    /// The object list's records of `inodes` (after `extra`), and the file-system index's.
+    private func records(of inodes: [Inode], _ extra: [Record]) -> (puts: [Record], linked: [Record]) {
         var puts = extra
         var linkedPuts: [Record] = []
         for i in inodes {
@@ -316,14 +377,27 @@ public final class FileSystem: Sendable {
                 puts.append(Record(key: key, value: r.encode()))
             }
         }
-        if !linkedPuts.isEmpty { try await cluster.put(fsIndex, linkedPuts, sync: sync) }
-        if !puts.isEmpty || !deleting.isEmpty {
-            let st = try await cluster.update(bucket.objects, deleting: deleting, putting: puts, sync: sync)
-            if st.contains(.tooLarge) { throw FSError(E2BIG, "the entry's record is too large (xattrs?)") }
-        }
+        return (puts, linkedPuts)
+    }
+
+    private func stored(_ inodes: [Inode]) {
         state.withLock { _ in
             for i in inodes where i.implied && i.type == .directory { i.implied = false }
         }
+    }
+
+    /// A change written behind could not be stored: what the names are is not known.
+    private func lostChange(_ error: Error) {
+        logger.error("a change written behind was not stored: \(error); the next fsync reports it")
+        names.withLock { $0.clear() }
+    }
+
+    /// Waits for every queued change, reports one written behind that failed, then syncs
+    /// every server: what `fsync` is after its file's own writes.
+    public func syncEverything() async throws {
+        await changes.drained()
+        if let e = changes.takeFailure() { throw e }
+        try await cluster.sync()
     }
 
     /// Marks `dir` changed now (mtime and ctime), for the caller to store.
@@ -331,6 +405,18 @@ public final class FileSystem: Sendable {
         state.withLock { _ in
             dir.record.modified = t
             dir.posix.ctime = t
+        }
+    }
+
+    /// Runs a change of names under the namespace lock. If it fails, what it changed is not
+    /// known (a store that did not answer, a name the cache thought absent): the name cache
+    /// is emptied.
+    func changingNames<R>(_ body: () async throws -> R) async throws -> R {
+        try await namespace.withLock(0) {
+            do { return try await body() } catch {
+                names.withLock { $0.clear() }
+                throw error
+            }
         }
     }
 
@@ -376,7 +462,7 @@ public final class FileSystem: Sendable {
         let key = try Self.childKey(p, name)
         let type = FileType(mode: mode) ?? .regular
         if type == .directory && key.count + 1 >= Self.keyMax { throw FSError(ENAMETOOLONG) }
-        return try await namespace.withLock(0) {
+        return try await changingNames {
             // A regular file is made with a create-only put, checked against a directory of
             // the same name at the same time; other types look first.
             async let found = find(key)
@@ -397,6 +483,8 @@ public final class FileSystem: Sendable {
             let i = Inode(ino: ino, key: type == .directory ? key + [0x2F] : key, record: record, posix: posix, linked: false, implied: false)
             touch(p, t)
             if type == .regular {
+                // A removal of this key still queued goes first.
+                await changes.drained()
                 async let parentStored: Void = storeRecords([p])
                 let st = try await cluster.put(bucket.objects, [Record(key: key, value: storedRecord(i).encode())], mode: .createOnly)
                 let existing = try await found
@@ -412,6 +500,11 @@ public final class FileSystem: Sendable {
             state.withLock { s in
                 i.lookups = 1
                 s.inodes[ino] = i
+            }
+            names.withLock { n in
+                n.set(key, type == .directory ? .directory(ino) : .file(ino))
+                // Nothing is under a new directory: all that comes will come through here.
+                if type == .directory { n.complete.insert(key + [0x2F]) }
             }
             return i
         }
@@ -452,7 +545,7 @@ public final class FileSystem: Sendable {
         try checkWritable()
         let p = try inode(parent)
         let key = try Self.childKey(p, name)
-        try await namespace.withLock(0) {
+        try await changingNames {
             let found = try await find(key)
             guard case .file(_, let entry, let record) = found, let i = try inode(for: found) else {
                 if case .directory = found { throw FSError(EISDIR) }
@@ -461,8 +554,19 @@ public final class FileSystem: Sendable {
             let t = now()
             touch(p, t)
             let (puts, after) = try await letGo(key, entry: entry, record: record, i, at: t)
-            try await storeRecords([p], deleting: [key], putting: puts)
-            try await finish(after, owner: key)
+            switch after {
+            case .dropLink:
+                try await storeRecords([p], deleting: [key], putting: puts)
+                names.withLock { $0.set(key, .absent) }
+                try await finish(after, owner: key)
+            case .nothing, .free:
+                // Answered now: the removal (with the data's free marker) is written behind,
+                // and the data freed once it is in the store.
+                storeRecordsBehind([p], deleting: [key], putting: puts) { [weak self] in
+                    if case .free(let fid) = after { self?.reclaimLater(fid) }
+                }
+                names.withLock { $0.set(key, .absent) }
+            }
         }
     }
 
@@ -575,7 +679,7 @@ public final class FileSystem: Sendable {
         try checkWritable()
         let p = try inode(parent)
         let key = try Self.childKey(p, name)
-        try await namespace.withLock(0) {
+        try await changingNames {
             let found = try await find(key)
             guard case .directory(let dirKey, _) = found, let i = try inode(for: found) else {
                 if case .file = found { throw FSError(ENOTDIR) }
@@ -586,6 +690,10 @@ public final class FileSystem: Sendable {
             touch(p, t)
             try await storeRecords([p], deleting: [dirKey])
             state.withLock { _ in i.unlinked = true }
+            names.withLock { n in
+                n.set(key, .absent)
+                n.complete.remove(dirKey)
+            }
         }
     }
 
@@ -601,7 +709,7 @@ public final class FileSystem: Sendable {
         let q = try inode(newParent)
         let from = try Self.childKey(p, name)
         let to = try Self.childKey(q, newName)
-        try await namespace.withLock(0) {
+        try await changingNames {
             let source = try await find(from)
             let target = try await find(to)
             guard let s = try inode(for: source) else { throw FSError(ENOENT) }
@@ -655,6 +763,7 @@ public final class FileSystem: Sendable {
             r.posix = px.encode()
             if record != nil { deletes.append(dirKey) }
             puts.append(Record(key: newDir, value: r.encode()))
+            await changes.drained()
             var start = dirKey
             while true {
                 let batch = try await cluster.next(bucket.objects, from: [start], limit: 1000, excludeStart: true)[0]
@@ -708,8 +817,14 @@ public final class FileSystem: Sendable {
         try await storeRecords(parents.filter { !(($0.key).starts(with: from + [0x2F])) }, deleting: deletes, putting: puts)
         if case .directory(let dirKey, _) = source {
             rekey(dirKey, to + [0x2F], exact: false)
+            // Every name under both changed: start again.
+            names.withLock { $0.clear() }
         } else {
             rekey(from, to, exact: true)
+            names.withLock { n in
+                n.set(from, .absent)
+                n.set(to, .file(s.ino))
+            }
         }
         state.withLock { _ in
             s.implied = false
@@ -737,6 +852,7 @@ public final class FileSystem: Sendable {
         if bDir && !aDir { rekey(ka + [0x2F], ka, exact: true) }
         rekey(marker, bDir ? kb + [0x2F] : kb, exact: !aDir)
         if aDir && !bDir { rekey(kb + [0x2F], kb, exact: true) }
+        names.withLock { $0.clear() }
         state.withLock { _ in
             a.posix.ctime = t
             b.posix.ctime = t
@@ -749,7 +865,7 @@ public final class FileSystem: Sendable {
         let q = try inode(newParent)
         let key = try Self.childKey(q, newName)
         guard i.type != .directory else { throw FSError(EPERM, "hard links to directories") }
-        return try await namespace.withLock(0) {
+        return try await changingNames {
             if case .none = try await find(key) {} else { throw FSError(EEXIST) }
             let t = now()
             let (wasLinked, oldKey, unlinked) = state.withLock { _ in (i.linked, i.key, i.unlinked) }
@@ -769,6 +885,9 @@ public final class FileSystem: Sendable {
             var puts = [Record(key: key, value: entry.encode())]
             if !wasLinked { puts.append(Record(key: oldKey, value: entry.encode())) }
             try await storeRecords([q], putting: puts)
+            // A hard link is never answered from the cache: this sends the next lookup to
+            // the store while the directory stays complete.
+            names.withLock { $0.set(key, .file(ino)) }
             state.withLock { _ in i.lookups += 1 }
             return attributes(i)
         }
@@ -936,7 +1055,7 @@ public final class FileSystem: Sendable {
             return i.attributesChanged
         }
         guard d.changed || attributesChanged else {
-            if sync { try await cluster.sync() }
+            if sync { try await syncEverything() }
             return
         }
         let dataChanged = d.changed
@@ -959,7 +1078,7 @@ public final class FileSystem: Sendable {
             }
             if !gone { try await storeRecords([i]) }
         }
-        if sync { try await cluster.sync() }
+        if sync { try await syncEverything() }
     }
 
     /// Opens a file; returns the handle, and whether the file changed (through S3, or
@@ -981,7 +1100,7 @@ public final class FileSystem: Sendable {
             var changed = false
             if first && !fresh && i.type == .regular {
                 let before = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) }
-                _ = try inode(for: try await find(key))
+                _ = try inode(for: try await findStored(key))
                 changed = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) } != before
             }
             if i.type == .regular && state.withLock({ _ in i.data == nil }) { _ = try await openData(i) }
@@ -1178,6 +1297,7 @@ public final class FileSystem: Sendable {
         let prefix = state.withLock { _ in dir.key }
         let own = attributes(dir)
         var out = [DirectoryEntry(name: [0x2E], attributes: own), DirectoryEntry(name: [0x2E, 0x2E], attributes: own)]
+        await changes.drained()
         var start = prefix
         var exclusive = true
         while true {
@@ -1255,6 +1375,7 @@ public final class FileSystem: Sendable {
                 }
             }
         }
+        await changes.drained()
         await reclaimsDone()
         _ = try? await cluster.sync()
     }

@@ -35,7 +35,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.lookup = { req, parent, name in
         let s = FUSESession.of(req)
         let n = bytes(name)
-        s.serve(req, { try await s.fs.lookup(parent, n) }) { s.replyEntry(req, $0) }
+        s.serve(req, now: { try s.fs.lookupNow(parent, n) }, { try await s.fs.lookup(parent, n) }) { s.replyEntry(req, $0) }
     }
 
     ops.forget = { req, ino, n in
@@ -230,7 +230,7 @@ func makeOperations() -> fuse_lowlevel_ops {
 
     ops.fsyncdir = { req, _, _, _ in
         let s = FUSESession.of(req)
-        s.serve(req, { try await s.fs.cluster.sync() }) { _ = fuse_reply_err(req, 0) }
+        s.serve(req, { try await s.fs.syncEverything() }) { _ = fuse_reply_err(req, 0) }
     }
 
     ops.statfs = { req, _ in

@@ -21,6 +21,8 @@ public final class S3Store: Sendable {
     /// Set once the global indexes (buckets, pending frees, parts) exist: they are made
     /// on first use, once per process, not on every request.
     private let globalIndexesReady = Mutex(false)
+    /// This process's change stamp, written with each object list change (ChangeStamps.swift).
+    public let stamp = ChangeStamp()
 
     /// The smallest part of a multipart upload other than the last (S3's limit).
     public static let minimumPartSize: UInt64 = 5 << 20
@@ -217,7 +219,7 @@ public final class S3Store: Sendable {
             var record = record
             if record.posix == nil, let old { record.posix = try await resolve(bucket, old).posix }
             if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
-            try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode())], sync: true)
+            try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode()), stamp.next()], sync: true)
             try await alsoUnderLock()
             return old
         }
@@ -239,7 +241,7 @@ public final class S3Store: Sendable {
         let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
             guard let old = try await entry(bucket, key) else { return nil }
             if old.inode == nil { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
-            try await cluster.delete(bucket.objects, [Array(key.utf8)], sync: true)
+            try await cluster.update(bucket.objects, deleting: [Array(key.utf8)], putting: [stamp.next()], sync: true)
             return old
         }
         guard let old else { return false }

@@ -26,13 +26,14 @@ func which(_ name: String) -> String? {
     return nil
 }
 
-/// Runs a program to its end and returns its stdout (or stderr).
-func capture(_ path: String, _ args: [String], stderr: Bool = false) throws -> String {
+/// Runs a program to its end and returns its stdout (or stderr); `quiet` discards the other stream.
+func capture(_ path: String, _ args: [String], stderr: Bool = false, quiet: Bool = false) throws -> String {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = args
     let pipe = Pipe()
     if stderr { p.standardError = pipe } else { p.standardOutput = pipe }
+    if quiet { if stderr { p.standardOutput = FileHandle.nullDevice } else { p.standardError = FileHandle.nullDevice } }
     try p.run()
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()

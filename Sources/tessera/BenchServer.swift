@@ -195,7 +195,7 @@ struct BenchServer: AsyncParsableCommand {
         // Wait until Redis answers: a benchmark against a server still starting measures nothing.
         var up = false
         for _ in 0..<100 where !up {
-            up = (try? capture(cli, ["-p", String(port), "ping"]))?.contains("PONG") ?? false
+            up = (try? capture(cli, ["-p", String(port), "ping"], quiet: true))?.contains("PONG") ?? false
             if !up { usleep(50_000) }
         }
         guard up else { throw ValidationError("redis-server did not start on port \(port)") }

@@ -69,6 +69,9 @@ struct Mount: AsyncParsableCommand {
             default: p.mount.fuseOptions.append(item)
             }
         }
+        // Names the mount knows are trusted for 100 ms between reads of the bucket's change
+        // stamps, never longer than the kernel may trust them (entry_timeout=0: not at all).
+        p.fs.nameCacheWindow = .milliseconds(Int64(min(p.mount.entryTimeout, 0.1) * 1000))
         return p
     }
 

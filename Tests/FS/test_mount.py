@@ -386,6 +386,25 @@ class MountTest(unittest.TestCase):
         with open(self.path("from-s3", "deep", "obj.bin"), "rb") as f:
             self.assertEqual(f.read(), data2)
 
+    def test_s3_changes_reach_names_the_mount_knows(self):
+        # A directory the mount made is one whose every name it knows (NameCache.swift):
+        # a name looked up there is answered from memory. The gateway's change stamp must
+        # still make an object PUT into it, and a DELETE of a file the mount knows, show
+        # within the name cache's 100 ms (plus the kernel's 1 s entry timeout for a name
+        # the kernel holds).
+        os.mkdir(self.path("known"))
+        self.assertFalse(os.path.exists(self.path("known", "late.txt")))
+        with open(self.path("known", "mine.txt"), "w") as f:
+            f.write("mine")
+        self.assertEqual(os.stat(self.path("known", "mine.txt")).st_size, 4)
+        self.s3.put_object(Bucket=BUCKET, Key="known/late.txt", Body=b"from s3")
+        self.s3.delete_object(Bucket=BUCKET, Key="known/mine.txt")
+        time.sleep(1.3)
+        with open(self.path("known", "late.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"from s3")
+        self.assertFalse(os.path.exists(self.path("known", "mine.txt")))
+        self.assertEqual(sorted(os.listdir(self.path("known"))), ["late.txt"])
+
     # --- remount and crash -----------------------------------------------------------
 
     def test_remount_keeps_everything_and_inode_numbers(self):
