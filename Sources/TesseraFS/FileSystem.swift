@@ -463,10 +463,15 @@ public final class FileSystem: Sendable {
         let type = FileType(mode: mode) ?? .regular
         if type == .directory && key.count + 1 >= Self.keyMax { throw FSError(ENAMETOOLONG) }
         return try await changingNames {
-            // A regular file is made with a create-only put, checked against a directory of
-            // the same name at the same time; other types look first.
-            async let found = find(key)
-            if type != .regular {
+            // A name the cache knows absent is made at once, its entry written behind (with
+            // the parent's times, in the next UPDATE). Else a regular file is made with a
+            // create-only put, checked against a directory of the same name at the same
+            // time; other types look first.
+            let known = await cachedFind(key)
+            if let known { guard case .none = known else { throw FSError(EEXIST) } }
+            let behind = known != nil
+            async let found = behind ? Found.none : findStored(key)
+            if type != .regular && !behind {
                 guard case .none = try await found else { throw FSError(EEXIST) }
             }
             let ino = try await allocateIno()
@@ -482,7 +487,13 @@ public final class FileSystem: Sendable {
             let record = Self.emptyRecord(modified: t)
             let i = Inode(ino: ino, key: type == .directory ? key + [0x2F] : key, record: record, posix: posix, linked: false, implied: false)
             touch(p, t)
-            if type == .regular {
+            if behind {
+                _ = try await found
+                // The first close stores the entry again and so waits for this change:
+                // a file closed is in the store, even one never written.
+                if type == .regular { i.attributesChanged = true }
+                storeRecordsBehind([i, p], deleting: [], putting: [], then: nil)
+            } else if type == .regular {
                 // A removal of this key still queued goes first.
                 await changes.drained()
                 async let parentStored: Void = storeRecords([p])
@@ -934,7 +945,10 @@ public final class FileSystem: Sendable {
                     if i.data != nil { i.attributesChanged = true }
                     return (i.unlinked, i.data != nil)
                 }
-                if !gone && !open { try await storeRecords([i]) }
+                // Else written behind, unless a hard link (its record is in another index).
+                if !gone && !open {
+                    if state.withLock({ _ in i.linked }) { try await storeRecords([i]) } else { storeRecordsBehind([i], deleting: [], putting: [], then: nil) }
+                }
             }
             return attributes(i)
         }
@@ -1042,22 +1056,21 @@ public final class FileSystem: Sendable {
         return r
     }
 
-    /// Writes the file's pages to its object, then stores its entry (synced with `sync`).
+    /// Writes the file's pages to its object, then stores its entry; with `sync`, then waits
+    /// for every queued change and syncs the servers.
     private func writeBack(_ i: Inode, _ d: FileData, sync: Bool) async throws {
         try await d.flush()
-        try await storeData(i, d, sync: sync)
+        try await storeData(i, d)
+        if sync { try await syncEverything() }
     }
 
     /// Stores the record after data changes: size, mtime, ETag.
-    private func storeData(_ i: Inode, _ d: FileData, sync: Bool) async throws {
+    private func storeData(_ i: Inode, _ d: FileData) async throws {
         let attributesChanged = state.withLock { _ in
             defer { i.attributesChanged = false }
             return i.attributesChanged
         }
-        guard d.changed || attributesChanged else {
-            if sync { try await syncEverything() }
-            return
-        }
+        guard d.changed || attributesChanged else { return }
         let dataChanged = d.changed
         d.changed = false
         try await namespace.withLock(0) {
@@ -1078,7 +1091,6 @@ public final class FileSystem: Sendable {
             }
             if !gone { try await storeRecords([i]) }
         }
-        if sync { try await syncEverything() }
     }
 
     /// Opens a file; returns the handle, and whether the file changed (through S3, or
