@@ -76,6 +76,27 @@ extension Cluster {
         }
     }
 
+    /// Frees every unit of each of `objects` on every server: one pipeline of FREE requests
+    /// per server (one write and one wake-up for all of them, not one per object). Throws
+    /// the first failure; an object may then be freed on some servers only, which a later
+    /// free of it finishes.
+    public func delete(_ objects: [Fid]) async throws {
+        guard objects.count > 1 else {
+            if let o = objects.first { try await delete(o) }
+            return
+        }
+        let requests = objects.map { Request.free(cob: $0, offset: 0, length: Cluster.maxObjectOffset, syncWait: false) }
+        try await onEveryServer { s in
+            let client = try await self.links[s].client()
+            let responses = await client.pipeline(requests)
+            for r in responses {
+                if case .statuses(_, let tx) = r, tx > 0 { self.noteTransaction(s, tx) }
+                if case .failure(.closed, _) = r { await self.links[s].lost(client) }
+                _ = try r.unwrap()
+            }
+        }
+    }
+
     /// Objects end below 2^60 bytes of cob offset on every server (the IO service's limit).
     static let maxObjectOffset: UInt64 = 1 << 60
 

@@ -105,7 +105,7 @@ public final class FileSystem: Sendable {
     /// Data of removed files waiting to be freed (`reclaimLater`).
     let reclaims = Mutex(Reclaims())
     struct Reclaims {
-        var queue: [Fid] = []
+        var queue: [(fid: Fid, multipart: Bool)] = []
         var running = false
     }
     let namespace = KeyedLocks<Int>()
@@ -574,7 +574,7 @@ public final class FileSystem: Sendable {
                 // Answered now: the removal (with the data's free marker) is written behind,
                 // and the data freed once it is in the store.
                 storeRecordsBehind([p], deleting: [key], putting: puts) { [weak self] in
-                    if case .free(let fid) = after { self?.reclaimLater(fid) }
+                    if case .free(let fid, let multipart) = after { self?.reclaimLater(fid, multipart: multipart) }
                 }
                 names.withLock { $0.set(key, .absent) }
             }
@@ -585,7 +585,7 @@ public final class FileSystem: Sendable {
     private enum AfterRemoval {
         case nothing
         /// Free the data, then the free marker that went in the UPDATE.
-        case free(Fid)
+        case free(Fid, multipart: Bool)
         /// Drop one link of the hard-linked inode (the S3 store frees it with the last).
         case dropLink(UInt64)
     }
@@ -622,14 +622,14 @@ public final class FileSystem: Sendable {
         }
         // The free marker goes in the same UPDATE as the entry's removal.
         guard record.size > 0 || record.multipart else { return ([], .nothing) }
-        return ([S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName)], .free(record.fid))
+        return ([S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName)], .free(record.fid, multipart: record.multipart))
     }
 
     private func finish(_ after: AfterRemoval, owner key: [UInt8]) async throws {
         switch after {
         case .nothing: break
-        case .free(let fid):
-            reclaimLater(fid)
+        case .free(let fid, let multipart):
+            reclaimLater(fid, multipart: multipart)
         case .dropLink(let ino):
             try await store.dropLink(bucketName, bucket, inode: ino, owner: String(decoding: key, as: UTF8.self))
         }
@@ -640,9 +640,9 @@ public final class FileSystem: Sendable {
     /// Frees the data of a removed file after the removal is answered. The free marker that
     /// went in the removal's UPDATE keeps a crash from leaking it (a starting mount and the
     /// gateway's sweeper free what a dead process left), so nothing needs to wait for it.
-    private func reclaimLater(_ fid: Fid) {
+    private func reclaimLater(_ fid: Fid, multipart: Bool) {
         let start = reclaims.withLock { r -> Bool in
-            r.queue.append(fid)
+            r.queue.append((fid, multipart))
             let idle = !r.running
             r.running = true
             return idle
@@ -650,32 +650,31 @@ public final class FileSystem: Sendable {
         if start { Task { await self.reclaimQueued() } }
     }
 
-    /// Frees queued data, up to 32 objects at a time, then drops their free markers in one
-    /// DEL; a free that fails leaves its marker for the sweepers.
+    /// Frees queued data, up to 64 objects at a time in one pipeline per server, then drops
+    /// their free markers in one DEL. If the batch fails, each is tried alone; a free that
+    /// fails leaves its marker for the sweepers.
     private func reclaimQueued() async {
         while true {
-            let batch = reclaims.withLock { r -> [Fid] in
-                let b = Array(r.queue.prefix(32))
+            let batch = reclaims.withLock { r -> [(fid: Fid, multipart: Bool)] in
+                let b = Array(r.queue.prefix(64))
                 r.queue.removeFirst(b.count)
                 if b.isEmpty { r.running = false }
                 return b
             }
             if batch.isEmpty { return }
-            let freed = await withTaskGroup(of: Fid?.self) { group in
-                for fid in batch {
-                    group.addTask {
-                        do {
-                            try await self.store.free(fid)
-                            return fid
-                        } catch {
-                            self.logger.warning("freeing the data \(fid) of a removed file: \(error); its free marker stays for the sweeper")
-                            return nil
-                        }
+            var freed: [Fid] = []
+            do {
+                try await store.free(batch)
+                freed = batch.map(\.fid)
+            } catch {
+                for o in batch {
+                    do {
+                        try await store.free(o.fid)
+                        freed.append(o.fid)
+                    } catch {
+                        logger.warning("freeing the data \(o.fid) of a removed file: \(error); its free marker stays for the sweeper")
                     }
                 }
-                var out: [Fid] = []
-                for await f in group { if let f { out.append(f) } }
-                return out
             }
             if !freed.isEmpty { _ = try? await cluster.delete(bucket.objects, freed.map(S3Store.freeMarkerKey)) }
         }

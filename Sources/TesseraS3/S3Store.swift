@@ -267,6 +267,14 @@ public final class S3Store: Sendable {
         }
     }
 
+    /// Frees the data of objects no entry refers to, all at once (`Cluster.delete(_:)`),
+    /// once no reader in this process is using them; a multipart one's parts too.
+    public func free(_ objects: [(fid: Fid, multipart: Bool)]) async throws {
+        for o in objects { while readers.withLock({ $0[o.fid] != nil }) { try await Task.sleep(for: .milliseconds(5)) } }
+        try await cluster.delete(objects.map(\.fid))
+        for o in objects where o.multipart { try await free(o.fid) }
+    }
+
     /// Runs `body` with the object's data kept from being freed by this process.
     public func reading<R>(_ record: ObjectRecord, _ body: (ObjectReader) async throws -> R) async throws -> R {
         readers.withLock { $0[record.fid, default: 0] += 1 }
