@@ -1055,12 +1055,27 @@ public final class FileSystem: Sendable {
         return r
     }
 
-    /// Writes the file's pages to its object, then stores its entry; with `sync`, then waits
-    /// for every queued change and syncs the servers.
+    /// Writes the file's pages to its object, then stores its entry. With `sync` (fsync) the
+    /// two go out together, since neither is durable before the SYNC that follows (one round
+    /// trip less); then it waits for every queued change and syncs the servers. A close keeps
+    /// them in order, so a reader never finds an entry whose data is still on its way.
     private func writeBack(_ i: Inode, _ d: FileData, sync: Bool) async throws {
-        try await d.flush()
-        try await storeData(i, d)
-        if sync { try await syncEverything() }
+        guard sync else {
+            try await d.flush()
+            try await storeData(i, d)
+            return
+        }
+        async let data: Void = d.flush()
+        let entry: Error?
+        do {
+            try await storeData(i, d)
+            entry = nil
+        } catch {
+            entry = error
+        }
+        try await data
+        if let entry { throw entry }
+        try await syncEverything()
     }
 
     /// Stores the record after data changes: size, mtime, ETag.
