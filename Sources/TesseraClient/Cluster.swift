@@ -47,7 +47,9 @@ public final class Cluster: Sendable {
         let client: RPCClient
         do { client = try await links[server].client() } catch { return Response(error) }
         let response = await client.handle(request)
-        if case .statuses(_, let tx) = response, tx > 0 { noteTransaction(server, tx) }
+        if case .statuses(_, let tx) = response, tx > 0 {
+            if request.waitsLogged { noteLogged(server, tx) } else { noteTransaction(server, tx) }
+        }
         if case .failure(.closed, _) = response { await links[server].lost(client) }
         return response
     }
@@ -64,6 +66,12 @@ public final class Cluster: Sendable {
 
     func noteTransaction(_ server: Int, _ tx: UInt64) {
         unsynced.withLock { $0[server] = max($0[server], tx) }
+    }
+
+    /// Group `tx` of server `server` is LOGGED (a sync-wait reply), and so is every earlier
+    /// group there: nothing up to it needs a SYNC.
+    func noteLogged(_ server: Int, _ tx: UInt64) {
+        unsynced.withLock { if $0[server] <= tx { $0[server] = 0 } }
     }
 
     /// Makes every change this client made so far durable: each server it wrote to waits

@@ -227,7 +227,7 @@ extension Cluster {
     }
 
     /// Sends the unit writes of `w` to object `object`.
-    public func write(_ object: Fid, _ w: GroupWrite) async throws {
+    public func write(_ object: Fid, _ w: GroupWrite, syncWait: Bool = false) async throws {
         let g = w.group
         let offset = layout.cobOffset(group: g)
         try await groupLocks.withLock(GroupKey(object: object, group: g)) {
@@ -235,7 +235,7 @@ extension Cluster {
                 for (unit, at, bytes) in w.writes {
                     let server = layout.server(group: g, unit: unit)
                     group.addTask {
-                        let r = await self.call(server, .write(cob: object, offset: offset + UInt64(at), data: bytes, syncWait: false))
+                        let r = await self.call(server, .write(cob: object, offset: offset + UInt64(at), data: bytes, syncWait: syncWait))
                         if case .failure(let status, let message) = r {
                             throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(unit) on server \(self.links[server].id): \(message)")
                         }

@@ -198,7 +198,7 @@ final class FileData: @unchecked Sendable {
     /// page: the rest of the page is what the object holds, so nothing is read back. A page a
     /// sequential writer filled leaves memory; one written out by `flush` (close, fsync) is
     /// `kept`, clean, so the next small write or read of the group needs no read either.
-    private func startFlush(_ g: UInt64, keep: Bool = false) async throws {
+    private func startFlush(_ g: UInt64, keep: Bool = false, syncWait: Bool = false) async throws {
         guard let page = keep ? pages[g] : pages.removeValue(forKey: g) else { return }
         guard let changed = page.changed else {
             if !keep { budget.give(groupSize) }
@@ -212,7 +212,7 @@ final class FileData: @unchecked Sendable {
         if keep {
             // The unit writes copy their bytes now: the page may change again while they go out.
             let write = cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed)
-            flushing[g] = Task { try await cluster.write(fid, write) }
+            flushing[g] = Task { try await cluster.write(fid, write, syncWait: syncWait) }
         } else {
             // The page is the task's alone: its bytes are copied and encoded there.
             flushing[g] = Task {
@@ -226,9 +226,10 @@ final class FileData: @unchecked Sendable {
     }
 
     /// Writes every dirty page out and waits for every write: after this the object holds
-    /// all the file's data (not yet durable: the caller syncs for that).
-    func flush() async throws {
-        for g in pages.keys.sorted() where pages[g]!.dirty { try await startFlush(g, keep: true) }
+    /// all the file's data. Durable if `syncWait` (each write's reply waits for its server's
+    /// log; writes started earlier, by a full page, need the caller's SYNC), else not yet.
+    func flush(syncWait: Bool = false) async throws {
+        for g in pages.keys.sorted() where pages[g]!.dirty { try await startFlush(g, keep: true, syncWait: syncWait) }
         try await waitForWriteOuts()
     }
 

@@ -1055,39 +1055,46 @@ public final class FileSystem: Sendable {
         return r
     }
 
-    /// Writes the file's pages to its object, then stores its entry. With `sync` (fsync) the
-    /// two go out together, since neither is durable before the SYNC that follows (one round
-    /// trip less); then it waits for every queued change and syncs the servers. A close keeps
-    /// them in order, so a reader never finds an entry whose data is still on its way.
+    /// Writes the file's pages to its object, then stores its entry. A close keeps them in
+    /// that order, so a reader never finds an entry whose data is still on its way.
+    ///
+    /// With `sync` (fsync) everything goes out in one round: the data writes and the entry's
+    /// UPDATE with sync-wait (each reply waits for its server's log, which flushes the data
+    /// image first), beside a SYNC of whatever this mount wrote before (other files, pages
+    /// written out earlier, frees). Their order buys nothing, since none of it is durable
+    /// before all of it is. The UPDATE follows every change queued before it on the same
+    /// replicas, so those are durable too; if there is no UPDATE to send, the queue is
+    /// drained and SYNCed.
     private func writeBack(_ i: Inode, _ d: FileData, sync: Bool) async throws {
         guard sync else {
             try await d.flush()
-            try await storeData(i, d)
+            try await storeData(i, d, sync: false)
             return
         }
-        async let data: Void = d.flush()
-        let entry: Error?
-        do {
-            try await storeData(i, d)
-            entry = nil
-        } catch {
-            entry = error
-        }
+        async let earlier: Void = cluster.sync()
+        async let data: Void = d.flush(syncWait: true)
+        let entry: Result<Bool, Error>
+        do { entry = .success(try await storeData(i, d, sync: true)) } catch { entry = .failure(error) }
         try await data
-        if let entry { throw entry }
-        try await syncEverything()
+        try await earlier
+        if try !entry.get() { await changes.drained() }
+        if let e = changes.takeFailure() { throw e }
+        // Anything noted since the SYNC above began and not sync-waited (a queued change).
+        try await cluster.sync()
     }
 
-    /// Stores the record after data changes: size, mtime, ETag.
-    private func storeData(_ i: Inode, _ d: FileData) async throws {
+    /// Stores the record after data changes: size, mtime, ETag (with sync-wait if `sync`).
+    /// False if there was nothing to store.
+    @discardableResult
+    private func storeData(_ i: Inode, _ d: FileData, sync: Bool) async throws -> Bool {
         let attributesChanged = state.withLock { _ in
             defer { i.attributesChanged = false }
             return i.attributesChanged
         }
-        guard d.changed || attributesChanged else { return }
+        guard d.changed || attributesChanged else { return false }
         let dataChanged = d.changed
         d.changed = false
-        try await namespace.withLock(0) {
+        return try await namespace.withLock(0) {
             let gone = state.withLock { _ in
                 i.record.size = d.size
                 i.record.fid = d.fid
@@ -1103,7 +1110,8 @@ public final class FileSystem: Sendable {
                 }
                 return i.unlinked
             }
-            if !gone { try await storeRecords([i]) }
+            if !gone { try await storeRecords([i], sync: sync) }
+            return !gone
         }
     }
 

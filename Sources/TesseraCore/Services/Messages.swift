@@ -94,6 +94,14 @@ public enum Request: Sendable, Equatable {
         case statistics = 40
     }
 
+    /// The request asks for its reply to wait until its transaction is LOGGED.
+    public var waitsLogged: Bool {
+        switch self {
+        case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w), .free(_, _, _, let w): return w
+        default: return false
+        }
+    }
+
     public var opcode: Opcode {
         switch self {
         case .createIndexes: return .createIndexes
