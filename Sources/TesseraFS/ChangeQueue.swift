@@ -6,9 +6,11 @@
 // the next, merged key by key (the last change of a key wins: a delete then a put is a put,
 // a put then a delete a delete), so it lands in one transaction on each replica as it
 // would have in several. A change either waits for its UPDATE (`submit`) or is answered at
-// once and written behind (`submitBehind`: unlink). Reads of names from
-// the store first wait until nothing is queued (`drained`), so the store never shows the
-// mount an older state than its own; `fsync` does too, before it syncs the servers.
+// once and written behind (`submitBehind`: unlink, making a name known absent, setattr of a
+// closed file). Reads of names from the store first wait until nothing is queued
+// (`drained`), so the store never shows the mount an older state than its own. `fsync`
+// sends its entry with sync-wait, which makes every change queued before it durable on the
+// same replicas, or drains the queue and SYNCs when it has no entry to send.
 //
 // A change written behind that fails is logged, the name cache is emptied (its state is
 // unknown), and the failure is what the next `fsync` returns, as a local file system
