@@ -180,15 +180,24 @@ final class ChangeQueue: Sendable {
     /// transaction applies them as they would have applied one after another. Marks the
     /// submissions with a record the store found too large.
     private func apply(_ subs: inout [Submission]) async throws {
+        let m = Self.merge(subs.map { ($0.deletes, $0.puts) })
+        let st = try await cluster.update(index, deleting: m.deletes, putting: m.puts, sync: subs.contains { $0.sync })
+        for (n, s) in st.dropFirst(m.deletes.count).enumerated() where s == .tooLarge { subs[m.putFrom[n]].tooLarge = true }
+    }
+
+    /// Changes made one after another (each deletes, then puts) as one UPDATE's deletes and
+    /// puts, with the change each put came from. A key's last change decides it, so an UPDATE
+    /// (deletes first) ends where the changes would have.
+    static func merge(_ changes: [(deletes: [[UInt8]], puts: [Record])]) -> (deletes: [[UInt8]], puts: [Record], putFrom: [Int]) {
         var last: [[UInt8]: (value: [UInt8]?, from: Int)] = [:]
-        for (n, sub) in subs.enumerated() {
-            for k in sub.deletes { last[k] = (nil, n) }
-            for r in sub.puts { last[r.key] = (r.value, n) }
+        for (n, c) in changes.enumerated() {
+            for k in c.deletes { last[k] = (nil, n) }
+            for r in c.puts { last[r.key] = (r.value, n) }
         }
         var deletes: [[UInt8]] = []
         var puts: [Record] = []
         var putFrom: [Int] = []
-        for (k, c) in last {
+        for (k, c) in last.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
             if let v = c.value {
                 puts.append(Record(key: k, value: v))
                 putFrom.append(c.from)
@@ -196,7 +205,6 @@ final class ChangeQueue: Sendable {
                 deletes.append(k)
             }
         }
-        let st = try await cluster.update(index, deleting: deletes, putting: puts, sync: subs.contains { $0.sync })
-        for (n, s) in st.dropFirst(deletes.count).enumerated() where s == .tooLarge { subs[putFrom[n]].tooLarge = true }
+        return (deletes, puts, putFrom)
     }
 }

@@ -1,0 +1,72 @@
+// The mount's ordered queue of object list changes (ChangeQueue.swift): merged batches end
+// where the changes one by one would have, a change written behind is in the store once the
+// queue is drained, and one that cannot be stored is reported, once.
+import Foundation
+import Synchronization
+import Testing
+import TesseraClient
+import TesseraCore
+@testable import TesseraFS
+
+@Suite struct ChangeQueueTests {
+    private func k(_ s: String) -> [UInt8] { Array(s.utf8) }
+    private func r(_ s: String, _ v: String) -> Record { Record(key: Array(s.utf8), value: Array(v.utf8)) }
+
+    @Test func aKeysLastChangeDecidesIt() {
+        let m = ChangeQueue.merge([
+            ([], [r("a", "1"), r("p", "t1")]),  // create a, parent's times
+            ([k("a")], [r("p", "t2")]),  // unlink a
+            ([k("b")], [r("b", "2")]),  // a change that deletes then puts b
+            ([], [r("c", "1")]),
+            ([k("c")], []),  // c put, then deleted
+            ([k("d")], []),
+            ([], [r("d", "new")]),  // d deleted, then put
+        ])
+        #expect(m.deletes == [k("a"), k("c")])
+        #expect(m.puts == [r("b", "2"), r("d", "new"), r("p", "t2")])
+        #expect(m.putFrom == [2, 6, 1])
+    }
+
+    @Test func changesWrittenBehindLandInOrder() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, _) = try await cluster.mount(bucket: "queue")
+        let index = Fid(hi: 0x5445_5354_0000_0001, lo: 7)
+        try await client.createIndex(index)
+        let queue = ChangeQueue(cluster: client, index: index)
+        let afters = Mutex(0)
+        // The first goes out at once; the rest queue up behind it and go merged.
+        queue.submitBehind(deleting: [], putting: [r("x", "0")], after: nil, lost: { _ in })
+        for i in 0..<200 {
+            queue.submitBehind(deleting: [], putting: [r("f\(i)", "v\(i)")], after: { afters.withLock { $0 += 1 } }, lost: { _ in })
+            if i % 2 == 0 { queue.submitBehind(deleting: [k("f\(i)")], putting: [], after: nil, lost: { _ in }) }
+        }
+        queue.submitBehind(deleting: [k("x")], putting: [r("x", "last")], after: nil, lost: { _ in })
+        // A waited change after them returns once they are all in the store.
+        try await queue.submit(deleting: [], putting: [r("y", "1")], sync: false)
+        #expect(afters.withLock { $0 } == 200)
+        await queue.drained()
+        #expect(afters.withLock { $0 } == 200)
+        let got = try await client.get(index, (0..<200).map { k("f\($0)") } + [k("x")])
+        for i in 0..<200 { #expect(got[i] == (i % 2 == 0 ? nil : k("v\(i)")), "f\(i)") }
+        #expect(got[200] == k("last"))
+        #expect(queue.takeFailure() == nil)
+        await client.close()
+        await cluster.stop()
+    }
+
+    @Test func aChangeThatCannotBeStoredIsReportedOnce() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, _) = try await cluster.mount(bucket: "queue-lost")
+        // No such index: every UPDATE fails.
+        let queue = ChangeQueue(cluster: client, index: Fid(hi: 0x5445_5354_0000_0002, lo: 9))
+        let lost = Mutex(0)
+        queue.submitBehind(deleting: [], putting: [r("a", "1")], after: nil, lost: { _ in lost.withLock { $0 += 1 } })
+        await queue.drained()
+        #expect(lost.withLock { $0 } == 1)
+        #expect(queue.takeFailure() != nil)
+        #expect(queue.takeFailure() == nil)
+        await #expect(throws: (any Error).self) { try await queue.submit(deleting: [], putting: [r("b", "1")], sync: false) }
+        await client.close()
+        await cluster.stop()
+    }
+}
