@@ -7,7 +7,9 @@
 // a put then a delete a delete), so it lands in one transaction on each replica as it
 // would have in several. A change either waits for its UPDATE (`submit`) or is answered at
 // once and written behind (`submitBehind`: unlink, making a name known absent, setattr of a
-// closed file). Reads of names from the store first wait until nothing is queued
+// closed file). Changes written behind while nothing is being sent are held up to `hold`
+// (5 ms), so the next waited change carries them: a new file's create goes in the UPDATE of
+// its close. Reads of names from the store first wait until nothing is queued
 // (`drained`), so the store never shows the mount an older state than its own. `fsync`
 // sends its entry with sync-wait, which makes every change queued before it durable on the
 // same replicas, or drains the queue and SYNCs when it has no entry to send.
@@ -40,11 +42,19 @@ final class ChangeQueue: Sendable {
 
     private struct State {
         var queued: [Submission] = []
+        /// A batch is being sent (by a task, or by a waited caller itself).
         var running = false
+        /// A task will start sending what is held (`hold`).
+        var armed = false
         var idle: [CheckedContinuation<Void, Never>] = []
         var failure: Error?
     }
     private let state = Mutex(State())
+
+    /// How long changes written behind are held, when nothing is being sent, before they go
+    /// out by themselves: the next waited change (a close), a read of names or an fsync
+    /// takes them at once, in its own UPDATE; a run of unlinks goes in few.
+    static let hold: Duration = .milliseconds(5)
 
     init(cluster: Cluster, index: Fid) {
         self.cluster = cluster
@@ -52,28 +62,36 @@ final class ChangeQueue: Sendable {
     }
 
     /// Queues deleting `deletes` then putting `puts`; returns once the UPDATE carrying them
-    /// is answered (throwing E2BIG if a record of theirs was too large). With nothing
-    /// queued or in flight, the caller sends its UPDATE itself (no task hop).
+    /// is answered (throwing E2BIG if a record of theirs was too large). With nothing being
+    /// sent, the caller sends its UPDATE itself (no task hop), with the changes held behind
+    /// it.
     func submit(deleting deletes: [[UInt8]], putting puts: [Record], sync: Bool) async throws {
-        let alone = state.withLock { s -> Bool in
-            // Nothing is queued while nothing runs.
-            guard !s.running else { return false }
+        let own = Submission(deletes: deletes, puts: puts, sync: sync)
+        let held = state.withLock { s -> [Submission]? in
+            guard !s.running else { return nil }
+            // Held changes all fit in one UPDATE with this one (else a task sends them).
+            guard s.queued.reduce(own.keys, { $0 + $1.keys }) <= Self.batchKeys || s.queued.isEmpty else { return nil }
             s.running = true
-            return true
+            defer { s.queued = [] }
+            return s.queued
         }
-        guard alone else {
+        guard let held else {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-                enqueue(Submission(deletes: deletes, puts: puts, sync: sync, waiter: c))
+                var sub = own
+                sub.waiter = c
+                enqueue(sub)
             }
             return
         }
-        var subs = [Submission(deletes: deletes, puts: puts, sync: sync)]
+        var subs = held + [own]
         let outcome: Error?
         do {
             try await apply(&subs)
-            outcome = subs[0].tooLarge ? FSError(E2BIG, "the entry's record is too large (xattrs?)") : nil
+            outcome = subs[subs.count - 1].tooLarge ? Self.tooLarge : nil
+            await finish(subs.dropLast(), nil)
         } catch {
             outcome = error
+            await finish(subs.dropLast(), error)
         }
         carryOn()
         if let outcome { throw outcome }
@@ -82,7 +100,24 @@ final class ChangeQueue: Sendable {
     /// Queues deleting `deletes` then putting `puts` and returns at once: `after` runs once
     /// they are in the store, `lost` if they could not be stored.
     func submitBehind(deleting deletes: [[UInt8]], putting puts: [Record], after: (@Sendable () async -> Void)?, lost: @escaping @Sendable (Error) -> Void) {
-        enqueue(Submission(deletes: deletes, puts: puts, sync: false, waiter: nil, after: after, lost: lost))
+        let arm = state.withLock { s -> Bool in
+            s.queued.append(Submission(deletes: deletes, puts: puts, sync: false, waiter: nil, after: after, lost: lost))
+            guard !s.running, !s.armed else { return false }
+            s.armed = true
+            return true
+        }
+        if arm {
+            Task {
+                try? await Task.sleep(for: Self.hold)
+                let start = self.state.withLock { s -> Bool in
+                    s.armed = false
+                    guard !s.running, !s.queued.isEmpty else { return false }
+                    s.running = true
+                    return true
+                }
+                if start { await self.run() }
+            }
+        }
     }
 
     private func enqueue(_ submission: Submission) {
@@ -95,15 +130,19 @@ final class ChangeQueue: Sendable {
         if start { Task { await self.run() } }
     }
 
-    /// Returns once every change queued before the call is in the store.
+    /// Returns once every change queued before the call is in the store; held changes go
+    /// out now.
     func drained() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if !s.running { return true }
+            let (now, start) = state.withLock { s -> (Bool, Bool) in
+                if !s.running && s.queued.isEmpty { return (true, false) }
                 s.idle.append(c)
-                return false
+                if s.running { return (false, false) }
+                s.running = true
+                return (false, true)
             }
             if now { c.resume() }
+            if start { Task { await self.run() } }
         }
     }
 
@@ -114,6 +153,8 @@ final class ChangeQueue: Sendable {
             return s.failure
         }
     }
+
+    private static let tooLarge = FSError(E2BIG, "the entry's record is too large (xattrs?)")
 
     /// After an UPDATE: the next batch if changes were queued meanwhile, else idle.
     private func carryOn() {
@@ -128,6 +169,26 @@ final class ChangeQueue: Sendable {
             return
         }
         for c in idle { c.resume() }
+    }
+
+    /// Answers the submissions of a batch that was sent (`error`: it failed): waiters are
+    /// resumed, `after`s run, and a change written behind that failed is reported.
+    private func finish(_ subs: ArraySlice<Submission>, _ error: Error?) async {
+        for sub in subs {
+            if let error {
+                if let w = sub.waiter {
+                    w.resume(throwing: error)
+                } else {
+                    state.withLock { $0.failure = error }
+                    sub.lost?(error)
+                }
+            } else {
+                if let w = sub.waiter {
+                    if sub.tooLarge { w.resume(throwing: Self.tooLarge) } else { w.resume() }
+                }
+                if let a = sub.after { await a() }
+            }
+        }
     }
 
     /// Sends queued changes until none is left.
@@ -157,21 +218,9 @@ final class ChangeQueue: Sendable {
             var subs = taken
             do {
                 try await apply(&subs)
-                for sub in subs {
-                    if let w = sub.waiter {
-                        if sub.tooLarge { w.resume(throwing: FSError(E2BIG, "the entry's record is too large (xattrs?)")) } else { w.resume() }
-                    }
-                    if let a = sub.after { await a() }
-                }
+                await finish(subs[...], nil)
             } catch {
-                for sub in subs {
-                    if let w = sub.waiter {
-                        w.resume(throwing: error)
-                    } else {
-                        state.withLock { $0.failure = error }
-                        sub.lost?(error)
-                    }
-                }
+                await finish(subs[...], error)
             }
         }
     }
