@@ -429,13 +429,7 @@ public final class FileSystem: Sendable {
     /// A new inode number. Numbers are claimed from the file-system index in blocks of
     /// 4096 with create-only puts, so two mounts of one bucket never hand out the same.
     func allocateIno() async throws -> UInt64 {
-        if let n = state.withLock({ s -> UInt64? in
-            guard let n = s.freeInos.first else { return nil }
-            s.freeInos = (n + 1)..<s.freeInos.upperBound
-            return n
-        }) {
-            return n
-        }
+        if let n = takeIno() { return n }
         let hintKey: [UInt8] = [0xFE]
         var block: UInt64 = 0
         if let v = try await cluster.get(fsIndex, [hintKey])[0], v.count == 8 { block = v.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) } }
@@ -452,7 +446,82 @@ public final class FileSystem: Sendable {
         return range.lowerBound
     }
 
+    /// A number from the block this mount holds, if any is left.
+    private func takeIno() -> UInt64? {
+        state.withLock { s -> UInt64? in
+            guard let n = s.freeInos.first else { return nil }
+            s.freeInos = (n + 1)..<s.freeInos.upperBound
+            return n
+        }
+    }
+
     // MARK: Making entries
+
+    /// A new inode for `key` in `p`, made now by `caller` (set-group-ID directories pass
+    /// their group on), and the parent's times changed; for the caller to store.
+    private func makeInode(_ p: Inode, _ key: [UInt8], _ type: FileType, mode: UInt32, rdev: UInt64, target: [UInt8], caller: Caller, ino: UInt64) -> Inode {
+        let t = now()
+        var gid = caller.gid
+        var perms = mode & 0o7777
+        let parentPosix = state.withLock { _ in p.posix }
+        if parentPosix.mode & 0o2000 != 0 {
+            gid = parentPosix.gid
+            if type == .directory { perms |= 0o2000 }
+        }
+        let posix = Posix(ino: ino, mode: type.rawValue | perms, uid: caller.uid, gid: gid, atime: t, ctime: t, rdev: rdev, target: target)
+        let i = Inode(ino: ino, key: type == .directory ? key + [0x2F] : key, record: Self.emptyRecord(modified: t), posix: posix, linked: false, implied: false)
+        touch(p, t)
+        return i
+    }
+
+    /// Puts a new inode in the table (one lookup, the kernel's) and its name in the cache.
+    private func register(_ i: Inode, _ key: [UInt8]) {
+        state.withLock { s in
+            i.lookups = 1
+            s.inodes[i.ino] = i
+        }
+        names.withLock { n in
+            n.set(key, i.type == .directory ? .directory(i.ino) : .file(i.ino))
+            // Nothing is under a new directory: all that comes will come through here.
+            if i.type == .directory { n.complete.insert(key + [0x2F]) }
+        }
+    }
+
+    /// `newEntry` of a name the cache knows absent, done at once on the caller's thread (no
+    /// task, no round trip), its entry written behind; with `opening`, also opened with
+    /// those flags (a create). Nil, with nothing changed, if it cannot be done so: the cache
+    /// does not know the name, another namespace change is running, or no inode number is
+    /// at hand.
+    private func newEntryNow(
+        parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64 = 0, target: [UInt8] = [], caller: Caller, opening flags: Int32? = nil
+    ) throws -> (Inode, handle: UInt64?)? {
+        try checkWritable()
+        let p = try inode(parent)
+        let key = try Self.childKey(p, name)
+        let type = FileType(mode: mode) ?? .regular
+        if type == .directory && key.count + 1 >= Self.keyMax { throw FSError(ENAMETOOLONG) }
+        let made = try namespace.withLockIfFree(0) { () throws -> (Inode, UInt64?)? in
+            guard let k = known(key) else { return nil }
+            guard case .absent = k else { throw FSError(EEXIST) }
+            guard let ino = takeIno() else { return nil }
+            let i = makeInode(p, key, type, mode: mode, rdev: rdev, target: target, caller: caller, ino: ino)
+            var handle: UInt64? = nil
+            if type == .regular {
+                i.attributesChanged = true
+                if let flags {
+                    // Opened before anyone can find it, so no lock is needed.
+                    i.data = FileData(cluster: cluster, budget: budget, fid: i.record.fid, size: 0)
+                    i.opens = 1
+                    let acc = flags & O_ACCMODE
+                    handle = newHandle(.file(ino: ino, append: flags & O_APPEND != 0, write: acc == O_WRONLY || acc == O_RDWR))
+                }
+            }
+            storeRecordsBehind([i, p], deleting: [], putting: [], then: nil)
+            register(i, key)
+            return (i, handle)
+        }
+        return made ?? nil
+    }
 
     private func newEntry(
         parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64 = 0, target: [UInt8] = [], caller: Caller
@@ -475,18 +544,7 @@ public final class FileSystem: Sendable {
                 guard case .none = try await found else { throw FSError(EEXIST) }
             }
             let ino = try await allocateIno()
-            let t = now()
-            var gid = caller.gid
-            var perms = mode & 0o7777
-            let parentPosix = state.withLock { _ in p.posix }
-            if parentPosix.mode & 0o2000 != 0 {
-                gid = parentPosix.gid
-                if type == .directory { perms |= 0o2000 }
-            }
-            let posix = Posix(ino: ino, mode: type.rawValue | perms, uid: caller.uid, gid: gid, atime: t, ctime: t, rdev: rdev, target: target)
-            let record = Self.emptyRecord(modified: t)
-            let i = Inode(ino: ino, key: type == .directory ? key + [0x2F] : key, record: record, posix: posix, linked: false, implied: false)
-            touch(p, t)
+            let i = makeInode(p, key, type, mode: mode, rdev: rdev, target: target, caller: caller, ino: ino)
             if behind {
                 _ = try await found
                 // The first close stores the entry again and so waits for this change:
@@ -508,21 +566,24 @@ public final class FileSystem: Sendable {
             } else {
                 try await storeRecords([i, p])
             }
-            state.withLock { s in
-                i.lookups = 1
-                s.inodes[ino] = i
-            }
-            names.withLock { n in
-                n.set(key, type == .directory ? .directory(ino) : .file(ino))
-                // Nothing is under a new directory: all that comes will come through here.
-                if type == .directory { n.complete.insert(key + [0x2F]) }
-            }
+            register(i, key)
             return i
         }
     }
 
     public func mkdir(_ parent: UInt64, _ name: [UInt8], mode: UInt32, caller: Caller) async throws -> Attributes {
         attributes(try await newEntry(parent: parent, name: name, mode: FileType.directory.rawValue | (mode & 0o7777), caller: caller))
+    }
+
+    /// `mkdir` done at once when the cache knows the name absent, else nil.
+    public func mkdirNow(_ parent: UInt64, _ name: [UInt8], mode: UInt32, caller: Caller) throws -> Attributes? {
+        try newEntryNow(parent: parent, name: name, mode: FileType.directory.rawValue | (mode & 0o7777), caller: caller).map { attributes($0.0) }
+    }
+
+    /// `create` done at once when the cache knows the name absent, else nil.
+    public func createNow(_ parent: UInt64, _ name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) throws -> (Attributes, UInt64)? {
+        guard let (i, h) = try newEntryNow(parent: parent, name: name, mode: FileType.regular.rawValue | (mode & 0o7777), caller: caller, opening: flags), let h else { return nil }
+        return (attributes(i), h)
     }
 
     public func mknod(_ parent: UInt64, _ name: [UInt8], mode: UInt32, rdev: UInt64, caller: Caller) async throws -> Attributes {
@@ -579,6 +640,38 @@ public final class FileSystem: Sendable {
                 names.withLock { $0.set(key, .absent) }
             }
         }
+    }
+
+    /// `unlink` done at once on the caller's thread when the cache knows the name and the
+    /// file is closed and not a hard link: the removal (and its free marker) is written
+    /// behind, the data freed once it is in the store. False, with nothing changed, if it
+    /// cannot be done so.
+    public func unlinkNow(_ parent: UInt64, _ name: [UInt8]) throws -> Bool {
+        try checkWritable()
+        let p = try inode(parent)
+        let key = try Self.childKey(p, name)
+        let done = try namespace.withLockIfFree(0) { () throws -> Bool in
+            guard let k = known(key) else { return false }
+            guard case .inode(let i) = k else { throw FSError(ENOENT) }
+            if i.type == .directory { throw FSError(EISDIR) }
+            let t = now()
+            let record: ObjectRecord? = state.withLock { _ in
+                guard i.opens == 0, i.data == nil, !i.linked, !i.unlinked else { return nil }
+                i.unlinked = true
+                i.posix.ctime = t
+                return i.record
+            }
+            guard let record else { return false }
+            touch(p, t)
+            let free = record.size > 0 || record.multipart
+            let marker = free ? [S3Store.freeMarker(record.fid, owner: String(decoding: key, as: UTF8.self), bucket: bucketName)] : []
+            storeRecordsBehind([p], deleting: [key], putting: marker) { [weak self] in
+                if free { self?.reclaimLater(record.fid, multipart: record.multipart) }
+            }
+            names.withLock { $0.set(key, .absent) }
+            return true
+        }
+        return done ?? false
     }
 
     /// What is left to do once a file's entry is gone (see `letGo`).

@@ -99,13 +99,15 @@ func makeOperations() -> fuse_lowlevel_ops {
         let s = FUSESession.of(req)
         let n = bytes(name)
         let caller = FUSESession.caller(req)
-        s.serve(req, { try await s.fs.mkdir(parent, n, mode: UInt32(mode), caller: caller) }) { s.replyEntry(req, $0) }
+        s.serve(req, now: { try s.fs.mkdirNow(parent, n, mode: UInt32(mode), caller: caller) }, { try await s.fs.mkdir(parent, n, mode: UInt32(mode), caller: caller) }) {
+            s.replyEntry(req, $0)
+        }
     }
 
     ops.unlink = { req, parent, name in
         let s = FUSESession.of(req)
         let n = bytes(name)
-        s.serve(req, { try await s.fs.unlink(parent, n) }) { _ = fuse_reply_err(req, 0) }
+        s.serve(req, now: { try s.fs.unlinkNow(parent, n) ? () : nil }, { try await s.fs.unlink(parent, n) }) { _ = fuse_reply_err(req, 0) }
     }
 
     ops.rmdir = { req, parent, name in
@@ -157,7 +159,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         let n = bytes(name)
         let flags = fi.pointee.flags
         let caller = FUSESession.caller(req)
-        s.serve(req, { try await s.fs.create(parent, n, mode: UInt32(mode), flags: flags, caller: caller) }) { (a, h) in
+        s.serve(req, now: { try s.fs.createNow(parent, n, mode: UInt32(mode), flags: flags, caller: caller) }, { try await s.fs.create(parent, n, mode: UInt32(mode), flags: flags, caller: caller) }) { (a, h) in
             fi.pointee.fh = h
             var e = s.entry(a)
             fuse_reply_create(req, &e, fi)
