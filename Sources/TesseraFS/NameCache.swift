@@ -9,8 +9,9 @@
 //   is what answers;
 // - a name known absent, and every name in a directory known complete (one this mount
 //   made: every entry under it since went through this mount), answers ENOENT. Changes in
-//   this mount set them when their UPDATE is answered, and bump `generation`, so a lookup
-//   that read the store before the change cannot put back what it read;
+//   this mount set them when made (their UPDATE answered, or queued behind: every later
+//   read of the store waits for the queue), and bump `generation`, so a lookup that read
+//   the store before the change cannot put back what it read;
 // - someone else's change (the gateway, another mount) is noticed through the bucket's
 //   change stamps (ChangeStamps.swift): before the cache answers, the stamps are read if
 //   the last read is older than `nameCacheWindow` (100 ms, at most the kernel's entry
