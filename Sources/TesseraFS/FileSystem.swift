@@ -1013,37 +1013,62 @@ public final class FileSystem: Sendable {
                 }
             }
             try await namespace.withLock(0) {
-                state.withLock { _ in
-                    if let m = c.mode { i.posix.mode = (i.posix.mode & 0o170000) | (m & 0o7777) }
-                    if c.uid != nil || c.gid != nil {
-                        if let u = c.uid { i.posix.uid = u }
-                        if let g = c.gid { i.posix.gid = g }
-                        if i.type != .directory && c.mode == nil { i.posix.dropSetIDs() }
-                    }
-                    switch c.atime {
-                    case .now: i.posix.atime = t
-                    case .at(let v): i.posix.atime = v
-                    case nil: break
-                    }
-                    switch c.mtime {
-                    case .now: i.record.modified = t
-                    case .at(let v): i.record.modified = v
-                    case nil: break
-                    }
-                    i.posix.ctime = t
-                }
-                // An open file's entry is stored with its data at the next flush or close.
-                let (gone, open) = state.withLock { _ in
-                    if i.data != nil { i.attributesChanged = true }
-                    return (i.unlinked, i.data != nil)
-                }
                 // Else written behind, unless a hard link (its record is in another index).
-                if !gone && !open {
-                    if state.withLock({ _ in i.linked }) { try await storeRecords([i]) } else { storeRecordsBehind([i], deleting: [], putting: [], then: nil) }
-                }
+                if try change(i, c, at: t) { try await storeRecords([i]) }
             }
             return attributes(i)
         }
+    }
+
+    /// `setattr` without a size, done at once on the caller's thread when it needs no round
+    /// trip (the file open, or closed and not a hard link) and no lock is held; else nil.
+    public func setattrNow(_ ino: UInt64, _ c: AttributeChanges) throws -> Attributes? {
+        guard c.size == nil else { return nil }
+        try checkWritable()
+        let i = try inode(ino)
+        let done = try fileLocks.withLockIfFree(ino) { () throws -> Bool? in
+            try namespace.withLockIfFree(0) { () throws -> Bool in
+                let waits = state.withLock { _ in i.linked && i.data == nil && !i.unlinked }
+                if waits { return false }
+                _ = try change(i, c, at: now())
+                return true
+            }
+        }
+        return done == true ? attributes(i) : nil
+    }
+
+    /// Applies mode, owner and time changes to `i` (ctime now) and sees that they are
+    /// stored: an open file's with its data at the next flush or close, a closed file's
+    /// entry written behind. True if the caller must store it (a closed hard link).
+    /// Called under the inode's lock and the namespace lock.
+    private func change(_ i: Inode, _ c: AttributeChanges, at t: UInt64) throws -> Bool {
+        state.withLock { _ in
+            if let m = c.mode { i.posix.mode = (i.posix.mode & 0o170000) | (m & 0o7777) }
+            if c.uid != nil || c.gid != nil {
+                if let u = c.uid { i.posix.uid = u }
+                if let g = c.gid { i.posix.gid = g }
+                if i.type != .directory && c.mode == nil { i.posix.dropSetIDs() }
+            }
+            switch c.atime {
+            case .now: i.posix.atime = t
+            case .at(let v): i.posix.atime = v
+            case nil: break
+            }
+            switch c.mtime {
+            case .now: i.record.modified = t
+            case .at(let v): i.record.modified = v
+            case nil: break
+            }
+            i.posix.ctime = t
+        }
+        let (gone, open, linked) = state.withLock { _ in
+            if i.data != nil { i.attributesChanged = true }
+            return (i.unlinked, i.data != nil, i.linked)
+        }
+        guard !gone && !open else { return false }
+        if linked { return true }
+        storeRecordsBehind([i], deleting: [], putting: [], then: nil)
+        return false
     }
 
     // MARK: Extended attributes

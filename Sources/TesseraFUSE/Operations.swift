@@ -76,7 +76,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
         let changes = c
         let caller = FUSESession.caller(req)
-        s.serve(req, { try await s.fs.setattr(ino, changes, caller: caller) }) { s.replyAttr(req, $0) }
+        s.serve(req, now: { try s.fs.setattrNow(ino, changes) }, { try await s.fs.setattr(ino, changes, caller: caller) }) { s.replyAttr(req, $0) }
     }
 
     ops.readlink = { req, ino in
