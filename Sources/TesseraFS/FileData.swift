@@ -12,6 +12,12 @@
 // end of every byte written to it; truncation frees what lies beyond the new size first. So
 // a page beyond `stored` starts as zeros without a read, and a hole reads as zeros.
 //
+// A small file whose object holds nothing (`stored` 0) keeps its bytes in `inline` instead
+// of a page, and they are stored in its entry (ObjectRecord's data): a close then costs one
+// UPDATE, no data writes, and an open reads them with the entry. A write, or a truncation,
+// past `inlineLimit` moves them into a page (or the object), and the file is an object's
+// from then on, until it is truncated to nothing.
+//
 // A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time.
 import Glibc
 import Synchronization
@@ -85,23 +91,75 @@ final class FileData: @unchecked Sendable {
     private var readEnd: UInt64 = 0
     /// Data changed since the record was last stored.
     var changed = false
+    /// The file's bytes (`size` of them), when they live in its entry (see the header).
+    private(set) var inline: [UInt8]?
+    /// The largest file kept in its entry; 0: none.
+    let inlineLimit: Int
     var groupSize: Int { cluster.layout.groupSize }
 
     static let maxFlushing = 3
     static let readAhead = 2
 
-    init(cluster: Cluster, budget: MemoryBudget, fid: Fid, size: UInt64) {
+    /// The data of a file of `size` bytes in object `fid`, or in its entry (`inline`). An
+    /// empty file's object holds nothing, so it starts in the entry too.
+    init(cluster: Cluster, budget: MemoryBudget, fid: Fid, size: UInt64, inline: [UInt8]? = nil, inlineLimit: Int = 0) {
         self.cluster = cluster
         self.budget = budget
         self.fid = fid
         self.size = size
-        self.stored = size
+        self.inlineLimit = inlineLimit
+        if let inline, inline.count == size {
+            self.inline = inline
+            stored = 0
+        } else {
+            self.inline = size == 0 && inlineLimit > 0 ? [] : nil
+            stored = size
+        }
+    }
+
+    // MARK: Data in the entry
+
+    /// Whether bytes up to `end` may stay in the entry.
+    private func fitsInline(_ end: UInt64) -> Bool { inline != nil && end <= UInt64(inlineLimit) }
+
+    /// Moves the bytes kept in the entry to a page of group 0 (changed: the object holds
+    /// none of them), or, with no room in the budget, writes them to the object.
+    func spill() async throws {
+        guard let bytes = inline else { return }
+        inline = nil
+        guard !bytes.isEmpty else { return }
+        if let page = try await page(0, create: true) {
+            bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: page.bytes[0..<$0.count]).copyMemory(from: $0) }
+            page.markChanged(0..<bytes.count)
+        } else {
+            try await cluster.write(fid, at: 0, bytes)
+            stored = UInt64(bytes.count)
+        }
+    }
+
+    /// Puts `src` at `offset` in the bytes kept in the entry (zeros fill a gap).
+    private func writeInline(_ src: UnsafeRawBufferPointer, at offset: UInt64) {
+        let end = Int(offset) + src.count
+        if inline!.count < end { inline!.append(contentsOf: repeatElement(0, count: end - inline!.count)) }
+        inline!.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[Int(offset)..<end]).copyMemory(from: src) }
+        size = UInt64(inline!.count)
+        changed = true
+    }
+
+    /// Reads from the bytes kept in the entry.
+    private func readInline(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) -> Int {
+        guard offset < size else { return 0 }
+        let n = Int(min(UInt64(dst.count), size - offset))
+        inline!.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: dst[0..<n]).copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<(Int(offset) + n)])) }
+        return n
     }
 
     // MARK: Writes
 
     func write(_ src: UnsafeRawBufferPointer, at offset: UInt64) async throws {
         guard !src.isEmpty else { return }
+        if fitsInline(offset + UInt64(src.count)) { return writeInline(src, at: offset) }
+        try await spill()
         let gs = UInt64(groupSize)
         var done = 0
         while done < src.count {
@@ -133,6 +191,11 @@ final class FileData: @unchecked Sendable {
     /// budget has room). False, with nothing changed, otherwise.
     func writeResident(_ src: UnsafeRawBufferPointer, at offset: UInt64) -> Bool {
         guard !src.isEmpty else { return true }
+        if fitsInline(offset + UInt64(src.count)) {
+            writeInline(src, at: offset)
+            return true
+        }
+        guard inline == nil else { return false }
         let gs = UInt64(groupSize)
         let g = offset / gs
         let inGroup = Int(offset % gs)
@@ -238,6 +301,7 @@ final class FileData: @unchecked Sendable {
     /// Reads up to `count` bytes at `offset` (fewer at the end of the file) into `dst`;
     /// returns how many.
     func read(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) async throws -> Int {
+        if inline != nil { return readInline(at: offset, into: dst) }
         guard offset < size else { return 0 }
         let total = Int(min(UInt64(dst.count), size - offset))
         let gs = UInt64(groupSize)
@@ -272,6 +336,7 @@ final class FileData: @unchecked Sendable {
     /// `read` when it needs no I/O and no wait, done at once: the bytes fall in one group
     /// whose page is here. Nil, with nothing changed, otherwise.
     func readResident(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) -> Int? {
+        if inline != nil { return readInline(at: offset, into: dst) }
         guard offset < size else { return 0 }
         let total = Int(min(UInt64(dst.count), size - offset))
         let gs = UInt64(groupSize)
@@ -300,8 +365,16 @@ final class FileData: @unchecked Sendable {
     // MARK: Size
 
     /// Sets the size. Shrinking frees the object beyond the new size (so it reads as zeros
-    /// if the file grows again) and cuts the pages; growing needs nothing.
+    /// if the file grows again) and cuts the pages; growing needs nothing. A file cut to
+    /// nothing whose object then holds nothing keeps its bytes in the entry again.
     func truncate(to newSize: UInt64) async throws {
+        if fitsInline(newSize) {
+            if newSize < size { inline!.removeLast(Int(size - newSize)) } else { inline!.append(contentsOf: repeatElement(0, count: Int(newSize - size))) }
+            size = newSize
+            changed = true
+            return
+        }
+        try await spill()
         for (g, t) in loading {
             if let p = await t.value { pages[g] = p }
         }
@@ -335,6 +408,7 @@ final class FileData: @unchecked Sendable {
         }
         size = newSize
         changed = true
+        if newSize == 0 && stored == 0 && inlineLimit > 0 && pages.isEmpty && flushing.isEmpty && loading.isEmpty { inline = [] }
     }
 
     /// Gives every page back to the budget (the caller flushed first).

@@ -37,6 +37,10 @@ public struct FileSystemOptions: Sendable {
     /// How long the names this mount knows are trusted before the bucket's change stamps
     /// are read again (NameCache.swift); zero: every lookup reads the store.
     public var nameCacheWindow: Duration = .milliseconds(100)
+    /// Files up to this many bytes keep their data in their entry, not in an object
+    /// (FileData.swift; mount option inline=); 0: never. Also bounded by the largest record
+    /// the catalogues accept.
+    public var inlineLimit = 2048
 
     public init() {}
 }
@@ -90,6 +94,10 @@ public final class FileSystem: Sendable {
     public let budget: MemoryBudget
     let logger: Logger
     public var cluster: Cluster { store.cluster }
+    /// The largest record value every catalogue server accepts (0: unknown, and no file keeps
+    /// its data in its entry), and the largest file that does (FileData.swift).
+    let maxRecord: Int
+    let inlineLimit: Int
 
     struct State {
         var inodes: [UInt64: Inode] = [:]
@@ -146,6 +154,9 @@ public final class FileSystem: Sendable {
         }
         guard let b else { throw TesseraError(.notFound, "bucket '\(bucketName)' vanished while being made") }
         bucket = b
+        let limits = await store.cluster.statistics().compactMap { $0.stats?.maxValue }
+        maxRecord = limits.contains(0) ? 0 : Int(limits.min() ?? 0)
+        inlineLimit = min(options.inlineLimit, max(0, maxRecord - 512))
         changes = ChangeQueue(cluster: store.cluster, index: b.objects)
         fsIndex = S3Indexes.fileSystemIndex(of: b)
         _ = try await store.cluster.createIndex(fsIndex)
@@ -337,7 +348,10 @@ public final class FileSystem: Sendable {
     private func storedRecord(_ i: Inode) -> ObjectRecord {
         state.withLock { _ in
             var r = i.record
-            if let d = i.data { r.size = d.size }
+            if let d = i.data {
+                r.size = d.size
+                r.inline = d.inline
+            }
             r.posix = i.posix.encode()
             return r
         }
@@ -510,7 +524,7 @@ public final class FileSystem: Sendable {
                 i.attributesChanged = true
                 if let flags {
                     // Opened before anyone can find it, so no lock is needed.
-                    i.data = FileData(cluster: cluster, budget: budget, fid: i.record.fid, size: 0)
+                    i.data = FileData(cluster: cluster, budget: budget, fid: i.record.fid, size: 0, inlineLimit: inlineLimit)
                     i.opens = 1
                     let acc = flags & O_ACCMODE
                     handle = newHandle(.file(ino: ino, append: flags & O_APPEND != 0, write: acc == O_WRONLY || acc == O_RDWR))
@@ -663,7 +677,7 @@ public final class FileSystem: Sendable {
             }
             guard let record else { return false }
             touch(p, t)
-            let free = record.size > 0 || record.multipart
+            let free = record.objectHoldsData
             let marker = free ? [S3Store.freeMarker(record.fid, owner: String(decoding: key, as: UTF8.self), bucket: bucketName)] : []
             storeRecordsBehind([p], deleting: [key], putting: marker) { [weak self] in
                 if free { self?.reclaimLater(record.fid, multipart: record.multipart) }
@@ -714,7 +728,7 @@ public final class FileSystem: Sendable {
             return ([], .nothing)
         }
         // The free marker goes in the same UPDATE as the entry's removal.
-        guard record.size > 0 || record.multipart else { return ([], .nothing) }
+        guard record.objectHoldsData else { return ([], .nothing) }
         return ([S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName)], .free(record.fid, multipart: record.multipart))
     }
 
@@ -1143,7 +1157,7 @@ public final class FileSystem: Sendable {
         if record.multipart {
             record = try await flatten(i, record)
         }
-        let d = FileData(cluster: cluster, budget: budget, fid: record.fid, size: record.size)
+        let d = FileData(cluster: cluster, budget: budget, fid: record.fid, size: record.size, inline: record.inline, inlineLimit: inlineLimit)
         state.withLock { _ in i.data = d }
         return d
     }
@@ -1184,6 +1198,8 @@ public final class FileSystem: Sendable {
     /// replicas, so those are durable too; if there is no UPDATE to send, the queue is
     /// drained and SYNCed.
     private func writeBack(_ i: Inode, _ d: FileData, sync: Bool) async throws {
+        // Data kept in the entry goes to the object if the entry would be too big to store.
+        if let bytes = d.inline, !bytes.isEmpty, storedRecord(i).encode().count > maxRecord { try await d.spill() }
         guard sync else {
             try await d.flush()
             try await storeData(i, d, sync: false)
@@ -1216,6 +1232,7 @@ public final class FileSystem: Sendable {
             let gone = state.withLock { _ in
                 i.record.size = d.size
                 i.record.fid = d.fid
+                i.record.inline = d.inline
                 if dataChanged {
                     // Not an MD5 (hashing every byte written would cost a quarter of the
                     // write speed on two cores): a tag of this version of the data, shaped
@@ -1225,6 +1242,8 @@ public final class FileSystem: Sendable {
                     tag.u64(i.record.modified)
                     tag.u64(d.size)
                     i.record.etag = hex(Insecure.MD5.hash(data: tag.bytes)) + "-1"
+                    // Checksums a PUT stored (x-amz-checksum-*) were of the old data.
+                    i.record.attributes.removeAll { $0.name.hasPrefix("x-amz-checksum-") }
                 }
                 return i.unlinked
             }

@@ -1,5 +1,5 @@
-// Reads ranges of an S3 object: one striped object, or the parts of a multipart one laid
-// end to end.
+// Reads ranges of an S3 object: one striped object, the parts of a multipart one laid end
+// to end, or the bytes kept in the record itself (a small file the mount wrote).
 import Crypto
 import TesseraClient
 import TesseraCore
@@ -29,6 +29,7 @@ public struct ObjectReader: Sendable {
     public func read(at offset: UInt64, length: Int) async throws -> [UInt8] {
         guard offset < record.size else { return [] }
         let n = Int(min(UInt64(length), record.size - offset))
+        if let data = record.inline { return Array(data[Int(offset)..<(Int(offset) + n)]) }
         if parts.isEmpty { return try await cluster.read(record.fid, at: offset, length: n) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(n, 1), alignment: 16)
         defer { buffer.deallocate() }
@@ -40,6 +41,10 @@ public struct ObjectReader: Sendable {
     /// buffer), which must lie within the object and stay valid until the call returns.
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws {
         precondition(offset + UInt64(buffer.count) <= record.size, "read past the end of the object")
+        if let data = record.inline {
+            data.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<(Int(offset) + buffer.count)])) }
+            return
+        }
         if parts.isEmpty { return try await cluster.read(record.fid, at: offset, into: buffer) }
         var at = offset
         var filled = 0

@@ -133,7 +133,9 @@ public struct BucketRecord: Sendable, Equatable {
 ///   bit 1: bytes posix (the file system's attributes, docs/FILESYSTEM.md; opaque here) ·
 ///   bit 2: u64 inode (a hard link: the object is the inode record of that number in the
 ///   bucket's file-system index; this entry's other fields are a copy as of its last write) ·
-///   bit 3: u32 links (an inode record: how many entries link to it).
+///   bit 3: u32 links (an inode record: how many entries link to it) ·
+///   bit 4: bytes data (the object's bytes, kept in the record: `size` is their count, and
+///   the object under `fid` holds nothing; never with bit 0).
 ///   Flag bit 0: multipart, its data in the parts under `fid`.
 public struct ObjectRecord: Sendable {
     public var fid: Fid
@@ -145,12 +147,18 @@ public struct ObjectRecord: Sendable {
     public var posix: [UInt8]?
     public var inode: UInt64?
     public var links: UInt32?
+    /// The data itself, when small enough to live in the record (a file the mount wrote):
+    /// `size` bytes, and the object under `fid` holds nothing.
+    public var inline: [UInt8]?
 
     public var multipart: Bool { parts > 0 }
+    /// Whether there may be data under `fid` to free: not for an empty object, nor for one
+    /// whose data is in the record.
+    public var objectHoldsData: Bool { multipart || (size > 0 && inline == nil) }
 
     public init(
         fid: Fid, size: UInt64, modified: UInt64, etag: String, parts: Int = 0, attributes: [Attribute], posix: [UInt8]? = nil, inode: UInt64? = nil,
-        links: UInt32? = nil
+        links: UInt32? = nil, inline: [UInt8]? = nil
     ) {
         self.fid = fid
         self.size = size
@@ -161,13 +169,14 @@ public struct ObjectRecord: Sendable {
         self.posix = posix
         self.inode = inode
         self.links = links
+        self.inline = inline
     }
 
     public func attribute(_ name: String) -> String? { attributes.first { $0.name == name }?.value }
 
     public func encode() -> [UInt8] {
-        var w = WireWriter(capacity: 128 + (posix?.count ?? 0))
-        let flags: UInt8 = (multipart ? 1 : 0) | (posix != nil ? 2 : 0) | (inode != nil ? 4 : 0) | (links != nil ? 8 : 0)
+        var w = WireWriter(capacity: 128 + (posix?.count ?? 0) + (inline?.count ?? 0))
+        let flags: UInt8 = (multipart ? 1 : 0) | (posix != nil ? 2 : 0) | (inode != nil ? 4 : 0) | (links != nil ? 8 : 0) | (inline != nil ? 16 : 0)
         w.u8(flags > 1 ? 2 : 1)
         w.u8(flags)
         w.fid(fid)
@@ -179,6 +188,7 @@ public struct ObjectRecord: Sendable {
         if let posix { w.blob(posix) }
         if let inode { w.u64(inode) }
         if let links { w.u32(links) }
+        if let inline { w.blob(inline) }
         return w.bytes
     }
 
@@ -187,13 +197,20 @@ public struct ObjectRecord: Sendable {
             let version = try r.u8("object record version")
             guard version == 1 || version == 2 else { throw TesseraError(.unsupportedVersion, "object record version \(version); this build reads 1 and 2") }
             let flags = try r.u8("object flags")
-            guard flags & 0xF0 == 0, version == 2 || flags & 0x0E == 0 else { throw TesseraError(.corrupt, "object record flags \(flags) in version \(version)") }
+            guard flags & 0xE0 == 0, version == 2 || flags & 0x1E == 0 else { throw TesseraError(.corrupt, "object record flags \(flags) in version \(version)") }
             var o = ObjectRecord(
                 fid: try r.fid("object fid"), size: try r.u64("size"), modified: try r.u64("modified"), etag: try r.string("etag"),
                 parts: Int(try r.u32("parts")), attributes: try readAttributes(&r))
             if flags & 2 != 0 { o.posix = try r.blob("posix attributes") }
             if flags & 4 != 0 { o.inode = try r.u64("inode") }
             if flags & 8 != 0 { o.links = try r.u32("links") }
+            if flags & 16 != 0 {
+                let data = try r.blob("inline data")
+                guard data.count == o.size, !o.multipart else {
+                    throw TesseraError(.corrupt, "object record with \(data.count) bytes of data in it, size \(o.size)\(o.multipart ? ", multipart" : "")")
+                }
+                o.inline = data
+            }
             try r.finish("object record")
             return o
         }

@@ -88,7 +88,8 @@ public struct ServerNode: RequestHandler {
                 let total = io.map { UInt64($0.header.blockCount) * UInt64($0.header.blockSize) } ?? 0
                 return .statistics(ServerStatistics(
                     dataBytes: total, dataFreeBytes: try io?.freeBytes() ?? 0, logBytes: e.logSize,
-                    logUsedBytes: UInt64(e.logUsedBytes), groupsLogged: e.groupsLogged))
+                    logUsedBytes: UInt64(e.logUsedBytes), groupsLogged: e.groupsLogged,
+                    maxValue: UInt32(catalogues.engine.limits.maxValue)))
             case .sync(let transactions):
                 // LOGGED implies the data image was flushed first (the beforeLog hook); flush
                 // again for writes whose groups were logged before they finished.

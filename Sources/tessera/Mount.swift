@@ -18,7 +18,8 @@ struct Mount: AsyncParsableCommand {
         discussion: """
             Options (-o, comma-separated, as mount(8) passes them): allow_other, ro, uid=N, gid=N, \
             umask=OCTAL, attr_timeout=SECONDS, entry_timeout=SECONDS (default 1), memory=SIZE (write-back \
-            and read-ahead budget, default 256M), config=FILE, log=FILE; _netdev, defaults, auto, noauto, \
+            and read-ahead budget, default 256M), inline=BYTES (files up to this size keep their data in \
+            their entry, default 2048, 0: none), config=FILE, log=FILE; _netdev, defaults, auto, noauto, \
             nofail, user and rw are accepted and ignored; anything else goes to libfuse.
             """)
 
@@ -64,6 +65,9 @@ struct Mount: AsyncParsableCommand {
                 let n = try parseSize(value)
                 guard n >= 16 << 20 else { throw ValidationError("-o memory: at least 16M") }
                 p.fs.memoryBudget = Int(n)
+            case "inline":
+                guard let n = Int(value), n >= 0, n <= 1 << 16 else { throw ValidationError("-o \(item): a number of bytes up to 65536") }
+                p.fs.inlineLimit = n
             case "config": p.config = value
             case "log": p.log = value
             default: p.mount.fuseOptions.append(item)

@@ -386,6 +386,41 @@ class MountTest(unittest.TestCase):
         with open(self.path("from-s3", "deep", "obj.bin"), "rb") as f:
             self.assertEqual(f.read(), data2)
 
+    def test_small_files_in_their_entries_read_through_s3_as_they_change(self):
+        # Files up to 2 KiB keep their data in their entry (FileData.swift); growing past
+        # that moves it to an object, truncating to nothing brings it back.
+        p = self.path("small.bin")
+        expect = b""
+        for step in [b"a" * 10, os.urandom(1500), os.urandom(3000), os.urandom(70000)]:
+            with open(p, "ab") as f:
+                f.write(step)
+            expect += step
+            got = self.s3.get_object(Bucket=BUCKET, Key="small.bin")["Body"].read()
+            self.assertEqual(got, expect, len(expect))
+            r = self.s3.get_object(Bucket=BUCKET, Key="small.bin", Range="bytes=5-9")["Body"].read()
+            self.assertEqual(r, expect[5:10])
+        os.truncate(p, 100)
+        self.assertEqual(self.s3.get_object(Bucket=BUCKET, Key="small.bin")["Body"].read(), expect[:100])
+        with open(p, "wb") as f:
+            f.write(b"again")
+        self.assertEqual(self.s3.get_object(Bucket=BUCKET, Key="small.bin")["Body"].read(), b"again")
+        with open(p, "r+b") as f:
+            f.seek(1000)
+            f.write(b"z")
+        self.assertEqual(open(p, "rb").read(), b"again" + bytes(995) + b"z")
+        self.s3.copy_object(Bucket=BUCKET, Key="small-copy.bin", CopySource=f"{BUCKET}/small.bin")
+        self.assertEqual(open(self.path("small-copy.bin"), "rb").read(), b"again" + bytes(995) + b"z")
+        os.unlink(p)
+        self.assertNotIn("small.bin", [o["Key"] for o in self.s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])])
+
+    def test_writes_in_mount_drop_checksums_stored_by_s3(self):
+        self.s3.put_object(Bucket=BUCKET, Key="summed.txt", Body=b"from s3", ChecksumAlgorithm="CRC32")
+        with open(self.path("summed.txt"), "ab") as f:
+            f.write(b" and the mount")
+        got = self.s3.get_object(Bucket=BUCKET, Key="summed.txt", ChecksumMode="ENABLED")
+        self.assertEqual(got["Body"].read(), b"from s3 and the mount")
+        self.assertNotIn("ChecksumCRC32", got)
+
     def test_s3_changes_reach_names_the_mount_knows(self):
         # A directory the mount made is one whose every name it knows (NameCache.swift):
         # a name looked up there is answered from memory. The gateway's change stamp must
@@ -436,12 +471,19 @@ class MountTest(unittest.TestCase):
         fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
         os.write(fd, data)
         os.fsync(fd)
+        # A small file's data lives in its entry (FileData.swift): fsync makes that durable.
+        small = os.urandom(700)
+        ps = self.path("durable-small.bin")
+        fds = os.open(ps, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fds, small)
+        os.fsync(fds)
         for pid in self.pids():
             os.kill(pid, signal.SIGKILL)
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # the daemon is gone
+        for d in (fd, fds):
+            try:
+                os.close(d)
+            except OSError:
+                pass  # the daemon is gone
         for pid in self.pids():
             deadline = time.time() + 30
             while pid_alive(pid) and time.time() < deadline:
@@ -449,6 +491,8 @@ class MountTest(unittest.TestCase):
         self.up()
         with open(p, "rb") as f:
             self.assertEqual(f.read(), data)
+        with open(ps, "rb") as f:
+            self.assertEqual(f.read(), small)
 
     # --- fsx ----------------------------------------------------------------------------
 

@@ -285,6 +285,7 @@ extension Response {
         case .statistics(let s):
             w.u16(Kind.statistics.rawValue)
             for v in [s.dataBytes, s.dataFreeBytes, s.logBytes, s.logUsedBytes, s.groupsLogged] { w.u64(v) }
+            w.u32(s.maxValue)
         case .failure(let status, let message):
             w.u16(Kind.failure.rawValue)
             w.u16(status.rawValue)
@@ -321,7 +322,8 @@ extension Response {
             response = .statistics(ServerStatistics(
                 dataBytes: try r.u64("data bytes"), dataFreeBytes: try r.u64("free data bytes"),
                 logBytes: try r.u64("log bytes"), logUsedBytes: try r.u64("used log bytes"),
-                groupsLogged: try r.u64("groups logged")))
+                groupsLogged: try r.u64("groups logged"),
+                maxValue: r.remaining > 0 ? try r.u32("largest value") : 0))
         case .failure: response = .failure(try status(&r), try r.string("message"))
         }
         try r.finish("response")
@@ -329,19 +331,23 @@ extension Response {
     }
 }
 
-/// A server's usage, as STATISTICS reports it (docs/WIRE.md): five u64 in this order.
+/// A server's usage, as STATISTICS reports it (docs/WIRE.md): five u64 in this order, then
+/// a u32, the largest record value its catalogues accept (absent from older servers: 0).
 public struct ServerStatistics: Sendable, Equatable {
     public var dataBytes: UInt64
     public var dataFreeBytes: UInt64
     public var logBytes: UInt64
     public var logUsedBytes: UInt64
     public var groupsLogged: UInt64
+    /// The largest record value the server's catalogues accept; 0 if not told.
+    public var maxValue: UInt32
 
-    public init(dataBytes: UInt64, dataFreeBytes: UInt64, logBytes: UInt64, logUsedBytes: UInt64, groupsLogged: UInt64) {
+    public init(dataBytes: UInt64, dataFreeBytes: UInt64, logBytes: UInt64, logUsedBytes: UInt64, groupsLogged: UInt64, maxValue: UInt32 = 0) {
         self.dataBytes = dataBytes
         self.dataFreeBytes = dataFreeBytes
         self.logBytes = logBytes
         self.logUsedBytes = logUsedBytes
         self.groupsLogged = groupsLogged
+        self.maxValue = maxValue
     }
 }
