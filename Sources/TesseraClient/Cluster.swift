@@ -20,16 +20,21 @@ public final class Cluster: Sendable {
     /// Units rebuilt from parity because a server was down or a checksum failed.
     public var degradedReads: UInt64 { degraded.load(ordering: .relaxed) }
 
+    /// The thread every connection is on, if one was asked for (`RPCLoop`); a task that
+    /// prefers this executor makes its round trips without thread hops.
+    public let executor: (any TaskExecutor)?
+
     /// A client of the cluster in `config`. Connections open on first use and reopen after
-    /// a server comes back.
-    public init(config: ClusterConfig, logger: Logger = Logger(label: "tessera.client")) throws {
+    /// a server comes back; all on `loop`'s thread if given, else on the shared event loops.
+    public init(config: ClusterConfig, loop: RPCLoop? = nil, logger: Logger = Logger(label: "tessera.client")) throws {
         self.config = config
+        executor = loop?.executor
         let servers = config.servers.sorted { $0.id < $1.id }
         layout = try ObjectLayout(
             dataUnits: config.layout.dataUnits, parityUnits: config.layout.parityUnits,
             unitSize: config.layout.unitSize, servers: servers.count)
         code = ErasureCode(dataUnits: layout.dataUnits, parityUnits: layout.parityUnits)
-        links = servers.map { ServerLink(id: $0.id, endpoint: $0.address, secret: config.secret) }
+        links = servers.map { ServerLink(id: $0.id, endpoint: $0.address, secret: config.secret, loop: loop) }
         unsynced = Mutex([UInt64](repeating: 0, count: servers.count))
         self.logger = logger
     }
@@ -119,26 +124,39 @@ actor ServerLink {
     let id: Int
     let endpoint: Endpoint
     private let secret: String
-    private var connection: RPCClient?
+    private let loop: RPCLoop?
+    /// The open connection, read without entering the actor: every call takes it.
+    private nonisolated let current = Mutex<RPCClient?>(nil)
+    private var connection: RPCClient? {
+        get { current.withLock { $0 } }
+        set { current.withLock { $0 = newValue } }
+    }
     private var connecting: Task<RPCClient, Error>?
     private var downUntil: ContinuousClock.Instant?
 
-    init(id: Int, endpoint: Endpoint, secret: String) {
+    init(id: Int, endpoint: Endpoint, secret: String, loop: RPCLoop?) {
         self.id = id
         self.endpoint = endpoint
         self.secret = secret
+        self.loop = loop
     }
 
-    func client() async throws -> RPCClient {
+    nonisolated func client() async throws -> RPCClient {
+        if let c = current.withLock({ $0 }), c.isActive { return c }
+        return try await connect()
+    }
+
+    private func connect() async throws -> RPCClient {
         if let c = connection, c.isActive { return c }
         connection = nil
         if let task = connecting { return try await task.value }
         if let until = downUntil, ContinuousClock.now < until {
             throw TesseraError(.closed, "server \(id) at \(endpoint) is down")
         }
-        let (host, port, secret, id, endpoint) = (endpoint.host, endpoint.port, secret, id, endpoint)
+        let (host, port, secret, id, endpoint, loop) = (endpoint.host, endpoint.port, secret, id, endpoint, loop)
         let task = Task {
             do {
+                if let loop { return try await RPCClient.connect(host: host, port: port, secret: secret, on: loop, connectTimeout: .seconds(2)) }
                 return try await RPCClient.connect(host: host, port: port, secret: secret, connectTimeout: .seconds(2))
             } catch {
                 throw TesseraError(.closed, "server \(id) at \(endpoint) cannot be reached: \((error as? TesseraError)?.message ?? "\(error)")")

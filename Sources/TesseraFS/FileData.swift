@@ -125,16 +125,26 @@ final class FileData: @unchecked Sendable {
     /// Moves the bytes kept in the entry to a page of group 0 (changed: the object holds
     /// none of them), or, with no room in the budget, writes them to the object.
     func spill() async throws {
-        guard let bytes = inline else { return }
+        guard let bytes = inline, !spillResident() else { return }
         inline = nil
-        guard !bytes.isEmpty else { return }
-        if let page = try await page(0, create: true) {
+        try await cluster.write(fid, at: 0, bytes)
+        stored = UInt64(bytes.count)
+    }
+
+    /// `spill` into a new page, done at once; false, with nothing changed, if the budget
+    /// has no room for one.
+    private func spillResident() -> Bool {
+        guard let bytes = inline else { return true }
+        if !bytes.isEmpty {
+            // Data in the entry means no pages, and the object holds nothing to load.
+            guard budget.take(groupSize) else { return false }
+            let page = Page(size: groupSize)
             bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: page.bytes[0..<$0.count]).copyMemory(from: $0) }
             page.markChanged(0..<bytes.count)
-        } else {
-            try await cluster.write(fid, at: 0, bytes)
-            stored = UInt64(bytes.count)
+            pages[0] = page
         }
+        inline = nil
+        return true
     }
 
     /// Puts `src` at `offset` in the bytes kept in the entry (zeros fill a gap).
@@ -195,7 +205,7 @@ final class FileData: @unchecked Sendable {
             writeInline(src, at: offset)
             return true
         }
-        guard inline == nil else { return false }
+        guard spillResident() else { return false }
         let gs = UInt64(groupSize)
         let g = offset / gs
         let inGroup = Int(offset % gs)
@@ -256,6 +266,14 @@ final class FileData: @unchecked Sendable {
         for (_, t) in all { try await t.value }
     }
 
+    /// Marks page `g` clean as its write-out starts, and the object as holding its bytes.
+    private func takeChanges(_ g: UInt64, _ page: Page) {
+        guard let changed = page.changed else { return }
+        page.changed = nil
+        // Changed bytes past the size are a truncation's zeros: data ends below the size.
+        stored = max(stored, min(g * UInt64(groupSize) + UInt64(changed.upperBound), size))
+    }
+
     /// Starts writing page `g` out; at most `maxFlushing` write-outs at once. Only the bytes
     /// that differ from the object go out, with parity over the same stripe computed from the
     /// page: the rest of the page is what the object holds, so nothing is read back. A page a
@@ -268,9 +286,7 @@ final class FileData: @unchecked Sendable {
             return
         }
         if let earlier = flushing.removeValue(forKey: g) { try await earlier.value }
-        page.changed = nil
-        // Changed bytes past the size are a truncation's zeros: data ends below the size.
-        stored = max(stored, min(g * UInt64(groupSize) + UInt64(changed.upperBound), size))
+        takeChanges(g, page)
         let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
         if keep {
             // The unit writes copy their bytes now: the page may change again while they go out.
@@ -292,7 +308,16 @@ final class FileData: @unchecked Sendable {
     /// all the file's data. Durable if `syncWait` (each write's reply waits for its server's
     /// log; writes started earlier, by a full page, need the caller's SYNC), else not yet.
     func flush(syncWait: Bool = false) async throws {
-        for g in pages.keys.sorted() where pages[g]!.dirty { try await startFlush(g, keep: true, syncWait: syncWait) }
+        let dirty = pages.keys.sorted().filter { pages[$0]!.dirty }
+        // One page to write and nothing else in flight (a close after small writes): sent
+        // from this task, with no task of its own to start and wait for.
+        if dirty.count == 1, flushing.isEmpty, let page = pages[dirty[0]], let changed = page.changed {
+            let g = dirty[0]
+            takeChanges(g, page)
+            try await cluster.write(fid, cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed), syncWait: syncWait)
+            return
+        }
+        for g in dirty { try await startFlush(g, keep: true, syncWait: syncWait) }
         try await waitForWriteOuts()
     }
 
@@ -409,6 +434,19 @@ final class FileData: @unchecked Sendable {
         size = newSize
         changed = true
         if newSize == 0 && stored == 0 && inlineLimit > 0 && pages.isEmpty && flushing.isEmpty && loading.isEmpty { inline = [] }
+    }
+
+    /// Nothing to write and nothing in flight: a flush would do nothing, and `dropNow` can
+    /// give the pages back at once.
+    var isClean: Bool {
+        !changed && flushing.isEmpty && loading.isEmpty && !pages.values.contains { $0.dirty }
+    }
+
+    /// `drop` of a clean file (`isClean`), done at once.
+    func dropNow() {
+        precondition(isClean, "dropNow of a file with data in flight")
+        budget.give(groupSize * pages.count)
+        pages.removeAll()
     }
 
     /// Gives every page back to the budget (the caller flushed first).

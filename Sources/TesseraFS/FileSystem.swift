@@ -1091,13 +1091,19 @@ public final class FileSystem: Sendable {
     public static let xattrReplace: Int32 = 2
     static let xattrValueMax = 64 << 10
 
-    public func setxattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32) async throws {
+    /// The errors `setxattr` gives before it changes anything: cheap, so the FUSE adapter
+    /// answers them on its own thread (cp -a tries an ACL on every file).
+    public func checkSetxattr(_ name: [UInt8], _ value: [UInt8]) throws {
         try checkWritable()
         guard !name.isEmpty, name.count <= 255 else { throw FSError(name.isEmpty ? EINVAL : ERANGE) }
         guard value.count <= Self.xattrValueMax else { throw FSError(E2BIG) }
         // POSIX ACLs are not kept: refusing them makes cp -a and friends fall back to chmod,
         // instead of storing an ACL that nothing would enforce.
         if name.starts(with: Array("system.posix_acl_".utf8)) { throw FSError(EOPNOTSUPP, "POSIX ACLs") }
+    }
+
+    public func setxattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32) async throws {
+        try checkSetxattr(name, value)
         let i = try inode(ino)
         try await namespace.withLock(0) {
             try state.withLock { _ in
@@ -1384,6 +1390,18 @@ public final class FileSystem: Sendable {
         }
     }
 
+    /// `flush` when it has nothing to do (a descriptor that never wrote, or a file with
+    /// nothing changed since it was last stored), answered at once; false otherwise.
+    public func flushNow(_ h: UInt64) throws -> Bool {
+        let (i, _, write) = try fileHandle(h)
+        return fileLocks.withLockIfFree(i.ino) { () -> Bool in
+            state.withLock { _ in
+                guard !i.attributesChanged else { return false }
+                return !write || (i.data?.isClean ?? true)
+            }
+        } ?? false
+    }
+
     /// Makes the file's data and entry durable on every server they touched.
     public func fsync(_ h: UInt64) async throws {
         let (i, _, _) = try fileHandle(h)
@@ -1391,6 +1409,26 @@ public final class FileSystem: Sendable {
             guard let d = state.withLock({ _ in i.data }) else { return }
             try await writeBack(i, d, sync: true)
         }
+    }
+
+    /// `release` when it needs no I/O (another handle still has the file open, or its data
+    /// is clean and it is not unlinked), done at once; false, with nothing changed, otherwise.
+    public func releaseNow(_ h: UInt64) throws -> Bool {
+        let (i, _, _) = try fileHandle(h)
+        return fileLocks.withLockIfFree(i.ino) { () -> Bool in
+            state.withLock { s in
+                let last = i.opens == 1
+                if last {
+                    guard !i.unlinked, !i.attributesChanged, i.data?.isClean ?? true else { return false }
+                    i.data?.dropNow()
+                    i.data = nil
+                }
+                s.handles[h] = nil
+                i.opens -= 1
+                if last && i.lookups == 0 { s.inodes[i.ino] = nil }
+                return true
+            }
+        } ?? false
     }
 
     /// The last close of a handle.
@@ -1471,8 +1509,12 @@ public final class FileSystem: Sendable {
         await changes.drained()
         var start = prefix
         var exclusive = true
+        // NEXT has no end key: what a batch holds past the directory's end, or inside a
+        // subdirectory it meets, is read for nothing. Batches start small and grow while
+        // they hold only this directory's own entries.
+        var limit = 64
         while true {
-            let batch = try await cluster.next(bucket.objects, from: [start], limit: 1000, excludeStart: exclusive)[0]
+            let batch = try await cluster.next(bucket.objects, from: [start], limit: limit, excludeStart: exclusive)[0]
             var skipTo: [UInt8]? = nil
             for r in batch {
                 guard r.key.starts(with: prefix) else { return out }
@@ -1508,9 +1550,10 @@ public final class FileSystem: Sendable {
                 start = s
                 exclusive = false
             } else {
-                guard batch.count == 1000, let last = batch.last else { return out }
+                guard batch.count == limit, let last = batch.last else { return out }
                 start = last.key
                 exclusive = true
+                limit = min(limit * 4, 1024)
             }
             if start.isEmpty { return out }
         }

@@ -86,14 +86,18 @@ public final class FUSESession: @unchecked Sendable {
 
     // MARK: Bridging
 
-    /// Runs `body` on the Swift pool and waits for it on this (libfuse) thread.
-    func wait<R>(_ body: @escaping @Sendable () async throws -> R) -> Result<R, Error> {
+    /// Runs `body` in a task and waits for it on this (libfuse) thread. The task prefers the
+    /// thread of the cluster's connections (`Cluster.executor`), so its round trips need no
+    /// hop to the cooperative pool and back; `pool` tasks (the data path, whose copies and
+    /// parity would hold up that thread's I/O) run on the pool.
+    func wait<R>(pool: Bool = false, _ body: @escaping @Sendable () async throws -> R) -> Result<R, Error> {
         let box = ResultBox<R>()
         let done = DispatchSemaphore(value: 0)
-        Task {
+        let run: @Sendable () async -> Void = {
             do { box.result = .success(try await body()) } catch { box.result = .failure(error) }
             done.signal()
         }
+        if !pool, let executor = fs.cluster.executor { Task(executorPreference: executor, operation: run) } else { Task(operation: run) }
         done.wait()
         return box.result!
     }
@@ -103,8 +107,8 @@ public final class FUSESession: @unchecked Sendable {
     }
 
     /// Runs `body` and replies with its result through `reply`, or with its errno.
-    func serve<R>(_ req: fuse_req_t?, _ body: @escaping @Sendable () async throws -> R, reply: (R) -> Void) {
-        switch wait(body) {
+    func serve<R>(_ req: fuse_req_t?, pool: Bool = false, _ body: @escaping @Sendable () async throws -> R, reply: (R) -> Void) {
+        switch wait(pool: pool, body) {
         case .success(let r): reply(r)
         case .failure(let e):
             let n = FSError.errno(of: e)
@@ -115,7 +119,7 @@ public final class FUSESession: @unchecked Sendable {
 
     /// Replies with `now()` if it has an answer without waiting (on this thread, no task);
     /// else runs `later` as `serve` does.
-    func serve<R>(_ req: fuse_req_t?, now: () throws -> R?, _ later: @escaping @Sendable () async throws -> R, reply: (R) -> Void) {
+    func serve<R>(_ req: fuse_req_t?, pool: Bool = false, now: () throws -> R?, _ later: @escaping @Sendable () async throws -> R, reply: (R) -> Void) {
         do {
             if let r = try now() {
                 reply(r)
@@ -125,7 +129,7 @@ public final class FUSESession: @unchecked Sendable {
             fuse_reply_err(req, FSError.errno(of: error))
             return
         }
-        serve(req, later, reply: reply)
+        serve(req, pool: pool, later, reply: reply)
     }
 
     func serveSync<R>(_ req: fuse_req_t?, _ body: () throws -> R, reply: (R) -> Void) {

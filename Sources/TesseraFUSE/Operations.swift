@@ -173,7 +173,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 4096)
         defer { buffer.deallocate() }
         let lent = LentMutable(buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
-        s.serve(req, now: { try s.fs.readNow(h, at: UInt64(off), into: lent.buffer) }, { try await s.fs.read(h, at: UInt64(off), into: lent.buffer) }) { n in
+        s.serve(req, pool: true, now: { try s.fs.readNow(h, at: UInt64(off), into: lent.buffer) }, { try await s.fs.read(h, at: UInt64(off), into: lent.buffer) }) { n in
             fuse_reply_buf(req, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), n)
         }
     }
@@ -184,7 +184,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         let h = fi.pointee.fh
         let lent = Lent(read: UnsafeRawBufferPointer(start: buf, count: size))
         let caller = FUSESession.caller(req)
-        s.serve(req, now: { try s.fs.writeNow(h, at: UInt64(off), lent.read, caller: caller) }, { try await s.fs.write(h, at: UInt64(off), lent.read, caller: caller) }) { n in
+        s.serve(req, pool: true, now: { try s.fs.writeNow(h, at: UInt64(off), lent.read, caller: caller) }, { try await s.fs.write(h, at: UInt64(off), lent.read, caller: caller) }) { n in
             _ = fuse_reply_write(req, n)
         }
     }
@@ -192,13 +192,13 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.flush = { req, _, fi in
         let s = FUSESession.of(req)
         guard let h = fi?.pointee.fh else { _ = fuse_reply_err(req, EINVAL); return }
-        s.serve(req, { try await s.fs.flush(h) }) { _ = fuse_reply_err(req, 0) }
+        s.serve(req, now: { try s.fs.flushNow(h) ? () : nil }, { try await s.fs.flush(h) }) { _ = fuse_reply_err(req, 0) }
     }
 
     ops.release = { req, _, fi in
         let s = FUSESession.of(req)
         guard let h = fi?.pointee.fh else { _ = fuse_reply_err(req, EINVAL); return }
-        s.serve(req, { try await s.fs.release(h) }) { _ = fuse_reply_err(req, 0) }
+        s.serve(req, now: { try s.fs.releaseNow(h) ? () : nil }, { try await s.fs.release(h) }) { _ = fuse_reply_err(req, 0) }
     }
 
     ops.fsync = { req, _, _, fi in
@@ -260,7 +260,11 @@ func makeOperations() -> fuse_lowlevel_ops {
         if Int(flags) & Int(XATTR_CREATE) != 0 { f |= FileSystem.xattrCreate }
         if Int(flags) & Int(XATTR_REPLACE) != 0 { f |= FileSystem.xattrReplace }
         let fl = f
-        s.serve(req, { try await s.fs.setxattr(ino, n, v, flags: fl) }) { _ = fuse_reply_err(req, 0) }
+        let refused: () throws -> Void? = {
+            try s.fs.checkSetxattr(n, v)
+            return nil
+        }
+        s.serve(req, now: refused, { try await s.fs.setxattr(ino, n, v, flags: fl) }) { _ = fuse_reply_err(req, 0) }
     }
 
     ops.getxattr = { req, ino, name, size in

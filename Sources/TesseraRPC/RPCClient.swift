@@ -17,6 +17,13 @@ public final class RPCClient: RequestHandler {
         try await connect(host: host, port: port, secret: secret, group: MultiThreadedEventLoopGroup.singleton, connectTimeout: connectTimeout, defaultDeadline: defaultDeadline)
     }
 
+    /// Connects on `loop`'s thread (see `RPCLoop`).
+    public static func connect(
+        host: String, port: Int, secret: String, on loop: RPCLoop, connectTimeout: Duration = .seconds(5), defaultDeadline: Duration = .seconds(30)
+    ) async throws -> RPCClient {
+        try await connect(host: host, port: port, secret: secret, group: loop.loop, connectTimeout: connectTimeout, defaultDeadline: defaultDeadline)
+    }
+
     /// The connection is open (false once the server or the network closed it).
     public var isActive: Bool { channel.isActive }
 
@@ -114,6 +121,22 @@ public final class RPCClient: RequestHandler {
     /// Closes the connection; requests still waiting fail with `.closed`.
     public func close() async {
         try? await channel.close()
+    }
+}
+
+/// One event-loop thread for every connection of a client that sends one request after
+/// another (the mount): tasks that prefer its `executor` write their requests and are
+/// resumed by the replies on that thread, whichever server they talk to, with no hop to the
+/// cooperative pool and back (two thread wake-ups per round trip; a replicated change
+/// talks to two servers).
+public final class RPCLoop: Sendable {
+    let loop: EventLoop
+    public let executor: LoopExecutor
+
+    /// One of the process's shared event loops.
+    public init() {
+        loop = MultiThreadedEventLoopGroup.singleton.next()
+        executor = LoopExecutor(loop)
     }
 }
 

@@ -47,19 +47,23 @@ public final class ChangeStamp: Sendable {
         return value.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 9, as: UInt64.self)) }
     }
 
-    /// Every stamp record of object list `index`.
+    /// Every stamp record of object list `index`. NEXT has no end key, and the entries after
+    /// the stamps can be large (a small file's data is in its entry): the first batch asks
+    /// for a few records, as many as there are writers usually, and later ones for more.
     public static func read(_ cluster: Cluster, _ index: Fid) async throws -> [Record] {
         var out: [Record] = []
         var start = prefix
         var exclusive = false
+        var limit = 8
         while true {
-            let batch = try await cluster.next(index, from: [start], limit: 256, excludeStart: exclusive)[0]
+            let batch = try await cluster.next(index, from: [start], limit: limit, excludeStart: exclusive)[0]
             for r in batch {
                 guard r.key.starts(with: prefix) else { return out }
                 out.append(r)
             }
-            guard batch.count == 256, let last = batch.last else { return out }
+            guard batch.count == limit, let last = batch.last else { return out }
             (start, exclusive) = (last.key, true)
+            limit = min(limit * 4, 256)
         }
     }
 }

@@ -316,8 +316,12 @@ public final class S3Store: Sendable {
                 exclusive = false
             }
         }
+        // NEXT has no end key: what a batch holds past the prefix, or under a common prefix
+        // it meets, is read for nothing (and entries may hold a small file's data). Batches
+        // start small and grow while every record in them is listed.
+        var batchSize = 64
         while true {
-            let want = min(1000, limit - out.entries.count - out.commonPrefixes.count + 1)
+            let want = min(batchSize, limit - out.entries.count - out.commonPrefixes.count + 1)
             let batch = try await cluster.next(index, from: [start], limit: want, excludeStart: exclusive)[0]
             var skipTo: [UInt8]? = nil
             for r in batch {
@@ -348,6 +352,7 @@ public final class S3Store: Sendable {
                 guard batch.count == want, let last = batch.last else { return out }
                 start = last.key
                 exclusive = true
+                batchSize = min(batchSize * 4, 1000)
             }
         }
     }

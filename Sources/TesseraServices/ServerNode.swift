@@ -37,12 +37,46 @@ public struct ServerNode: RequestHandler {
         io?.data.close()
     }
 
+    /// IOS writes up to this size that reply at close are made on the network thread, like
+    /// catalogue changes: copying them to the data image's page cache and noting their
+    /// blocks costs less than the four thread hand-offs of the IO queue. Larger ones (a
+    /// streaming writer's units) still go to the IO queue.
+    static let immediateWriteLimit = 128 << 10
+
     public func handleImmediately(_ request: Request) -> Response? {
-        catalogues.handleImmediately(request)
+        catalogues.handleImmediately(request) ?? handleIOImmediately(request)
     }
 
     public func handleImmediately(_ requests: ArraySlice<Request>) -> [Response] {
-        catalogues.handleImmediately(requests)
+        var out: [Response] = []
+        var i = requests.startIndex
+        while i < requests.endIndex {
+            let answered = catalogues.handleImmediately(requests[i...])
+            out += answered
+            i += answered.count
+            guard i < requests.endIndex, let r = handleIOImmediately(requests[i]) else { break }
+            out.append(r)
+            i += 1
+        }
+        return out
+    }
+
+    /// A small IOS write or a FREE that replies at close, made at once; nil for other requests.
+    private func handleIOImmediately(_ request: Request) -> Response? {
+        do {
+            switch request {
+            case .write(let cob, let offset, let bytes, false) where bytes.count <= Self.immediateWriteLimit:
+                let tx = try ios().write(cob: cob, offset: offset, bytes: bytes)
+                return .statuses([.ok], transaction: tx.group)
+            case .free(let cob, let offset, let length, false):
+                let tx = try ios().free(cob: cob, offset: offset, length: length)
+                return .statuses([.ok], transaction: tx.group)
+            default:
+                return nil
+            }
+        } catch {
+            return Response(error)
+        }
     }
 
     public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response? {

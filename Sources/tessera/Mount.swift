@@ -10,6 +10,7 @@ import TesseraConfig
 import TesseraCore
 import TesseraFS
 import TesseraFUSE
+import TesseraRPC
 import TesseraS3
 
 struct Mount: AsyncParsableCommand {
@@ -93,7 +94,8 @@ struct Mount: AsyncParsableCommand {
         if ProcessInfo.processInfo.environment["TESSERA_MOUNT_DAEMON"] == "1" { setsid() }
         parsed.mount.fuseOptions = ["fsname=tessera:\(bucket)", "subtype=tessera"] + parsed.mount.fuseOptions
         let logger = Logger(label: "tessera.mount")
-        let cluster = try Cluster(config: cfg)
+        // One event-loop thread for all the mount's connections: FUSE requests run there.
+        let cluster = try Cluster(config: cfg, loop: RPCLoop())
         let store = S3Store(cluster: cluster)
         let owner = cfg.s3.credentials.keys.sorted().first ?? "tessera"
         let fs: FileSystem
