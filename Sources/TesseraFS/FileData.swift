@@ -379,6 +379,13 @@ final class FileData: @unchecked Sendable {
         return total
     }
 
+    /// Starts reading the first group, for a reader that has just opened the file (the
+    /// open's check of the entry runs meanwhile).
+    func prefetch() {
+        guard inline == nil, stored > 0, pages[0] == nil, loading[0] == nil, flushing[0] == nil, let load = startLoad(0) else { return }
+        loading[0] = load
+    }
+
     private func startReadAhead(after g: UInt64) {
         for next in (g + 1)...(g + UInt64(Self.readAhead)) {
             guard next * UInt64(groupSize) < stored, pages[next] == nil, loading[next] == nil, flushing[next] == nil else { continue }

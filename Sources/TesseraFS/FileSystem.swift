@@ -101,9 +101,31 @@ public final class FileSystem: Sendable {
 
     struct State {
         var inodes: [UInt64: Inode] = [:]
+        /// Inodes the kernel forgot, kept so the name cache can still answer for them (after
+        /// the kernel drops its caches, a walk of a tree this mount knows costs no lookups);
+        /// taken back into `inodes` when looked up again.
+        var retired: [UInt64: Inode] = [:]
         var handles: [UInt64: Handle] = [:]
         var nextHandle: UInt64 = 1
         var freeInos: Range<UInt64> = 0..<0
+
+        static let retiredLimit = 16_384
+
+        /// Takes `i` out of the table: no lookup or open holds it any more.
+        mutating func retire(_ i: Inode) {
+            inodes[i.ino] = nil
+            guard !i.unlinked else { return }
+            if retired.count >= Self.retiredLimit { retired.removeAll(keepingCapacity: true) }
+            retired[i.ino] = i
+        }
+
+        /// Inode `ino` from the table, or back from the retired ones.
+        mutating func reinstated(_ ino: UInt64) -> Inode? {
+            if let i = inodes[ino] { return i }
+            guard let i = retired.removeValue(forKey: ino) else { return nil }
+            inodes[ino] = i
+            return i
+        }
     }
     enum Handle {
         case file(ino: UInt64, append: Bool, write: Bool)
@@ -209,7 +231,7 @@ public final class FileSystem: Sendable {
         state.withLock { s in
             guard ino != Self.rootIno, let i = s.inodes[ino] else { return }
             i.lookups -= min(i.lookups, n)
-            if i.lookups == 0 && i.opens == 0 { s.inodes[ino] = nil }
+            if i.lookups == 0 && i.opens == 0 { s.retire(i) }
         }
     }
 
@@ -301,7 +323,7 @@ public final class FileSystem: Sendable {
             (linked, implied) = (false, r == nil)
         }
         let i = state.withLock { s in
-            if let i = s.inodes[ino] {
+            if let i = s.reinstated(ino) {
                 i.key = key
                 if i.data == nil && !i.unlinked {
                     (i.record, i.posix, i.linked, i.implied) = (record, posix, linked, implied)
@@ -335,7 +357,7 @@ public final class FileSystem: Sendable {
         case .inode(let i):
             // Forgotten since known() looked: let the store answer.
             return state.withLock { s in
-                guard s.inodes[i.ino] === i else { return nil }
+                guard s.reinstated(i.ino) === i else { return nil }
                 i.lookups += 1
                 return attributesLocked(i)
             }
@@ -904,8 +926,8 @@ public final class FileSystem: Sendable {
     /// Cached inodes whose keys start with `old` take `new` instead.
     private func rekey(_ old: [UInt8], _ new: [UInt8], exact: Bool) {
         state.withLock { s in
-            for (_, i) in s.inodes {
-                if exact ? i.key == old : i.key.starts(with: old) { i.key = new + i.key[old.count...] }
+            for table in [s.inodes, s.retired] {
+                for i in table.values where exact ? i.key == old : i.key.starts(with: old) { i.key = new + i.key[old.count...] }
             }
         }
     }
@@ -1276,9 +1298,26 @@ public final class FileSystem: Sendable {
             let (first, key) = state.withLock { _ in (i.opens == 0 && !i.unlinked, i.key) }
             var changed = false
             if first && !fresh && i.type == .regular {
-                let before = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) }
-                _ = try inode(for: try await findStored(key))
+                let (before, record, closed) = state.withLock { _ in ((i.record.fid, i.record.size, i.record.modified), i.record, i.data == nil) }
+                // A reader's first group is read meanwhile, from the object the entry named
+                // last time: kept if the entry still names it (diff -r, cat: one round
+                // trip per file, not two).
+                var early: FileData? = nil
+                if closed && acc != O_WRONLY && flags & O_TRUNC == 0 && !record.multipart {
+                    early = FileData(cluster: cluster, budget: budget, fid: record.fid, size: record.size, inline: record.inline, inlineLimit: inlineLimit)
+                    early!.prefetch()
+                }
+                do {
+                    _ = try inode(for: try await findStored(key))
+                } catch {
+                    await early?.drop()
+                    throw error
+                }
                 changed = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) } != before
+                if let early {
+                    let same = !changed && state.withLock { _ in i.record.inline == record.inline }
+                    if same { state.withLock { _ in i.data = early } } else { await early.drop() }
+                }
             }
             if i.type == .regular && state.withLock({ _ in i.data == nil }) { _ = try await openData(i) }
             state.withLock { _ in i.opens += 1 }
@@ -1425,7 +1464,7 @@ public final class FileSystem: Sendable {
                 }
                 s.handles[h] = nil
                 i.opens -= 1
-                if last && i.lookups == 0 { s.inodes[i.ino] = nil }
+                if last && i.lookups == 0 { s.retire(i) }
                 return true
             }
         } ?? false
@@ -1444,7 +1483,7 @@ public final class FileSystem: Sendable {
             defer {
                 state.withLock { s in
                     i.data = nil
-                    if i.lookups == 0 && i.opens == 0 { s.inodes[i.ino] = nil }
+                    if i.lookups == 0 && i.opens == 0 { s.retire(i) }
                 }
             }
             if state.withLock({ _ in i.unlinked }) {
@@ -1495,7 +1534,7 @@ public final class FileSystem: Sendable {
         state.withLock { s in
             if case .directory(_, let entries)? = s.handles[h] {
                 for e in entries ?? [] {
-                    if let i = s.inodes[e.attributes.ino], i.lookups == 0, i.opens == 0, i.ino != Self.rootIno { s.inodes[i.ino] = nil }
+                    if let i = s.inodes[e.attributes.ino], i.lookups == 0, i.opens == 0, i.ino != Self.rootIno { s.retire(i) }
                 }
             }
             s.handles[h] = nil

@@ -83,12 +83,12 @@ extension FileSystem {
         case .absent: return .absent
         case .file(let ino):
             return state.withLock { s in
-                guard let i = s.inodes[ino], i.key == key, !i.linked, !i.unlinked, i.type != .directory else { return nil }
+                guard let i = s.inodes[ino] ?? s.retired[ino], i.key == key, !i.linked, !i.unlinked, i.type != .directory else { return nil }
                 return .inode(i)
             }
         case .directory(let ino):
             return state.withLock { s in
-                guard let i = s.inodes[ino], i.key == key + [0x2F], !i.implied, !i.unlinked else { return nil }
+                guard let i = s.inodes[ino] ?? s.retired[ino], i.key == key + [0x2F], !i.implied, !i.unlinked else { return nil }
                 return .inode(i)
             }
         }

@@ -425,6 +425,37 @@ class MountTest(unittest.TestCase):
         self.assertEqual(got["Body"].read(), b"from s3 and the mount")
         self.assertNotIn("ChecksumCRC32", got)
 
+    def test_forgotten_names_and_prefetched_reads_still_see_s3(self):
+        # After the kernel drops its caches the mount answers for names it knows from its
+        # retired inodes, and an open reads the first group while it checks the entry
+        # (FileSystem.open): both must still show what S3 changed.
+        os.mkdir(self.path("forgot"))
+        big = os.urandom(100_000)
+        for name, data in [("a.bin", big), ("b.txt", b"small")]:
+            with open(self.path("forgot", name), "wb") as f:
+                f.write(data)
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        new_big = os.urandom(100_000)  # same size: only the object changes
+        self.s3.put_object(Bucket=BUCKET, Key="forgot/a.bin", Body=new_big)
+        self.s3.delete_object(Bucket=BUCKET, Key="forgot/b.txt")
+        time.sleep(1.3)
+        with open(self.path("forgot", "a.bin"), "rb") as f:
+            self.assertEqual(f.read(), new_big)
+        self.assertFalse(os.path.exists(self.path("forgot", "b.txt")))
+        # The kernel still holds the name: the open reads ahead from the object the mount
+        # knew, and must drop that when the entry names another.
+        newer = os.urandom(100_000)
+        self.s3.put_object(Bucket=BUCKET, Key="forgot/a.bin", Body=newer)
+        with open(self.path("forgot", "a.bin"), "rb") as f:
+            self.assertEqual(f.read(), newer)
+        # And without S3 in between, the data read ahead at open is the file's.
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        with open(self.path("forgot", "a.bin"), "rb") as f:
+            self.assertEqual(f.read(), newer)
+
     def test_s3_changes_reach_names_the_mount_knows(self):
         # A directory the mount made is one whose every name it knows (NameCache.swift):
         # a name looked up there is answered from memory. The gateway's change stamp must
