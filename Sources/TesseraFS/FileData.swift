@@ -24,10 +24,11 @@ import Synchronization
 import TesseraClient
 import TesseraCore
 
-/// Bytes of pages all open files may hold together.
+/// Bytes of pages all open files may hold together, and the spare page buffers.
 public final class MemoryBudget: Sendable {
     public let limit: Int
     private let used = Mutex(0)
+    let pool = PagePool()
 
     public init(limit: Int) { self.limit = limit }
 
@@ -44,11 +45,62 @@ public final class MemoryBudget: Sendable {
     public var inUse: Int { used.withLock { $0 } }
 }
 
+/// Page buffers given back, kept for the next page instead of unmapped: an mmap and munmap
+/// per open of a small file (the unmap a TLB shoot-down on every CPU running the mount)
+/// cost more than zeroing the few kilobytes it used.
+final class PagePool: Sendable {
+    private struct Buffer: @unchecked Sendable {
+        // SAFETY: a buffer in the pool belongs to no page; the pool hands it to one page.
+        let bytes: UnsafeMutableRawBufferPointer
+    }
+    private let spare = Mutex<[Buffer]>([])
+    /// At most this many buffers wait in the pool (address space; their memory is mostly
+    /// given back, see `giveBack`).
+    static let keep = 16
+    /// A buffer used up to this many bytes is zeroed in place; beyond, its memory goes back
+    /// to the kernel (MADV_DONTNEED), which hands out zeros again on the next touch.
+    static let zeroInPlace = 256 << 10
+
+    /// A zeroed buffer of `size` bytes: a spare one, or fresh anonymous memory, whose pages
+    /// the kernel hands out zeroed as they are touched.
+    func take(_ size: Int) -> UnsafeMutableRawBufferPointer {
+        if let b = spare.withLock({ s -> Buffer? in
+            guard let i = s.firstIndex(where: { $0.bytes.count == size }) else { return nil }
+            return s.remove(at: i)
+        }) {
+            return b.bytes
+        }
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            fatalError("out of memory: mmap of a \(size)-byte page failed")
+        }
+        return UnsafeMutableRawBufferPointer(start: p, count: size)
+    }
+
+    /// Takes back a buffer whose bytes past `used` are zero.
+    func giveBack(_ bytes: UnsafeMutableRawBufferPointer, used: Int) {
+        if used > Self.zeroInPlace {
+            madvise(bytes.baseAddress, bytes.count, MADV_DONTNEED)
+        } else if used > 0 {
+            memset(bytes.baseAddress!, 0, used)
+        }
+        let kept = spare.withLock { s -> Bool in
+            guard s.count < Self.keep else { return false }
+            s.append(Buffer(bytes: bytes))
+            return true
+        }
+        if !kept { munmap(bytes.baseAddress, bytes.count) }
+    }
+}
+
 /// One group of the file in memory.
 final class Page: @unchecked Sendable {
     // SAFETY: touched only under the inode's lock, or by the one task writing it out, during
     // which the page is in `flushing` and no one else reads or writes it.
     let bytes: UnsafeMutableRawBufferPointer
+    private let pool: PagePool
+    /// Bytes at and past this offset are zero: how much of the buffer to clean when it goes
+    /// back to the pool. Every write into `bytes` goes through `put`, `loaded` or `zero`.
+    private var used = 0
     /// Bytes (offsets in the group) that differ from the object: written, or zeroed by a
     /// truncation while the object still holds their old data. Nil when the page is clean:
     /// every byte is what the object holds (zeros at and past `stored`).
@@ -60,16 +112,29 @@ final class Page: @unchecked Sendable {
         changed = changed.map { min($0.lowerBound, r.lowerBound)..<max($0.upperBound, r.upperBound) } ?? r
     }
 
-    /// Anonymous memory: the kernel hands out zeroed pages as they are touched, so a page of
-    /// a small file costs what the file uses, not a group's worth of memset.
-    init(size: Int) {
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
-            fatalError("out of memory: mmap of a \(size)-byte page failed")
-        }
-        bytes = UnsafeMutableRawBufferPointer(start: p, count: size)
+    /// A page of zeros, its buffer from `pool`.
+    init(size: Int, pool: PagePool) {
+        self.pool = pool
+        bytes = pool.take(size)
     }
 
-    deinit { munmap(bytes.baseAddress, bytes.count) }
+    deinit { pool.giveBack(bytes, used: used) }
+
+    /// Copies `src` in at `offset`.
+    func put(_ src: UnsafeRawBufferPointer, at offset: Int) {
+        UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<(offset + src.count)]).copyMemory(from: src)
+        used = max(used, offset + src.count)
+    }
+
+    /// Bytes [0, n) were filled from the object (a read straight into `bytes`).
+    func loaded(_ n: Int) { used = max(used, n) }
+
+    /// Zeros every byte from `offset` on.
+    func zero(from offset: Int) {
+        guard offset < used else { return }
+        UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<used]).initializeMemory(as: UInt8.self, repeating: 0)
+        used = offset
+    }
 }
 
 final class FileData: @unchecked Sendable {
@@ -138,8 +203,8 @@ final class FileData: @unchecked Sendable {
         if !bytes.isEmpty {
             // Data in the entry means no pages, and the object holds nothing to load.
             guard budget.take(groupSize) else { return false }
-            let page = Page(size: groupSize)
-            bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: page.bytes[0..<$0.count]).copyMemory(from: $0) }
+            let page = Page(size: groupSize, pool: budget.pool)
+            bytes.withUnsafeBytes { page.put($0, at: 0) }
             page.markChanged(0..<bytes.count)
             pages[0] = page
         }
@@ -179,7 +244,7 @@ final class FileData: @unchecked Sendable {
             let n = min(src.count - done, groupSize - inGroup)
             let piece = UnsafeRawBufferPointer(rebasing: src[done..<(done + n)])
             if let page = try await page(g, create: true) {
-                UnsafeMutableRawBufferPointer(rebasing: page.bytes[inGroup..<(inGroup + n)]).copyMemory(from: piece)
+                page.put(piece, at: inGroup)
                 page.markChanged(inGroup..<(inGroup + n))
                 size = max(size, at + UInt64(n))
                 // A sequential writer filled the group: send it now, whole.
@@ -215,10 +280,10 @@ final class FileData: @unchecked Sendable {
             page = p
         } else {
             guard loading[g] == nil, flushing[g] == nil, g * gs >= stored, budget.take(groupSize) else { return false }
-            page = Page(size: groupSize)
+            page = Page(size: groupSize, pool: budget.pool)
             pages[g] = page
         }
-        UnsafeMutableRawBufferPointer(rebasing: page.bytes[inGroup..<(inGroup + src.count)]).copyMemory(from: src)
+        page.put(src, at: inGroup)
         page.markChanged(inGroup..<(inGroup + src.count))
         size = max(size, offset + UInt64(src.count))
         changed = true
@@ -247,8 +312,10 @@ final class FileData: @unchecked Sendable {
         let n = start < stored ? Int(min(UInt64(groupSize), stored - start)) : 0
         let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
         return Task {
-            let p = Page(size: groupSize)
+            let p = Page(size: groupSize, pool: budget.pool)
             guard n > 0 else { return p }
+            // Marked first: a read that fails may have filled part of it.
+            p.loaded(n)
             do {
                 try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]))
                 return p
@@ -424,7 +491,7 @@ final class FileData: @unchecked Sendable {
                     budget.give(groupSize)
                 } else if g == partial {
                     let from = Int(newSize - start)
-                    UnsafeMutableRawBufferPointer(rebasing: p.bytes[from...]).initializeMemory(as: UInt8.self, repeating: 0)
+                    p.zero(from: from)
                     if stored > newSize {
                         p.markChanged(from..<Int(min(gs, stored - start)))
                     }
