@@ -47,19 +47,17 @@ public final class MemoryBudget: Sendable {
 
 /// Page buffers given back, kept for the next page instead of unmapped: an mmap and munmap
 /// per open of a small file (the unmap a TLB shoot-down on every CPU running the mount)
-/// cost more than zeroing the few kilobytes it used.
+/// cost more than zeroing the few kilobytes it used, and zeroing a whole group in place
+/// costs less than faulting it in again a 4 KiB page at a time (a sequential writer).
+/// The pool holds at most `keep` buffers, resident up to what they were used for.
 final class PagePool: Sendable {
     private struct Buffer: @unchecked Sendable {
         // SAFETY: a buffer in the pool belongs to no page; the pool hands it to one page.
         let bytes: UnsafeMutableRawBufferPointer
     }
     private let spare = Mutex<[Buffer]>([])
-    /// At most this many buffers wait in the pool (address space; their memory is mostly
-    /// given back, see `giveBack`).
+    /// At most this many buffers wait in the pool.
     static let keep = 16
-    /// A buffer used up to this many bytes is zeroed in place; beyond, its memory goes back
-    /// to the kernel (MADV_DONTNEED), which hands out zeros again on the next touch.
-    static let zeroInPlace = 256 << 10
 
     /// A zeroed buffer of `size` bytes: a spare one, or fresh anonymous memory, whose pages
     /// the kernel hands out zeroed as they are touched.
@@ -78,11 +76,12 @@ final class PagePool: Sendable {
 
     /// Takes back a buffer whose bytes past `used` are zero.
     func giveBack(_ bytes: UnsafeMutableRawBufferPointer, used: Int) {
-        if used > Self.zeroInPlace {
-            madvise(bytes.baseAddress, bytes.count, MADV_DONTNEED)
-        } else if used > 0 {
-            memset(bytes.baseAddress!, 0, used)
+        let room = spare.withLock { $0.count < Self.keep }
+        guard room else {
+            munmap(bytes.baseAddress, bytes.count)
+            return
         }
+        if used > 0 { memset(bytes.baseAddress!, 0, used) }
         let kept = spare.withLock { s -> Bool in
             guard s.count < Self.keep else { return false }
             s.append(Buffer(bytes: bytes))
