@@ -52,11 +52,17 @@ public final class Cluster: Sendable {
         let client: RPCClient
         do { client = try await links[server].client() } catch { return Response(error) }
         let response = await client.handle(request)
+        await noted(server, request, response, from: client)
+        return response
+    }
+
+    /// Notes what `response` (to `request`, from `client`, server `server`) says: the
+    /// transaction it made, LOGGED or still to SYNC; a connection that closed.
+    func noted(_ server: Int, _ request: Request, _ response: Response, from client: RPCClient) async {
         if case .statuses(_, let tx) = response, tx > 0 {
             if request.waitsLogged { noteLogged(server, tx) } else { noteTransaction(server, tx) }
         }
         if case .failure(.closed, _) = response { await links[server].lost(client) }
-        return response
     }
 
     /// Sends READ `request` to server `server`, its data going straight into `destination`

@@ -89,9 +89,8 @@ extension Cluster {
         try await onEveryServer { s in
             let client = try await self.links[s].client()
             let responses = await client.pipeline(requests)
-            for r in responses {
-                if case .statuses(_, let tx) = r, tx > 0 { self.noteTransaction(s, tx) }
-                if case .failure(.closed, _) = r { await self.links[s].lost(client) }
+            for (request, r) in zip(requests, responses) {
+                await self.noted(s, request, r, from: client)
                 _ = try r.unwrap()
             }
         }

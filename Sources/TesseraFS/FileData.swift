@@ -202,7 +202,7 @@ final class FileData: @unchecked Sendable {
         if !bytes.isEmpty {
             // Data in the entry means no pages, and the object holds nothing to load.
             guard budget.take(groupSize) else { return false }
-            let page = Page(size: groupSize, pool: budget.pool)
+            let page = newPage()
             bytes.withUnsafeBytes { page.put($0, at: 0) }
             page.markChanged(0..<bytes.count)
             pages[0] = page
@@ -279,7 +279,7 @@ final class FileData: @unchecked Sendable {
             page = p
         } else {
             guard loading[g] == nil, flushing[g] == nil, g * gs >= stored, budget.take(groupSize) else { return false }
-            page = Page(size: groupSize, pool: budget.pool)
+            page = newPage()
             pages[g] = page
         }
         page.put(src, at: inGroup)
@@ -331,6 +331,9 @@ final class FileData: @unchecked Sendable {
         flushing.removeAll()
         for (_, t) in all { try await t.value }
     }
+
+    /// A new page of zeros (the caller took its room from the budget).
+    private func newPage() -> Page { Page(size: groupSize, pool: budget.pool) }
 
     /// Marks page `g` clean as its write-out starts, and the object as holding its bytes.
     private func takeChanges(_ g: UInt64, _ page: Page) {

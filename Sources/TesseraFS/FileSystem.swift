@@ -141,8 +141,9 @@ public final class FileSystem: Sendable {
     let namespace = KeyedLocks<Int>()
     /// Names known present or absent (NameCache.swift).
     let names = Mutex(Names())
-    /// This mount's change stamp, written with each change of the object list.
-    let stamp = ChangeStamp()
+    /// This process's change stamp (the S3 store's), written with each change of the object
+    /// list.
+    var stamp: ChangeStamp { store.stamp }
     /// Every change of the object list, in order (ChangeQueue.swift).
     let changes: ChangeQueue
     let fileLocks = KeyedLocks<UInt64>()
@@ -393,7 +394,8 @@ public final class FileSystem: Sendable {
     /// `storeRecords` of inodes that are not hard links, answered at once: the change is
     /// written behind (ChangeQueue.swift), and `then` runs once it is in the store.
     func storeRecordsBehind(_ inodes: [Inode], deleting: [[UInt8]], putting extra: [Record], then: (@Sendable () async -> Void)?) {
-        let (puts, _) = records(of: inodes, extra)
+        let (puts, linked) = records(of: inodes, extra)
+        precondition(linked.isEmpty, "a hard link's record is stored in the file-system index, never written behind")
         changes.submitBehind(deleting: deleting, putting: puts + [stamp.next()], after: then) { [weak self] error in
             self?.lostChange(error)
         }
@@ -668,12 +670,7 @@ public final class FileSystem: Sendable {
                 names.withLock { $0.set(key, .absent) }
                 try await finish(after, owner: key)
             case .nothing, .free:
-                // Answered now: the removal (with the data's free marker) is written behind,
-                // and the data freed once it is in the store.
-                storeRecordsBehind([p], deleting: [key], putting: puts) { [weak self] in
-                    if case .free(let fid, let multipart) = after { self?.reclaimLater(fid, multipart: multipart) }
-                }
-                names.withLock { $0.set(key, .absent) }
+                removeBehind(key, from: p, putting: puts, then: after)
             }
         }
     }
@@ -699,12 +696,8 @@ public final class FileSystem: Sendable {
             }
             guard let record else { return false }
             touch(p, t)
-            let free = record.objectHoldsData
-            let marker = free ? [S3Store.freeMarker(record.fid, owner: String(decoding: key, as: UTF8.self), bucket: bucketName)] : []
-            storeRecordsBehind([p], deleting: [key], putting: marker) { [weak self] in
-                if free { self?.reclaimLater(record.fid, multipart: record.multipart) }
-            }
-            names.withLock { $0.set(key, .absent) }
+            let (marker, after) = freeing(record, owner: key)
+            removeBehind(key, from: p, putting: marker, then: after)
             return true
         }
         return done ?? false
@@ -750,8 +743,26 @@ public final class FileSystem: Sendable {
             return ([], .nothing)
         }
         // The free marker goes in the same UPDATE as the entry's removal.
+        return freeing(record, owner: key)
+    }
+
+    /// The free marker for the data of a closed file's removed entry `key`, to go in the
+    /// removal's UPDATE, and the free to do once it is in the store; nothing for a file
+    /// whose object holds no data.
+    private func freeing(_ record: ObjectRecord, owner key: [UInt8]) -> ([Record], AfterRemoval) {
         guard record.objectHoldsData else { return ([], .nothing) }
-        return ([S3Store.freeMarker(record.fid, owner: owner, bucket: bucketName)], .free(record.fid, multipart: record.multipart))
+        let marker = S3Store.freeMarker(record.fid, owner: String(decoding: key, as: UTF8.self), bucket: bucketName)
+        return ([marker], .free(record.fid, multipart: record.multipart))
+    }
+
+    /// Removes entry `key` of directory `p` written behind (answered now): the removal,
+    /// with `puts` (the data's free marker) and the parent's times, goes in the next UPDATE,
+    /// and the data is freed once that is in the store.
+    private func removeBehind(_ key: [UInt8], from p: Inode, putting puts: [Record], then after: AfterRemoval) {
+        storeRecordsBehind([p], deleting: [key], putting: puts) { [weak self] in
+            if case .free(let fid, let multipart) = after { self?.reclaimLater(fid, multipart: multipart) }
+        }
+        names.withLock { $0.set(key, .absent) }
     }
 
     private func finish(_ after: AfterRemoval, owner key: [UInt8]) async throws {

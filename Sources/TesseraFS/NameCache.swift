@@ -50,9 +50,14 @@ extension FileSystem {
 
         /// Key `key` is now `value`, by a change of this mount.
         mutating func set(_ key: [UInt8], _ value: CachedName) {
+            note(key, value)
+            generation &+= 1
+        }
+
+        /// Key `key` was found to be `value` (by a read of the store, or a change).
+        mutating func note(_ key: [UInt8], _ value: CachedName) {
             if entries.count >= Self.limit { clear() }
             entries[key] = value
-            generation &+= 1
         }
 
     }
@@ -113,8 +118,7 @@ extension FileSystem {
         guard cacheNames else { return }
         names.withLock { n in
             guard n.generation == generation else { return }
-            if n.entries.count >= Names.limit { n.clear() }
-            n.entries[key] = .absent
+            n.note(key, .absent)
         }
     }
 
@@ -122,10 +126,7 @@ extension FileSystem {
     /// checked against the inode (its key, not unlinked), so no generation is needed.
     func rememberPresent(_ key: [UInt8], _ i: Inode, directory: Bool) {
         guard cacheNames else { return }
-        names.withLock { n in
-            if n.entries.count >= Names.limit { n.clear() }
-            n.entries[key] = directory ? .directory(i.ino) : .file(i.ino)
-        }
+        names.withLock { $0.note(key, directory ? .directory(i.ino) : .file(i.ino)) }
     }
 
     /// Reads the bucket's change stamps if the last read is older than the window; empties

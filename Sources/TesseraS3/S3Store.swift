@@ -257,7 +257,7 @@ public final class S3Store: Sendable {
     /// Frees an object's data, and the parts of a multipart one, once no reader in this
     /// process is using it.
     public func free(_ fid: Fid) async throws {
-        while readers.withLock({ $0[fid] != nil }) { try await Task.sleep(for: .milliseconds(5)) }
+        try await readersDone(fid)
         try await cluster.delete(fid)
         while true {
             let parts = try await partRecords(fid, after: 0, limit: 1000)
@@ -270,9 +270,14 @@ public final class S3Store: Sendable {
     /// Frees the data of objects no entry refers to, all at once (`Cluster.delete(_:)`),
     /// once no reader in this process is using them; a multipart one's parts too.
     public func free(_ objects: [(fid: Fid, multipart: Bool)]) async throws {
-        for o in objects { while readers.withLock({ $0[o.fid] != nil }) { try await Task.sleep(for: .milliseconds(5)) } }
+        for o in objects { try await readersDone(o.fid) }
         try await cluster.delete(objects.map(\.fid))
         for o in objects where o.multipart { try await free(o.fid) }
+    }
+
+    /// Returns once no reader in this process is using object `fid`.
+    private func readersDone(_ fid: Fid) async throws {
+        while readers.withLock({ $0[fid] != nil }) { try await Task.sleep(for: .milliseconds(5)) }
     }
 
     /// Runs `body` with the object's data kept from being freed by this process.
