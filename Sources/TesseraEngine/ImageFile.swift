@@ -60,6 +60,11 @@ public final class ImageFile: @unchecked Sendable {
         _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
 
+    /// Tells the kernel to read no more than asked (no read-ahead).
+    public func adviseRandom() {
+        _ = posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM)
+    }
+
     /// Closes the descriptor (releasing the lock); later calls fail with EBADF.
     public func close() {
         if fd >= 0 { Glibc.close(fd) }

@@ -49,23 +49,29 @@ public final class MemoryBudget: Sendable {
 /// per open of a small file (the unmap a TLB shoot-down on every CPU running the mount)
 /// cost more than zeroing the few kilobytes it used, and zeroing a whole group in place
 /// costs less than faulting it in again a 4 KiB page at a time (a sequential writer).
+/// A buffer is cleaned when it is taken, and only where its next page will not overwrite
+/// it: a page a read fills whole is never zeroed at all.
 /// The pool holds at most `keep` buffers, resident up to what they were used for.
 final class PagePool: Sendable {
     private struct Buffer: @unchecked Sendable {
         // SAFETY: a buffer in the pool belongs to no page; the pool hands it to one page.
         let bytes: UnsafeMutableRawBufferPointer
+        /// Bytes at and past this offset are zero.
+        let used: Int
     }
     private let spare = Mutex<[Buffer]>([])
     /// At most this many buffers wait in the pool.
     static let keep = 16
 
-    /// A zeroed buffer of `size` bytes: a spare one, or fresh anonymous memory, whose pages
-    /// the kernel hands out zeroed as they are touched.
-    func take(_ size: Int) -> UnsafeMutableRawBufferPointer {
+    /// A buffer of `size` bytes, zero at and past `filled` (the caller fills the bytes
+    /// before): a spare one, or fresh anonymous memory, whose pages the kernel hands out
+    /// zeroed as they are touched.
+    func take(_ size: Int, filled: Int = 0) -> UnsafeMutableRawBufferPointer {
         if let b = spare.withLock({ s -> Buffer? in
-            guard let i = s.firstIndex(where: { $0.bytes.count == size }) else { return nil }
+            guard let i = s.lastIndex(where: { $0.bytes.count == size }) else { return nil }
             return s.remove(at: i)
         }) {
+            if b.used > filled { memset(b.bytes.baseAddress! + filled, 0, b.used - filled) }
             return b.bytes
         }
         guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
@@ -76,15 +82,9 @@ final class PagePool: Sendable {
 
     /// Takes back a buffer whose bytes past `used` are zero.
     func giveBack(_ bytes: UnsafeMutableRawBufferPointer, used: Int) {
-        let room = spare.withLock { $0.count < Self.keep }
-        guard room else {
-            munmap(bytes.baseAddress, bytes.count)
-            return
-        }
-        if used > 0 { memset(bytes.baseAddress!, 0, used) }
         let kept = spare.withLock { s -> Bool in
             guard s.count < Self.keep else { return false }
-            s.append(Buffer(bytes: bytes))
+            s.append(Buffer(bytes: bytes, used: used))
             return true
         }
         if !kept { munmap(bytes.baseAddress, bytes.count) }
@@ -97,8 +97,9 @@ final class Page: @unchecked Sendable {
     // which the page is in `flushing` and no one else reads or writes it.
     let bytes: UnsafeMutableRawBufferPointer
     private let pool: PagePool
-    /// Bytes at and past this offset are zero: how much of the buffer to clean when it goes
-    /// back to the pool. Every write into `bytes` goes through `put`, `loaded` or `zero`.
+    /// Bytes at and past this offset are zero: how much of the buffer the pool cleans for
+    /// its next page. Every write into `bytes` goes through `put` or `zero`, or fills the
+    /// first bytes `init` was told of.
     private var used = 0
     /// Bytes (offsets in the group) that differ from the object: written, or zeroed by a
     /// truncation while the object still holds their old data. Nil when the page is clean:
@@ -111,10 +112,12 @@ final class Page: @unchecked Sendable {
         changed = changed.map { min($0.lowerBound, r.lowerBound)..<max($0.upperBound, r.upperBound) } ?? r
     }
 
-    /// A page of zeros, its buffer from `pool`.
-    init(size: Int, pool: PagePool) {
+    /// A page of zeros, its buffer from `pool`; with `filling`, one whose first `filling`
+    /// bytes the caller fills at once (a read), so they are not zeroed first.
+    init(size: Int, pool: PagePool, filling: Int = 0) {
         self.pool = pool
-        bytes = pool.take(size)
+        bytes = pool.take(size, filled: filling)
+        used = filling
     }
 
     deinit { pool.giveBack(bytes, used: used) }
@@ -124,9 +127,6 @@ final class Page: @unchecked Sendable {
         UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<(offset + src.count)]).copyMemory(from: src)
         used = max(used, offset + src.count)
     }
-
-    /// Bytes [0, n) were filled from the object (a read straight into `bytes`).
-    func loaded(_ n: Int) { used = max(used, n) }
 
     /// Zeros every byte from `offset` on.
     func zero(from offset: Int) {
@@ -162,7 +162,7 @@ final class FileData: @unchecked Sendable {
     var groupSize: Int { cluster.layout.groupSize }
 
     static let maxFlushing = 3
-    static let readAhead = 2
+    static let readAhead = 6
 
     /// The data of a file of `size` bytes in object `fid`, or in its entry (`inline`). An
     /// empty file's object holds nothing, so it starts in the entry too.
@@ -311,10 +311,9 @@ final class FileData: @unchecked Sendable {
         let n = start < stored ? Int(min(UInt64(groupSize), stored - start)) : 0
         let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
         return Task {
-            let p = Page(size: groupSize, pool: budget.pool)
+            // Its first n bytes count as used at once: a read that fails may fill part of them.
+            let p = Page(size: groupSize, pool: budget.pool, filling: n)
             guard n > 0 else { return p }
-            // Marked first: a read that fails may have filled part of it.
-            p.loaded(n)
             do {
                 try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]))
                 return p
@@ -428,16 +427,23 @@ final class FileData: @unchecked Sendable {
     }
 
     /// `read` when it needs no I/O and no wait, done at once: the bytes fall in one group
-    /// whose page is here. Nil, with nothing changed, otherwise.
-    func readResident(at offset: UInt64, into dst: UnsafeMutableRawBufferPointer) -> Int? {
-        if inline != nil { return readInline(at: offset, into: dst) }
-        guard offset < size else { return 0 }
-        let total = Int(min(UInt64(dst.count), size - offset))
+    /// whose page is here (or in the entry), and `reply` gets them where they lie, with no
+    /// copy. False, with nothing changed and no reply, otherwise.
+    func readResident(at offset: UInt64, count: Int, reply: (UnsafeRawBufferPointer) -> Void) -> Bool {
+        guard offset < size else {
+            reply(UnsafeRawBufferPointer(start: nil, count: 0))
+            return true
+        }
+        let total = Int(min(UInt64(count), size - offset))
+        if let bytes = inline {
+            bytes.withUnsafeBytes { reply(UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<(Int(offset) + total)])) }
+            return true
+        }
         let gs = UInt64(groupSize)
         let g = offset / gs
         let inGroup = Int(offset % gs)
-        guard inGroup + total <= groupSize, let p = pages[g] else { return nil }
-        UnsafeMutableRawBufferPointer(rebasing: dst[0..<total]).copyMemory(from: UnsafeRawBufferPointer(rebasing: p.bytes[inGroup..<(inGroup + total)]))
+        guard inGroup + total <= groupSize, let p = pages[g] else { return false }
+        reply(UnsafeRawBufferPointer(rebasing: p.bytes[inGroup..<(inGroup + total)]))
         let sequential = offset == readEnd
         if sequential && inGroup + total == groupSize && !p.dirty {
             pages[g] = nil
@@ -445,7 +451,7 @@ final class FileData: @unchecked Sendable {
         }
         readEnd = offset + UInt64(total)
         if sequential && total > 0 { startReadAhead(after: (readEnd - 1) / gs) }
-        return total
+        return true
     }
 
     /// Starts reading the first group, for a reader that has just opened the file (the

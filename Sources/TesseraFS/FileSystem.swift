@@ -1359,14 +1359,15 @@ public final class FileSystem: Sendable {
     }
 
     /// `read` done at once, without suspending, when the file's lock is free and the bytes
-    /// are in a page in memory (`FileData.readResident`); nil when the caller must take the
-    /// async `read`. The FUSE adapter tries this first: it saves two thread hand-offs.
-    public func readNow(_ h: UInt64, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int? {
+    /// are in a page in memory (`FileData.readResident`): `reply` gets them in place, under
+    /// the file's lock. False when the caller must take the async `read`. The FUSE adapter
+    /// tries this first: it saves two thread hand-offs and a copy.
+    public func readNow(_ h: UInt64, at offset: UInt64, count: Int, reply: (UnsafeRawBufferPointer) -> Void) throws -> Bool {
         let (i, _, _) = try fileHandle(h)
-        return try fileLocks.withLockIfFree(i.ino) { () throws -> Int? in
+        return try fileLocks.withLockIfFree(i.ino) { () throws -> Bool in
             guard let d = state.withLock({ _ in i.data }) else { throw FSError(EBADF) }
-            return d.readResident(at: offset, into: buffer)
-        } ?? nil
+            return d.readResident(at: offset, count: count, reply: reply)
+        } ?? false
     }
 
     public func write(_ h: UInt64, at offset: UInt64, _ bytes: UnsafeRawBufferPointer, caller: Caller? = nil) async throws -> Int {

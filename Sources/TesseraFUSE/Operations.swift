@@ -170,10 +170,17 @@ func makeOperations() -> fuse_lowlevel_ops {
         let s = FUSESession.of(req)
         guard let fi, off >= 0 else { _ = fuse_reply_err(req, EINVAL); return }
         let h = fi.pointee.fh
+        do {
+            // Straight from the page, while the file's lock holds it there.
+            if try s.fs.readNow(h, at: UInt64(off), count: size, reply: { fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }) { return }
+        } catch {
+            fuse_reply_err(req, FSError.errno(of: error))
+            return
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 4096)
         defer { buffer.deallocate() }
         let lent = LentMutable(buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
-        s.serve(req, pool: true, now: { try s.fs.readNow(h, at: UInt64(off), into: lent.buffer) }, { try await s.fs.read(h, at: UInt64(off), into: lent.buffer) }) { n in
+        s.serve(req, pool: true, { try await s.fs.read(h, at: UInt64(off), into: lent.buffer) }) { n in
             fuse_reply_buf(req, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), n)
         }
     }

@@ -103,13 +103,22 @@ public final class DataFile: @unchecked Sendable {
     // SAFETY: `dirty` is touched only under `lock`; `file` is thread-safe.
     public let file: ImageFile
     public let header: DataImageHeader
+    /// The image opened again for large reads, with the kernel's read-ahead off: a server's
+    /// next blocks after a unit are as likely a parity unit no reader needs, or another
+    /// object's, as the next unit of this one, and a client streaming an object reads ahead
+    /// itself. (Read-ahead state belongs to an open file, so `file` keeps its own for small
+    /// reads, where the next blocks are often the next small file a tree copy wrote.)
+    private let largeReads: ImageFile
+    /// Reads of at least this many bytes go through `largeReads`.
+    static let largeRead = 256 << 10
     private let lock = NSLock()
     private var dirty = false
 
     public init(path: String, faults: FaultInjector? = nil) throws {
         (file, header) = try DataImage.open(path: path, faults: faults)
-        // Units are runs of blocks, and objects are read group after group.
         file.adviseSequential()
+        largeReads = try ImageFile(path: path, writable: false, lock: false, faults: faults)
+        largeReads.adviseRandom()
     }
 
     public var path: String { file.path }
@@ -120,7 +129,7 @@ public final class DataFile: @unchecked Sendable {
     }
 
     func read(block: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try file.read(fromAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize), into: buffer)
+        try (buffer.count >= Self.largeRead ? largeReads : file).read(fromAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize), into: buffer)
     }
 
     /// Flushes the image if anything was written since the last flush.
@@ -132,5 +141,8 @@ public final class DataFile: @unchecked Sendable {
         if wasDirty { try file.flush() }
     }
 
-    public func close() { file.close() }
+    public func close() {
+        largeReads.close()
+        file.close()
+    }
 }

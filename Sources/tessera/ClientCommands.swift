@@ -162,10 +162,11 @@ struct ObjectCommand: AsyncParsableCommand {
         func run() async throws {
             let output: FileHandle
             if let file, file != "-" {
-                guard FileManager.default.createFile(atPath: file, contents: nil), let h = FileHandle(forWritingAtPath: file) else {
-                    throw TesseraError(.io, "cannot create \(file)")
-                }
-                output = h
+                // Opened in place, not made anew: FileManager.createFile writes a temporary
+                // file and renames it over the path, which replaced /dev/null with a file.
+                let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+                guard fd >= 0 else { throw TesseraError(.io, "cannot create \(file): \(String(cString: strerror(errno)))") }
+                output = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             } else {
                 output = FileHandle.standardOutput
             }
