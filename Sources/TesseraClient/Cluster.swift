@@ -86,11 +86,12 @@ public final class Cluster: Sendable {
     }
 
     /// Makes every change this client made so far durable: each server it wrote to waits
-    /// until those transactions are LOGGED and flushes its data image.
-    public func sync() async throws {
+    /// until those transactions are LOGGED and flushes its data image. Servers in
+    /// `skipping` are left out (a sync-wait request the caller sends them covers them).
+    public func sync(skipping: [Int] = []) async throws {
         let pending = unsynced.withLock { $0 }
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for (server, tx) in pending.enumerated() where tx > 0 {
+            for (server, tx) in pending.enumerated() where tx > 0 && !skipping.contains(server) {
                 group.addTask { _ = try await self.call(server, .sync(transactions: [tx])).unwrap() }
             }
             try await group.waitForAll()

@@ -40,7 +40,7 @@ public struct FileSystemOptions: Sendable {
     /// Files up to this many bytes keep their data in their entry, not in an object
     /// (FileData.swift; mount option inline=); 0: never. Also bounded by the largest record
     /// the catalogues accept.
-    public var inlineLimit = 2048
+    public var inlineLimit = 4096
 
     public init() {}
 }
@@ -1229,30 +1229,28 @@ public final class FileSystem: Sendable {
     /// Writes the file's pages to its object, then stores its entry. A close keeps them in
     /// that order, so a reader never finds an entry whose data is still on its way.
     ///
-    /// With `sync` (fsync) everything goes out in one round: the data writes and the entry's
-    /// UPDATE with sync-wait (each reply waits for its server's log, which flushes the data
-    /// image first), beside a SYNC of whatever this mount wrote before (other files, pages
-    /// written out earlier, frees). Their order buys nothing, since none of it is durable
-    /// before all of it is. The UPDATE follows every change queued before it on the same
-    /// replicas, so those are durable too; if there is no UPDATE to send, the queue is
-    /// drained and SYNCed.
+    /// So does fsync, and the order makes it cheaper too. The data writes go without
+    /// sync-wait: a server closes their transactions before it answers. The entry's UPDATE
+    /// then goes with sync-wait, so on its replicas it lands in the same log group as the
+    /// data they hold and as every earlier change there: one log write each, where a
+    /// sync-wait write beside the UPDATE took two, one after the other. Beside the UPDATE,
+    /// every other server this mount wrote to gets a SYNC. If there is no UPDATE to send,
+    /// the queue is drained and everything SYNCed.
     private func writeBack(_ i: Inode, _ d: FileData, sync: Bool) async throws {
         // Data kept in the entry goes to the object if the entry would be too big to store.
         if let bytes = d.inline, !bytes.isEmpty, storedRecord(i).encode().count > maxRecord { try await d.spill() }
+        try await d.flush()
         guard sync else {
-            try await d.flush()
             try await storeData(i, d, sync: false)
             return
         }
-        async let earlier: Void = cluster.sync()
-        async let data: Void = d.flush(syncWait: true)
+        async let others: Void = cluster.sync(skipping: cluster.replicas(of: fsIndex))
         let entry: Result<Bool, Error>
         do { entry = .success(try await storeData(i, d, sync: true)) } catch { entry = .failure(error) }
-        try await data
-        try await earlier
+        try await others
         if try !entry.get() { await changes.drained() }
         if let e = changes.takeFailure() { throw e }
-        // Anything noted since the SYNC above began and not sync-waited (a queued change).
+        // What the UPDATE did not cover: no UPDATE, or a change queued since.
         try await cluster.sync()
     }
 

@@ -20,7 +20,7 @@ struct Mount: AsyncParsableCommand {
             Options (-o, comma-separated, as mount(8) passes them): allow_other, ro, uid=N, gid=N, \
             umask=OCTAL, attr_timeout=SECONDS, entry_timeout=SECONDS (default 1), memory=SIZE (write-back \
             and read-ahead budget, default 256M), inline=BYTES (files up to this size keep their data in \
-            their entry, default 2048, 0: none), config=FILE, log=FILE; _netdev, defaults, auto, noauto, \
+            their entry, default 4096, less with small catalogue nodes, 0: none), config=FILE, log=FILE; _netdev, defaults, auto, noauto, \
             nofail, user and rw are accepted and ignored; anything else goes to libfuse.
             """)
 
