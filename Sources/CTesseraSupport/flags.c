@@ -5,6 +5,8 @@
 
 int tessera_direct_sync_flags(void) { return O_DIRECT | O_DSYNC; }
 
+int tessera_direct_flags(void) { return O_DIRECT; }
+
 #include <malloc.h>
 
 int tessera_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }

@@ -28,16 +28,18 @@ public final class ImageFile: @unchecked Sendable {
     /// never run the engine on one image at the same time.
     ///
     /// With `durableWrites`, the file is opened O_DIRECT|O_DSYNC: every write is on stable
-    /// storage when it returns (buffers and offsets must then be 4096-aligned).
+    /// storage when it returns (buffers and offsets must then be 4096-aligned). With
+    /// `direct`, O_DIRECT: reads and writes bypass the page cache, with the same alignment.
     public init(
         path: String, create: Bool = false, writable: Bool = true, lock: Bool = true, durableWrites: Bool = false,
-        faults: FaultInjector? = nil
+        direct: Bool = false, faults: FaultInjector? = nil
     ) throws {
         self.path = path
         self.faults = faults
         var flags = writable ? O_RDWR : O_RDONLY
         if create { flags |= O_CREAT | O_EXCL }
         if durableWrites { flags |= tessera_direct_sync_flags() }
+        if direct { flags |= tessera_direct_flags() }
         flags |= O_CLOEXEC
         let fd = open(path, flags, 0o644)
         guard fd >= 0 else {

@@ -254,18 +254,23 @@ enum WaitedReply {
     }
 
     /// The reply to a READ, with the data read straight into the frame's body: a `data`
-    /// frame, or a failure response.
+    /// frame, or a failure response. The body starts on a 4096-byte boundary of memory, so
+    /// the server can read large units into it with O_DIRECT.
     private static func readFrame(_ handler: RequestHandler, _ request: Request, id: UInt64, length: Int, allocator: ByteBufferAllocator) async -> ByteBuffer {
-        var out = allocator.buffer(capacity: Frame.headerSize + length)
+        let align = 4096
+        var out = allocator.buffer(capacity: align + Frame.headerSize + length)
         // SAFETY: `out` is this task's alone and is not resized until the body is written,
         // so its storage stays where it is while the handler fills it.
-        let base = out.withUnsafeMutableWritableBytes { $0.baseAddress! }
+        let storage = out.withUnsafeMutableWritableBytes { $0.baseAddress! }
+        let bodyAt = (Int(bitPattern: storage) + Frame.headerSize + align - 1) / align * align - Int(bitPattern: storage)
+        let base = storage + (bodyAt - Frame.headerSize)
         if let failure = await handler.read(request, into: UnsafeMutableRawBufferPointer(start: base + Frame.headerSize, count: length)) {
             out.writeResponse(failure, requestID: id)
             return out
         }
         Frame.writeHeader(kind: .data, requestID: id, deadlineMillis: 0, bodyLength: length, to: base)
-        out.moveWriterIndex(forwardBy: Frame.headerSize + length)
+        out.moveWriterIndex(forwardBy: bodyAt + length)
+        out.moveReaderIndex(forwardBy: bodyAt - Frame.headerSize)
         return out
     }
 }

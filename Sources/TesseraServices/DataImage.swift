@@ -103,22 +103,35 @@ public final class DataFile: @unchecked Sendable {
     // SAFETY: `dirty` is touched only under `lock`; `file` is thread-safe.
     public let file: ImageFile
     public let header: DataImageHeader
-    /// The image opened again for large reads, with the kernel's read-ahead off: a server's
-    /// next blocks after a unit are as likely a parity unit no reader needs, or another
-    /// object's, as the next unit of this one, and a client streaming an object reads ahead
-    /// itself. (Read-ahead state belongs to an open file, so `file` keeps its own for small
-    /// reads, where the next blocks are often the next small file a tree copy wrote.)
+    /// The image opened again for large reads, O_DIRECT where the file system allows it,
+    /// else with the kernel's read-ahead off. A client streaming an object reads ahead
+    /// itself and keeps what it read; a server's next blocks after a unit are as likely a
+    /// parity unit no reader needs, or another object's, as the next unit of this one; and
+    /// passing the page cache by saves a copy and the cache's bookkeeping, which on two
+    /// cores held a streaming read back. (Read-ahead state belongs to an open file, so
+    /// `file` keeps its own for small reads, where the next blocks are often the next
+    /// small file a tree copy wrote.) An O_DIRECT read of blocks written since the last
+    /// flush writes them out first, so it reads what was written.
     private let largeReads: ImageFile
+    private let largeReadsDirect: Bool
     /// Reads of at least this many bytes go through `largeReads`.
     static let largeRead = 256 << 10
+    /// O_DIRECT buffers and lengths are multiples of this.
+    public static let directAlignment = 4096
     private let lock = NSLock()
     private var dirty = false
 
     public init(path: String, faults: FaultInjector? = nil) throws {
         (file, header) = try DataImage.open(path: path, faults: faults)
         file.adviseSequential()
-        largeReads = try ImageFile(path: path, writable: false, lock: false, faults: faults)
-        largeReads.adviseRandom()
+        if let direct = try? ImageFile(path: path, writable: false, lock: false, direct: true, faults: faults) {
+            largeReads = direct
+            largeReadsDirect = true
+        } else {
+            largeReads = try ImageFile(path: path, writable: false, lock: false, faults: faults)
+            largeReads.adviseRandom()
+            largeReadsDirect = false
+        }
     }
 
     public var path: String { file.path }
@@ -129,7 +142,11 @@ public final class DataFile: @unchecked Sendable {
     }
 
     func read(block: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try (buffer.count >= Self.largeRead ? largeReads : file).read(fromAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize), into: buffer)
+        let offset = header.firstBlockOffset + block * UInt64(header.blockSize)
+        let a = Self.directAlignment
+        let aligned = Int(bitPattern: buffer.baseAddress) % a == 0 && buffer.count % a == 0 && offset % UInt64(a) == 0
+        let large = buffer.count >= Self.largeRead && (aligned || !largeReadsDirect)
+        try (large ? largeReads : file).read(fromAbsoluteOffset: offset, into: buffer)
     }
 
     /// Flushes the image if anything was written since the last flush.

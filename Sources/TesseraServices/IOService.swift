@@ -237,7 +237,7 @@ public final class IOService: @unchecked Sendable {
             // Whole blocks inside the result are read in place; blocks cut by its edges go
             // through a scratch buffer, since the checksum covers the whole block.
             let inPlace = blocksAt >= offset && blocksAt + UInt64(n) * bs <= end
-            let scratch = inPlace ? nil : UnsafeMutableRawBufferPointer.allocate(byteCount: n * blockSize, alignment: 16)
+            let scratch = inPlace ? nil : UnsafeMutableRawBufferPointer.allocate(byteCount: n * blockSize, alignment: DataFile.directAlignment)
             defer { scratch?.deallocate() }
             let target = scratch ?? UnsafeMutableRawBufferPointer(rebasing: out[Int(blocksAt - offset)..<(Int(blocksAt - offset) + n * blockSize)])
             try data.read(block: e.block + UInt64(firstBlock), into: target)

@@ -22,6 +22,9 @@ uint64_t tessera_crc64nvme(uint64_t crc, const void *data, size_t len);
 /// O_DIRECT | O_DSYNC, which Swift's Glibc module does not export (they need _GNU_SOURCE).
 int tessera_direct_sync_flags(void);
 
+/// O_DIRECT alone.
+int tessera_direct_flags(void);
+
 /// Fixes glibc's mmap threshold at `bytes` (mallopt M_MMAP_THRESHOLD); returns 1 on success.
 int tessera_set_mmap_threshold(int bytes);
 
