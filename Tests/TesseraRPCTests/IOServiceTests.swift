@@ -72,6 +72,32 @@ final class IONode {
         #expect(try n.node.catalogues.engine.audit().isClean)
     }
 
+    /// Reads into a caller's buffer (the RPC server's reply frame): large aligned ones go
+    /// O_DIRECT, the rest through the page cache; all must see writes not yet flushed, and
+    /// overwrites of blocks read before.
+    @Test func largeReadsIntoBuffersMatchAModelWhateverTheirAlignment() async throws {
+        let n = try IONode()
+        var model = [UInt8](repeating: 0, count: 3 << 20)
+        var rng = SeededRandom(seed: 11)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: (2 << 20) + 4096, alignment: 4096)
+        defer { buffer.deallocate() }
+        for step in 0..<60 {
+            let offset = step % 3 == 0 ? Int.random(in: 0..<32, using: &rng) * 65536 : Int.random(in: 0..<(2 << 20), using: &rng)
+            let length = Int.random(in: 1...(1 << 20), using: &rng)
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            #expect(await n.node.handle(.write(cob: cob, offset: UInt64(offset), data: bytes, syncWait: false)).isOK)
+            model.replaceSubrange(offset..<(offset + length), with: bytes)
+            // Aligned and whole blocks (O_DIRECT), then misaligned in memory, then a range
+            // that cuts blocks at both ends.
+            for (at, count, shift) in [(offset / 4096 * 4096, 1 << 20, 0), (offset / 4096 * 4096, 1 << 20, 1), (offset | 100, 600_000, 0)] {
+                let into = UnsafeMutableRawBufferPointer(rebasing: buffer[shift..<(shift + count)])
+                let failure = await n.node.read(.read(cob: cob, offset: UInt64(at), length: UInt32(count)), into: into)
+                #expect(failure == nil, "step \(step)")
+                #expect(Array(into) == Array(model[at..<(at + count)]), "step \(step): \(count) bytes at \(at), shift \(shift)")
+            }
+        }
+    }
+
     @Test func overwritesReuseFreedBlocks() async throws {
         // 8 MiB of data image; writing one 1 MiB unit 100 times only works if the blocks each
         // overwrite frees return to the free list (after their group is LOGGED).
