@@ -1244,7 +1244,8 @@ public final class FileSystem: Sendable {
             try await storeData(i, d, sync: false)
             return
         }
-        async let others: Void = cluster.sync(skipping: cluster.replicas(of: fsIndex))
+        // The UPDATE goes to the replicas of the object list (ChangeQueue), not of fsIndex.
+        async let others: Void = cluster.sync(skipping: cluster.replicas(of: bucket.objects))
         let entry: Result<Bool, Error>
         do { entry = .success(try await storeData(i, d, sync: true)) } catch { entry = .failure(error) }
         try await others
@@ -1307,7 +1308,7 @@ public final class FileSystem: Sendable {
             let (first, key) = state.withLock { _ in (i.opens == 0 && !i.unlinked, i.key) }
             var changed = false
             if first && !fresh && i.type == .regular {
-                let (before, record, closed) = state.withLock { _ in ((i.record.fid, i.record.size, i.record.modified), i.record, i.data == nil) }
+                let (record, closed) = state.withLock { _ in (i.record, i.data == nil) }
                 // A reader's first group is read meanwhile, from the object the entry named
                 // last time: kept if the entry still names it (diff -r, cat: one round
                 // trip per file, not two).
@@ -1322,7 +1323,7 @@ public final class FileSystem: Sendable {
                     await early?.drop()
                     throw error
                 }
-                changed = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) } != before
+                changed = state.withLock { _ in (i.record.fid, i.record.size, i.record.modified) != (record.fid, record.size, record.modified) }
                 if let early {
                     let same = !changed && state.withLock { _ in i.record.inline == record.inline }
                     if same { state.withLock { _ in i.data = early } } else { await early.drop() }
