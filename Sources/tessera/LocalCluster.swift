@@ -12,10 +12,17 @@ struct StateOption: ParsableArguments {
     @Option(name: .customLong("dir"), help: "State folder of the local cluster (default: $TESSERA_HOME, else ~/.local/share/tessera).")
     var dir: String?
 
+    /// Always absolute: the processes `up` starts are recognised later by their `--config`
+    /// argument, which must read the same whichever directory `down` runs in.
     var path: String {
-        if let dir { return (dir as NSString).standardizingPath }
-        if let home = ProcessInfo.processInfo.environment["TESSERA_HOME"], !home.isEmpty { return home }
-        return NSHomeDirectory() + "/.local/share/tessera"
+        var p = NSHomeDirectory() + "/.local/share/tessera"
+        if let dir {
+            p = dir
+        } else if let home = ProcessInfo.processInfo.environment["TESSERA_HOME"], !home.isEmpty {
+            p = home
+        }
+        if !p.hasPrefix("/") { p = FileManager.default.currentDirectoryPath + "/" + p }
+        return (p as NSString).standardizingPath
     }
     var configPath: String { path + "/cluster.toml" }
 
