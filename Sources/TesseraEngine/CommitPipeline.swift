@@ -6,7 +6,8 @@
 //   2. the group is sealed (by size, by timer, or because someone waits for it);
 //   3. the logger writes the sealed record at the log head and flushes the image: LOGGED;
 //   4. the placer writes the regions of logged groups into the segment;
-//   5. the placer flushes the image;
+//   5. the placer flushes the image, and beforeRelease flushes the data image (where the
+//      journaled data of those groups was written when their transactions ran);
 //   6. the placer writes the header with the new log tail and flushes it;
 //   7. only then is the log space of those groups released for reuse.
 #if canImport(Glibc)
@@ -24,6 +25,10 @@ public struct CommitOptions: Sendable {
     /// flushes the data image here, so no group that maps new data blocks is LOGGED before
     /// those blocks are on disk.
     public var beforeLog: (@Sendable () throws -> Void)?
+    /// Runs after groups are placed and before the log tail moves past them; an error fails
+    /// the engine. Data regions (`Transaction.journal`) live only in the log until their
+    /// home is flushed: the IO service flushes the data image here.
+    public var beforeRelease: (@Sendable () throws -> Void)?
     public init() {}
 }
 
@@ -47,6 +52,7 @@ final class CommitPipeline: @unchecked Sendable {
         var seq: UInt64
         var buffer: [UInt8] = [UInt8](repeating: 0, count: LogRecord.headerSize)
         var regions: UInt32 = 0
+        var dataRegions = false
         var openedAt: UInt64 = 0
         var isEmpty: Bool { buffer.count == LogRecord.headerSize }
         var recordLength: Int { LogRecord.recordLength(payload: buffer.count - LogRecord.headerSize) }
@@ -167,7 +173,7 @@ final class CommitPipeline: @unchecked Sendable {
 
     /// Adds a closing transaction's regions to the open group; returns the group's number.
     /// `fill` appends the payload (region headers and bytes) to the buffer it is given.
-    func join(credit: Int, payloadBytes: Int, regions: Int, fill: (inout [UInt8]) -> Void) -> UInt64 {
+    func join(credit: Int, payloadBytes: Int, regions: Int, dataRegions: Bool, fill: (inout [UInt8]) -> Void) -> UInt64 {
         lock.withLock {
             reserved -= credit
             // Wake the logger only when it has something new to act on: a sealed group, a
@@ -186,6 +192,7 @@ final class CommitPipeline: @unchecked Sendable {
             let before = open.buffer.count
             fill(&open.buffer)
             open.regions += UInt32(regions)
+            open.dataRegions = open.dataRegions || dataRegions
             if before < maxRecord / 2 && open.buffer.count >= maxRecord / 2 { wake = true }
             peakBufferedBytes = max(peakBufferedBytes, inFlight + open.buffer.count)
             if wake { lock.broadcast() }
@@ -318,7 +325,7 @@ final class CommitPipeline: @unchecked Sendable {
         var group = sealed.removeFirst()
         writing = true
         lock.unlock()
-        LogRecord.seal(&group.buffer, seq: group.seq, regionCount: group.regions)
+        LogRecord.seal(&group.buffer, seq: group.seq, regionCount: group.regions, dataRegions: group.dataRegions)
         let record = RecordBuffer(copying: group.buffer)
         var error: TesseraError?
         do {
@@ -408,6 +415,7 @@ final class CommitPipeline: @unchecked Sendable {
             do {
                 try place(batch)
                 try file.flush()
+                try options.beforeRelease?()
                 try file.write(next.encode(), atAbsoluteOffset: UInt64((headerSlot ^ 1) * Geometry.slotSize))
                 try file.flush()
             } catch let e as TesseraError { error = e } catch let e { error = TesseraError(.io, "\(e)") }
@@ -434,7 +442,8 @@ final class CommitPipeline: @unchecked Sendable {
         for item in batch {
             let record = item.record.bytes
             let h = LogRecord.header(record, expecting: item.seq, logSize: geometry.logSize)!
-            try LogRecord.forEachRegion(record, h, segmentSize: segmentSize) { placer.add(offset: $0, bytes: $1) }
+            // Data regions are in their image already (the journaling transaction wrote them).
+            try LogRecord.forEachRegion(record, h, segmentSize: segmentSize, data: { _, _ in }) { placer.add(offset: $0, bytes: $1) }
         }
         // `batch` keeps every record alive until the placer has written them.
         try placer.write(to: file, segmentOffset: geometry.segmentOffset)

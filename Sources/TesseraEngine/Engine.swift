@@ -16,6 +16,10 @@ public struct EngineOptions: Sendable {
     public var logger = Logger(label: "tessera.engine")
     /// Makes chosen reads, writes or flushes of the image fail (tests only).
     public var faults: FaultInjector?
+    /// Takes the data regions of groups replayed at open (`Transaction.journal`): offset in
+    /// the data image, bytes. `commit.beforeRelease` runs after them, before the log is
+    /// emptied. Without it, an image whose log holds data regions does not open.
+    public var replayData: (@Sendable (UInt64, UnsafeRawBufferPointer) throws -> Void)?
     public init() {}
 }
 
@@ -62,7 +66,8 @@ public final class Engine: @unchecked Sendable {
     public static func open(path: String, options: EngineOptions = EngineOptions()) throws -> Engine {
         let file = try ImageFile(path: path, faults: options.faults)
         let (header, slot, problems) = try ImageHeader.load(from: file)
-        let recovered = try Recovery.replay(file: file, header: header, slot: slot)
+        let recovered = try Recovery.replay(
+            file: file, header: header, slot: slot, data: options.replayData, flushData: options.commit.beforeRelease)
         return try Engine(file: file, header: recovered.header, slot: recovered.slot, groups: recovered.groups, problems: problems, options: options)
     }
 
@@ -145,13 +150,14 @@ public final class Engine: @unchecked Sendable {
                     store.rollback()
                     throw TesseraError(.tooLarge, "transaction changed \(bytes) bytes of metadata, more than the \(pipeline.maxTransactionBytes) one transaction may log")
                 }
+                let journals = store.tx.journals
                 if bytes == 0 {
                     store.tx.finish(group: 0)
                     pipeline.unreserve(credit)
                     return (result, TxId(group: pipeline.currentGroup))
                 }
                 let touched = store.tx.touched.count
-                let group = pipeline.join(credit: credit, payloadBytes: bytes, regions: regions) { store.tx.appendPayload(to: &$0) }
+                let group = pipeline.join(credit: credit, payloadBytes: bytes, regions: regions, dataRegions: journals) { store.tx.appendPayload(to: &$0) }
                 store.tx.finish(group: group)
                 store.cache.noteDirty(count: touched)
                 return (result, TxId(group: group))
@@ -171,6 +177,13 @@ public final class Engine: @unchecked Sendable {
 
     /// Every transaction with a group number up to this one is LOGGED.
     public var loggedThrough: TxId { TxId(group: pipeline.loggedGroups) }
+
+    /// Every transaction with a group number up to this one is placed, and its log space
+    /// released: recovery never replays it again.
+    public var placedThrough: TxId { TxId(group: pipeline.placed) }
+
+    /// Blocks until `tx` is placed, asking for it to be logged and placed now.
+    public func waitPlaced(_ tx: TxId) throws { try pipeline.waitPlaced(tx.group) }
 
     /// Seals the open commit group now.
     public func sealNow() { pipeline.sealNow() }

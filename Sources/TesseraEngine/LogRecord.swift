@@ -5,14 +5,16 @@
 //
 //   +--------------------+  off size field
 //   | header (32 bytes)  |  0   4    magic "TSLR"
-//   |                    |  4   4    format version (1)
+//   |                    |  4   4    format version (1; 2 if it holds data regions)
 //   |                    |  8   8    sequence number (groups are numbered 1, 2, 3, ...)
 //   |                    |  16  4    region count
 //   |                    |  20  4    payload length in bytes
 //   |                    |  24  4    record length in bytes (multiple of 4096)
 //   |                    |  28  4    CRC32C of header bytes 0..<28
 //   +--------------------+
-//   | payload            |  per region: u64 segment offset, u32 length, `length` bytes
+//   | payload            |  per region: u64 offset, u32 length, `length` bytes; an offset
+//   |                    |  with bit 63 set is a data region (version 2): the rest is a
+//   |                    |  byte offset in the server's data image, not in the segment
 //   +--------------------+
 //   | commit (16 bytes)  |  0 magic "TSCB", 4 CRC32C of header+payload, 8 sequence number
 //   +--------------------+
@@ -30,7 +32,12 @@ enum LogRecord {
     static let align = 4096
     static let magic: UInt32 = 0x524C_5354  // "TSLR" little-endian
     static let commitMagic: UInt32 = 0x4243_5354  // "TSCB"
+    /// Records with segment regions only; what every build reads.
     static let version: UInt32 = 1
+    /// Records that also hold data regions (journaled data-image bytes).
+    static let dataVersion: UInt32 = 2
+    /// Bit 63 of a region's offset: the region is data-image bytes.
+    public static let dataRegion: UInt64 = 1 << 63
 
     /// Bytes a record with `payload` payload bytes occupies in the log.
     static func recordLength(payload: Int) -> Int {
@@ -38,11 +45,11 @@ enum LogRecord {
     }
 
     /// Completes a group buffer (32 bytes reserved at the front, payload after) into a record.
-    static func seal(_ buffer: inout [UInt8], seq: UInt64, regionCount: UInt32) {
+    static func seal(_ buffer: inout [UInt8], seq: UInt64, regionCount: UInt32, dataRegions: Bool) {
         let payload = buffer.count - headerSize
         let length = recordLength(payload: payload)
         buffer.storeLE(magic, at: 0)
-        buffer.storeLE(version, at: 4)
+        buffer.storeLE(dataRegions ? dataVersion : version, at: 4)
         buffer.storeLE(seq, at: 8)
         buffer.storeLE(regionCount, at: 16)
         buffer.storeLE(UInt32(payload), at: 20)
@@ -58,6 +65,7 @@ enum LogRecord {
 
     struct Header {
         var seq: UInt64
+        var version: UInt32
         var regionCount: Int
         var payloadLength: Int
         var recordLength: Int
@@ -69,11 +77,12 @@ enum LogRecord {
             b.loadUnaligned(fromByteOffset: 0, as: UInt32.self).littleEndian == magic,
             b.loadUnaligned(fromByteOffset: 28, as: UInt32.self).littleEndian
                 == CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<28])),
-            b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian == version,
+            [version, dataVersion].contains(b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian),
             b.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian == seq
         else { return nil }
         let h = Header(
             seq: seq,
+            version: b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian,
             regionCount: Int(b.loadUnaligned(fromByteOffset: 16, as: UInt32.self).littleEndian),
             payloadLength: Int(b.loadUnaligned(fromByteOffset: 20, as: UInt32.self).littleEndian),
             recordLength: Int(b.loadUnaligned(fromByteOffset: 24, as: UInt32.self).littleEndian))
@@ -93,10 +102,13 @@ enum LogRecord {
             && record.loadUnaligned(fromByteOffset: end + 8, as: UInt64.self).littleEndian == h.seq
     }
 
-    /// Calls `body(segmentOffset, bytes)` for each region of a record's payload, checking
-    /// every bound first: a region outside the segment is corruption, reported, never applied.
+    /// Calls `body(segmentOffset, bytes)` for each segment region of a record's payload and
+    /// `data(dataImageOffset, bytes)` for each data region, checking every bound first: a
+    /// region outside the segment is corruption, reported, never applied. A data region with
+    /// no `data` to take it is an error too: its bytes must not be dropped.
     static func forEachRegion(
         _ record: UnsafeRawBufferPointer, _ h: Header, segmentSize: UInt64,
+        data: ((UInt64, UnsafeRawBufferPointer) throws -> Void)?,
         _ body: (UInt64, UnsafeRawBufferPointer) throws -> Void
     ) throws {
         var at = headerSize
@@ -108,6 +120,17 @@ enum LogRecord {
             let offset = record.loadUnaligned(fromByteOffset: at, as: UInt64.self).littleEndian
             let length = Int(record.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self).littleEndian)
             at += regionHeaderSize
+            if offset & dataRegion != 0 {
+                guard h.version == dataVersion, length <= end - at else {
+                    throw TesseraError(.corrupt, "log record \(h.seq): data region \(i) (length \(length)) is out of bounds or in a version \(h.version) record")
+                }
+                guard let data else {
+                    throw TesseraError(.invalidArgument, "log record \(h.seq) holds data-image bytes to replay, and no data image was given to take them")
+                }
+                try data(offset & ~dataRegion, UnsafeRawBufferPointer(rebasing: record[at..<(at + length)]))
+                at += length
+                continue
+            }
             guard length <= end - at, offset <= segmentSize, UInt64(length) <= segmentSize - offset else {
                 throw TesseraError(.corrupt, "log record \(h.seq): region \(i) (offset \(offset), length \(length)) is out of bounds")
             }

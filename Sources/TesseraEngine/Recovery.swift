@@ -1,8 +1,8 @@
 // Recovery on open: replay every complete commit group from the log tail, in order.
 //
 // Replay writes each group's regions into the segment (idempotent: a region holds the bytes
-// as they were after its transaction), flushes, and only then records the new, empty log in
-// the header. A crash anywhere in between leaves the old header, so the next open replays
+// as they were after its transaction) and hands its data regions to `data` (the data image),
+// flushes both, and only then records the new, empty log in the header. A crash anywhere in between leaves the old header, so the next open replays
 // the same groups again. A record that is torn, corrupt, or carries an unexpected sequence
 // number ends the log; what follows it is ignored.
 import TesseraCore
@@ -18,7 +18,10 @@ enum Recovery {
         var groups: Int
     }
 
-    static func replay(file: ImageFile, header: ImageHeader, slot: Int) throws -> Result {
+    static func replay(
+        file: ImageFile, header: ImageHeader, slot: Int,
+        data: ((UInt64, UnsafeRawBufferPointer) throws -> Void)?, flushData: (() throws -> Void)?
+    ) throws -> Result {
         let g = header.geometry
         var position = header.logTail
         var seq = header.logTailSeq
@@ -29,7 +32,7 @@ enum Recovery {
             guard let (at, record) = try readRecord(file, g, seq: seq, at: position, scratch: &first) else { break }
             var placer = RegionPlacer()
             try record.bytes.withUnsafeBytes { bytes in
-                try LogRecord.forEachRegion(bytes, record.header, segmentSize: segmentSize) { placer.add(offset: $0, bytes: $1) }
+                try LogRecord.forEachRegion(bytes, record.header, segmentSize: segmentSize, data: data) { placer.add(offset: $0, bytes: $1) }
                 try placer.write(to: file, segmentOffset: g.segmentOffset)
             }
             groups += 1
@@ -41,6 +44,7 @@ enum Recovery {
             return Result(header: header, slot: slot, groups: 0)
         }
         try file.flush()
+        try flushData?()
         var next = header
         next.generation += 1
         next.logTail = position

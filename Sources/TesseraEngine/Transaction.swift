@@ -64,6 +64,19 @@ public final class Transaction {
         return try s.delete(root: s.catalogueRoot(fid), key: key)
     }
 
+    /// Logs `bytes` for offset `offset` of another image (a server's data image) in this
+    /// transaction's commit group, so they are durable when the group is LOGGED. The caller
+    /// has written them there itself; the engine hands them back only at recovery, to the
+    /// `EngineOptions.replayData` hook, and runs `CommitOptions.beforeRelease` before the
+    /// log space that holds them is reused.
+    public func journal(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        guard offset < LogRecord.dataRegion, bytes.count <= Int(UInt32.max) else {
+            throw TesseraError(.invalidArgument, "journal of \(bytes.count) bytes at \(offset) is out of range")
+        }
+        _ = try count()
+        store!.tx.journal(bytes, at: offset)
+    }
+
     public func get(_ fid: Fid, _ key: [UInt8]) throws -> [UInt8]? {
         let s = try open()
         return try key.withUnsafeBytes { try s.get(root: s.catalogueRoot(fid), key: $0) }

@@ -13,7 +13,11 @@ final class TxContext {
     private(set) var touched: [Frame] = []
     private var undoBytes: [UInt8] = []
     private var undoEntries: [(frame: Frame, offset: Int, length: Int)] = []
+    /// Bytes the transaction journals for another image (`Transaction.journal`), in order.
+    private var journalBytes: [UInt8] = []
+    private var journalEntries: [(offset: UInt64, length: Int)] = []
     var active = false
+    var journals: Bool { !journalEntries.isEmpty }
 
     init(pageSize: Int) { self.pageSize = pageSize }
 
@@ -57,10 +61,16 @@ final class TxContext {
         }
     }
 
+    func journal(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) {
+        precondition(active, "journal outside a transaction")
+        journalEntries.append((offset, bytes.count))
+        journalBytes.append(contentsOf: bytes)
+    }
+
     /// Payload bytes and region count this transaction adds to a log record.
     func payloadSize() -> (bytes: Int, regions: Int) {
-        var bytes = 0
-        var regions = 0
+        var bytes = journalBytes.count + journalEntries.count * LogRecord.regionHeaderSize
+        var regions = journalEntries.count
         forEachRegion { _, _, len in
             bytes += LogRecord.regionHeaderSize + len
             regions += 1
@@ -68,8 +78,16 @@ final class TxContext {
         return (bytes, regions)
     }
 
-    /// Appends this transaction's regions to a log-record payload.
+    /// Appends this transaction's regions to a log-record payload: journaled bytes first,
+    /// then the segment's.
     func appendPayload(to buffer: inout [UInt8]) {
+        var at = 0
+        for e in journalEntries {
+            buffer.appendLE(e.offset | LogRecord.dataRegion)
+            buffer.appendLE(UInt32(e.length))
+            buffer.append(contentsOf: journalBytes[at..<(at + e.length)])
+            at += e.length
+        }
         forEachRegion { f, offset, length in
             buffer.appendLE(f.page * UInt64(pageSize) + UInt64(offset))
             buffer.appendLE(UInt32(length))
@@ -108,6 +126,8 @@ final class TxContext {
         touched.removeAll(keepingCapacity: true)
         undoBytes.removeAll(keepingCapacity: true)
         undoEntries.removeAll(keepingCapacity: true)
+        journalBytes.removeAll(keepingCapacity: journalBytes.count <= 1 << 20)
+        journalEntries.removeAll(keepingCapacity: true)
         active = false
     }
 }

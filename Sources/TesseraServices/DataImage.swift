@@ -97,10 +97,13 @@ public enum DataImage {
     }
 }
 
-/// An open data image: block reads and writes, and a flush that is skipped when nothing was
-/// written since the last one. Its `flushIfDirty` is the engine's beforeLog hook.
+/// An open data image: block reads and writes, and flushes that are skipped when nothing
+/// they must cover was written since the last one. Writes whose bytes are journaled in the
+/// engine's log (see IOService) need a flush only before that log space is reused
+/// (`flushIfDirty`, the engine's beforeRelease hook); other writes need one before the group
+/// that maps them is LOGGED (`flushUnjournaled`, its beforeLog hook).
 public final class DataFile: @unchecked Sendable {
-    // SAFETY: `dirty` is touched only under `lock`; `file` is thread-safe.
+    // SAFETY: `dirty` and `unjournaled` are touched only under `lock`; `file` is thread-safe.
     public let file: ImageFile
     public let header: DataImageHeader
     /// The image opened again for large reads, O_DIRECT where the file system allows it,
@@ -119,7 +122,10 @@ public final class DataFile: @unchecked Sendable {
     /// O_DIRECT buffers and lengths are multiples of this.
     public static let directAlignment = 4096
     private let lock = NSLock()
+    /// Written since the last flush.
     private var dirty = false
+    /// Written since the last flush by a write whose bytes are not in the log.
+    private var unjournaled = false
 
     public init(path: String, faults: FaultInjector? = nil) throws {
         (file, header) = try DataImage.open(path: path, faults: faults)
@@ -136,8 +142,27 @@ public final class DataFile: @unchecked Sendable {
 
     public var path: String { file.path }
 
-    func write(_ bytes: UnsafeRawBufferPointer, atBlock block: UInt64) throws {
-        try file.write(bytes, atAbsoluteOffset: header.firstBlockOffset + block * UInt64(header.blockSize))
+    /// The byte offset of `block` in the image.
+    func offset(ofBlock block: UInt64) -> UInt64 { header.firstBlockOffset + block * UInt64(header.blockSize) }
+
+    func write(_ bytes: UnsafeRawBufferPointer, atBlock block: UInt64, journaled: Bool) throws {
+        try file.write(bytes, atAbsoluteOffset: offset(ofBlock: block))
+        lock.withLock {
+            dirty = true
+            unjournaled = unjournaled || !journaled
+        }
+    }
+
+    /// Writes journaled bytes back at recovery (the engine's replayData hook). The offset
+    /// and length come from the log: whole blocks inside the image, or a corruption error.
+    public func replay(offset: UInt64, bytes: UnsafeRawBufferPointer) throws {
+        let bs = UInt64(header.blockSize)
+        guard offset >= header.firstBlockOffset, offset % bs == 0, UInt64(bytes.count) % bs == 0,
+            offset <= header.imageSize, UInt64(bytes.count) <= header.imageSize - offset
+        else {
+            throw TesseraError(.corrupt, "\(path): the log holds \(bytes.count) bytes for offset \(offset), which are not whole blocks of this \(header.imageSize)-byte image")
+        }
+        try file.write(bytes, atAbsoluteOffset: offset)
         lock.withLock { dirty = true }
     }
 
@@ -151,11 +176,25 @@ public final class DataFile: @unchecked Sendable {
 
     /// Flushes the image if anything was written since the last flush.
     public func flushIfDirty() throws {
-        let wasDirty = lock.withLock { () -> Bool in
-            defer { dirty = false }
-            return dirty
+        try flush { $0.dirty }
+    }
+
+    /// Flushes the image if a write whose bytes are not journaled was made since the last
+    /// flush.
+    public func flushUnjournaled() throws {
+        try flush { $0.unjournaled }
+    }
+
+    /// A flush covers every write that returned before it starts: both marks are cleared
+    /// first, and a write that finishes later sets them again.
+    private func flush(if needed: (DataFile) -> Bool) throws {
+        let go = lock.withLock { () -> Bool in
+            guard needed(self) else { return false }
+            dirty = false
+            unjournaled = false
+            return true
         }
-        if wasDirty { try file.flush() }
+        if go { try file.flush() }
     }
 
     public func close() {

@@ -8,10 +8,19 @@
 //   3 pending free:  key = first block (u64 BE)          value = block count (u64 LE)
 //
 // A write puts its data into newly chosen free blocks, then one transaction takes them off
-// the free list, switches the map, and moves the blocks it replaced to "pending free". The
-// engine's beforeLog hook flushes the data image, so no group that maps new blocks is LOGGED
-// before they are on disk. Pending-free blocks return to the free list only after the group
-// that freed them is LOGGED, so a crash never finds a mapped block overwritten.
+// the free list, switches the map, and moves the blocks it replaced to "pending free".
+//
+// The new blocks are durable when the group that maps them is LOGGED, one of two ways:
+// - a write of up to `journalLimit` bytes also journals them in that group (a data region
+//   of its log record), so a sync-wait write or an fsync costs one flush, the log's, and
+//   the data image is flushed later, before that log space is reused (beforeRelease);
+// - a larger write is not journaled (it would cost the log its bandwidth twice over): the
+//   engine's beforeLog hook flushes the data image before the group is LOGGED.
+//
+// Pending-free blocks return to the free list only after the group that freed them is
+// placed. By then every group that journaled bytes for them (all earlier) is placed too, so
+// recovery never writes stale journaled bytes over a block that was given out again; and
+// a crash never finds a mapped block overwritten.
 import Foundation
 import TesseraCore
 import TesseraEngine
@@ -22,6 +31,8 @@ public final class IOService: @unchecked Sendable {
     /// The largest byte offset a cob may hold (2^60): offsets and lengths are checked against
     /// it, so no computation on them can overflow.
     public static let maxOffset: UInt64 = 1 << 60
+    /// Writes of up to this many bytes (in whole blocks) are journaled in the log.
+    public static let journalLimit = 128 << 10
 
     static let freeFid = Fid(hi: .max, lo: 1)
     static let mapFid = Fid(hi: .max, lo: 2)
@@ -44,7 +55,9 @@ public final class IOService: @unchecked Sendable {
 
     /// The service over an engine and a data image. First use creates the catalogues (all
     /// blocks free); every later open returns pending-free blocks, all LOGGED by then.
-    /// The engine must have been opened with `data.flushIfDirty` as its beforeLog hook.
+    /// The engine must have been opened with the data file's hooks, as `ServerNode.open`
+    /// sets them: `flushUnjournaled` before a group is logged, `flushIfDirty` before log
+    /// space is released, and `replay` for journaled blocks at recovery.
     public init(engine: Engine, data: DataFile) throws {
         self.engine = engine
         self.data = data
@@ -104,12 +117,13 @@ public final class IOService: @unchecked Sendable {
         let crcs = buffer.withUnsafeBytes { b in (0..<count).map { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[($0 * blockSize)..<(($0 + 1) * blockSize)])) } }
 
         try releasePending(all: false)
-        let pieces = try reserve(UInt64(count))
+        let pieces = try reserveWaitingForPending(UInt64(count))
         defer { unreserve(pieces) }
+        let journaled = count * blockSize <= IOService.journalLimit
         var at = 0
         for p in pieces {
             let n = Int(p.count) * blockSize
-            try buffer.withUnsafeBytes { try data.write(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), atBlock: p.start) }
+            try buffer.withUnsafeBytes { try data.write(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), atBlock: p.start, journaled: journaled) }
             at += n
         }
         lock.withLock { bytesWritten += UInt64(bytes.count) }
@@ -129,7 +143,17 @@ public final class IOService: @unchecked Sendable {
                 left -= n
             }
         }
-        let (freed, tx) = try engine.write(credit: engine.credit(operations: 8 + 4 * extents.count, payloadBytes: count * 4 + 64 * extents.count)) { t in
+        let logged = journaled ? buffer.count + 16 * pieces.count : 0
+        let credit = engine.credit(operations: 8 + 4 * extents.count, payloadBytes: count * 4 + 64 * extents.count) + logged
+        let (freed, tx) = try engine.write(credit: credit) { t in
+            if journaled {
+                var at = 0
+                for p in pieces {
+                    let n = Int(p.count) * blockSize
+                    try buffer.withUnsafeBytes { try t.journal(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), at: data.offset(ofBlock: p.start)) }
+                    at += n
+                }
+            }
             for p in pieces { try takeFree(t, p.start, p.count) }
             let freed = try unmap(t, cob: cob, from: first, to: last)
             for e in extents { try t.put(IOService.mapFid, mapKey(cob, e.offset), extentValue(e.block, Array(e.crcs))) }
@@ -357,6 +381,17 @@ public final class IOService: @unchecked Sendable {
 
     // MARK: Allocation
 
+    /// `reserve`, and when the image is full but blocks wait in pending free, has their
+    /// groups placed now and tries once more.
+    private func reserveWaitingForPending(_ count: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+        do { return try reserve(count) } catch let e as TesseraError where e.code == .noSpace {
+            guard let last = lock.withLock({ pendingQueue.last?.tx }) else { throw e }
+            try engine.waitPlaced(last)
+            try releasePending(all: false)
+            return try reserve(count)
+        }
+    }
+
     /// Chooses `count` free blocks (in as few pieces as it can) and reserves them in memory
     /// until the write's transaction closes.
     private func reserve(_ count: UInt64) throws -> [(start: UInt64, count: UInt64)] {
@@ -431,8 +466,8 @@ public final class IOService: @unchecked Sendable {
     }
 
     /// Returns pending-free blocks to the free list once the transactions that freed them
-    /// are LOGGED. With `all` (at open, when everything in the image is LOGGED), returns every
-    /// pending-free block recorded in the image.
+    /// are placed. With `all` (at open, when everything in the image is placed), returns
+    /// every pending-free block recorded in the image.
     private func releasePending(all: Bool) throws {
         var pieces: [(start: UInt64, count: UInt64)] = []
         if all {
@@ -440,10 +475,10 @@ public final class IOService: @unchecked Sendable {
                 pieces.append(try blockRange(k, v, "pending-free extent"))
             }
         } else {
-            let logged = engine.loggedThrough
+            let placed = engine.placedThrough
             lock.withLock {
-                pieces = pendingQueue.filter { $0.tx <= logged }.flatMap(\.pieces)
-                pendingQueue.removeAll { $0.tx <= logged }
+                pieces = pendingQueue.filter { $0.tx <= placed }.flatMap(\.pieces)
+                pendingQueue.removeAll { $0.tx <= placed }
             }
         }
         for chunk in stride(from: 0, to: pieces.count, by: 128) {

@@ -16,12 +16,15 @@ public struct ServerNode: RequestHandler {
     }
 
     /// Opens a server's images: the data image first, so the engine can flush it before it
-    /// logs a group that maps new blocks.
+    /// logs a group that maps new blocks, or releases log space that holds journaled blocks,
+    /// and can write journaled blocks back at recovery.
     public static func open(metaPath: String, dataPath: String, options: EngineOptions, faults: FaultInjector? = nil) throws -> ServerNode {
         let data = try DataFile(path: dataPath, faults: faults)
         var options = options
         options.faults = options.faults ?? faults
-        options.commit.beforeLog = { try data.flushIfDirty() }
+        options.commit.beforeLog = { try data.flushUnjournaled() }
+        options.commit.beforeRelease = { try data.flushIfDirty() }
+        options.replayData = { try data.replay(offset: $0, bytes: $1) }
         let engine = try Engine.open(path: metaPath, options: options)
         do {
             return ServerNode(engine: engine, io: try IOService(engine: engine, data: data))
@@ -125,10 +128,11 @@ public struct ServerNode: RequestHandler {
                     logUsedBytes: UInt64(e.logUsedBytes), groupsLogged: e.groupsLogged,
                     maxValue: UInt32(catalogues.engine.limits.maxValue)))
             case .sync(let transactions):
-                // LOGGED implies the data image was flushed first (the beforeLog hook); flush
-                // again for writes whose groups were logged before they finished.
+                // LOGGED implies the written blocks are durable: journaled in the group, or
+                // flushed before it (the beforeLog hook). Flush again for unjournaled writes
+                // whose groups were logged before they finished.
                 try await catalogues.engine.waitLogged(TxId(group: transactions.max() ?? 0))
-                try io?.data.flushIfDirty()
+                try io?.data.flushUnjournaled()
                 return .done
             }
         } catch {

@@ -15,6 +15,7 @@ struct Fsx: ParsableCommand {
     @Option(name: .customLong("max-op"), help: "Largest read or write.") var maxOp = "64K"
     @Flag(name: .customLong("no-mmap"), help: "No mmap reads or writes.") var noMmap = false
     @Flag(help: "Print every operation.") var verbose = false
+    @Flag(help: "At the end, print the time spent in each kind of operation.") var times = false
     @Argument(help: "The file to test (created, and truncated at start).") var file: String
 
     enum Kind: String {
@@ -71,7 +72,15 @@ struct Fsx: ParsableCommand {
 
         let kinds: [Kind] = noMmap ? [.read, .read, .write, .write, .append, .truncate, .fsync, .reopen] : [.read, .read, .write, .write, .append, .truncate, .mapread, .mapwrite, .fsync, .reopen]
         let start = Date()
+        var spent: [Kind: (count: Int, seconds: Double)] = [:]
         for n in 1...max(N, 1) {
+            let began = Date()
+            defer {
+                if times, let last = log.last, last.n == n {
+                    let e = spent[last.kind] ?? (0, 0)
+                    spent[last.kind] = (e.count + 1, e.seconds + Date().timeIntervalSince(began))
+                }
+            }
             var kind = kinds.randomElement(using: &rng)!
             // fsync and reopen are rarer than the data operations.
             if (kind == .fsync || kind == .reopen) && Int.random(in: 0..<4, using: &rng) != 0 { kind = .write }
@@ -161,6 +170,9 @@ struct Fsx: ParsableCommand {
         if done != model.count { try fail("final read got \(done) bytes, model \(model.count)") }
         try compare(all, at: 0, "final read")
         let seconds = Date().timeIntervalSince(start)
+        for (kind, e) in spent.sorted(by: { $0.value.seconds > $1.value.seconds }) {
+            print("\(kind.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0))" + String(format: "%6d ops %8.3f s %8.1f us/op", e.count, e.seconds, e.seconds * 1e6 / Double(e.count)))
+        }
         print(String(format: "fsx: %d operations passed in %.2f s: %.0f ops/s (seed %llu%@)", N, seconds, Double(N) / seconds, seed, noMmap ? ", no mmap" : ""))
     }
 }

@@ -10,7 +10,20 @@ import Testing
             buffer.appendLE(UInt32(count))
             buffer += [UInt8](repeating: fill, count: count)
         }
-        LogRecord.seal(&buffer, seq: seq, regionCount: 2)
+        LogRecord.seal(&buffer, seq: seq, regionCount: 2, dataRegions: false)
+        return buffer
+    }
+
+    /// A version 2 record: one data region (at data-image offset 8192), then one segment region.
+    static func journalRecord(seq: UInt64 = 9, version2: Bool = true) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: LogRecord.headerSize)
+        buffer.appendLE(UInt64(8192) | LogRecord.dataRegion)
+        buffer.appendLE(UInt32(4096))
+        buffer += [UInt8](repeating: 3, count: 4096)
+        buffer.appendLE(UInt64(100))
+        buffer.appendLE(UInt32(10))
+        buffer += [UInt8](repeating: 4, count: 10)
+        LogRecord.seal(&buffer, seq: seq, regionCount: 2, dataRegions: version2)
         return buffer
     }
 
@@ -22,7 +35,7 @@ import Testing
             #expect(h.regionCount == 2 && h.recordLength == 4096)
             #expect(LogRecord.commitIsValid(b, h))
             var seen: [(UInt64, Int)] = []
-            try LogRecord.forEachRegion(b, h, segmentSize: 1 << 20) { seen.append(($0, $1.count)) }
+            try LogRecord.forEachRegion(b, h, segmentSize: 1 << 20, data: nil) { seen.append(($0, $1.count)) }
             #expect(seen.map { $0.0 } == [4096, 100] && seen.map { $0.1 } == [64, 300])
             #expect(LogRecord.header(b, expecting: 10, logSize: 1 << 20) == nil)
         }
@@ -46,7 +59,29 @@ import Testing
         let r = Self.record()
         try r.withUnsafeBytes { b in
             let h = try #require(LogRecord.header(b, expecting: 9, logSize: 1 << 20))
-            #expect(throws: (any Error).self) { try LogRecord.forEachRegion(b, h, segmentSize: 4096) { _, _ in } }
+            #expect(throws: (any Error).self) { try LogRecord.forEachRegion(b, h, segmentSize: 4096, data: nil) { _, _ in } }
+        }
+    }
+
+    @Test func dataRegionsGoToTheirOwnTaker() throws {
+        let r = Self.journalRecord()
+        try r.withUnsafeBytes { b in
+            let h = try #require(LogRecord.header(b, expecting: 9, logSize: 1 << 20))
+            #expect(h.version == 2 && LogRecord.commitIsValid(b, h))
+            var data: [(UInt64, [UInt8])] = []
+            var segment: [(UInt64, [UInt8])] = []
+            try LogRecord.forEachRegion(b, h, segmentSize: 1 << 20, data: { data.append(($0, Array($1))) }) { segment.append(($0, Array($1))) }
+            #expect(data.count == 1 && data[0].0 == 8192 && data[0].1 == [UInt8](repeating: 3, count: 4096))
+            #expect(segment.count == 1 && segment[0].0 == 100 && segment[0].1 == [UInt8](repeating: 4, count: 10))
+            // Nobody to take the data: an error, never bytes dropped.
+            #expect { try LogRecord.forEachRegion(b, h, segmentSize: 1 << 20, data: nil) { _, _ in } } throws: {
+                ($0 as? TesseraError)?.message.contains("data-image bytes") == true
+            }
+        }
+        // A version 1 record may not carry a data region.
+        try Self.journalRecord(version2: false).withUnsafeBytes { b in
+            let h = try #require(LogRecord.header(b, expecting: 9, logSize: 1 << 20))
+            #expect(throws: (any Error).self) { try LogRecord.forEachRegion(b, h, segmentSize: 1 << 20, data: { _, _ in }) { _, _ in } }
         }
     }
 }
