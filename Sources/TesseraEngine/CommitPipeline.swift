@@ -235,6 +235,10 @@ final class CommitPipeline: @unchecked Sendable {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
             lock.withLock {
                 let seq = existing(seq)
+                // With no writer busy, this task writes the record itself, as the blocking
+                // wait does: handing it to the logger thread and back costs two thread
+                // switches, most of a log write's time again.
+                while loggedThrough < seq && failure == nil && !writing && writeNextLocked(seal: open.seq <= seq) {}
                 if loggedThrough >= seq {
                     c.resume()
                 } else if let failure {
