@@ -347,7 +347,7 @@ final class FileData: @unchecked Sendable {
     /// page: the rest of the page is what the object holds, so nothing is read back. A page a
     /// sequential writer filled leaves memory; one written out by `flush` (close, fsync) is
     /// `kept`, clean, so the next small write or read of the group needs no read either.
-    private func startFlush(_ g: UInt64, keep: Bool = false) async throws {
+    private func startFlush(_ g: UInt64, keep: Bool = false, syncWait: Bool = false) async throws {
         guard let page = keep ? pages[g] : pages.removeValue(forKey: g) else { return }
         guard let changed = page.changed else {
             if !keep { budget.give(groupSize) }
@@ -359,7 +359,7 @@ final class FileData: @unchecked Sendable {
         if keep {
             // The unit writes copy their bytes now: the page may change again while they go out.
             let write = cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed)
-            flushing[g] = Task { try await cluster.write(fid, write) }
+            flushing[g] = Task { try await cluster.write(fid, write, syncWait: syncWait) }
         } else {
             // The page is the task's alone: its bytes are copied and encoded there.
             flushing[g] = Task {
@@ -374,18 +374,19 @@ final class FileData: @unchecked Sendable {
 
     /// Writes every dirty page out and waits for every write: after this the object holds
     /// all the file's data, not yet durable (the caller's SYNC, or a sync-wait request to
-    /// the same servers, makes it so).
-    func flush() async throws {
+    /// the same servers, makes it so), or durable with `syncWait` (each write waits for
+    /// LOGGED; earlier write-outs still in flight do not, the caller's SYNC covers them).
+    func flush(syncWait: Bool = false) async throws {
         let dirty = pages.keys.sorted().filter { pages[$0]!.dirty }
         // One page to write and nothing else in flight (a close after small writes): sent
         // from this task, with no task of its own to start and wait for.
         if dirty.count == 1, flushing.isEmpty, let page = pages[dirty[0]], let changed = page.changed {
             let g = dirty[0]
             takeChanges(g, page)
-            try await cluster.write(fid, cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed))
+            try await cluster.write(fid, cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed), syncWait: syncWait)
             return
         }
-        for g in dirty { try await startFlush(g, keep: true) }
+        for g in dirty { try await startFlush(g, keep: true, syncWait: syncWait) }
         try await waitForWriteOuts()
     }
 

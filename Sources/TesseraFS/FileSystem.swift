@@ -72,6 +72,10 @@ final class Inode: @unchecked Sendable {
     /// Attributes changed while open, to be stored with the data at the next flush.
     var attributesChanged = false
     var data: FileData?
+    /// The object and size this inode's entry named when this mount last stored it (nil:
+    /// not stored by this mount, or with its data inline). fdatasync stores no entry that
+    /// already names the file's data.
+    var storedData: (fid: Fid, size: UInt64)?
 
     init(ino: UInt64, key: [UInt8], record: ObjectRecord, posix: Posix, linked: Bool, implied: Bool) {
         self.ino = ino
@@ -328,6 +332,7 @@ public final class FileSystem: Sendable {
                 i.key = key
                 if i.data == nil && !i.unlinked {
                     (i.record, i.posix, i.linked, i.implied) = (record, posix, linked, implied)
+                    i.storedData = nil
                 }
                 return i
             }
@@ -383,31 +388,35 @@ public final class FileSystem: Sendable {
     /// Puts the records of `inodes` (and deletes `deleting`) in one UPDATE of the object
     /// list (through the change queue); hard-linked inodes go to the file-system index first.
     func storeRecords(_ inodes: [Inode], deleting: [[UInt8]] = [], putting extra: [Record] = [], sync: Bool = false) async throws {
-        let (puts, linkedPuts) = records(of: inodes, extra)
+        let (puts, linkedPuts, data) = records(of: inodes, extra)
         if !linkedPuts.isEmpty { try await cluster.put(fsIndex, linkedPuts, sync: sync) }
         if !puts.isEmpty || !deleting.isEmpty {
             try await changes.submit(deleting: deleting, putting: puts + [stamp.next()], sync: sync)
         }
-        stored(inodes)
+        stored(inodes, data)
     }
 
     /// `storeRecords` of inodes that are not hard links, answered at once: the change is
     /// written behind (ChangeQueue.swift), and `then` runs once it is in the store.
     func storeRecordsBehind(_ inodes: [Inode], deleting: [[UInt8]], putting extra: [Record], then: (@Sendable () async -> Void)?) {
-        let (puts, linked) = records(of: inodes, extra)
+        let (puts, linked, data) = records(of: inodes, extra)
         precondition(linked.isEmpty, "a hard link's record is stored in the file-system index, never written behind")
         changes.submitBehind(deleting: deleting, putting: puts + [stamp.next()], after: then) { [weak self] error in
             self?.lostChange(error)
         }
-        stored(inodes)
+        // A failure is reported by the next fsync's wait for the queue, fdatasync's too.
+        stored(inodes, data)
     }
 
-    /// The object list's records of `inodes` (after `extra`), and the file-system index's.
-    private func records(of inodes: [Inode], _ extra: [Record]) -> (puts: [Record], linked: [Record]) {
+    /// The object list's records of `inodes` (after `extra`), the file-system index's, and
+    /// the data each inode's record names.
+    private func records(of inodes: [Inode], _ extra: [Record]) -> (puts: [Record], linked: [Record], data: [(fid: Fid, size: UInt64)?]) {
         var puts = extra
         var linkedPuts: [Record] = []
+        var data: [(fid: Fid, size: UInt64)?] = []
         for i in inodes {
             let r = storedRecord(i)
+            data.append(r.inline == nil ? (r.fid, r.size) : nil)
             let (linked, key, ino) = state.withLock { _ in (i.linked, i.key, i.ino) }
             if linked {
                 linkedPuts.append(Record(key: S3Indexes.inodeKey(ino), value: r.encode()))
@@ -415,12 +424,15 @@ public final class FileSystem: Sendable {
                 puts.append(Record(key: key, value: r.encode()))
             }
         }
-        return (puts, linkedPuts)
+        return (puts, linkedPuts, data)
     }
 
-    private func stored(_ inodes: [Inode]) {
+    private func stored(_ inodes: [Inode], _ data: [(fid: Fid, size: UInt64)?]) {
         state.withLock { _ in
-            for i in inodes where i.implied && i.type == .directory { i.implied = false }
+            for (i, d) in zip(inodes, data) {
+                if i.implied && i.type == .directory { i.implied = false }
+                i.storedData = d
+            }
         }
     }
 
@@ -1024,6 +1036,7 @@ public final class FileSystem: Sendable {
                 i.record.links = (i.record.links ?? 1) + 1
                 i.posix.ctime = t
                 i.linked = true
+                i.storedData = nil  // its entries are put below, not by storeRecords
             }
             let r = storedRecord(i)
             var entry = r
@@ -1452,12 +1465,22 @@ public final class FileSystem: Sendable {
         } ?? false
     }
 
-    /// Makes the file's data and entry durable on every server they touched.
-    public func fsync(_ h: UInt64) async throws {
+    /// Makes the file's data and entry durable on every server they touched. With
+    /// `dataOnly` (fdatasync, msync), an entry that already names the file's object and size
+    /// is not stored again: what changed in it (times, the ETag, attributes) is not needed
+    /// to read the data back, and goes with the next close or fsync.
+    public func fsync(_ h: UInt64, dataOnly: Bool = false) async throws {
         let (i, _, _) = try fileHandle(h)
         try await fileLocks.withLock(i.ino) {
             guard let d = state.withLock({ _ in i.data }) else { return }
-            try await writeBack(i, d, sync: true)
+            let entryHoldsData = state.withLock { _ in
+                d.inline == nil && i.storedData.map { $0.fid == d.fid && $0.size == d.size } == true && !i.unlinked
+            }
+            guard dataOnly && entryHoldsData else { return try await writeBack(i, d, sync: true) }
+            // The data writes wait for LOGGED themselves: one round trip. The entry as last
+            // stored (or queued) is made durable too, as it names the object.
+            try await d.flush(syncWait: true)
+            try await syncEverything()
         }
     }
 

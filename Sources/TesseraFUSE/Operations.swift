@@ -208,10 +208,10 @@ func makeOperations() -> fuse_lowlevel_ops {
         s.serve(req, now: { try s.fs.releaseNow(h) ? () : nil }, { try await s.fs.release(h) }) { _ = fuse_reply_err(req, 0) }
     }
 
-    ops.fsync = { req, _, _, fi in
+    ops.fsync = { req, _, datasync, fi in
         let s = FUSESession.of(req)
         guard let h = fi?.pointee.fh else { _ = fuse_reply_err(req, EINVAL); return }
-        s.serve(req, { try await s.fs.fsync(h) }) { _ = fuse_reply_err(req, 0) }
+        s.serve(req, { try await s.fs.fsync(h, dataOnly: datasync != 0) }) { _ = fuse_reply_err(req, 0) }
     }
 
     ops.opendir = { req, ino, fi in

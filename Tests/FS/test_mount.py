@@ -8,6 +8,7 @@ temporary folder is removed.
 
 import ctypes
 import errno
+import mmap
 import os
 import shutil
 import signal
@@ -512,9 +513,29 @@ class MountTest(unittest.TestCase):
         fds = os.open(ps, os.O_CREAT | os.O_WRONLY, 0o644)
         os.write(fds, small)
         os.fsync(fds)
+        # fdatasync after an overwrite in place stores no entry (the entry already names the
+        # data); after a write past the end it stores the new size. msync(MS_SYNC) is an
+        # fdatasync of the mapped range. All three survive.
+        over = bytearray(os.urandom(1 << 20))
+        po = self.path("durable-over.bin")
+        fdo = os.open(po, os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fdo, over)
+        os.fsync(fdo)
+        patch = os.urandom(10000)
+        os.pwrite(fdo, patch, 4096 * 7 + 3)
+        over[4096 * 7 + 3:4096 * 7 + 3 + len(patch)] = patch
+        os.fdatasync(fdo)
+        tail = os.urandom(5000)
+        os.pwrite(fdo, tail, len(over))
+        over += tail
+        os.fdatasync(fdo)
+        with mmap.mmap(fdo, 8192, offset=65536) as m:
+            m[100:200] = b"m" * 100
+            m.flush()
+        over[65536 + 100:65536 + 200] = b"m" * 100
         for pid in self.pids():
             os.kill(pid, signal.SIGKILL)
-        for d in (fd, fds):
+        for d in (fd, fds, fdo):
             try:
                 os.close(d)
             except OSError:
@@ -528,6 +549,8 @@ class MountTest(unittest.TestCase):
             self.assertEqual(f.read(), data)
         with open(ps, "rb") as f:
             self.assertEqual(f.read(), small)
+        with open(po, "rb") as f:
+            self.assertEqual(f.read(), bytes(over))
 
     # --- fsx ----------------------------------------------------------------------------
 
