@@ -1144,8 +1144,39 @@ public final class FileSystem: Sendable {
         guard !name.isEmpty, name.count <= 255 else { throw FSError(name.isEmpty ? EINVAL : ERANGE) }
         guard value.count <= Self.xattrValueMax else { throw FSError(E2BIG) }
         // POSIX ACLs are not kept: refusing them makes cp -a and friends fall back to chmod,
-        // instead of storing an ACL that nothing would enforce.
+        // instead of storing an ACL that nothing would enforce. (A minimal access ACL is a
+        // chmod: the FUSE adapter asks `accessACLChanges` first.)
         if name.starts(with: Array("system.posix_acl_".utf8)) { throw FSError(EOPNOTSUPP, "POSIX ACLs") }
+    }
+
+    /// `system.posix_acl_access`, as the kernel passes it to `setxattr`.
+    public static let accessACL = Array("system.posix_acl_access".utf8)
+
+    /// The mode change a POSIX access ACL stands for, if it is a minimal one: entries for the
+    /// owner, the owning group and others only, which say exactly what the mode's permission
+    /// bits say. Nil for any other ACL (refused: an ACL this mount would not enforce is not
+    /// kept). cp -a sets one on every file it copies; taking it as the chmod it is saves the
+    /// refusal and the chmod that follows.
+    ///
+    /// Format (little-endian): u32 version 2, then per entry u16 tag, u16 permissions (rwx =
+    /// 4, 2, 1), u32 id. Tags: 0x01 owner, 0x04 owning group, 0x20 other (0x02 user, 0x08
+    /// group and 0x10 mask make an ACL more than minimal).
+    /// As when the kernel sets an ACL, set-group-ID is dropped unless the caller is root or
+    /// in the file's group (its primary group: the request does not carry the others).
+    public func accessACLChanges(_ ino: UInt64, _ value: [UInt8], caller: Caller) throws -> AttributeChanges? {
+        guard value.count == 4 + 3 * 8, value.loadLE(at: 0, as: UInt32.self) == 2 else { return nil }
+        var bits: [UInt16: UInt32] = [:]
+        for k in 0..<3 {
+            let tag = value.loadLE(at: 4 + 8 * k, as: UInt16.self)
+            let perm = value.loadLE(at: 6 + 8 * k, as: UInt16.self)
+            guard perm & ~7 == 0, bits[tag] == nil else { return nil }
+            bits[tag] = UInt32(perm)
+        }
+        guard let owner = bits[0x01], let group = bits[0x04], let other = bits[0x20] else { return nil }
+        let i = try inode(ino)
+        var special = state.withLock { _ in i.posix.mode & 0o7000 }
+        if caller.uid != 0 && caller.gid != state.withLock({ _ in i.posix.gid }) { special &= ~0o2000 }
+        return AttributeChanges(mode: special | owner << 6 | group << 3 | other)
     }
 
     public func setxattr(_ ino: UInt64, _ name: [UInt8], _ value: [UInt8], flags: Int32) async throws {

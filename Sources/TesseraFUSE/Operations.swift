@@ -263,6 +263,18 @@ func makeOperations() -> fuse_lowlevel_ops {
         let s = FUSESession.of(req)
         let n = bytes(name)
         let v = Array(UnsafeRawBufferPointer(start: value, count: size))
+        if n == FileSystem.accessACL {
+            do {
+                let caller = FUSESession.caller(req)
+                if let c = try s.fs.accessACLChanges(ino, v, caller: caller) {
+                    s.serve(req, now: { try s.fs.setattrNow(ino, c) }, { try await s.fs.setattr(ino, c, caller: caller) }) { _ in _ = fuse_reply_err(req, 0) }
+                    return
+                }
+            } catch {
+                fuse_reply_err(req, FSError.errno(of: error))
+                return
+            }
+        }
         var f: Int32 = 0
         if Int(flags) & Int(XATTR_CREATE) != 0 { f |= FileSystem.xattrCreate }
         if Int(flags) & Int(XATTR_REPLACE) != 0 { f |= FileSystem.xattrReplace }

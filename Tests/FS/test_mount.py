@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -313,6 +314,35 @@ class MountTest(unittest.TestCase):
         with self.assertRaises(OSError) as e:
             os.getxattr(p, "user.color")
         self.assertEqual(e.exception.errno, errno.ENODATA)
+
+    def test_minimal_acl_is_a_chmod_and_others_are_refused(self):
+        def acl(*entries):
+            return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, perm, i) for t, perm, i in entries)
+        none = 0xFFFFFFFF
+        paths = []
+        for closed in (True, False):
+            p = self.path(f"acl-{int(closed)}")
+            paths.append(p)
+            with open(p, "w") as f:
+                f.write("x")
+            os.chmod(p, 0o2644)
+            f = None if closed else open(p, "r+")
+            # owner rwx, group r-x, other ---: the mode's bits, kept set-group-ID (root).
+            os.setxattr(p, "system.posix_acl_access", acl((1, 7, none), (4, 5, none), (0x20, 0, none)))
+            self.assertEqual(stat.S_IMODE(os.stat(p).st_mode), 0o2750)
+            with self.assertRaises(OSError) as e:
+                os.getxattr(p, "system.posix_acl_access")
+            self.assertEqual(e.exception.errno, errno.ENODATA)
+            # A named user and a mask: not kept, so refused, and the mode stays.
+            with self.assertRaises(OSError) as e:
+                os.setxattr(p, "system.posix_acl_access", acl((1, 7, none), (2, 5, 1000), (4, 5, none), (0x10, 5, none), (0x20, 0, none)))
+            self.assertEqual(e.exception.errno, errno.EOPNOTSUPP)
+            self.assertEqual(stat.S_IMODE(os.stat(p).st_mode), 0o2750)
+            if f:
+                f.close()
+        self.remount()
+        for p in paths:
+            self.assertEqual(stat.S_IMODE(os.stat(p).st_mode), 0o2750, p)
 
     def test_open_unlinked_file_lives_until_closed(self):
         p = self.path("ul")
