@@ -116,6 +116,12 @@ public final class Engine: @unchecked Sendable {
 
     // MARK: Transactions
 
+    /// The most log bytes one transaction may fill (its credit included).
+    public var maxTransactionBytes: Int { pipeline.maxTransactionBytes }
+
+    /// Log bytes a `Transaction.journal` call adds besides the bytes themselves.
+    public static let journalRegionOverhead = LogRecord.regionHeaderSize
+
     /// Log credit a transaction of `operations` records with `payloadBytes` of keys and
     /// values should declare.
     public func credit(operations: Int, payloadBytes: Int = 0) -> Int {

@@ -119,14 +119,6 @@ public final class IOService: @unchecked Sendable {
         try releasePending(all: false)
         let pieces = try reserveWaitingForPending(UInt64(count))
         defer { unreserve(pieces) }
-        let journaled = count * blockSize <= IOService.journalLimit
-        var at = 0
-        for p in pieces {
-            let n = Int(p.count) * blockSize
-            try buffer.withUnsafeBytes { try data.write(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), atBlock: p.start, journaled: journaled) }
-            at += n
-        }
-        lock.withLock { bytesWritten += UInt64(bytes.count) }
         // One transaction: take the blocks off the free list, unmap what they replace, map them.
         var extents: [(offset: UInt64, block: UInt64, count: Int, crcs: ArraySlice<UInt32>)] = []
         var index = 0
@@ -143,8 +135,18 @@ public final class IOService: @unchecked Sendable {
                 left -= n
             }
         }
-        let logged = journaled ? buffer.count + 16 * pieces.count : 0
-        let credit = engine.credit(operations: 8 + 4 * extents.count, payloadBytes: count * 4 + 64 * extents.count) + logged
+        let base = engine.credit(operations: 8 + 4 * extents.count, payloadBytes: count * 4 + 64 * extents.count)
+        // Journaled if small, and if the transaction still fits the log (a tiny log's may not).
+        let logged = buffer.count + Engine.journalRegionOverhead * pieces.count
+        let journaled = buffer.count <= IOService.journalLimit && base + logged <= engine.maxTransactionBytes
+        let credit = base + (journaled ? logged : 0)
+        var at = 0
+        for p in pieces {
+            let n = Int(p.count) * blockSize
+            try buffer.withUnsafeBytes { try data.write(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), atBlock: p.start, journaled: journaled) }
+            at += n
+        }
+        lock.withLock { bytesWritten += UInt64(bytes.count) }
         let (freed, tx) = try engine.write(credit: credit) { t in
             if journaled {
                 var at = 0

@@ -14,10 +14,10 @@ final class IONode {
     var data: String { dir + "/data.img" }
 
     /// `placing: false` keeps logged groups unplaced (for an hour), so a crash replays them.
-    init(dataSize: UInt64 = 64 << 20, placing: Bool = true) throws {
+    init(dataSize: UInt64 = 64 << 20, logSize: UInt64 = 8 << 20, placing: Bool = true) throws {
         var template = Array((NSTemporaryDirectory() + "/tessera-ios-XXXXXX").utf8CString)
         dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-        _ = try Engine.format(path: dir + "/meta.img", size: 64 << 20, pageSize: 16384, logSize: 8 << 20)
+        _ = try Engine.format(path: dir + "/meta.img", size: 64 << 20, pageSize: 16384, logSize: logSize)
         try DataImage.format(path: dir + "/data.img", size: dataSize)
         var o = EngineOptions()
         o.logger.logLevel = .warning
@@ -190,6 +190,18 @@ final class IONode {
         #expect(m.node.catalogues.engine.recoveredGroups > 0)
         #expect(await m.node.handle(.read(cob: cob, offset: 4096, length: UInt32(small.count))) == .data(small))
         #expect(try m.node.catalogues.engine.audit().isClean)
+    }
+
+    @Test func aLogTooSmallToJournalInStillTakesWrites() async throws {
+        // A 256 KiB log: one transaction may log 64 KiB, less than the journal limit.
+        let n = try IONode(logSize: 256 << 10)
+        for (i, size) in [4096, 60 << 10, 128 << 10].enumerated() {
+            let bytes = [UInt8](repeating: UInt8(i + 1), count: size)
+            #expect(await n.node.handle(.write(cob: cob, offset: UInt64(i) << 20, data: bytes, syncWait: true)).isOK, "write of \(size)")
+            #expect(await n.node.handle(.read(cob: cob, offset: UInt64(i) << 20, length: UInt32(size))) == .data(bytes))
+        }
+        try n.reopen(crash: true)
+        #expect(await n.node.handle(.read(cob: cob, offset: 2 << 20, length: 128 << 10)) == .data([UInt8](repeating: 3, count: 128 << 10)))
     }
 
     @Test func blocksFreedAfterAJournaledWriteAreNotReusedUntilItCanNoLongerBeReplayed() async throws {
