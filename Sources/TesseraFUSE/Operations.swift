@@ -23,12 +23,17 @@ func makeOperations() -> fuse_lowlevel_ops {
         // group's worth.
         conn.pointee.max_write = 1 << 20
         conn.pointee.max_readahead = 1 << 20
-        let wanted = UInt32(FUSE_CAP_ASYNC_READ) | UInt32(FUSE_CAP_ATOMIC_O_TRUNC) | UInt32(FUSE_CAP_AUTO_INVAL_DATA) | UInt32(FUSE_CAP_READDIRPLUS)
+        let wanted = UInt32(FUSE_CAP_ASYNC_READ) | UInt32(FUSE_CAP_ATOMIC_O_TRUNC) | UInt32(FUSE_CAP_READDIRPLUS)
             | UInt32(FUSE_CAP_READDIRPLUS_AUTO) | UInt32(FUSE_CAP_PARALLEL_DIROPS) | UInt32(FUSE_CAP_HANDLE_KILLPRIV) | UInt32(FUSE_CAP_EXPORT_SUPPORT)
         conn.pointee.want |= wanted & conn.pointee.capable
         // The file system keeps its own write-back buffers; the kernel's would reorder writes
         // and hide close-to-open from S3.
         conn.pointee.want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
+        // Cached pages stay until the next open (which drops them: opens do not ask to keep
+        // the cache) or a change this mount sees at open (`invalidate`). With automatic
+        // invalidation the kernel dropped them whenever a stat showed a new mtime, which is
+        // after every write of this mount's own: each read after a write went to the daemon.
+        conn.pointee.want &= ~UInt32(FUSE_CAP_AUTO_INVAL_DATA)
         _ = userdata
     }
 

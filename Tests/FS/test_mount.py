@@ -417,6 +417,21 @@ class MountTest(unittest.TestCase):
         with open(self.path("from-s3", "deep", "obj.bin"), "rb") as f:
             self.assertEqual(f.read(), data2)
 
+    def test_pages_cached_in_the_mount_give_way_to_a_put_at_the_next_open(self):
+        # The kernel keeps a file's pages while it is open (a stat showing a new mtime does
+        # not drop them); the next open after a change through S3 drops them.
+        p = self.path("cached.bin")
+        old = os.urandom(300_000)
+        with open(p, "wb") as f:
+            f.write(old)
+        with open(p, "rb") as f:
+            self.assertEqual(f.read(), old)
+            self.assertEqual(f.read(), b"")  # the pages are in the kernel's cache now
+        new = os.urandom(300_000)  # same size
+        self.s3.put_object(Bucket=BUCKET, Key="cached.bin", Body=new)
+        with open(p, "rb") as f:
+            self.assertEqual(f.read(), new)
+
     def test_small_files_in_their_entries_read_through_s3_as_they_change(self):
         # Files up to about 3.8 KiB keep their data in their entry (FileData.swift); growing past
         # that moves it to an object, truncating to nothing brings it back.
