@@ -73,16 +73,18 @@ enum LogRecord {
 
     /// Decodes a header read from the log; nil if it is not a valid header of `seq`.
     static func header(_ b: UnsafeRawBufferPointer, expecting seq: UInt64, logSize: UInt64) -> Header? {
-        guard b.count >= headerSize,
+        guard b.count >= headerSize else { return nil }
+        let version = b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian
+        guard
             b.loadUnaligned(fromByteOffset: 0, as: UInt32.self).littleEndian == magic,
             b.loadUnaligned(fromByteOffset: 28, as: UInt32.self).littleEndian
                 == CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[0..<28])),
-            [version, dataVersion].contains(b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian),
+            version == Self.version || version == dataVersion,
             b.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian == seq
         else { return nil }
         let h = Header(
             seq: seq,
-            version: b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian,
+            version: version,
             regionCount: Int(b.loadUnaligned(fromByteOffset: 16, as: UInt32.self).littleEndian),
             payloadLength: Int(b.loadUnaligned(fromByteOffset: 20, as: UInt32.self).littleEndian),
             recordLength: Int(b.loadUnaligned(fromByteOffset: 24, as: UInt32.self).littleEndian))

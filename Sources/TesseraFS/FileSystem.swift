@@ -1161,6 +1161,7 @@ public final class FileSystem: Sendable {
     /// Format (little-endian): u32 version 2, then per entry u16 tag, u16 permissions (rwx =
     /// 4, 2, 1), u32 id. Tags: 0x01 owner, 0x04 owning group, 0x20 other (0x02 user, 0x08
     /// group and 0x10 mask make an ACL more than minimal).
+    ///
     /// As when the kernel sets an ACL, set-group-ID is dropped unless the caller is root or
     /// in the file's group (its primary group: the request does not carry the others).
     public func accessACLChanges(_ ino: UInt64, _ value: [UInt8], caller: Caller) throws -> AttributeChanges? {
@@ -1174,8 +1175,8 @@ public final class FileSystem: Sendable {
         }
         guard let owner = bits[0x01], let group = bits[0x04], let other = bits[0x20] else { return nil }
         let i = try inode(ino)
-        var special = state.withLock { _ in i.posix.mode & 0o7000 }
-        if caller.uid != 0 && caller.gid != state.withLock({ _ in i.posix.gid }) { special &= ~0o2000 }
+        let (mode, gid) = state.withLock { _ in (i.posix.mode, i.posix.gid) }
+        let special = mode & (caller.uid == 0 || caller.gid == gid ? 0o7000 : 0o5000)
         return AttributeChanges(mode: special | owner << 6 | group << 3 | other)
     }
 

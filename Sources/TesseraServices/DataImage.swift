@@ -142,6 +142,15 @@ public final class DataFile: @unchecked Sendable {
 
     public var path: String { file.path }
 
+    /// Sets the engine hooks this image needs (ServerNode.open, tessera check): a flush of
+    /// unjournaled writes before a group is logged, a flush of everything before log space
+    /// is released, and the write-back of journaled blocks at recovery.
+    public func hook(into options: inout EngineOptions) {
+        options.commit.beforeLog = { [self] in try flushUnjournaled() }
+        options.commit.beforeRelease = { [self] in try flushIfDirty() }
+        options.replayData = { [self] in try replay(offset: $0, bytes: $1) }
+    }
+
     /// The byte offset of `block` in the image.
     func offset(ofBlock block: UInt64) -> UInt64 { header.firstBlockOffset + block * UInt64(header.blockSize) }
 
@@ -167,7 +176,7 @@ public final class DataFile: @unchecked Sendable {
     }
 
     func read(block: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        let offset = header.firstBlockOffset + block * UInt64(header.blockSize)
+        let offset = offset(ofBlock: block)
         let a = Self.directAlignment
         let aligned = Int(bitPattern: buffer.baseAddress) % a == 0 && buffer.count % a == 0 && offset % UInt64(a) == 0
         let large = buffer.count >= Self.largeRead && (aligned || !largeReadsDirect)

@@ -140,21 +140,19 @@ public final class IOService: @unchecked Sendable {
         let logged = buffer.count + Engine.journalRegionOverhead * pieces.count
         let journaled = buffer.count <= IOService.journalLimit && base + logged <= engine.maxTransactionBytes
         let credit = base + (journaled ? logged : 0)
-        var at = 0
+        // Each piece's first block and its bytes in `buffer`.
+        var slices: [(block: UInt64, bytes: Range<Int>)] = []
         for p in pieces {
-            let n = Int(p.count) * blockSize
-            try buffer.withUnsafeBytes { try data.write(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), atBlock: p.start, journaled: journaled) }
-            at += n
+            let at = slices.last?.bytes.upperBound ?? 0
+            slices.append((p.start, at..<(at + Int(p.count) * blockSize)))
+        }
+        for s in slices {
+            try buffer.withUnsafeBytes { try data.write(UnsafeRawBufferPointer(rebasing: $0[s.bytes]), atBlock: s.block, journaled: journaled) }
         }
         lock.withLock { bytesWritten += UInt64(bytes.count) }
         let (freed, tx) = try engine.write(credit: credit) { t in
-            if journaled {
-                var at = 0
-                for p in pieces {
-                    let n = Int(p.count) * blockSize
-                    try buffer.withUnsafeBytes { try t.journal(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)]), at: data.offset(ofBlock: p.start)) }
-                    at += n
-                }
+            for s in slices where journaled {
+                try buffer.withUnsafeBytes { try t.journal(UnsafeRawBufferPointer(rebasing: $0[s.bytes]), at: data.offset(ofBlock: s.block)) }
             }
             for p in pieces { try takeFree(t, p.start, p.count) }
             let freed = try unmap(t, cob: cob, from: first, to: last)

@@ -22,9 +22,7 @@ public struct ServerNode: RequestHandler {
         let data = try DataFile(path: dataPath, faults: faults)
         var options = options
         options.faults = options.faults ?? faults
-        options.commit.beforeLog = { try data.flushUnjournaled() }
-        options.commit.beforeRelease = { try data.flushIfDirty() }
-        options.replayData = { try data.replay(offset: $0, bytes: $1) }
+        data.hook(into: &options)
         let engine = try Engine.open(path: metaPath, options: options)
         do {
             return ServerNode(engine: engine, io: try IOService(engine: engine, data: data))

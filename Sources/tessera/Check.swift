@@ -24,8 +24,7 @@ struct Check: ParsableCommand {
             let sibling = ((image as NSString).deletingLastPathComponent as NSString).appendingPathComponent("data.img")
             if let path = data ?? (FileManager.default.fileExists(atPath: sibling) ? sibling : nil) {
                 let d = try DataFile(path: path)
-                options.replayData = { try d.replay(offset: $0, bytes: $1) }
-                options.commit.beforeRelease = { try d.flushIfDirty() }
+                d.hook(into: &options)
                 dataFile = d
             }
             engine = try Engine.open(path: image, options: options)

@@ -12,9 +12,7 @@ import TesseraEngine
         let dir = TemporaryDirectory()
         // A 64 KiB log holds only a handful of records; placement must keep freeing it.
         let path = try makeImage(dir, size: 16 << 20, pageSize: 4096, logSize: 64 << 10)
-        var o = options()
-        o.commit.placeTimeoutNanos = 3_600 * 1_000_000_000
-        let engine = try Engine.open(path: path, options: o)
+        let engine = try Engine.open(path: path, options: unplacedOptions())
         try engine.write { try $0.createCatalogue(fid) }
         for i in 0..<3000 {
             try engine.write { try $0.put(fid, bytes("k\(i)"), [UInt8](repeating: UInt8(i % 251), count: 100)) }
@@ -29,9 +27,7 @@ import TesseraEngine
     @Test func journaledBytesComeBackAtRecoveryInOrderThenTheLogIsEmpty() throws {
         let dir = TemporaryDirectory()
         let path = try makeImage(dir, size: 16 << 20, pageSize: 4096, logSize: 1 << 20)
-        var o = options()
-        o.commit.placeTimeoutNanos = 3_600 * 1_000_000_000
-        let engine = try Engine.open(path: path, options: o)
+        let engine = try Engine.open(path: path, options: unplacedOptions())
         try engine.write { try $0.createCatalogue(fid) }
         var last = TxId(group: 0)
         for i in 0..<5 {

@@ -28,4 +28,12 @@ func options(cacheBytes: Int = 8 << 20) -> EngineOptions {
     return o
 }
 
+/// `options()` with placement held off for an hour: logged groups stay in the log, and a
+/// crash replays them.
+func unplacedOptions() -> EngineOptions {
+    var o = options()
+    o.commit.placeTimeoutNanos = 3_600 * 1_000_000_000
+    return o
+}
+
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -12,9 +12,7 @@ import TesseraEngine
     /// An image whose log holds `transactions` records (one transaction each), none placed.
     static func imageWithUnplacedLog(_ dir: TemporaryDirectory) throws -> (path: String, records: [(start: Int, meaningful: Int)]) {
         let path = try makeImage(dir, size: 32 << 20, pageSize: 4096, logSize: 8 << 20)
-        var o = options()
-        o.commit.placeTimeoutNanos = 3_600 * 1_000_000_000
-        let engine = try Engine.open(path: path, options: o)
+        let engine = try Engine.open(path: path, options: unplacedOptions())
         try engine.waitLogged(engine.write { try $0.createCatalogue(fid) }.tx)
         for n in 0..<transactions {
             let tx = try engine.write { t in
