@@ -17,8 +17,9 @@ import TesseraCore
 
 /// Tunables of the commit pipeline.
 public struct CommitOptions: Sendable {
-    /// Longest time a non-empty open group waits before it is sealed.
-    public var groupTimeoutNanos: UInt64 = 5_000_000
+    /// Longest time a non-empty open group waits before it is sealed: how long a change no
+    /// one waits for may stay volatile (a waiter seals at once). Each seal is a device flush.
+    public var groupTimeoutNanos: UInt64 = 50_000_000
     /// Longest time a logged group waits before it is placed.
     public var placeTimeoutNanos: UInt64 = 100_000_000
     /// Runs before each log record is written; an error fails the engine. The IO service

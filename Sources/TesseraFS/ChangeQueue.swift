@@ -7,9 +7,11 @@
 // a put then a delete a delete), so it lands in one transaction on each replica as it
 // would have in several. A change either waits for its UPDATE (`submit`) or is answered at
 // once and written behind (`submitBehind`: unlink, making a name known absent, setattr of a
-// closed file). Changes written behind while nothing is being sent are held up to `hold`
-// (5 ms), so the next waited change carries them: a new file's create goes in the UPDATE of
-// its close. Reads of names from the store first wait until nothing is queued
+// closed file). A change written behind while nothing is being sent is held until it is
+// `hold` (5 ms) old, so the next waited change carries it: a new file's create goes in the
+// UPDATE of its close. (Held for 5 ms after the first of a run, rather than after each, a
+// create met the timer in the middle of its file's copy one file in five under `cp -a`,
+// and the close then waited for that UPDATE before sending its own.) Reads of names from the store first wait until nothing is queued
 // (`drained`), so the store never shows the mount an older state than its own. `fsync`
 // sends its entry with sync-wait, which makes every change queued before it durable on the
 // same replicas, or drains the queue and SYNCs when it has no entry to send.
@@ -37,6 +39,8 @@ final class ChangeQueue: Sendable {
         var after: (@Sendable () async -> Void)?
         var lost: (@Sendable (Error) -> Void)?
         var tooLarge = false
+        /// When it was queued (changes written behind are held until they are `hold` old).
+        var since = ContinuousClock.now
         var keys: Int { deletes.count + puts.count }
     }
 
@@ -44,21 +48,28 @@ final class ChangeQueue: Sendable {
         var queued: [Submission] = []
         /// A batch is being sent (by a task, or by a waited caller itself).
         var running = false
-        /// A task will start sending what is held (`hold`).
+        /// A task will send what is held once it is `hold` old (`holdThenSend`).
         var armed = false
         var idle: [CheckedContinuation<Void, Never>] = []
         var failure: Error?
     }
     private let state = Mutex(State())
 
-    /// How long changes written behind are held, when nothing is being sent, before they go
-    /// out by themselves: the next waited change (a close), a read of names or an fsync
-    /// takes them at once, in its own UPDATE; a run of unlinks goes in few.
-    static let hold: Duration = .milliseconds(5)
+    /// How long a change written behind is held, when nothing is being sent, before it goes
+    /// out by itself: the next waited change (a close), a read of names or an fsync takes it
+    /// at once, in its own UPDATE; a run of unlinks goes in few.
+    let hold: Duration
 
-    init(cluster: Cluster, index: Fid) {
+    init(cluster: Cluster, index: Fid, hold: Duration = .milliseconds(5)) {
         self.cluster = cluster
         self.index = index
+        self.hold = hold
+    }
+
+    /// Starts `body` in a task on the cluster's connection thread (its round trips need no
+    /// hop to the cooperative pool and back).
+    private func spawn(_ body: @escaping @Sendable () async -> Void) {
+        Task(executorPreference: cluster.executor, operation: body)
     }
 
     /// Queues deleting `deletes` then putting `puts`; returns once the UPDATE carrying them
@@ -106,16 +117,31 @@ final class ChangeQueue: Sendable {
             s.armed = true
             return true
         }
-        if arm {
-            Task {
-                try? await Task.sleep(for: Self.hold)
-                let start = self.state.withLock { s -> Bool in
+        if arm { spawn { await self.holdThenSend() } }
+    }
+
+    /// Sleeps until the oldest change held is `hold` old, then sends what is queued; stops
+    /// if a waited change or a read of names took it meanwhile.
+    private func holdThenSend() async {
+        enum Next { case stop, send, sleep(Duration) }
+        var wait = hold
+        while true {
+            try? await Task.sleep(for: wait)
+            let next = state.withLock { s -> Next in
+                guard !s.running, let oldest = s.queued.first else {
                     s.armed = false
-                    guard !s.running, !s.queued.isEmpty else { return false }
-                    s.running = true
-                    return true
+                    return .stop
                 }
-                if start { await self.run() }
+                let age = ContinuousClock.now - oldest.since
+                if age < hold { return .sleep(hold - age) }
+                s.armed = false
+                s.running = true
+                return .send
+            }
+            switch next {
+            case .stop: return
+            case .send: return await run()
+            case .sleep(let d): wait = d
             }
         }
     }
@@ -127,7 +153,7 @@ final class ChangeQueue: Sendable {
             s.running = true
             return idle
         }
-        if start { Task { await self.run() } }
+        if start { spawn { await self.run() } }
     }
 
     /// Returns once every change queued before the call is in the store; held changes go
@@ -142,7 +168,7 @@ final class ChangeQueue: Sendable {
                 return (false, true)
             }
             if now { c.resume() }
-            if start { Task { await self.run() } }
+            if start { spawn { await self.run() } }
         }
     }
 
@@ -165,7 +191,7 @@ final class ChangeQueue: Sendable {
             return s.idle
         }
         guard let idle else {
-            Task { await self.run() }
+            spawn { await self.run() }
             return
         }
         for c in idle { c.resume() }

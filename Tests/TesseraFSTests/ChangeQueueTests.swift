@@ -54,6 +54,29 @@ import TesseraCore
         await cluster.stop()
     }
 
+    @Test func aChangeWrittenBehindIsHeldForItsOwnHoldTime() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, _) = try await cluster.mount(bucket: "queue-hold")
+        let index = Fid(hi: 0x5445_5354_0000_0003, lo: 11)
+        try await client.createIndex(index)
+        let queue = ChangeQueue(cluster: client, index: index, hold: .seconds(2))
+        let start = ContinuousClock.now
+        // `a` arms the hold; a waited change 0.4 s later carries it.
+        queue.submitBehind(deleting: [], putting: [r("a", "1")], after: nil, lost: { _ in })
+        try await Task.sleep(until: start + .milliseconds(400))
+        try await queue.submit(deleting: [], putting: [r("w", "1")], sync: false)
+        #expect(try await client.get(index, [k("a")]) == [k("1")])
+        // `b`, queued at 0.6 s, is not sent when `a`'s hold ends (2 s) but at its own (2.6 s).
+        try await Task.sleep(until: start + .milliseconds(600))
+        queue.submitBehind(deleting: [], putting: [r("b", "1")], after: nil, lost: { _ in })
+        try await Task.sleep(until: start + .milliseconds(2200))
+        #expect(try await client.get(index, [k("b")]) == [nil], "sent before it was held its own 2 s")
+        try await Task.sleep(until: start + .milliseconds(3500))
+        #expect(try await client.get(index, [k("b")]) == [k("1")], "never sent by itself")
+        await client.close()
+        await cluster.stop()
+    }
+
     @Test func aChangeThatCannotBeStoredIsReportedOnce() async throws {
         let cluster = try await InProcessCluster()
         let (client, _) = try await cluster.mount(bucket: "queue-lost")
