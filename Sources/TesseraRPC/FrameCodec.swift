@@ -39,6 +39,22 @@ struct FrameAccumulator {
         }
     }
 
+    /// The header of the frame whose start is held, once all of the header is here (nil if
+    /// it does not parse: the next `receive` throws).
+    var heldHeader: Frame.Header? {
+        guard let h = held, h.readableBytes >= Frame.headerSize else { return nil }
+        return try? h.withUnsafeReadableBytes { try Frame.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<Frame.headerSize])) }
+    }
+
+    /// Lets go of the held start of a frame whose header is here (`heldHeader`), returning
+    /// the part of its body received so far: the caller takes the rest of the body itself.
+    mutating func takeHeldBody() -> ByteBuffer {
+        var h = held!
+        held = nil
+        h.moveReaderIndex(forwardBy: Frame.headerSize)
+        return h
+    }
+
     /// Takes one whole frame from `buffer`, or nothing if it is not all there yet.
     static func take(from buffer: inout ByteBuffer) throws -> Frame? {
         guard let (header, body) = try takeSlice(from: &buffer) else { return nil }

@@ -98,9 +98,10 @@ public final class RPCClient: RequestHandler {
     /// `destination`, which must stay valid until this returns and must be the length the
     /// request asks for. Returns `.done` once it is filled, or the failure the server (or
     /// the connection) answered; a reply of any other length is a failure.
-    public func call(_ request: Request, dataInto destination: UnsafeMutableRawBufferPointer) async -> Response {
+    public func call(_ request: Request, deadline: Duration? = nil, dataInto destination: UnsafeMutableRawBufferPointer) async -> Response {
         let target = Destination(buffer: destination)
-        return await withCheckedContinuation { submit(Bodies([request]), Self.millis(defaultDeadline), .single($0), into: target) }
+        let millis = Self.millis(deadline ?? defaultDeadline)
+        return await withCheckedContinuation { submit(Bodies([request]), millis, .single($0), into: target) }
     }
 
     /// Hands the frames to the connection's handler: directly when already on its event
@@ -153,8 +154,10 @@ public final class LoopExecutor: TaskExecutor {
 }
 
 /// Per connection, on its event loop: the handshake, then matching responses to requests.
-/// It takes the socket's bytes as they come (`FrameAccumulator`); READ data is copied from
-/// them straight to where the caller wants it.
+/// It takes the socket's bytes as they come (`FrameAccumulator`). The body of a READ's data
+/// frame whose caller lent the memory for it is copied there piece by piece as the socket
+/// delivers it (`Streaming`), not gathered into a whole frame first: one copy of each
+/// byte read, not two (during a cold `dd` read the two copies were 15% of the mount's CPU).
 final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -167,6 +170,13 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     private var context: ChannelHandlerContext?
     private var closed = false
     private var flushScheduled = false
+    /// The data frame whose body is being copied into its caller's memory as it arrives.
+    private var streaming: Streaming?
+    private struct Streaming {
+        let id: UInt64
+        var filled: Int
+        var remaining: Int
+    }
 
     init(secret: String, ready: EventLoopPromise<Void>) {
         handshake = ClientHandshake(secret: secret)
@@ -222,15 +232,56 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closed else { return }
+        var incoming = unwrapInboundIn(data)
+        if streaming != nil {
+            stream(&incoming)
+            guard incoming.readableBytes > 0 else { return }
+        }
         do {
-            try frames.receive(unwrapInboundIn(data)) { header, body in
+            try frames.receive(incoming) { header, body in
                 received(context, header, body)
                 return !closed
             }
         } catch {
             // Undecodable bytes: the frame boundary is lost.
             fail(context, .io, "connection error: \(error)")
+            return
         }
+        startStreaming()
+    }
+
+    /// If the frame begun and held is a READ's data whose caller lent memory of its length,
+    /// its body goes there from now on, as it arrives.
+    private func startStreaming() {
+        guard !closed, ready == nil, let header = frames.heldHeader, header.kind == .data,
+            let d = pending[header.requestID]?.destination, d.buffer.count == header.bodyLength
+        else { return }
+        var body = frames.takeHeldBody()
+        streaming = Streaming(id: header.requestID, filled: 0, remaining: header.bodyLength)
+        stream(&body)
+    }
+
+    /// Copies the next bytes of the streaming body from `incoming` (as many as it has, up to
+    /// the body's end) to the caller's memory, and answers the READ once they are all there.
+    /// A READ answered meanwhile (its deadline passed) lent memory it may have freed: the rest
+    /// of its body is dropped.
+    private func stream(_ incoming: inout ByteBuffer) {
+        guard var s = streaming else { return }
+        let n = min(s.remaining, incoming.readableBytes)
+        if let d = pending[s.id]?.destination {
+            incoming.withUnsafeReadableBytes { src in
+                UnsafeMutableRawBufferPointer(rebasing: d.buffer[s.filled..<(s.filled + n)]).copyMemory(from: UnsafeRawBufferPointer(rebasing: src[0..<n]))
+            }
+        }
+        incoming.moveReaderIndex(forwardBy: n)
+        s.filled += n
+        s.remaining -= n
+        guard s.remaining == 0 else {
+            streaming = s
+            return
+        }
+        streaming = nil
+        if let p = pending.removeValue(forKey: s.id) { p.batch.complete(p.slot, .done) }
     }
 
     /// Fails everything waiting and closes the connection.

@@ -111,6 +111,65 @@ final class LiveServer: @unchecked Sendable {
         await live.stop()
     }
 
+    /// Answers READ(cob, offset, length) with bytes numbered from `offset` (xor cob.lo),
+    /// one byte short when cob.hi is 1.
+    struct Pattern: RequestHandler {
+        static func byte(_ cob: Fid, _ at: UInt64) -> UInt8 { UInt8(truncatingIfNeeded: at ^ (at >> 8) ^ cob.lo) }
+        func handle(_ request: Request) async -> Response {
+            guard case .read(let cob, let offset, let length) = request else { return .failure(.invalidArgument, "not a READ") }
+            let n = Int(length) - (cob.hi == 1 ? 1 : 0)
+            return .data((0..<UInt64(n)).map { Self.byte(cob, offset + $0) })
+        }
+    }
+
+    @Test func readDataGoesStraightToTheCallersMemory() async throws {
+        let live = try await LiveServer { _ in Pattern() }
+        let c = try await live.client()
+        func read(_ cob: Fid, _ offset: UInt64, _ length: Int) async -> (Response, [UInt8]) {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
+            defer { buffer.deallocate() }
+            buffer.initializeMemory(as: UInt8.self, repeating: 0xEE)
+            let r = await c.call(.read(cob: cob, offset: offset, length: UInt32(length)), dataInto: buffer)
+            return (r, Array(buffer))
+        }
+        func expected(_ cob: Fid, _ offset: UInt64, _ length: Int) -> [UInt8] { (0..<UInt64(length)).map { Pattern.byte(cob, offset + $0) } }
+        // Bodies of many socket reads, several in flight at once, each where its caller wants it.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for k in 0..<6 {
+                group.addTask {
+                    let cob = Fid(hi: 0, lo: UInt64(k))
+                    let length = [1, 4096, 65_537, 1 << 20, 3 << 20, 8 << 20][k]
+                    let (r, got) = await read(cob, UInt64(k) * 7, length)
+                    #expect(r == .done)
+                    #expect(got == expected(cob, UInt64(k) * 7, length), "READ of \(length) bytes")
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Data of the wrong length is a failure (the server finds it), and the memory is left alone.
+        let (short, untouched) = await read(Fid(hi: 1, lo: 0), 0, 1 << 20)
+        if case .failure = short {} else { Issue.record("\(short)") }
+        #expect(untouched.allSatisfy { $0 == 0xEE })
+        // Deadlines that pass before or while the data arrives: each READ is either whole or
+        // timed out, and the connection keeps its frames in step.
+        for i in 0..<20 {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 4096)
+            let r = await c.call(.read(cob: Fid(hi: 0, lo: 9), offset: UInt64(i), length: 8 << 20), deadline: .milliseconds(i + 1), dataInto: buffer)
+            switch r {
+            case .done: #expect(Array(buffer) == expected(Fid(hi: 0, lo: 9), UInt64(i), 8 << 20))
+            case .failure(let s, _): #expect(s == .timedOut)
+            default: Issue.record("\(r)")
+            }
+            // Memory a timed-out READ lent may be reused at once.
+            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+            buffer.deallocate()
+        }
+        let (after, bytes) = await read(Fid(hi: 0, lo: 3), 5, 2 << 20)
+        #expect(after == .done && bytes == expected(Fid(hi: 0, lo: 3), 5, 2 << 20))
+        await c.close()
+        await live.stop()
+    }
+
     @Test func malformedRequestBodyGetsAnErrorAndTheConnectionLives() async throws {
         let live = try await LiveServer()
         let c = try await live.client()
