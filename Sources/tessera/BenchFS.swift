@@ -2,7 +2,10 @@
 // Debian's bindfs is FUSE 2, so it runs with -o multithreaded,big_writes) and against the
 // plain directory itself (the limit), all on the same disk, in one run: dd write (1 GiB,
 // conv=fsync) and cold read with 1 MiB blocks, fio 4 KiB random read/write, create + stat +
-// unlink of small files, cp -a and diff -r of a system tree, and `tessera fsx`.
+// unlink of small files, cp -a and diff -r of a system tree, and `tessera fsx`. Each round
+// runs every row on the three back to back, so a round's ratios compare them under the same
+// load from the machine's neighbours; the table gives medians over the rounds (one round
+// swung a row's ratio by half on these shared machines).
 import ArgumentParser
 import Foundation
 import TesseraCore
@@ -16,6 +19,7 @@ struct BenchFS: AsyncParsableCommand {
     @Option(help: "Seconds of each fio run.") var fioSeconds = 10
     @Option(help: "fsx operations.") var fsxOps = 10_000
     @Option(help: "The tree to copy (default: the first of /usr/lib/python3.11, /usr/include, /usr/share/doc).") var tree: String?
+    @Option(help: "Rounds; each runs every row on the plain directory, bindfs and the mount, and the table shows medians.") var rounds = 3
 
     struct Target {
         let name: String
@@ -23,6 +27,7 @@ struct BenchFS: AsyncParsableCommand {
     }
 
     func run() async throws {
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
         guard let bindfs = which("bindfs"), let fio = which("fio") else {
             throw TesseraError(.notFound, "bench fs needs bindfs and fio (apt-get install bindfs fio; scripts/install-deps does)")
         }
@@ -56,7 +61,11 @@ struct BenchFS: AsyncParsableCommand {
         up = true
 
         let targets = [Target(name: "plain", path: plain), Target(name: "bindfs", path: bindMount), Target(name: "tessera", path: mount)]
-        var rows: [(String, String, [Double])] = []
+        // Per row, in order: its unit and each round's values (plain, bindfs, tessera).
+        var rows: [(what: String, unit: String, rounds: [[Double]])] = []
+        func add(_ what: String, _ unit: String, _ values: [Double]) {
+            if let i = rows.firstIndex(where: { $0.what == what }) { rows[i].rounds.append(values) } else { rows.append((what, unit, [values])) }
+        }
         func measure(_ what: String, _ unit: String, _ body: (Target) throws -> Double) rethrows {
             var values: [Double] = []
             for t in targets {
@@ -64,62 +73,67 @@ struct BenchFS: AsyncParsableCommand {
                 note("\(what) on \(t.name): \(String(format: "%.1f", v)) \(unit)")
                 values.append(v)
             }
-            rows.append((what, unit, values))
+            add(what, unit, values)
         }
         let mib = Int(bytes >> 20)
-        try measure("dd write 1 MiB blocks, conv=fsync", "MB/s") { t in
-            dropCaches()
-            return try timed(bytes) { _ = try capture("/bin/dd", ["if=/dev/zero", "of=\(t.path)/dd.bin", "bs=1M", "count=\(mib)", "conv=fsync"], stderr: true) }
-        }
-        try measure("dd cold read 1 MiB blocks", "MB/s") { t in
-            dropCaches()
-            let r = try timed(bytes) { _ = try capture("/bin/dd", ["if=\(t.path)/dd.bin", "of=/dev/null", "bs=1M"], stderr: true) }
-            unlink("\(t.path)/dd.bin")
-            return r
-        }
-        try measure("fio 4 KiB random read+write", "IOPS") { t in
-            let out = try capture(fio, [
-                "--name=rand", "--filename=\(t.path)/fio.bin", "--size=256M", "--bs=4k", "--rw=randrw", "--rwmixread=50", "--ioengine=psync",
-                "--runtime=\(fioSeconds)", "--time_based", "--output-format=json",
-            ])
-            unlink("\(t.path)/fio.bin")
-            return fioIOPS(out)
-        }
-        var smallFiles: [[Double]] = []
-        for t in targets { smallFiles.append(try smallFileRates(t.path + "/small")) }
-        for (n, what) in ["create (1 KiB, close)", "stat", "unlink"].enumerated() {
-            rows.append(("\(files) small files: \(what)", "ops/s", smallFiles.map { $0[n] }))
-        }
-        try measure("cp -a \(src)", "s") { t in
-            dropCaches()
-            return try elapsed { guard try runTool("/bin/cp", ["-a", src, "\(t.path)/tree"]) == 0 else { throw TesseraError(.io, "cp -a failed on \(t.name)") } }
-        }
-        try measure("diff -r (cold)", "s") { t in
-            dropCaches()
-            let s = try elapsed { guard try runTool("/usr/bin/diff", ["-r", "-q", "--no-dereference", src, "\(t.path)/tree"]) == 0 else { throw TesseraError(.io, "diff -r found differences on \(t.name)") } }
-            _ = try runTool("/bin/rm", ["-rf", "\(t.path)/tree"])
-            return s
-        }
-        try measure("tessera fsx -N \(fsxOps)", "ops/s") { t in
-            let out = try capture(tesseraExecutable, ["fsx", "-N", String(fsxOps), "-S", "1", "\(t.path)/fsx.bin"])
-            unlink("\(t.path)/fsx.bin")
-            guard let r = out.split(separator: ":").last.flatMap({ $0.split(separator: " ").first }).flatMap({ Double($0) }) else {
-                throw TesseraError(.io, "fsx on \(t.name) failed: \(out)")
+        for round in 1...rounds {
+            note("round \(round) of \(rounds)")
+            try measure("dd write 1 MiB blocks, conv=fsync", "MB/s") { t in
+                dropCaches()
+                return try timed(bytes) { _ = try capture("/bin/dd", ["if=/dev/zero", "of=\(t.path)/dd.bin", "bs=1M", "count=\(mib)", "conv=fsync"], stderr: true) }
             }
-            return r
+            try measure("dd cold read 1 MiB blocks", "MB/s") { t in
+                dropCaches()
+                let r = try timed(bytes) { _ = try capture("/bin/dd", ["if=\(t.path)/dd.bin", "of=/dev/null", "bs=1M"], stderr: true) }
+                unlink("\(t.path)/dd.bin")
+                return r
+            }
+            try measure("fio 4 KiB random read+write", "IOPS") { t in
+                let out = try capture(fio, [
+                    "--name=rand", "--filename=\(t.path)/fio.bin", "--size=256M", "--bs=4k", "--rw=randrw", "--rwmixread=50", "--ioengine=psync",
+                    "--runtime=\(fioSeconds)", "--time_based", "--output-format=json",
+                ])
+                unlink("\(t.path)/fio.bin")
+                return fioIOPS(out)
+            }
+            var smallFiles: [[Double]] = []
+            for t in targets { smallFiles.append(try smallFileRates(t.path + "/small")) }
+            for (n, what) in ["create (1 KiB, close)", "stat", "unlink"].enumerated() {
+                add("\(files) small files: \(what)", "ops/s", smallFiles.map { $0[n] })
+            }
+            try measure("cp -a \(src)", "s") { t in
+                dropCaches()
+                return try elapsed { guard try runTool("/bin/cp", ["-a", src, "\(t.path)/tree"]) == 0 else { throw TesseraError(.io, "cp -a failed on \(t.name)") } }
+            }
+            try measure("diff -r (cold)", "s") { t in
+                dropCaches()
+                let s = try elapsed { guard try runTool("/usr/bin/diff", ["-r", "-q", "--no-dereference", src, "\(t.path)/tree"]) == 0 else { throw TesseraError(.io, "diff -r found differences on \(t.name)") } }
+                _ = try runTool("/bin/rm", ["-rf", "\(t.path)/tree"])
+                return s
+            }
+            try measure("tessera fsx -N \(fsxOps)", "ops/s") { t in
+                let out = try capture(tesseraExecutable, ["fsx", "-N", String(fsxOps), "-S", "1", "\(t.path)/fsx.bin"])
+                unlink("\(t.path)/fsx.bin")
+                guard let r = out.split(separator: ":").last.flatMap({ $0.split(separator: " ").first }).flatMap({ Double($0) }) else {
+                    throw TesseraError(.io, "fsx on \(t.name) failed: \(out)")
+                }
+                return r
+            }
         }
 
-        print("tessera bench fs: \(dir), one run; ratios above 1 favour tessera (for seconds, the inverse)")
+        print("tessera bench fs: \(dir), \(rounds) round(s): medians of the values and of each round's ratios; ratios above 1 favour tessera (for seconds, the inverse)")
         func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
             s.count >= n ? s : (left ? s + String(repeating: " ", count: n - s.count) : String(repeating: " ", count: n - s.count) + s)
         }
-        print(pad("", 44, left: true) + ["plain", "bindfs", "tessera", "/plain", "/bindfs"].map { pad($0, 11) }.joined() + "  unit")
-        for (what, unit, v) in rows {
-            let lowerBetter = unit == "s"
-            let vsPlain = lowerBetter ? v[0] / v[2] : v[2] / v[0]
-            let vsBind = lowerBetter ? v[1] / v[2] : v[2] / v[1]
-            let cells = v.map { pad(String(format: "%.1f", $0), 11) } + [vsPlain, vsBind].map { pad(String(format: "%.2f", $0), 11) }
-            print(pad(what, 44, left: true) + cells.joined() + "  " + unit)
+        print(pad("", 44, left: true) + ["plain", "bindfs", "tessera", "/plain", "/bindfs"].map { pad($0, 11) }.joined() + "  unit  (per-round /bindfs)")
+        for row in rows {
+            let lowerBetter = row.unit == "s"
+            func ratio(_ v: [Double], _ base: Int) -> Double { lowerBetter ? v[base] / v[2] : v[2] / v[base] }
+            let values = (0..<3).map { t in median(row.rounds.map { $0[t] }) }
+            let vsPlain = median(row.rounds.map { ratio($0, 0) })
+            let perRound = row.rounds.map { ratio($0, 1) }
+            let cells = values.map { pad(String(format: "%.1f", $0), 11) } + [vsPlain, median(perRound)].map { pad(String(format: "%.2f", $0), 11) }
+            print(pad(row.what, 44, left: true) + cells.joined() + "  " + pad(row.unit, 5, left: true) + " (" + perRound.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")")
         }
     }
 
