@@ -48,8 +48,17 @@ public final class ImageFile: @unchecked Sendable {
             throw TesseraError(e == ENOENT ? .notFound : e == EEXIST ? .exists : .io, "\(path): \(what)", osErrno: e)
         }
         self.fd = fd
-        if lock && flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        // A child process that another thread is starting holds a copy of every descriptor,
+        // and so of the lock of an image closed meanwhile, until it execs (O_CLOEXEC): the
+        // lock is retried for up to a second before the image is called someone else's.
+        var tries = 0
+        while lock && flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let e = errno
+            if e == EWOULDBLOCK && tries < 100 {
+                tries += 1
+                usleep(10_000)
+                continue
+            }
             Glibc.close(fd)
             throw TesseraError(.busy, "\(path): image is in use by another process", osErrno: e)
         }
