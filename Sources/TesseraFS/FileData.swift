@@ -472,6 +472,20 @@ final class FileData: @unchecked Sendable {
 
     // MARK: Size
 
+    /// `truncate` to a size no smaller than the file's, done at once: it needs no I/O unless
+    /// it moves bytes kept in the entry to the object (then false, nothing changed). Pages
+    /// being read in stay valid: the object's bytes past `stored` are zeros either way.
+    func growResident(to newSize: UInt64) -> Bool {
+        guard newSize >= size else { return false }
+        if inline != nil {
+            guard fitsInline(newSize) else { return false }
+            inline!.append(contentsOf: repeatElement(0, count: Int(newSize - size)))
+        }
+        size = newSize
+        changed = true
+        return true
+    }
+
     /// Sets the size. Shrinking frees the object beyond the new size (so it reads as zeros
     /// if the file grows again) and cuts the pages; growing needs nothing. A file cut to
     /// nothing whose object then holds nothing keeps its bytes in the entry again.

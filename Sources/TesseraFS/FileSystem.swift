@@ -1066,11 +1066,7 @@ public final class FileSystem: Sendable {
             if let size = c.size {
                 guard i.type == .regular else { throw FSError(i.type == .directory ? EISDIR : EINVAL) }
                 try await withData(i) { d in try await d.truncate(to: size) }
-                state.withLock { _ in
-                    i.record.modified = t
-                    i.posix.ctime = t
-                    if caller.uid != 0 { i.posix.mode &= ~0o4000 }
-                }
+                grew(i, at: t, caller: caller)
             }
             try await namespace.withLock(0) {
                 // Else written behind, unless a hard link (its record is in another index).
@@ -1080,21 +1076,36 @@ public final class FileSystem: Sendable {
         }
     }
 
-    /// `setattr` without a size, done at once on the caller's thread when it needs no round
-    /// trip (the file open, or closed and not a hard link) and no lock is held; else nil.
-    public func setattrNow(_ ino: UInt64, _ c: AttributeChanges) throws -> Attributes? {
-        guard c.size == nil else { return nil }
+    /// `setattr` done at once on the caller's thread when it needs no round trip (the file
+    /// open, or closed and not a hard link; a size only to grow an open file, which
+    /// `FileData.growResident` does in memory) and no lock is held; else nil.
+    public func setattrNow(_ ino: UInt64, _ c: AttributeChanges, caller: Caller) throws -> Attributes? {
         try checkWritable()
         let i = try inode(ino)
         let done = try fileLocks.withLockIfFree(ino) { () throws -> Bool? in
             try namespace.withLockIfFree(0) { () throws -> Bool in
-                let waits = state.withLock { _ in i.linked && i.data == nil && !i.unlinked }
+                let (waits, data) = state.withLock { _ in (i.linked && i.data == nil && !i.unlinked, i.data) }
                 if waits { return false }
-                _ = try change(i, c, at: now())
+                let t = now()
+                if let size = c.size {
+                    guard i.type == .regular, let data, data.growResident(to: size) else { return false }
+                    grew(i, at: t, caller: caller)
+                }
+                _ = try change(i, c, at: t)
                 return true
             }
         }
         return done == true ? attributes(i) : nil
+    }
+
+    /// What a size change does beyond the data: mtime and ctime, and set-user-ID dropped
+    /// unless root changed it.
+    private func grew(_ i: Inode, at t: UInt64, caller: Caller) {
+        state.withLock { _ in
+            i.record.modified = t
+            i.posix.ctime = t
+            if caller.uid != 0 { i.posix.mode &= ~0o4000 }
+        }
     }
 
     /// Applies mode, owner and time changes to `i` (ctime now) and sees that they are

@@ -81,7 +81,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
         let changes = c
         let caller = FUSESession.caller(req)
-        s.serve(req, now: { try s.fs.setattrNow(ino, changes) }, { try await s.fs.setattr(ino, changes, caller: caller) }) { s.replyAttr(req, $0) }
+        s.serve(req, now: { try s.fs.setattrNow(ino, changes, caller: caller) }, { try await s.fs.setattr(ino, changes, caller: caller) }) { s.replyAttr(req, $0) }
     }
 
     ops.readlink = { req, ino in
@@ -272,7 +272,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             do {
                 let caller = FUSESession.caller(req)
                 if let c = try s.fs.accessACLChanges(ino, v, caller: caller) {
-                    s.serve(req, now: { try s.fs.setattrNow(ino, c) }, { try await s.fs.setattr(ino, c, caller: caller) }) { _ in _ = fuse_reply_err(req, 0) }
+                    s.serve(req, now: { try s.fs.setattrNow(ino, c, caller: caller) }, { try await s.fs.setattr(ino, c, caller: caller) }) { _ in _ = fuse_reply_err(req, 0) }
                     return
                 }
             } catch {

@@ -84,4 +84,38 @@ import TesseraS3
         await client2.close()
         await cluster.stop()
     }
+
+    /// ftruncate up of an open file is answered on the caller's thread (FUSE), in memory;
+    /// shrinking, or growing bytes kept in the entry past the limit, goes the long way.
+    @Test func growingAnOpenFileNeedsNoRoundTrip() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, fs) = try await cluster.mount(bucket: "grow")
+        let bucket = try #require(try await fs.store.bucket("grow"))
+        let user = Caller(uid: 1000, gid: 1000)
+        let (a, h) = try await fs.create(FileSystem.rootIno, Array("g".utf8), mode: 0o4755, flags: O_RDWR, caller: user)
+        _ = try await fs.write(h, at: 0, bytes: pattern(4, 100))
+        // In the entry, and within the limit: grown in memory.
+        let before = try fs.getattr(a.ino)
+        let small = try #require(try fs.setattrNow(a.ino, AttributeChanges(size: 300), caller: user))
+        #expect(small.size == 300 && small.mtime >= before.mtime && small.ctime >= before.ctime)
+        #expect(small.mode & 0o4000 == 0, "a size change by a user drops set-user-ID")
+        // Past the limit the bytes must move to the object: not here.
+        #expect(try fs.setattrNow(a.ino, AttributeChanges(size: 1 << 20), caller: user) == nil)
+        #expect(try fs.getattr(a.ino).size == 300)
+        _ = try await fs.setattr(a.ino, AttributeChanges(size: 1 << 20), caller: user)
+        // An object's file grows in memory too; shrinking is not done here.
+        #expect(try fs.setattrNow(a.ino, AttributeChanges(size: 3 << 20), caller: user)?.size == 3 << 20)
+        #expect(try fs.setattrNow(a.ino, AttributeChanges(size: 2 << 20), caller: user) == nil)
+        #expect(try await fs.read(h, at: 0, count: 200) == pattern(4, 100) + [UInt8](repeating: 0, count: 100))
+        #expect(try await fs.read(h, at: (3 << 20) - 10, count: 100) == [UInt8](repeating: 0, count: 10))
+        // The close stores the grown size.
+        try await fs.release(h)
+        let e = try #require(try await fs.store.entry(bucket, "g"))
+        #expect(e.size == 3 << 20)
+        #expect(try await fs.store.reading(e) { try await $0.read(at: 0, length: 100) } == pattern(4, 100))
+        // A closed file's size is never changed here.
+        #expect(try fs.setattrNow(a.ino, AttributeChanges(size: 4 << 20), caller: user) == nil)
+        await client.close()
+        await cluster.stop()
+    }
 }
