@@ -9,12 +9,13 @@
 // once and written behind (`submitBehind`: unlink, making a name known absent, setattr of a
 // closed file). A change written behind while nothing is being sent is held until it is
 // `hold` (5 ms) old, so the next waited change carries it: a new file's create goes in the
-// UPDATE of its close. (Held for 5 ms after the first of a run, rather than after each, a
-// create met the timer in the middle of its file's copy one file in five under `cp -a`,
-// and the close then waited for that UPDATE before sending its own.) Reads of names from the store first wait until nothing is queued
-// (`drained`), so the store never shows the mount an older state than its own. `fsync`
-// sends its entry with sync-wait, which makes every change queued before it durable on the
-// same replicas, or drains the queue and SYNCs when it has no entry to send.
+// UPDATE of its close. (Held for 5 ms from the first of a run instead, creates under
+// `cp -a` met the timer in the middle of their file's copy, and the close then waited for
+// that UPDATE before sending its own.) Reads of names from the store first wait until
+// nothing is queued (`drained`), so the store never shows the mount an older state than
+// its own. `fsync` sends its entry with sync-wait, which makes every change queued before
+// it durable on the same replicas, or drains the queue and SYNCs when it has no entry to
+// send.
 //
 // A change written behind that fails is logged, the name cache is emptied (its state is
 // unknown), and the failure is what the next `fsync` returns, as a local file system

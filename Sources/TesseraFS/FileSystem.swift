@@ -1066,7 +1066,7 @@ public final class FileSystem: Sendable {
             if let size = c.size {
                 guard i.type == .regular else { throw FSError(i.type == .directory ? EISDIR : EINVAL) }
                 try await withData(i) { d in try await d.truncate(to: size) }
-                grew(i, at: t, caller: caller)
+                resized(i, at: t, caller: caller)
             }
             try await namespace.withLock(0) {
                 // Else written behind, unless a hard link (its record is in another index).
@@ -1089,7 +1089,7 @@ public final class FileSystem: Sendable {
                 let t = now()
                 if let size = c.size {
                     guard i.type == .regular, let data, data.growResident(to: size) else { return false }
-                    grew(i, at: t, caller: caller)
+                    resized(i, at: t, caller: caller)
                 }
                 _ = try change(i, c, at: t)
                 return true
@@ -1100,7 +1100,7 @@ public final class FileSystem: Sendable {
 
     /// What a size change does beyond the data: mtime and ctime, and set-user-ID dropped
     /// unless root changed it.
-    private func grew(_ i: Inode, at t: UInt64, caller: Caller) {
+    private func resized(_ i: Inode, at t: UInt64, caller: Caller) {
         state.withLock { _ in
             i.record.modified = t
             i.posix.ctime = t
