@@ -3,8 +3,9 @@
 // Replay writes each group's regions into the segment (idempotent: a region holds the bytes
 // as they were after its transaction) and hands its data regions to `data` (the data image),
 // flushes both, and only then records the new, empty log in the header. A crash anywhere in
-// between leaves the old header, so the next open replays the same groups again. A record that is torn, corrupt, or carries an unexpected sequence
-// number ends the log; what follows it is ignored.
+// between leaves the old header, so the next open replays the same groups again. A record
+// that is torn, corrupt, or carries an unexpected sequence number ends the log; what
+// follows it is ignored.
 import TesseraCore
 
 #if canImport(Glibc)

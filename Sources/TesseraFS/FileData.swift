@@ -490,8 +490,9 @@ final class FileData: @unchecked Sendable {
     /// if the file grows again) and cuts the pages; growing needs nothing. A file cut to
     /// nothing whose object then holds nothing keeps its bytes in the entry again.
     func truncate(to newSize: UInt64) async throws {
+        if newSize > size && growResident(to: newSize) { return }
         if fitsInline(newSize) {
-            if newSize < size { inline!.removeLast(Int(size - newSize)) } else { inline!.append(contentsOf: repeatElement(0, count: Int(newSize - size))) }
+            inline!.removeLast(Int(size - newSize))
             size = newSize
             changed = true
             return

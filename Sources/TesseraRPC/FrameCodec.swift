@@ -42,8 +42,8 @@ struct FrameAccumulator {
     /// The header of the frame whose start is held, once all of the header is here (nil if
     /// it does not parse: the next `receive` throws).
     var heldHeader: Frame.Header? {
-        guard let h = held, h.readableBytes >= Frame.headerSize else { return nil }
-        return try? h.withUnsafeReadableBytes { try Frame.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<Frame.headerSize])) }
+        guard let h = held else { return nil }
+        return (try? Self.header(of: h)) ?? nil
     }
 
     /// Lets go of the held start of a frame whose header is here (`heldHeader`), returning
@@ -55,6 +55,12 @@ struct FrameAccumulator {
         return h
     }
 
+    /// The header of the frame `buffer` starts with, or nothing if not all of it is there.
+    static func header(of buffer: ByteBuffer) throws -> Frame.Header? {
+        guard buffer.readableBytes >= Frame.headerSize else { return nil }
+        return try buffer.withUnsafeReadableBytes { try Frame.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<Frame.headerSize])) }
+    }
+
     /// Takes one whole frame from `buffer`, or nothing if it is not all there yet.
     static func take(from buffer: inout ByteBuffer) throws -> Frame? {
         guard let (header, body) = try takeSlice(from: &buffer) else { return nil }
@@ -64,9 +70,7 @@ struct FrameAccumulator {
     /// Takes one whole frame's header and its body as a slice of `buffer` (no copy), or
     /// nothing if the frame is not all there yet.
     static func takeSlice(from buffer: inout ByteBuffer) throws -> (Frame.Header, ByteBuffer)? {
-        guard buffer.readableBytes >= Frame.headerSize else { return nil }
-        let header = try buffer.withUnsafeReadableBytes { try Frame.parseHeader(UnsafeRawBufferPointer(rebasing: $0[0..<Frame.headerSize])) }
-        guard buffer.readableBytes >= Frame.headerSize + header.bodyLength else { return nil }
+        guard let header = try header(of: buffer), buffer.readableBytes >= Frame.headerSize + header.bodyLength else { return nil }
         buffer.moveReaderIndex(forwardBy: Frame.headerSize)
         return (header, buffer.readSlice(length: header.bodyLength)!)
     }
