@@ -48,6 +48,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Layer 1½: the cluster state service's client (etcd v3 JSON gateway). No Tessera RPC.
+        .target(
+            name: "TesseraEtcd",
+            dependencies: [
+                "TesseraCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Layer 5: the client — replicated indexes, striped parity objects (ISA-L).
         .systemLibrary(name: "CISAL", pkgConfig: "libisal", providers: [.apt(["libisal-dev"])]),
         .target(
@@ -101,6 +113,15 @@ let package = Package(
             dependencies: ["TesseraFS", "TesseraS3", "TesseraClient", "TesseraConfig", "TesseraCore", "TesseraEngine", "TesseraServices", "TesseraRPC", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraConfig"]),
+        .testTarget(
+            name: "TesseraEtcdTests",
+            dependencies: [
+                "TesseraEtcd", "TesseraCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "tessera"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
         .testTarget(
