@@ -52,9 +52,8 @@ struct EtcdWatcher: Sendable {
                 let level: Logger.Level = failures == 1 ? .warning : .debug
                 client.logger.log(level: level, "etcd watch broken, reconnecting", metadata: ["prefix": "\(prefix)", "error": "\(error)"])
             }
-            // Back off 50 ms, 100 ms, … up to 1 s between attempts that fail.
-            let pause = Duration.milliseconds(50 << min(max(failures - 1, 0), 4))
-            try? await Task.sleep(for: failures == 0 ? .milliseconds(20) : pause)
+            // Back off 50 ms, 100 ms, … up to 0.8 s; a stream that was created resets it.
+            try? await Task.sleep(for: .milliseconds(50 << min(max(failures - 1, 0), 4)))
         }
         continuation.finish()
     }

@@ -37,7 +37,6 @@
 //   after one result because our request body ends after one request; a watch stream
 //   stays open. A watch from a compacted revision answers "created" and then
 //   "canceled":true with "compact_revision" set.
-import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOHTTP1

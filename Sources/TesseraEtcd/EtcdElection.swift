@@ -78,7 +78,7 @@ public final class EtcdElection: Sendable {
                 try await waitForChange(holderLease: holderLease, ours: lease, from: revision + 1)
             } catch {
                 // Stopped: `stop` resigns with the lease this held, if any.
-                guard !Task.isCancelled else { return }
+                guard !Task.isCancelled, (error as? TesseraError)?.code != .closed else { return }
                 logger.warning("election attempt failed", metadata: ["key": "\(key)", "error": "\(error)"])
                 try? await Task.sleep(for: session.interval)
             }

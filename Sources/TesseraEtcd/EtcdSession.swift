@@ -60,17 +60,21 @@ public final class EtcdSession: Sendable {
             let e = error as? TesseraError ?? TesseraError(.io, "\(error)")
             throw TesseraError(e.code, "cannot start an etcd session (endpoints \(client.endpoints.joined(separator: ", "))): \(e.message)")
         }
-        // The loop starts from the lease: set it first.
-        state.withLockedValue { s in
-            s.lease = lease
-            s.validUntil = sent + validity
+        // The loop starts from the lease: set it first (unless closed meanwhile).
+        let closed = state.withLockedValue { s in
+            if !s.closed { (s.lease, s.validUntil) = (lease, sent + validity) }
+            return s.closed
+        }
+        guard !closed else {
+            abandon(lease)
+            throw TesseraError(.closed, "the etcd session was closed while it started")
         }
         let task = Task { await self.keepAliveLoop() }
-        let closed = state.withLockedValue { s in
+        let closedMeanwhile = state.withLockedValue { s in
             s.task = task
             return s.closed
         }
-        if closed { task.cancel() }
+        if closedMeanwhile { task.cancel() }
         logger.info("etcd session started", metadata: ["lease": "\(Self.hex(lease))", "key": "\(key(lease))"])
     }
 
@@ -133,6 +137,13 @@ public final class EtcdSession: Sendable {
     }
 
     static func hex(_ lease: Int64) -> String { String(UInt64(bitPattern: lease), radix: 16) }
+
+    /// Revokes a lease taken after the session was closed, on a task of its own (the one
+    /// that took it may be cancelled).
+    private func abandon(_ lease: Int64) {
+        let client = client
+        Task { try? await client.revokeLease(lease) }
+    }
 }
 
 // MARK: - The keep-alive loop
@@ -205,12 +216,13 @@ extension EtcdSession {
         while !Task.isCancelled {
             do {
                 let (lease, sent) = try await establish()
-                let waiters = state.withLockedValue { s in
-                    s.lease = lease
-                    s.validUntil = sent + validity
+                let waiters: Dictionary<UInt64, CheckedContinuation<Int64, Never>>.Values? = state.withLockedValue { s in
+                    guard !s.closed else { return nil }
+                    (s.lease, s.validUntil) = (lease, sent + validity)
                     defer { s.waiters = [:] }
                     return s.waiters.values
                 }
+                guard let waiters else { return abandon(lease) }
                 logger.notice("etcd session renewed: lease \(Self.hex(lease)) replaces lost lease \(Self.hex(lost))")
                 // Handlers first: whoever `valid()` wakes finds them already told.
                 notify(lost, lease)

@@ -7,7 +7,8 @@ import XCTest
 
 final class EtcdProcess: @unchecked Sendable {
     let dir: URL
-    let clientPort: Int
+    /// The client port of the last `start`.
+    private(set) var clientPort: Int
     let peerPort: Int
     private var process: Process?
     private(set) var paused = false
@@ -23,10 +24,11 @@ final class EtcdProcess: @unchecked Sendable {
         peerPort = try freePort()
     }
 
-    /// Starts etcd (on the same ports and data as before, after a `stop`) and waits until it
-    /// serves reads, for up to 15 s.
-    func start() async throws {
+    /// Starts etcd (on the same ports and data as before, after a `stop`, unless given
+    /// another client port) and waits until it serves reads, for up to 15 s.
+    func start(clientPort port: Int? = nil) async throws {
         precondition(process == nil, "etcd is already running")
+        if let port { clientPort = port }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/etcd")
         let peer = "http://127.0.0.1:\(peerPort)", client = "http://127.0.0.1:\(clientPort)"

@@ -109,6 +109,8 @@ final class EtcdSessionTests: EtcdTestCase {
         let none = try await ea.holder()
         XCTAssertNil(none, "stop resigns")
         await sb.close()
+        let watchesEnded = await eventually(.seconds(2)) { self.client.watchCount == 0 }
+        XCTAssertTrue(watchesEnded, "the elections left \(client.watchCount) watches running")
     }
 
     func testStopResignsAndTheOtherTakesOver() async throws {

@@ -80,14 +80,19 @@ final class EtcdWatchTests: EtcdTestCase {
         let first = try await collect(stream, count: 1)
         XCTAssertEqual(describe(first), ["put r/1=before"])
 
+        // A change made while the watch cannot reach etcd (etcd restarted on another client
+        // port), then etcd back where the watch looks: it must resume, not start from now.
+        let port = etcd.clientPort
         etcd.stop()
-        try await etcd.start()
-        // Written while the watch was reconnecting, or after: it must see both, once each.
-        try await client.put("r/2", b("during"))
-        try await Task.sleep(for: .milliseconds(300))
+        try await etcd.start(clientPort: try freePort())
+        let elsewhere = try EtcdClient(endpoints: [etcd.endpoint], logger: logs.logger)
+        try await elsewhere.put("r/2", b("missed unless resumed"))
+        await elsewhere.close()
+        etcd.stop()
+        try await etcd.start(clientPort: port)
         try await client.put("r/3", b("after"))
-        let seen = try await collect(stream, count: 2)
-        XCTAssertEqual(describe(seen), ["put r/2=during", "put r/3=after"])
+        let seen = try await collect(stream, count: 2, timeout: .seconds(3))
+        XCTAssertEqual(describe(seen), ["put r/2=missed unless resumed", "put r/3=after"])
         XCTAssertTrue(logs.messages(at: .warning).contains { $0.contains("watch broken") }, "the reconnect is logged")
     }
 
@@ -105,6 +110,16 @@ final class EtcdWatchTests: EtcdTestCase {
         _ = try? await consumer.value
         let ended = await eventually(.seconds(2)) { self.client.watchCount == 0 }
         XCTAssertTrue(ended, "the watch's task ended")
+    }
+
+    func testWatchEndsWhenTheStreamIsDropped() async throws {
+        try await client.put("z/1", b("1"))
+        for try await events in client.watch(prefix: "z/", fromRevision: 1) {
+            XCTAssertEqual(describe(events), ["put z/1=1"])
+            break
+        }
+        let ended = await eventually(.seconds(2)) { self.client.watchCount == 0 }
+        XCTAssertTrue(ended, "the watch's task ended with its stream")
     }
 
     func testCloseEndsWatches() async throws {
