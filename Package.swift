@@ -66,6 +66,12 @@ let package = Package(
             name: "TesseraClient",
             dependencies: ["TesseraCore", "TesseraConfig", "TesseraRPC", "CISAL", .product(name: "Logging", package: "swift-log")]
         ),
+        // Layer 5½: the cluster state service as the processes use it: sessions, the cluster
+        // map, roles (docs/CLUSTER.md). Never on the data path.
+        .target(
+            name: "TesseraState",
+            dependencies: ["TesseraCore", "TesseraConfig", "TesseraClient", "TesseraEtcd", .product(name: "Logging", package: "swift-log")]
+        ),
         // Layer 6: S3 buckets and objects over the client, and the S3 HTTP gateway.
         .target(
             name: "TesseraS3",
@@ -97,7 +103,7 @@ let package = Package(
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraFS", "TesseraFUSE",
+                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraFS", "TesseraFUSE", "TesseraEtcd", "TesseraState",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -122,6 +128,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .testTarget(name: "TesseraStateTests", dependencies: ["TesseraState", "TesseraClient", "TesseraConfig", "TesseraEtcd"]),
         .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "tessera"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
         .testTarget(

@@ -16,6 +16,8 @@ public final class Cluster: Sendable {
     /// Per server, the newest transaction this client made there and has not synced yet.
     private let unsynced: Mutex<[UInt64]>
     private let degraded = Atomic<UInt64>(0)
+    /// The newest cluster map seen (nil: none yet, every server counts as online).
+    private let currentMap = Mutex<ClusterMap?>(nil)
 
     /// Units rebuilt from parity because a server was down or a checksum failed.
     public var degradedReads: UInt64 { degraded.load(ordering: .relaxed) }
@@ -44,11 +46,34 @@ public final class Cluster: Sendable {
         for l in links { await l.close() }
     }
 
+    // MARK: The cluster map
+
+    /// The newest cluster map this client has seen.
+    public var map: ClusterMap? { currentMap.withLock { $0 } }
+
+    /// Takes `map` if it is newer than the one held; true if it was.
+    @discardableResult
+    public func apply(_ map: ClusterMap) -> Bool {
+        currentMap.withLock { held in
+            guard (held?.version ?? 0) < map.version else { return false }
+            held = map
+            return true
+        }
+    }
+
+    /// Why server `server` (a position) must not be asked anything, if the map says so.
+    func refusal(_ server: Int) -> TesseraError? {
+        let id = links[server].id
+        guard let (state, version) = currentMap.withLock({ m in m.flatMap { m in m.server(id).map { ($0.state, m.version) } } }), state == .failed else { return nil }
+        return TesseraError(.closed, "server \(id) at \(links[server].endpoint) is \(state.rawValue) in the cluster map (version \(version))")
+    }
+
     // MARK: Calls
 
     /// Sends `request` to server `server` (a position in the id-sorted server list). A server
-    /// that cannot be reached answers `.closed`.
+    /// that cannot be reached, or that the cluster map says failed, answers `.closed`.
     func call(_ server: Int, _ request: Request) async -> Response {
+        if let refused = refusal(server) { return Response(refused) }
         let client: RPCClient
         do { client = try await links[server].client() } catch { return Response(error) }
         let response = await client.handle(request)
@@ -68,6 +93,7 @@ public final class Cluster: Sendable {
     /// Sends READ `request` to server `server`, its data going straight into `destination`
     /// (see `RPCClient.call(_:dataInto:)`); `.done` when it is filled.
     func read(_ server: Int, _ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response {
+        if let refused = refusal(server) { return Response(refused) }
         let client: RPCClient
         do { client = try await links[server].client() } catch { return Response(error) }
         let response = await client.call(request, dataInto: destination)

@@ -87,6 +87,7 @@ extension Cluster {
         }
         let requests = objects.map { Request.free(cob: $0, offset: 0, length: Cluster.maxObjectOffset, syncWait: false) }
         try await onEveryServer { s in
+            if let refused = self.refusal(s) { throw refused }
             let client = try await self.links[s].client()
             let responses = await client.pipeline(requests)
             for (request, r) in zip(requests, responses) {

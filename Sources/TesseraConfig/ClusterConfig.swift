@@ -18,6 +18,13 @@
 //   data = "0/data.img"
 //   data_size = "8G"
 //
+//   [state]                       # the cluster state service (etcd v3), docs/CLUSTER.md
+//   endpoints = ["127.0.0.1:2379"]
+//   name = "prod"                 # key prefix /tessera/NAME/ (default: from the secret)
+//   ttl = "5s"                    # session lease
+//   grace = "5s"                  # a server's session gone this long: failed in the map
+//   sweep_interval = "10s"
+//
 //   [s3]                          # optional: the S3 gateway
 //   region = "us-east-1"
 //   public_read = ["www"]         # buckets anyone may read without signing
@@ -82,12 +89,45 @@ public struct ClusterConfig: Sendable, Equatable {
         public init() {}
     }
 
+    /// The cluster state service (etcd): who is alive, the cluster map, one-per-cluster roles.
+    public struct State: Sendable, Equatable {
+        /// etcd client endpoints, `HOST:PORT` or `http://HOST:PORT`.
+        public var endpoints: [String]
+        /// Every key of this cluster starts with `/tessera/NAME/`.
+        public var name: String
+        /// Lease time to live of every process's session.
+        public var ttl: Duration = .seconds(5)
+        /// How long a server's session must be gone before the map says it failed.
+        public var grace: Duration = .seconds(5)
+        /// How often the cluster's sweeper looks for data no one owns.
+        public var sweepInterval: Duration = .seconds(10)
+
+        public init(endpoints: [String], name: String) {
+            self.endpoints = endpoints
+            self.name = name
+        }
+
+        /// The prefix of every key of this cluster in etcd.
+        public var prefix: String { "/tessera/\(name)/" }
+    }
+
     /// The file this configuration came from.
     public var path: String
     public var secret: String
     public var layout: Layout
     public var servers: [Server]
     public var s3 = S3()
+    /// Nil when the file has no `[state]`: servers then run without a session, and the
+    /// processes that decide data lifetimes (gateway, mount, object commands) refuse to start.
+    public var state: State?
+
+    /// The `[state]` section, or an error saying why a process that decides lifetimes needs it.
+    public func requireState(for what: String) throws -> State {
+        guard let state else {
+            throw TesseraError(.invalidArgument, "\(path): no [state] section: \(what) needs the cluster state service (etcd) to know which processes are alive (docs/CLUSTER.md)")
+        }
+        return state
+    }
 
     /// The server with id `id`, or an error naming the ids the file has.
     public func server(_ id: Int) throws -> Server {
@@ -131,11 +171,56 @@ public struct ClusterConfig: Sendable, Equatable {
         var public_read: [String]?
         var credentials: [RawCredential]?
     }
+    private struct RawState: Codable {
+        var endpoints: [String]
+        var name: String?
+        var ttl: RawDuration?
+        var grace: RawDuration?
+        var sweep_interval: RawDuration?
+    }
+    /// A duration as a number of seconds or a string with a unit ("5s", "500ms", "2m").
+    private enum RawDuration: Codable {
+        case seconds(Double)
+        case text(String)
+
+        init(from decoder: Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let i = try? c.decode(Int.self) {
+                self = .seconds(Double(i))
+            } else if let d = try? c.decode(Double.self) {
+                self = .seconds(d)
+            } else {
+                self = .text(try c.decode(String.self))
+            }
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.singleValueContainer()
+            switch self {
+            case .seconds(let d): try c.encode(d)
+            case .text(let t): try c.encode(t)
+            }
+        }
+
+        var value: Duration? {
+            switch self {
+            case .seconds(let d): return d > 0 && d < 86_400 ? .milliseconds(Int64(d * 1000)) : nil
+            case .text(let t):
+                let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
+                for (u, scale) in units where t.hasSuffix(u) {
+                    guard let n = Double(t.dropLast(u.count)) else { return nil }
+                    return RawDuration.seconds(n * scale).value
+                }
+                return Double(t).flatMap { RawDuration.seconds($0).value }
+            }
+        }
+    }
     private struct Raw: Codable {
         var secret: String
         var layout: RawLayout?
         var server: [RawServer]
         var s3: RawS3?
+        var state: RawState?
     }
 
     /// Parses cluster-file text; relative image paths resolve against `directory`.
@@ -192,7 +277,40 @@ public struct ClusterConfig: Sendable, Equatable {
                 guard s3.credentials.updateValue(c.secret_key, forKey: c.access_key) == nil else { throw bad("s3.credentials: access key \(c.access_key) repeats") }
             }
         }
-        return ClusterConfig(path: path, secret: raw.secret, layout: layout, servers: servers, s3: s3)
+        let state = try raw.state.map { try parseState($0, secret: raw.secret, bad: bad) }
+        return ClusterConfig(path: path, secret: raw.secret, layout: layout, servers: servers, s3: s3, state: state)
+    }
+
+    private static func parseState(_ r: RawState, secret: String, bad: (String) -> TesseraError) throws -> State {
+        guard !r.endpoints.isEmpty else { throw bad("state.endpoints is empty: name at least one etcd client endpoint") }
+        for e in r.endpoints {
+            var hostPort = e
+            if hostPort.hasPrefix("http://") { hostPort.removeFirst(7) }
+            guard Endpoint(hostPort) != nil else { throw bad("state.endpoints: \"\(e)\" is not HOST:PORT or http://HOST:PORT") }
+        }
+        let name = r.name ?? defaultName(secret: secret)
+        guard !name.isEmpty, name.utf8.count <= 64, name.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != UInt8(ascii: "/") }) else {
+            throw bad("state.name \"\(name)\" must be 1 to 64 printable characters without '/' or spaces")
+        }
+        var s = State(endpoints: r.endpoints, name: name)
+        func duration(_ d: RawDuration?, _ field: String, _ into: inout Duration) throws {
+            guard let d else { return }
+            guard let v = d.value else { throw bad("state.\(field) is not a duration (examples: 5, \"5s\", \"500ms\")") }
+            into = v
+        }
+        try duration(r.ttl, "ttl", &s.ttl)
+        try duration(r.grace, "grace", &s.grace)
+        try duration(r.sweep_interval, "sweep_interval", &s.sweepInterval)
+        guard s.ttl >= .seconds(1) else { throw bad("state.ttl must be at least 1s (etcd leases count whole seconds)") }
+        return s
+    }
+
+    /// Without a name, clusters that share an etcd are told apart by their secret: the
+    /// name is 16 hex digits of FNV-1a over it (not the secret, and not reversible to it).
+    static func defaultName(secret: String) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in secret.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+        return String(h, radix: 16).leftPadded(to: 16)
     }
 
     private static func describe(_ error: Error) -> String {
@@ -205,4 +323,8 @@ public struct ClusterConfig: Sendable, Equatable {
             return "\(error)"
         }
     }
+}
+
+extension String {
+    fileprivate func leftPadded(to n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
 }

@@ -189,8 +189,6 @@ public final class FileSystem: Sendable {
         _ = try await store.cluster.createIndex(fsIndex)
         let root = try await loadRoot()
         state.withLock { $0.inodes[Self.rootIno] = root }
-        // Data a process let go of but died before freeing.
-        do { try await store.sweepMarkers(bucketName, b, notedBefore: S3Store.now()) } catch { logger.warning("sweeping free markers: \(error)") }
     }
 
     private func loadRoot() async throws -> Inode {
@@ -763,7 +761,7 @@ public final class FileSystem: Sendable {
     /// whose object holds no data.
     private func freeing(_ record: ObjectRecord, owner key: [UInt8]) -> ([Record], AfterRemoval) {
         guard record.objectHoldsData else { return ([], .nothing) }
-        let marker = S3Store.freeMarker(record.fid, owner: String(decoding: key, as: UTF8.self), bucket: bucketName)
+        let marker = store.freeMarker(record.fid, owner: String(decoding: key, as: UTF8.self), bucket: bucketName)
         return ([marker], .free(record.fid, multipart: record.multipart))
     }
 

@@ -294,23 +294,34 @@ public struct PartRecord: Sendable {
     }
 }
 
-/// Value of the pending-frees index: an object that may have to be freed, and who would
-/// still be using it. The sweeper frees it unless its owner refers to it.
+/// Value of the pending-frees index (and of a bucket's free markers): an object that may
+/// have to be freed, who would still be using it, and the session of the process that noted
+/// it. The sweeper frees it only when its owner does not refer to it and its session is gone.
 ///
-///   u8 version = 1 · u8 owner kind (0: the object list entry `key` of `bucket`, or an
-///   upload of that key with this fid; 1: part `part` of upload `upload`) · u64 noted (ns) ·
-///   string bucket · string key · fid upload · u32 part
-public struct PendingFree: Sendable {
-    public enum Owner: Sendable {
+///   u8 version = 2 · u8 owner kind (0: the object list entry `key` of `bucket`, or an
+///   upload of that key with this fid; 1: part `part` of upload `upload`) · u64 noted (ns,
+///   for people: no decision reads it) · string bucket · string key · fid upload · u32 part ·
+///   u64 session (the etcd lease id of the noting process; 0: none)
+///
+/// Version 1 had no session: such a record is read with session 0, owned by no one alive.
+public struct PendingFree: Sendable, Equatable {
+    public enum Owner: Sendable, Equatable {
         case object(bucket: String, key: String)
         case part(upload: Fid, number: Int)
     }
     public var owner: Owner
     public var noted: UInt64
+    public var session: UInt64
+
+    public init(owner: Owner, noted: UInt64, session: UInt64) {
+        self.owner = owner
+        self.noted = noted
+        self.session = session
+    }
 
     func encode() -> [UInt8] {
         var w = WireWriter()
-        w.u8(1)
+        w.u8(2)
         switch owner {
         case .object(let bucket, let key):
             w.u8(0)
@@ -327,22 +338,27 @@ public struct PendingFree: Sendable {
             w.fid(upload)
             w.u32(UInt32(number))
         }
+        w.u64(session)
         return w.bytes
     }
 
     static func decode(_ bytes: [UInt8]) throws -> PendingFree {
         return try WireReader.read(bytes) { r in
-            try checkVersion(&r, "pending-free")
+            let version = try r.u8("pending-free version")
+            guard version == 1 || version == 2 else {
+                throw TesseraError(.unsupportedVersion, "pending-free record version \(version); this build reads versions 1 and 2")
+            }
             let kind = try r.u8("owner kind")
             let noted = try r.u64("noted")
             let bucket = try r.string("bucket")
             let key = try r.string("key")
             let upload = try r.fid("upload")
             let part = Int(try r.u32("part"))
+            let session = version == 2 ? try r.u64("session") : 0
             try r.finish("pending-free record")
             switch kind {
-            case 0: return PendingFree(owner: .object(bucket: bucket, key: key), noted: noted)
-            case 1: return PendingFree(owner: .part(upload: upload, number: part), noted: noted)
+            case 0: return PendingFree(owner: .object(bucket: bucket, key: key), noted: noted, session: session)
+            case 1: return PendingFree(owner: .part(upload: upload, number: part), noted: noted, session: session)
             default: throw TesseraError(.corrupt, "pending-free owner kind \(kind)")
             }
         }

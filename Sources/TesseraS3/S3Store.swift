@@ -3,8 +3,9 @@
 // the object list entry with sync-wait, free the old data.
 //
 // Nothing is ever freed or replaced without a durable pending-free record first, so a
-// process that dies at any step leaves the old or the new object readable in full, and
-// the sweeper (run at start) frees whatever no entry refers to.
+// process that dies at any step leaves the old or the new object readable in full. Each
+// record names the session of the process that noted it; the cluster's one sweeper frees
+// what no entry refers to once that session is gone (docs/S3.md, "Pending frees").
 import Foundation
 import Logging
 import Synchronization
@@ -13,7 +14,15 @@ import TesseraCore
 
 public final class S3Store: Sendable {
     public let cluster: Cluster
+    /// Whose sessions are alive; this process's own session owns what it notes pending.
+    public let sessions: any SessionRegistry
     let logger: Logger
+    /// What this process noted pending in the pending-free index and has not dropped: on a
+    /// new session it is noted again under it, before the old session's lease is let go.
+    private let owned = Mutex<[Fid: (owner: PendingFree.Owner, session: UInt64)]>([:])
+    /// What the last renewal from each old session noted again: if that session turns out
+    /// to have ended first, these are the objects that may have been freed meanwhile.
+    private let renoted = Mutex<[UInt64: [Fid]]>([:])
     /// Switches of one object name (or one part of an upload) go one at a time.
     private let switchLocks = KeyedLocks<String>()
     /// Objects being read in this process: a free waits until their readers are done.
@@ -28,9 +37,12 @@ public final class S3Store: Sendable {
     public static let minimumPartSize: UInt64 = 5 << 20
     public static let maxPartNumber = 10_000
 
-    public init(cluster: Cluster, logger: Logger = Logger(label: "tessera.s3")) {
+    public init(cluster: Cluster, sessions: any SessionRegistry, logger: Logger = Logger(label: "tessera.s3")) {
         self.cluster = cluster
+        self.sessions = sessions
         self.logger = logger
+        sessions.onRenewal { [weak self] old, new in await self?.renoteOwned(from: old, to: new) }
+        sessions.onOwnershipLost { [weak self] old in self?.disown(session: old) }
     }
 
     /// Nanoseconds since 1970.
@@ -178,19 +190,67 @@ public final class S3Store: Sendable {
         return ObjectWriter(cluster: cluster, fid: fid)
     }
 
+    /// Notes `items` pending-free under this process's session (waiting for one if it was
+    /// lost), durably: the sweeper leaves them alone while the session lives.
     public func notePending(_ items: [(Fid, PendingFree.Owner)]) async throws {
         guard !items.isEmpty else { return }
         try await ensureGlobalIndexes()
+        let session = try await sessions.owner()
+        try await putPending(items, session: session)
+        owned.withLock { o in for (fid, owner) in items { o[fid] = (owner, session) } }
+    }
+
+    private func putPending(_ items: [(Fid, PendingFree.Owner)], session: UInt64) async throws {
         let t = Self.now()
         try await cluster.put(
-            S3Indexes.pendingFrees, items.map { Record(key: S3Indexes.fidKey($0.0), value: PendingFree(owner: $0.1, noted: t).encode()) }, sync: true)
+            S3Indexes.pendingFrees,
+            items.map { Record(key: S3Indexes.fidKey($0.0), value: PendingFree(owner: $0.1, noted: t, session: session).encode()) }, sync: true)
+    }
+
+    /// Notes again under `new` what this process noted under `old` (called before the old
+    /// lease is let go, so no sweeper can see these records ownerless in between).
+    private func renoteOwned(from old: UInt64, to new: UInt64) async {
+        let items = owned.withLock { o in o.filter { $0.value.session == old }.map { ($0.key, $0.value.owner) } }
+        guard !items.isEmpty else { return }
+        do {
+            for start in stride(from: 0, to: items.count, by: 500) {
+                try await putPending(Array(items[start..<min(items.count, start + 500)]), session: new)
+            }
+            owned.withLock { o in for (fid, _) in items where o[fid]?.session == old { o[fid]?.session = new } }
+            renoted.withLock { $0 = [old: items.map(\.0)] }
+            logger.notice("noted \(items.count) pending object(s) again under the new session")
+        } catch {
+            logger.error("could not note \(items.count) pending object(s) under the new session: \(error); the sweeper may free them once the old session's lease ends")
+        }
+    }
+
+    /// Forgets that this process owns anything it noted under `session` (its lease ended
+    /// before it could be renewed: the sweeper may have freed that data). Commits of those
+    /// objects then fail instead of making an entry refer to freed data.
+    public func disown(session: UInt64) {
+        let moved = renoted.withLock { $0.removeValue(forKey: session) ?? [] }
+        let lost = owned.withLock { o -> [Fid] in
+            let l = o.filter { $0.value.session == session }.map(\.key) + moved.filter { o[$0] != nil }
+            for f in l { o[f]?.session = 0 }
+            return l
+        }
+        if !lost.isEmpty { logger.error("session \(String(session, radix: 16)) ended before it was renewed: \(lost.count) object(s) it owned may have been freed: \(lost.prefix(8))") }
+    }
+
+    /// Throws unless this process still owns `fid` under its valid session: an entry must
+    /// not come to refer to data the sweeper may have freed.
+    func checkOwned(_ fid: Fid) throws {
+        guard let o = owned.withLock({ $0[fid] }) else { return }  // not noted here: not ours to fence
+        try sessions.checkOwner(o.session)
     }
 
     /// A free marker: the pending-free record of `fid` kept in the bucket's own object list,
     /// so it can go in the same UPDATE as the entry change that lets go of the data, with no
-    /// sync-wait in between (docs/S3.md).
-    public static func freeMarker(_ fid: Fid, owner key: String, bucket bucketName: String) -> Record {
-        Record(key: freeMarkerKey(fid), value: PendingFree(owner: .object(bucket: bucketName, key: key), noted: now()).encode())
+    /// sync-wait in between (docs/S3.md). It names this process's session if it has one;
+    /// the data it marks is unreferenced already, so any sweeper may free it.
+    public func freeMarker(_ fid: Fid, owner key: String, bucket bucketName: String) -> Record {
+        let pending = PendingFree(owner: .object(bucket: bucketName, key: key), noted: Self.now(), session: sessions.current ?? 0)
+        return Record(key: Self.freeMarkerKey(fid), value: pending.encode())
     }
 
     public static func freeMarkerKey(_ fid: Fid) -> [UInt8] { freeMarkerPrefix + S3Indexes.fidKey(fid) }
@@ -198,6 +258,7 @@ public final class S3Store: Sendable {
 
     public func dropPending(_ fids: [Fid]) async {
         guard !fids.isEmpty else { return }
+        owned.withLock { o in for f in fids { o[f] = nil } }
         // Not synced: a record that comes back after a crash is only looked at again.
         _ = try? await cluster.delete(S3Indexes.pendingFrees, fids.map(S3Indexes.fidKey))
     }
@@ -219,6 +280,7 @@ public final class S3Store: Sendable {
             var record = record
             if record.posix == nil, let old { record.posix = try await resolve(bucket, old).posix }
             if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+            try checkOwned(record.fid)
             try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode()), stamp.next()], sync: true)
             try await alsoUnderLock()
             return old
@@ -418,6 +480,7 @@ public final class S3Store: Sendable {
         let old: PartRecord? = try await switchLocks.withLock("\(upload.fid)#\(part.number)") {
             let old = try await cluster.get(S3Indexes.parts, [key])[0].map { try PartRecord.decode($0, number: part.number) }
             if let old { try await notePending([(old.fid, .part(upload: upload.fid, number: part.number))]) }
+            try checkOwned(part.fid)
             try await cluster.put(S3Indexes.parts, [Record(key: key, value: part.encode())], sync: true)
             return old
         }
@@ -521,42 +584,47 @@ public final class S3Store: Sendable {
 
     // MARK: The sweeper
 
-    /// Frees every object noted as pending before `cutoff` (ns since 1970) that its owner
-    /// does not refer to, and forgets the rest: in the pending-free index, then in every
-    /// bucket's free markers. Returns how many objects it freed.
+    /// Frees every object noted pending whose session is gone and that its owner does not
+    /// refer to, and forgets the record: in the pending-free index, then in every bucket's
+    /// free markers. Records of live sessions are left alone, however old. Returns how many
+    /// objects it freed. Throws (freeing nothing more) when the state service cannot say
+    /// which sessions are alive.
     @discardableResult
-    public func sweep(notedBefore cutoff: UInt64) async throws -> Int {
+    public func sweep() async throws -> Int {
         var freed = 0
-        do { freed = try await sweep(S3Indexes.pendingFrees, prefix: [], notedBefore: cutoff) } catch let e as TesseraError where e.code == .notFound {
-            return 0  // no pending free was ever noted
+        do { freed = try await sweep(S3Indexes.pendingFrees, prefix: []) } catch let e as TesseraError where e.code == .notFound {
+            freed = 0  // no pending free was ever noted
         }
-        for (name, b) in try await listBuckets() { freed += try await sweepMarkers(name, b, notedBefore: cutoff) }
-        if freed > 0 { logger.info("sweeper freed \(freed) objects no entry refers to") }
+        for (name, b) in try await listBuckets() { freed += try await sweepMarkers(name, b) }
+        if freed > 0 { logger.info("sweeper freed \(freed) objects no entry refers to and no live session owns") }
         return freed
     }
 
     /// The same for the free markers in one bucket's object list.
     @discardableResult
-    public func sweepMarkers(_ bucketName: String, _ bucket: BucketRecord, notedBefore cutoff: UInt64) async throws -> Int {
-        try await sweep(bucket.objects, prefix: Self.freeMarkerPrefix, notedBefore: cutoff)
+    public func sweepMarkers(_ bucketName: String, _ bucket: BucketRecord) async throws -> Int {
+        try await sweep(bucket.objects, prefix: Self.freeMarkerPrefix)
     }
 
     /// Sweeps the pending-free records of `index` whose keys are `prefix` then a fid.
-    private func sweep(_ index: Fid, prefix: [UInt8], notedBefore cutoff: UInt64) async throws -> Int {
+    ///
+    /// Per batch: the records are read first and the live sessions after, so a session that
+    /// noted a record read here was taken before the read and shows as alive if it is. A
+    /// record whose session is gone is read once more before anything is freed: its owner
+    /// may have noted it again under a new session (`renoteOwned`), which it does before
+    /// letting the old lease go.
+    private func sweep(_ index: Fid, prefix: [UInt8]) async throws -> Int {
         var freed = 0
         var from = prefix
         var exclusive = false
         while true {
             let batch = try await cluster.next(index, from: [from], limit: 500, excludeStart: exclusive)[0]
+            let live = try await sessions.alive()
             for r in batch {
                 guard r.key.starts(with: prefix) else { return freed }
                 guard let fid = S3Indexes.fid(fromKey: Array(r.key.dropFirst(prefix.count))) else { continue }
-                let pending: PendingFree
-                do { pending = try PendingFree.decode(r.value) } catch {
-                    logger.warning("pending-free record of \(fid) in index \(index) unreadable, left alone: \(error)")
-                    continue
-                }
-                guard pending.noted < cutoff else { continue }
+                guard let pending = decodePending(r.value, fid, index), !live.contains(pending.session) else { continue }
+                guard let again = try await cluster.get(index, [r.key])[0], decodePending(again, fid, index) == pending else { continue }
                 if try await !referenced(fid, by: pending.owner) {
                     try await free(fid)
                     freed += 1
@@ -567,6 +635,13 @@ public final class S3Store: Sendable {
             guard batch.count == 500, let last = batch.last else { return freed }
             from = last.key
             exclusive = true
+        }
+    }
+
+    private func decodePending(_ value: [UInt8], _ fid: Fid, _ index: Fid) -> PendingFree? {
+        do { return try PendingFree.decode(value) } catch {
+            logger.warning("pending-free record of \(fid) in index \(index) unreadable, left alone: \(error)")
+            return nil
         }
     }
 

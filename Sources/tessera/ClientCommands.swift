@@ -3,10 +3,14 @@ import ArgumentParser
 import Foundation
 import TesseraClient
 import TesseraCore
+import TesseraState
 
-/// Opens the cluster of the state folder for one command and closes it after.
+/// Opens the cluster of the state folder for one command and closes it after. The cluster
+/// map is read once, if etcd answers: a server it calls failed is not waited for.
 func withCluster<R>(_ state: StateOption, _ body: (Cluster) async throws -> R) async throws -> R {
-    let cluster = try Cluster(config: try state.config())
+    let config = try state.config()
+    let cluster = try Cluster(config: config)
+    if let settings = config.state, let map = await ClusterState.fetchMap(settings) { cluster.apply(map) }
     do {
         let r = try await body(cluster)
         await cluster.close()

@@ -1,6 +1,5 @@
-// `tessera gateway`: the S3 HTTP endpoint over a cluster. At start it sweeps the
-// pending-free index (objects a process that died left half-replaced), then every ten
-// minutes sweeps records older than an hour.
+// `tessera gateway`: the S3 HTTP endpoint over a cluster. It holds a session in the cluster
+// state service, watches the cluster map, and campaigns for the HA and sweeper roles.
 import ArgumentParser
 import Foundation
 import Logging
@@ -9,6 +8,7 @@ import TesseraConfig
 import TesseraCore
 import TesseraGateway
 import TesseraS3
+import TesseraState
 
 struct Gateway: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Serve the cluster's buckets over the S3 HTTP API.")
@@ -25,24 +25,18 @@ struct Gateway: AsyncParsableCommand {
             throw TesseraError(.invalidArgument, "\(config): no [[s3.credentials]]: the gateway would refuse every signed request (see docs/CLUSTER.md)")
         }
         let logger = Logger(label: "tessera.gateway")
+        let state = try await ClusterState.start(config: cfg, info: SessionInfo(kind: .gateway, serves: "http://\(endpoint)"), logger: logger)
         let cluster = try Cluster(config: cfg)
-        let store = S3Store(cluster: cluster)
+        state.watchMap { cluster.apply($0) }
+        state.runHealthMonitor(cfg)
+        let store = S3Store(cluster: cluster, sessions: state)
+        state.runSweeper(store)
         let gateway = S3Gateway(store: store, settings: cfg.s3)
-        let started = S3Store.now()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 try await gateway.run(host: endpoint.host, port: endpoint.port) { port in
                     let host = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
                     FileHandle.standardOutput.write(Data("tessera: S3 gateway listening on http://\(host):\(port)\n".utf8))
-                }
-            }
-            group.addTask {
-                // Everything noted before this process started belongs to no one running.
-                var cutoff = started
-                while true {
-                    do { try await store.sweep(notedBefore: cutoff) } catch { logger.warning("sweeper: \(error)") }
-                    try await Task.sleep(for: .seconds(600))
-                    cutoff = S3Store.now() - 3600 * 1_000_000_000
                 }
             }
             group.addTask {
@@ -53,6 +47,7 @@ struct Gateway: AsyncParsableCommand {
             do { try await group.next() } catch is CancellationError {}
             group.cancelAll()
         }
+        await state.close()
         await cluster.close()
     }
 }

@@ -61,7 +61,7 @@ struct StateOption: ParsableArguments {
     }
 
     /// The pid in `file` if that process runs with arguments `matching` accepts.
-    private func runningPid(_ file: String, matching: ([String]) -> Bool) -> pid_t? {
+    func runningPid(_ file: String, matching: ([String]) -> Bool) -> pid_t? {
         guard let text = try? String(contentsOfFile: file, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return nil }
         guard let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return nil }
         return matching(cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }) ? pid : nil
@@ -69,9 +69,9 @@ struct StateOption: ParsableArguments {
 
     /// Starts `tessera ARGS` in the background, its stderr appended to `log`, its pid in
     /// `pidFile`.
-    func spawn(_ args: [String], log: String, pidFile: String) throws {
+    func spawn(executable: String = tesseraExecutable, _ args: [String], log: String, pidFile: String) throws {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: tesseraExecutable)
+        p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = FileHandle.nullDevice
@@ -122,6 +122,9 @@ struct Up: AsyncParsableCommand {
     @Option(help: "Data image size of each server, on first run (sparse file).") var dataSize = "4G"
     @Option(help: "Parity-group unit size, on first run.") var unitSize = "1M"
     @Option(name: .customLong("s3"), help: "Also start the S3 gateway on HOST:PORT (e.g. 127.0.0.1:9000).") var s3: String?
+    @Option(help: "Session lease time to live, on first run (e.g. 5s).") var ttl = "5s"
+    @Option(help: "How long a server's session is gone before the map says failed, on first run.") var grace = "5s"
+    @Option(help: "How often the sweeper runs, on first run.") var sweepInterval = "10s"
     @Option(help: "The bucket to mount.") var bucket = "tessera"
     @Option(name: .short, help: "Mount options (see tessera mount --help).") var o: [String] = []
     @Argument(help: "Mount point: the bucket is mounted there.") var mountpoint: String?
@@ -146,6 +149,12 @@ struct Up: AsyncParsableCommand {
             try addCredentials()
             config = try state.config()
         }
+        if config.state == nil {
+            try state.addLocalStateSection()
+            config = try state.config()
+        }
+        // etcd first: every process takes its session there as it starts.
+        try await state.startEtcd(config)
         for server in config.servers {
             if !FileManager.default.fileExists(atPath: server.metaPath) || !FileManager.default.fileExists(atPath: server.dataPath) {
                 try runChild(tesseraExecutable, ["mkfs", "--config", state.configPath, "--id", String(server.id)])
@@ -170,6 +179,7 @@ struct Up: AsyncParsableCommand {
         // With --s3 stdout carries only lines a shell can eval.
         let say: (String) -> Void = s3 == nil ? { print("tessera: " + $0) } : { printError($0) }
         say("cluster of \(config.servers.count) servers up in \(dir)")
+        say("  etcd at \(config.state?.endpoints.joined(separator: ", ") ?? "")")
         for s in config.servers { say("  server \(s.id) at \(s.address)") }
         if let s3, let endpoint = Endpoint(s3) { try await startGateway(config, endpoint) }
         if let mountpoint { try await mount(mountTarget(mountpoint), say: say) }
@@ -240,7 +250,19 @@ struct Up: AsyncParsableCommand {
             unit_size = "\(unitSize)"
 
             """
-        for (id, port) in try freePorts(3).enumerated() {
+        let ports = try freePorts(5)
+        try state.writeEtcdConfig(client: ports[3], peer: ports[4])
+        toml += """
+
+            # The cluster state service: a one-member etcd in this folder (etcd.yml).
+            [state]
+            endpoints = ["127.0.0.1:\(ports[3])"]
+            ttl = "\(ttl)"
+            grace = "\(grace)"
+            sweep_interval = "\(sweepInterval)"
+
+            """
+        for (id, port) in ports.prefix(3).enumerated() {
             toml += """
 
                 [[server]]
@@ -293,6 +315,7 @@ struct Down: AsyncParsableCommand {
             unlink(state.pidFile(id))
         }
         print("tessera: \(pids.count) server(s) stopped")
+        if try await state.stopEtcd() { print("tessera: etcd stopped") }
     }
 }
 
@@ -342,26 +365,31 @@ func runTool(_ path: String, _ args: [String]) throws -> Int32 {
 }
 
 struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "One line per server: id, address, up or down, image and log usage.")
+    static let configuration = CommandConfiguration(
+        abstract: "The cluster map (each server's state, address and usage), the sessions of mounts and gateways, and who holds each role.")
 
     @OptionGroup var state: StateOption
     @Flag(help: "Print exact byte counts as name=value fields, for scripts.") var bytes = false
 
     func run() async throws {
+        let config = try state.config()
+        let view = try await StatusView.read(config)
         var down = 0
         for (id, address, stats, error) in try await withCluster(state, { await $0.statistics() }) {
+            let mapState = view.map?.server(id)?.state.rawValue ?? "unknown"
             guard let s = stats else {
                 down += 1
-                print(bytes ? "server=\(id) address=\(address) state=down" : "server \(id)  \(address)  down  (\(error ?? "no answer"))")
+                print(bytes ? "server=\(id) address=\(address) state=down map=\(mapState)" : "server \(id)  \(address)  \(mapState)  down  (\(error ?? "no answer"))")
                 continue
             }
             let used = s.dataBytes - min(s.dataBytes, s.dataFreeBytes)
             if bytes {
-                print("server=\(id) address=\(address) state=up data_used=\(used) data_total=\(s.dataBytes) log_used=\(s.logUsedBytes) log_total=\(s.logBytes)")
+                print("server=\(id) address=\(address) state=up map=\(mapState) data_used=\(used) data_total=\(s.dataBytes) log_used=\(s.logUsedBytes) log_total=\(s.logBytes)")
                 continue
             }
-            print("server \(id)  \(address)  up  data \(human(used)) of \(human(s.dataBytes)) used  log \(human(s.logUsedBytes)) of \(human(s.logBytes)) used")
+            print("server \(id)  \(address)  \(mapState)  up  data \(human(used)) of \(human(s.dataBytes)) used  log \(human(s.logUsedBytes)) of \(human(s.logBytes)) used")
         }
+        view.print(bytes: bytes)
         if down > 0 { throw ExitCode(1) }
     }
 }

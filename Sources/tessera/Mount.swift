@@ -12,6 +12,7 @@ import TesseraFS
 import TesseraFUSE
 import TesseraRPC
 import TesseraS3
+import TesseraState
 
 struct Mount: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -95,11 +96,16 @@ struct Mount: AsyncParsableCommand {
         parsed.mount.fuseOptions = ["fsname=tessera:\(bucket)", "subtype=tessera"] + parsed.mount.fuseOptions
         let logger = Logger(label: "tessera.mount")
         // One event-loop thread for all the mount's connections: FUSE requests run there.
+        let state = try await ClusterState.start(config: cfg, info: SessionInfo(kind: .mount, serves: "bucket \(bucket) on \(target)"), logger: logger)
         let cluster = try Cluster(config: cfg, loop: RPCLoop())
-        let store = S3Store(cluster: cluster)
+        state.watchMap { cluster.apply($0) }
+        state.runHealthMonitor(cfg)
+        let store = S3Store(cluster: cluster, sessions: state)
+        state.runSweeper(store)
         let owner = cfg.s3.credentials.keys.sorted().first ?? "tessera"
         let fs: FileSystem
         do { fs = try await FileSystem(store: store, bucket: bucket, owner: owner, options: parsed.fs) } catch {
+            await state.close()
             await cluster.close()
             throw error
         }
@@ -112,6 +118,7 @@ struct Mount: AsyncParsableCommand {
             t.start()
         }
         logger.info("\(target) unmounted")
+        await state.close()
         await cluster.close()
         if status != 0 { throw TesseraError(.io, "the FUSE session ended with status \(status)") }
     }

@@ -9,6 +9,7 @@ import TesseraCore
 import TesseraEngine
 import TesseraRPC
 import TesseraServices
+import TesseraState
 
 struct Server: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run one server of the cluster in the foreground.")
@@ -22,6 +23,7 @@ struct Server: AsyncParsableCommand {
         let node: ServerNode
         let rpc: RPCServer
         var metricsEndpoint: MetricsEndpoint?
+        var clusterState: ClusterState?
         do {
             let cluster = try ClusterConfig.load(path: config)
             let me = try cluster.server(id)
@@ -37,6 +39,16 @@ struct Server: AsyncParsableCommand {
                 logger.info("server \(id): metrics at http://\(m)/metrics")
             }
             logger.info("server \(id) serving \(me.address) (meta \(me.metaPath), data \(me.dataPath))")
+            if cluster.state != nil {
+                // Serving first, then the session: the HA role sees the server online only
+                // once it answers.
+                let state = try await ClusterState.start(config: cluster, info: SessionInfo(kind: .server, serves: me.address.description, server: id), logger: logger)
+                state.watchMap { _ in }
+                state.runHealthMonitor(cluster)
+                clusterState = state
+            } else {
+                logger.notice("server \(id): the cluster file has no [state]: running without a session (the cluster map will not know this server)")
+            }
         } catch let e as TesseraError {
             let missing = e.code == .notFound && e.message.hasSuffix("does not exist")
             printError(e.message + (missing ? " (format it with: tessera mkfs --config \(config) --id \(id))" : ""))
@@ -47,8 +59,10 @@ struct Server: AsyncParsableCommand {
         }
         let signal = await Self.waitForTermination()
         logger.info("server \(id): \(signal), shutting down")
-        // 1. stop accepting and let requests in progress finish; 2. log and place the last
-        // group and close the image.
+        // 1. end the session (the map will say failed after the grace period); 2. stop
+        // accepting and let requests in progress finish; 3. log and place the last group and
+        // close the image.
+        await clusterState?.close()
         await metricsEndpoint?.close()
         await rpc.shutdown()
         do { try node.close() } catch {

@@ -84,7 +84,8 @@ class MountTest(unittest.TestCase):
     @classmethod
     def up(cls):
         r = subprocess.run(
-            [TESSERA, "up", "--dir", cls.state, "--data-size", "3G", "--s3", f"127.0.0.1:{cls.port}", cls.mnt],
+            [TESSERA, "up", "--dir", cls.state, "--data-size", "3G", "--ttl", "2s", "--grace", "2s", "--sweep-interval", "1s",
+             "--s3", f"127.0.0.1:{cls.port}", cls.mnt],
             capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             raise AssertionError(f"tessera up failed: {r.stderr}")
@@ -97,7 +98,7 @@ class MountTest(unittest.TestCase):
 
     @classmethod
     def pids(cls):
-        names = ["mount.pid", "gateway.pid"] + [f"server-{i}.pid" for i in range(3)]
+        names = ["mount.pid", "gateway.pid", "etcd.pid"] + [f"server-{i}.pid" for i in range(3)]
         return [p for p in (read_pid(os.path.join(cls.state, n)) for n in names) if p]
 
     @classmethod

@@ -41,7 +41,8 @@ class Cluster:
         self.state = os.path.join(self.tmp, "state")
         self.port = free_port()
         out = subprocess.run(
-            [TESSERA, "up", "--dir", self.state, "--data-size", "2G", "--s3", f"127.0.0.1:{self.port}"],
+            [TESSERA, "up", "--dir", self.state, "--data-size", "2G", "--ttl", "2s", "--grace", "2s", "--sweep-interval", "1s",
+             "--s3", f"127.0.0.1:{self.port}"],
             check=True, capture_output=True, text=True, timeout=120).stdout
         self.env = {}
         for line in out.splitlines():
@@ -75,7 +76,8 @@ class Cluster:
         total = 0
         for line in out.splitlines():
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            total += int(fields["data_used"])
+            if "server" in fields:
+                total += int(fields["data_used"])
         return total
 
     def down(self):

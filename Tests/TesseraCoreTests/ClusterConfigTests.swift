@@ -42,6 +42,32 @@ import TesseraConfig
         #expect(throws: (any Error).self) { try c.server(7) }
     }
 
+    @Test func stateSection() throws {
+        let none = try ClusterConfig.parse(Self.good, path: "c.toml", directory: ".")
+        #expect(none.state == nil)
+        #expect(throws: (any Error).self) { try none.requireState(for: "the gateway") }
+        let text = Self.good + "\n[state]\nendpoints = [\"127.0.0.1:2379\", \"http://10.0.0.2:2379\"]\nttl = 3\ngrace = \"1500ms\"\n"
+        let s = try #require(try ClusterConfig.parse(text, path: "c.toml", directory: ".").state)
+        #expect(s.endpoints == ["127.0.0.1:2379", "http://10.0.0.2:2379"])
+        #expect(s.ttl == .seconds(3) && s.grace == .milliseconds(1500) && s.sweepInterval == .seconds(10))
+        // Named from the secret unless given: the same secret, the same prefix.
+        #expect(s.prefix.hasPrefix("/tessera/") && s.name.count == 16 && !s.name.contains("0123456789abcdef-cluster"))
+        let named = try ClusterConfig.parse(text + "name = \"prod\"\n", path: "c.toml", directory: ".")
+        #expect(named.state?.prefix == "/tessera/prod/")
+    }
+
+    @Test(arguments: [
+        "endpoints = []",
+        "endpoints = [\"nowhere\"]",
+        "endpoints = [\"127.0.0.1:2379\"]\nttl = \"soon\"",
+        "endpoints = [\"127.0.0.1:2379\"]\nttl = \"500ms\"",
+        "endpoints = [\"127.0.0.1:2379\"]\nname = \"a/b\"",
+        "ttl = 5",
+    ])
+    func stateMistakesAreNamed(section: String) {
+        #expect(throws: (any Error).self) { try ClusterConfig.parse(Self.good + "\n[state]\n" + section + "\n", path: "c.toml", directory: ".") }
+    }
+
     @Test(arguments: [
         ("secret = \"0123456789abcdef-cluster\"", "secret = \"short\""),
         ("address = \"127.0.0.1:7100\"", "address = \"nowhere\""),

@@ -1,5 +1,6 @@
 // An unlink that dies after its UPDATE (entry gone, free marker written) and before the free:
-// S3 listings never show the marker, and the next mount frees the data and drops it.
+// S3 listings never show the marker, and the sweeper frees the data and drops the marker
+// once the dead process's session is gone, not before.
 import Foundation
 import Glibc
 import Testing
@@ -9,7 +10,7 @@ import TesseraFS
 import TesseraS3
 
 @Suite struct FreeMarkerTests {
-    @Test func aMountFreesWhatADeadUnlinkLeft() async throws {
+    @Test func theSweeperFreesWhatADeadUnlinkLeftOnceItsSessionIsGone() async throws {
         let cluster = try await InProcessCluster()
         let (client, fs) = try await cluster.mount(bucket: "markers")
         let (_, h) = try await fs.create(FileSystem.rootIno, Array("victim".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
@@ -19,15 +20,20 @@ import TesseraS3
         let bucket = try #require(try await store.bucket("markers"))
         let fid = try #require(try await store.entry(bucket, "victim")).fid
         // What unlink's UPDATE does, and no more.
-        try await client.update(bucket.objects, deleting: [Array("victim".utf8)], putting: [S3Store.freeMarker(fid, owner: "victim", bucket: "markers")])
+        try await client.update(bucket.objects, deleting: [Array("victim".utf8)], putting: [store.freeMarker(fid, owner: "victim", bucket: "markers")])
         #expect(try await client.read(fid, at: 0, length: 4) == [7, 7, 7, 7])
         let listing = try await store.list(bucket.objects, prefix: "", delimiter: nil, after: nil, limit: 100)
         #expect(listing.entries.isEmpty, "the marker shows in an S3 listing: \(listing.entries.map(\.key))")
-        // A new mount sweeps the bucket's markers.
         await fs.flushAll()
-        await client.close()
+        // Another process's sweeper leaves it alone while the unlinking process's session lives.
         let (client2, fs2) = try await cluster.mount(bucket: "markers")
-        #expect(try await client2.read(fid, at: 0, length: 4) == [0, 0, 0, 0])
+        #expect(try await fs2.store.sweep() == 0)
+        #expect(try await client2.get(bucket.objects, [S3Store.freeMarkerKey(fid)])[0] != nil)
+        #expect(try await client2.read(fid, at: 0, length: 4) == [7, 7, 7, 7])
+        // The process dies: its session ends, and the next sweep frees the data.
+        await client.close()
+        cluster.sessionTable.end(try #require(store.sessions.current))
+        #expect(try await fs2.store.sweep() == 1)
         #expect(try await client2.get(bucket.objects, [S3Store.freeMarkerKey(fid)])[0] == nil)
         let root = try fs2.opendir(FileSystem.rootIno)
         #expect(try await fs2.readdir(root, from: 0).map(\.name) == [[0x2E], [0x2E, 0x2E]])

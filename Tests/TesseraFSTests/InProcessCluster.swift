@@ -17,6 +17,8 @@ final class InProcessCluster: @unchecked Sendable {
     var nodes: [ServerNode] = []
     var servers: [RPCServer] = []
     var config: ClusterConfig!
+    /// The sessions of every simulated process (mount) on this cluster.
+    let sessionTable = LocalSessionTable()
 
     init(unitSize: String = "64K") async throws {
         var template = Array((NSTemporaryDirectory() + "/tessera-fs-XXXXXX").utf8CString)
@@ -41,12 +43,14 @@ final class InProcessCluster: @unchecked Sendable {
         config = try ClusterConfig.parse(toml, path: dir + "/cluster.toml", directory: dir)
     }
 
-    /// A new client and file system over the bucket, as a new mount would make.
+    /// A new client and file system over the bucket, as a new mount would make, with a
+    /// session of its own.
     func mount(bucket: String = "fs-test", memory: Int = 1 << 20) async throws -> (Cluster, FileSystem) {
         let cluster = try Cluster(config: config)
         var o = FileSystemOptions()
         o.memoryBudget = memory
-        let fs = try await FileSystem(store: S3Store(cluster: cluster), bucket: bucket, owner: "owner", options: o)
+        let store = S3Store(cluster: cluster, sessions: LocalSessions(table: sessionTable))
+        let fs = try await FileSystem(store: store, bucket: bucket, owner: "owner", options: o)
         return (cluster, fs)
     }
 

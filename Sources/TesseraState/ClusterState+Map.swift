@@ -1,0 +1,124 @@
+// The cluster map in etcd: read, watched by every process, and changed only by the holder
+// of the HA role, by a compare-and-swap on the key's revision so two writers cannot both
+// win (docs/CLUSTER.md, "The cluster map").
+import Foundation
+import Logging
+import Synchronization
+import TesseraClient
+import TesseraConfig
+import TesseraCore
+import TesseraEtcd
+
+extension ClusterState {
+    /// The newest map this process has seen (nil before the first).
+    public var map: ClusterMap? { mapHolder.withLock { $0 } }
+
+    /// The map as stored, with the revision that last changed it; nil if there is none yet.
+    public func readMap() async throws -> (map: ClusterMap, revision: Int64)? {
+        guard let kv = try await etcd.get(keys.map) else { return nil }
+        guard let m = decodeJSON(ClusterMap.self, kv.value) else {
+            throw TesseraError(.corrupt, "the cluster map at \(keys.map) in etcd does not decode")
+        }
+        return (m, kv.modRevision)
+    }
+
+    /// The map as stored, read once without a session (for one-shot commands); nil if etcd
+    /// does not answer within a second or has none.
+    public static func fetchMap(_ settings: ClusterConfig.State) async -> ClusterMap? {
+        guard let etcd = try? EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(1), logger: Logger(label: "tessera.etcd", factory: { _ in SwiftLogNoOpLogHandler() })) else { return nil }
+        let kv = try? await etcd.get(StateKeys(settings).map)
+        await etcd.close()
+        return kv.flatMap { decodeJSON(ClusterMap.self, $0.value) }
+    }
+
+    /// Creates the first map from the cluster file if there is none.
+    public func ensureMap(_ config: ClusterConfig) async throws {
+        let initial = FailureDetector.initialMap(servers: config.servers.map { ($0.id, $0.address.description) }, wallNow: wallClock())
+        let r = try await etcd.txn(if: [.createRevision(keys.map, equals: 0)], then: [.put(keys.map, encodeJSON(initial))])
+        if r.succeeded { logger.notice("cluster map created: version 1, \(config.servers.count) servers online") }
+    }
+
+    /// Watches the map for as long as this process lives, calling `apply` with the current
+    /// map and every newer one. While etcd cannot be reached the last map stays in force.
+    public func watchMap(_ apply: @escaping @Sendable (ClusterMap) -> Void) {
+        let task = Task {
+            var delay = Duration.milliseconds(200)
+            while !Task.isCancelled {
+                do {
+                    var revision: Int64 = 0
+                    if let (m, rev) = try await readMap() {
+                        seen(m, apply)
+                        revision = rev
+                    }
+                    delay = .milliseconds(200)
+                    for try await events in etcd.watch(prefix: keys.map, fromRevision: revision + 1) {
+                        for e in events where e.kind == .put && e.kv.key == keys.map {
+                            if let m = decodeJSON(ClusterMap.self, e.kv.value) { seen(m, apply) }
+                        }
+                    }
+                } catch is CancellationError {
+                    return
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning("watching the cluster map: \(error); keeping version \(map?.version ?? 0)")
+                }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+        keep(task)
+    }
+
+    private func seen(_ m: ClusterMap, _ apply: @Sendable (ClusterMap) -> Void) {
+        let newer = mapHolder.withLock { held -> Bool in
+            guard (held?.version ?? 0) < m.version else { return false }
+            held = m
+            return true
+        }
+        guard newer else { return }
+        let summary = m.servers.map { "\($0.id) \($0.state.rawValue)" }.joined(separator: ", ")
+        logger.info("cluster map version \(m.version): \(summary)")
+        apply(m)
+    }
+
+    /// Campaigns for the HA role; while held, marks servers failed when their session has
+    /// been gone for the grace period and online when it is back.
+    public func runHealthMonitor(_ config: ClusterConfig) {
+        let detector = DetectorBox(FailureDetector(grace: settings.grace))
+        let poll = min(.seconds(1), settings.grace / 2)
+        whileHolding(StateKeys.haRole, every: poll) { [weak self] in
+            guard let self else { return }
+            do { try await self.checkServers(config, detector) } catch {
+                self.logger.warning("HA: \(error)")
+            }
+        }
+    }
+
+    private func checkServers(_ config: ClusterConfig, _ detector: DetectorBox) async throws {
+        guard let (m, revision) = try await readMap() else {
+            try await ensureMap(config)
+            return
+        }
+        let present = Set(try await sessions().compactMap { $0.info.kind == .server ? $0.info.server : nil })
+        let now = ContinuousClock.now
+        let wall = wallClock()
+        guard let next = detector.state.withLock({ $0.step(map: m, present: present, now: now, wallNow: wall) }) else { return }
+        let r = try await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))])
+        guard r.succeeded else { return }  // someone else changed it: read again next time
+        for (a, b) in zip(m.servers, next.servers) where a.state != b.state {
+            logger.notice("HA: server \(b.id) at \(b.address) is \(b.state.rawValue) (map version \(next.version))")
+        }
+    }
+}
+
+/// The HA role's detector, shared by the role's turns.
+final class DetectorBox: Sendable {
+    let state: Mutex<FailureDetector>
+    init(_ d: FailureDetector) { state = Mutex(d) }
+}
+
+func wallClock() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

@@ -1,0 +1,199 @@
+// A process's view of the cluster state service (etcd, docs/CLUSTER.md): its session, the
+// sessions of every other process, the cluster map it watches, and the roles it campaigns
+// for. etcd is never on the data path: while it cannot be reached, everything here keeps the
+// last it knew.
+import Logging
+import Synchronization
+import TesseraClient
+import TesseraConfig
+import TesseraCore
+import TesseraEtcd
+
+public final class ClusterState: SessionRegistry {
+    public let etcd: EtcdClient
+    public let settings: ClusterConfig.State
+    public let keys: StateKeys
+    public let info: SessionInfo
+    let session: EtcdSession
+    let logger: Logger
+
+    private struct State {
+        /// The session this process acts under: the last one etcd confirmed, kept while etcd
+        /// cannot be reached (no one can sweep then either).
+        var acting: UInt64
+        /// A new session is being taken after etcd said the old one ended: owners wait.
+        var renewing = false
+        var renewals: [@Sendable (UInt64, UInt64) async -> Void] = []
+        var losses: [@Sendable (UInt64) -> Void] = []
+        var tasks: [Task<Void, Never>] = []
+        var elections: [EtcdElection] = []
+    }
+    private let state: Mutex<State>
+    /// The newest cluster map seen (ClusterState+Map.swift).
+    let mapHolder = Mutex<ClusterMap?>(nil)
+
+    private init(etcd: EtcdClient, settings: ClusterConfig.State, info: SessionInfo, session: EtcdSession, acting: UInt64, logger: Logger) {
+        self.etcd = etcd
+        self.settings = settings
+        keys = StateKeys(settings)
+        self.info = info
+        self.session = session
+        self.logger = logger
+        state = Mutex(State(acting: acting))
+    }
+
+    /// Connects to the cluster's etcd, checks that it is one, and takes a session describing
+    /// this process. A missing, unreachable or wrong etcd is an error naming the endpoints.
+    public static func start(config: ClusterConfig, info: SessionInfo, logger: Logger) async throws -> ClusterState {
+        let settings = try config.requireState(for: "a \(info.kind.rawValue)")
+        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(3), logger: logger)
+        do {
+            _ = try await etcd.version()
+            let keys = StateKeys(settings)
+            let ttl = Int((settings.ttl.components.seconds * 1000 + settings.ttl.components.attoseconds / 1_000_000_000_000_000 + 999) / 1000)
+            let session = EtcdSession(client: etcd, key: { keys.session($0) }, value: encodeJSON(info), ttl: max(1, ttl), logger: logger)
+            try await session.start()
+            guard let id = session.current else { throw TesseraError(.closed, "etcd at \(settings.endpoints.joined(separator: ", ")): the new session is not valid") }
+            let state = ClusterState(etcd: etcd, settings: settings, info: info, session: session, acting: UInt64(bitPattern: id), logger: logger)
+            session.onChange { [weak state] lost, new in state?.sessionChanged(lost: lost, new: new) }
+            logger.info("session \(hex16(UInt64(bitPattern: id))) on etcd \(settings.endpoints.joined(separator: ", ")) (ttl \(ttl) s)")
+            return state
+        } catch {
+            await etcd.close()
+            throw error
+        }
+    }
+
+    /// Stops watching and campaigning, resigns every role, and ends the session (its key
+    /// goes, and everything noted under it is left to the sweeper).
+    public func close() async {
+        let (tasks, elections) = state.withLock { s in
+            defer {
+                s.tasks = []
+                s.elections = []
+            }
+            return (s.tasks, s.elections)
+        }
+        for t in tasks { t.cancel() }
+        for e in elections { await e.stop() }
+        await session.close()
+        await etcd.close()
+    }
+
+    // MARK: SessionRegistry
+
+    public var current: UInt64? { state.withLock { $0.renewing ? nil : $0.acting } }
+
+    public func owner() async throws -> UInt64 {
+        while true {
+            if let s = current { return s }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    public func alive() async throws -> Set<UInt64> {
+        let (kvs, _) = try await etcd.range(prefix: keys.sessions)
+        return Set(kvs.compactMap { $0.lease == 0 ? nil : UInt64(bitPattern: $0.lease) })
+    }
+
+    public func onRenewal(_ body: @escaping @Sendable (UInt64, UInt64) async -> Void) {
+        state.withLock { $0.renewals.append(body) }
+    }
+
+    public func onOwnershipLost(_ body: @escaping @Sendable (UInt64) -> Void) {
+        state.withLock { $0.losses.append(body) }
+    }
+
+    /// The etcd session noticed a loss (`new` nil) or took a new lease after one.
+    private func sessionChanged(lost: Int64, new: Int64?) {
+        guard let new else {
+            logger.error("session \(hex16(UInt64(bitPattern: lost))) lost: no keep-alive reached etcd at \(settings.endpoints.joined(separator: ", ")) within the lease's time to live; roles are given up until a new session is taken")
+            return
+        }
+        let (old, next) = (UInt64(bitPattern: lost), UInt64(bitPattern: new))
+        state.withLock { $0.renewing = true }
+        keep(Task { await self.renew(from: old, to: next, lease: lost) })
+    }
+
+    /// Moves what this process owns from session `old` to `new`, then lets the old lease go:
+    /// 1. note everything again under the new session (the renewal callbacks);
+    /// 2. ask etcd whether the old lease still lives: if not, a sweeper may have freed what
+    ///    was noted under it, and the owners are told (ownership lost);
+    /// 3. revoke the old lease; 4. act under the new session.
+    private func renew(from old: UInt64, to new: UInt64, lease: Int64) async {
+        logger.notice("new session \(hex16(new)) after losing \(hex16(old))")
+        for body in state.withLock({ $0.renewals }) { await body(old, new) }
+        let left = (try? await etcd.keepAlive(lease)) ?? 0
+        if left == 0 {
+            logger.error("session \(hex16(old)) had ended in etcd before this process took a new one: what it owned may have been freed")
+            for body in state.withLock({ $0.losses }) { body(old) }
+        }
+        try? await etcd.revokeLease(lease)
+        state.withLock { s in
+            s.acting = new
+            s.renewing = false
+        }
+    }
+
+    // MARK: Sessions of every process
+
+    /// Every live session with what it says of itself, by lease id.
+    public func sessions() async throws -> [(lease: UInt64, info: SessionInfo)] {
+        let (kvs, _) = try await etcd.range(prefix: keys.sessions)
+        return kvs.compactMap { kv in
+            guard let info = decodeJSON(SessionInfo.self, kv.value) else {
+                logger.warning("session key \(kv.key) does not decode; ignored")
+                return nil
+            }
+            return (UInt64(bitPattern: kv.lease), info)
+        }
+    }
+
+    // MARK: Roles
+
+    /// Campaigns for `role` in the background for as long as this process lives.
+    public func campaign(_ role: String) -> EtcdElection {
+        let value = encodeJSON(RoleHolder(session: current ?? 0, info: info))
+        let e = EtcdElection(client: etcd, session: session, key: keys.role(role), value: value, logger: logger)
+        e.start()
+        state.withLock { $0.elections.append(e) }
+        return e
+    }
+
+    /// Runs `body` every `interval` while this process holds `role` (campaigning for it).
+    public func whileHolding(_ role: String, every interval: Duration, _ body: @escaping @Sendable () async -> Void) {
+        let election = campaign(role)
+        let task = Task {
+            var held = false
+            while !Task.isCancelled {
+                if election.isLeader {
+                    if !held { logger.notice("holding the \(role) role") }
+                    held = true
+                    await body()
+                } else if held {
+                    logger.notice("no longer holding the \(role) role")
+                    held = false
+                }
+                try? await Task.sleep(for: held ? interval : min(interval, .milliseconds(500)))
+            }
+        }
+        keep(task)
+    }
+
+    /// Keeps `task` to cancel at `close`.
+    func keep(_ task: Task<Void, Never>) {
+        state.withLock { $0.tasks.append(task) }
+    }
+
+    /// The holder of every role, by name.
+    public func roleHolders() async throws -> [String: RoleHolder] {
+        let (kvs, _) = try await etcd.range(prefix: keys.roles)
+        var out: [String: RoleHolder] = [:]
+        for kv in kvs {
+            guard var h = decodeJSON(RoleHolder.self, kv.value) else { continue }
+            h.session = UInt64(bitPattern: kv.lease)  // the value was written at the first campaign
+            out[String(kv.key.dropFirst(keys.roles.count))] = h
+        }
+        return out
+    }
+}

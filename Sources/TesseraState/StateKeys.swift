@@ -1,0 +1,101 @@
+// The keys Tessera keeps in etcd and the JSON records under them (docs/CLUSTER.md, "Keys in
+// etcd"). Every key starts with the cluster's prefix, `/tessera/NAME/`:
+//
+//   PREFIX sessions/<lease id, 16 hex digits>   SessionInfo, under that lease: gone with it
+//   PREFIX map                                  ClusterMap (TesseraClient): version, servers, states
+//   PREFIX roles/<role>                         RoleHolder, under the holder's lease: an election
+//
+// Values are JSON (UTF-8) so that `etcdctl get --prefix /tessera/` reads as text. Fields
+// added later are optional; a record that does not decode is skipped with a warning, never
+// trusted.
+import Foundation
+import TesseraClient
+import TesseraConfig
+
+/// The version every process reports in its session.
+public let tesseraVersion = "0.19.0"
+
+/// What kind of process holds a session.
+public enum ProcessKind: String, Sendable, Codable {
+    case server, gateway, mount
+}
+
+/// The value of a session key: who the process is and what it serves.
+public struct SessionInfo: Sendable, Codable, Equatable {
+    public var kind: ProcessKind
+    public var host: String
+    public var pid: Int32
+    public var version: String
+    /// Wall-clock start time, ns since 1970 (for people: no decision reads it).
+    public var started: UInt64
+    /// What it serves, in words: "127.0.0.1:7100", "http://127.0.0.1:9000", "tessera on /mnt".
+    public var serves: String
+    /// The server's id, for servers.
+    public var server: Int?
+
+    public init(kind: ProcessKind, serves: String, server: Int? = nil) {
+        self.kind = kind
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count - 1)
+        host = String(cString: name)
+        pid = getpid()
+        version = tesseraVersion
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        started = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+        self.serves = serves
+        self.server = server
+    }
+}
+
+/// The value of a role key: which session holds it.
+public struct RoleHolder: Sendable, Codable, Equatable {
+    public var session: UInt64
+    public var kind: ProcessKind
+    public var host: String
+    public var pid: Int32
+
+    public init(session: UInt64, info: SessionInfo) {
+        self.session = session
+        kind = info.kind
+        host = info.host
+        pid = info.pid
+    }
+}
+
+/// Key names of one cluster.
+public struct StateKeys: Sendable {
+    public let prefix: String
+
+    public init(_ state: ClusterConfig.State) { prefix = state.prefix }
+
+    public var sessions: String { prefix + "sessions/" }
+    public func session(_ lease: Int64) -> String { sessions + hex16(UInt64(bitPattern: lease)) }
+    public var map: String { prefix + "map" }
+    public var roles: String { prefix + "roles/" }
+    public func role(_ name: String) -> String { roles + name }
+
+    /// The roles held in a cluster: one process at a time each.
+    public static let haRole = "ha"
+    public static let sweeperRole = "sweeper"
+}
+
+func hex16(_ v: UInt64) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, 16 - s.count)) + s
+}
+
+let stateEncoder: JSONEncoder = {
+    let e = JSONEncoder()
+    e.outputFormatting = [.sortedKeys]
+    return e
+}()
+
+func encodeJSON<T: Encodable>(_ value: T) -> [UInt8] {
+    // Encoding these plain records cannot fail.
+    (try? Array(stateEncoder.encode(value))) ?? []
+}
+
+func decodeJSON<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) -> T? {
+    try? JSONDecoder().decode(type, from: Data(bytes))
+}

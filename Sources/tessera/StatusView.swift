@@ -1,0 +1,73 @@
+// What `tessera status` reads from the cluster state service: the map, the sessions, the
+// roles. etcd being unreachable is said, not fatal: the servers' own lines still print.
+import Foundation
+import TesseraClient
+import TesseraConfig
+import TesseraEtcd
+import TesseraState
+
+struct StatusView {
+    var endpoints: [String] = []
+    var map: ClusterMap?
+    var sessions: [(lease: UInt64, info: SessionInfo)] = []
+    var roles: [String: RoleHolder] = [:]
+    var error: String?
+
+    static func read(_ config: ClusterConfig) async throws -> StatusView {
+        var v = StatusView()
+        guard let settings = config.state else {
+            v.error = "the cluster file has no [state]"
+            return v
+        }
+        v.endpoints = settings.endpoints
+        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(2), logger: quietLogger)
+        let keys = StateKeys(settings)
+        do {
+            if let kv = try await etcd.get(keys.map) { v.map = try? JSONDecoder().decode(ClusterMap.self, from: Data(kv.value)) }
+            for kv in try await etcd.range(prefix: keys.sessions).kvs {
+                if let info = try? JSONDecoder().decode(SessionInfo.self, from: Data(kv.value)) { v.sessions.append((UInt64(bitPattern: kv.lease), info)) }
+            }
+            for kv in try await etcd.range(prefix: keys.roles).kvs {
+                guard var h = try? JSONDecoder().decode(RoleHolder.self, from: Data(kv.value)) else { continue }
+                h.session = UInt64(bitPattern: kv.lease)
+                v.roles[String(kv.key.dropFirst(keys.roles.count))] = h
+            }
+        } catch {
+            v.error = "\(error)"
+        }
+        await etcd.close()
+        return v
+    }
+
+    func print(bytes: Bool) {
+        let now = wallNow()
+        if let error {
+            Swift.print(bytes ? "etcd=\(endpoints.joined(separator: ",")) error=\"\(error)\"" : "etcd \(endpoints.joined(separator: ", ")): \(error)")
+            return
+        }
+        Swift.print(bytes ? "map version=\(map?.version ?? 0) etcd=\(endpoints.joined(separator: ","))" : "cluster map version \(map?.version ?? 0)  (etcd \(endpoints.joined(separator: ", ")))")
+        for s in sessions.sorted(by: { ($0.info.kind.rawValue, $0.info.server ?? 0, $0.info.pid) < ($1.info.kind.rawValue, $1.info.server ?? 0, $1.info.pid) }) {
+            let age = now > s.info.started ? (now - s.info.started) / 1_000_000_000 : 0
+            let lease = String(s.lease, radix: 16)
+            if bytes {
+                Swift.print("session=\(lease) kind=\(s.info.kind.rawValue) host=\(s.info.host) pid=\(s.info.pid) age_s=\(age) version=\(s.info.version) serves=\"\(s.info.serves)\"")
+            } else {
+                Swift.print("session \(lease)  \(s.info.kind.rawValue)  \(s.info.host) pid \(s.info.pid)  up \(duration(age))  \(s.info.serves)")
+            }
+        }
+        for (name, h) in roles.sorted(by: { $0.key < $1.key }) {
+            let lease = String(h.session, radix: 16)
+            Swift.print(bytes ? "role=\(name) session=\(lease) kind=\(h.kind.rawValue) pid=\(h.pid)" : "role \(name)  held by \(h.kind.rawValue) on \(h.host) pid \(h.pid) (session \(lease))")
+        }
+    }
+
+    private func duration(_ s: UInt64) -> String {
+        s < 120 ? "\(s) s" : s < 7200 ? "\(s / 60) min" : "\(s / 3600) h"
+    }
+
+    private func wallNow() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}
