@@ -52,7 +52,7 @@ struct StatusView {
             if bytes {
                 Swift.print("session=\(lease) kind=\(s.info.kind.rawValue) host=\(s.info.host) pid=\(s.info.pid) age_s=\(age) version=\(s.info.version) serves=\"\(s.info.serves)\"")
             } else {
-                Swift.print("session \(lease)  \(s.info.kind.rawValue)  \(s.info.host) pid \(s.info.pid)  up \(duration(age))  \(s.info.serves)")
+                Swift.print("session \(lease)  \(s.info.kind.rawValue)  \(s.info.host) pid \(s.info.pid)  age \(duration(age))  \(s.info.serves)")
             }
         }
         for (name, h) in roles.sorted(by: { $0.key < $1.key }) {

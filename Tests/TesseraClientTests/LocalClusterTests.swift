@@ -57,6 +57,10 @@ final class UpCluster: @unchecked Sendable {
     deinit {
         _ = try? tessera(["down", "--dir", dir])
         for id in 0..<3 { kill9(id) }
+        // The cluster's etcd, should `down` have failed to stop it.
+        if let text = try? String(contentsOfFile: dir + "/etcd.pid", encoding: .utf8), let p = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), p > 0 {
+            kill(p, SIGKILL)
+        }
         try? FileManager.default.removeItem(atPath: dir)
     }
 }
