@@ -331,5 +331,46 @@ class ClusterStateTest(unittest.TestCase):
                      lambda: name in c.roles() and int(c.roles()[name]["pid"]) != holder, TTL + 5)
 
 
+class EtcdMissingTest(unittest.TestCase):
+    """A cluster file whose etcd is missing or is not etcd: a clear error naming the
+    endpoint, within seconds, from every process that needs a session."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="tessera-noetcd-")
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)  # accepts and never answers: not an etcd
+
+    def tearDown(self):
+        self.listener.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def config(self, endpoint):
+        path = os.path.join(self.tmp, "cluster.toml")
+        servers = "".join(f'[[server]]\nid = {i}\naddress = "127.0.0.1:{free_port()}"\nmeta = "m{i}"\ndata = "d{i}"\n' for i in range(3))
+        with open(path, "w") as f:
+            f.write(f'secret = "0123456789abcdef0123"\n[state]\nendpoints = ["{endpoint}"]\nttl = 2\n'
+                    f'[[s3.credentials]]\naccess_key = "K"\nsecret_key = "secret-key"\n{servers}')
+        return path
+
+    def assert_clear_failure(self, endpoint, args):
+        t = time.time()
+        r = subprocess.run([TESSERA] + args, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertLess(time.time() - t, 15, "no hang")
+        self.assertIn(endpoint, r.stderr)
+
+    def test_nothing_listening(self):
+        endpoint = f"127.0.0.1:{free_port()}"
+        config = self.config(endpoint)
+        self.assert_clear_failure(endpoint, ["gateway", "--config", config, "--listen", f"127.0.0.1:{free_port()}"])
+        os.mkdir(os.path.join(self.tmp, "mnt"))
+        self.assert_clear_failure(endpoint, ["mount", "--config", config, "-f", BUCKET, os.path.join(self.tmp, "mnt")])
+
+    def test_something_else_listening(self):
+        endpoint = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.assert_clear_failure(endpoint, ["gateway", "--config", self.config(endpoint), "--listen", f"127.0.0.1:{free_port()}"])
+
+
 if __name__ == "__main__":
     unittest.main()
