@@ -17,7 +17,9 @@ public protocol SessionRegistry: Sendable {
     func alive() async throws -> Set<UInt64>
     /// Calls `body` each time this process takes a new session after losing `old`, before
     /// the old lease is let go: what the process owned under `old` must be noted under `new`.
-    func onRenewal(_ body: @escaping @Sendable (_ old: UInt64, _ new: UInt64) async -> Void)
+    /// `current` is nil meanwhile. `body` returns false if it could not; it is then called
+    /// again (the old lease kept alive meanwhile) until it returns true.
+    func onRenewal(_ body: @escaping @Sendable (_ old: UInt64, _ new: UInt64) async -> Bool)
     /// Calls `body` when a session of this process turns out to have ended before its
     /// renewal was complete: what it owned under it may have been freed.
     func onOwnershipLost(_ body: @escaping @Sendable (_ session: UInt64) -> Void)
@@ -64,7 +66,8 @@ public final class LocalSessionTable: Sendable {
 public final class LocalSessions: SessionRegistry {
     public let table: LocalSessionTable
     private let mine: Mutex<UInt64>
-    private let renewals = Mutex<[@Sendable (UInt64, UInt64) async -> Void]>([])
+    private let renewals = Mutex<[@Sendable (UInt64, UInt64) async -> Bool]>([])
+    private let renewing = Mutex(false)
     private let losses = Mutex<[@Sendable (UInt64) -> Void]>([])
 
     public init(table: LocalSessionTable = LocalSessionTable()) {
@@ -77,7 +80,7 @@ public final class LocalSessions: SessionRegistry {
 
     public var current: UInt64? {
         let s = session
-        return table.live.contains(s) ? s : nil
+        return !renewing.withLock({ $0 }) && table.live.contains(s) ? s : nil
     }
 
     public func owner() async throws -> UInt64 {
@@ -89,7 +92,7 @@ public final class LocalSessions: SessionRegistry {
 
     public func alive() async throws -> Set<UInt64> { table.live }
 
-    public func onRenewal(_ body: @escaping @Sendable (UInt64, UInt64) async -> Void) {
+    public func onRenewal(_ body: @escaping @Sendable (UInt64, UInt64) async -> Bool) {
         renewals.withLock { $0.append(body) }
     }
 
@@ -103,9 +106,11 @@ public final class LocalSessions: SessionRegistry {
     public func renew() async -> UInt64 {
         let old = session
         let new = table.begin()
-        for b in renewals.withLock({ $0 }) { await b(old, new) }
+        renewing.withLock { $0 = true }
+        for b in renewals.withLock({ $0 }) { _ = await b(old, new) }
         let ended = !table.live.contains(old)
         mine.withLock { $0 = new }
+        renewing.withLock { $0 = false }
         table.end(old)
         if ended { for b in losses.withLock({ $0 }) { b(old) } }
         return new

@@ -14,6 +14,9 @@ public final class EtcdSession: Sendable {
     private let key: @Sendable (Int64) -> String
     private let value: [UInt8]
     let ttl: Int
+    /// Whether a lost lease is revoked before a new one is taken; false when the caller of
+    /// `onChange` revokes it itself, after moving what it owned to the new lease.
+    let revokesLostLease: Bool
     private let logger: Logger
     /// Keep-alives are sent this often, each allowed this long to be answered.
     let interval: Duration
@@ -33,8 +36,12 @@ public final class EtcdSession: Sendable {
     }
 
     /// A session whose key is named from its lease id by `key`; `ttl` in seconds (at least 1).
-    public init(client: EtcdClient, key: @escaping @Sendable (Int64) -> String, value: [UInt8], ttl: Int, logger: Logger) {
+    /// With `revokesLostLease` false, a lost lease is left for the `onChange` handler to revoke
+    /// once it has moved what it owned under the new one (etcd may still hold the old lease,
+    /// and with it that ownership, until then).
+    public init(client: EtcdClient, key: @escaping @Sendable (Int64) -> String, value: [UInt8], ttl: Int, revokesLostLease: Bool = true, logger: Logger) {
         self.client = client
+        self.revokesLostLease = revokesLostLease
         self.key = key
         self.value = value
         self.ttl = max(1, ttl)
@@ -211,8 +218,9 @@ extension EtcdSession {
         logger.error("session lost: lease \(Self.hex(lost)) expired (\(why))")
         state.withLockedValue { s in if s.lease == lost { s.validUntil = .now } }
         notify(lost, nil)
-        // Its key must not outlive it: revoke it in case etcd still holds it.
-        try? await client.revokeLease(lost, timeout: interval)
+        // Its key must not outlive it: revoke it in case etcd still holds it (unless the
+        // handler does, after moving what it owns).
+        if revokesLostLease { try? await client.revokeLease(lost, timeout: interval) }
         while !Task.isCancelled {
             do {
                 let (lease, sent) = try await establish()

@@ -194,7 +194,7 @@ public final class S3Gateway: HTTPHandler {
             let b = try await authorizedBucket(bucketName, caller, write: true)
             if let id = r.query("uploadId") {
                 guard let upload = try await store.upload(b, key, id) else { throw S3Error.noSuchUpload() }
-                try await store.abortUpload(b, key, id, upload)
+                try await store.abortUpload(bucketName, b, key, id, upload)
                 return HTTPResponse(.noContent)
             }
             try await store.deleteObject(bucketName, b, key)
@@ -533,7 +533,7 @@ public final class S3Gateway: HTTPHandler {
             _ = try await writer.finish()
             return (md5, algorithm.flatMap { a in checksum.map { (a.header, $0) } })
         } catch {
-            await writer.abandon()
+            await store.abandon(writer)
             throw error
         }
     }
@@ -604,7 +604,7 @@ public final class S3Gateway: HTTPHandler {
             }
             _ = try await writer.finish()
         } catch {
-            await writer.abandon()
+            await store.abandon(writer)
             throw error
         }
         let digest = md5.finish().md5
@@ -614,7 +614,7 @@ public final class S3Gateway: HTTPHandler {
         case .object(let bucketName, let key):
             let replace = r.header("x-amz-metadata-directive")?.uppercased() == "REPLACE"
             if !replace && srcBucketName == bucketName && srcKey == key {
-                await writer.abandon()
+                await store.abandon(writer)
                 throw S3Error(.badRequest, "InvalidRequest", "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata.")
             }
             var attrs = replace ? try attributes(of: r) : src.attributes.filter { ChecksumAlgorithm(header: $0.name) == nil }

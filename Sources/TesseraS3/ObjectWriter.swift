@@ -59,12 +59,13 @@ public final class ObjectWriter {
         return size
     }
 
-    /// Stops writing and frees what was written. The object's pending-free record stays for
-    /// the caller (or the sweeper) to drop.
-    public func abandon() async {
+    /// Stops writing and frees what was written; false if the free failed. The object's
+    /// pending-free record stays for the caller (or the sweeper) to drop.
+    @discardableResult
+    public func abandon() async -> Bool {
         finished = true
         for t in inFlight { _ = try? await t.value }
         inFlight.removeAll()
-        try? await cluster.delete(fid)
+        return (try? await cluster.delete(fid)) != nil
     }
 }

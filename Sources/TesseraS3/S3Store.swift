@@ -23,6 +23,9 @@ public final class S3Store: Sendable {
     /// What the last renewal from each old session noted again: if that session turns out
     /// to have ended first, these are the objects that may have been freed meanwhile.
     private let renoted = Mutex<[UInt64: [Fid]]>([:])
+    /// Notes being written: a renewal waits for them, so none lands under the old session
+    /// after the renewal has read what to note again.
+    private let notesInFlight = Mutex(0)
     /// Switches of one object name (or one part of an upload) go one at a time.
     private let switchLocks = KeyedLocks<String>()
     /// Objects being read in this process: a free waits until their readers are done.
@@ -41,7 +44,7 @@ public final class S3Store: Sendable {
         self.cluster = cluster
         self.sessions = sessions
         self.logger = logger
-        sessions.onRenewal { [weak self] old, new in await self?.renoteOwned(from: old, to: new) }
+        sessions.onRenewal { [weak self] old, new in await self?.renoteOwned(from: old, to: new) ?? true }
         sessions.onOwnershipLost { [weak self] old in self?.disown(session: old) }
     }
 
@@ -195,7 +198,19 @@ public final class S3Store: Sendable {
     public func notePending(_ items: [(Fid, PendingFree.Owner)]) async throws {
         guard !items.isEmpty else { return }
         try await ensureGlobalIndexes()
-        let session = try await sessions.owner()
+        // Counted in flight before the session is read: a renewal (during which `current`
+        // is nil) either sees this note in `owned` or makes it wait for the new session.
+        var session: UInt64
+        while true {
+            notesInFlight.withLock { $0 += 1 }
+            if let s = sessions.current {
+                session = s
+                break
+            }
+            notesInFlight.withLock { $0 -= 1 }
+            _ = try await sessions.owner()
+        }
+        defer { notesInFlight.withLock { $0 -= 1 } }
         try await putPending(items, session: session)
         owned.withLock { o in for (fid, owner) in items { o[fid] = (owner, session) } }
     }
@@ -208,19 +223,23 @@ public final class S3Store: Sendable {
     }
 
     /// Notes again under `new` what this process noted under `old` (called before the old
-    /// lease is let go, so no sweeper can see these records ownerless in between).
-    private func renoteOwned(from old: UInt64, to new: UInt64) async {
+    /// lease is let go, so no sweeper can see these records ownerless in between); false if
+    /// it could not, and the renewal asks again.
+    private func renoteOwned(from old: UInt64, to new: UInt64) async -> Bool {
+        while notesInFlight.withLock({ $0 }) > 0 { try? await Task.sleep(for: .milliseconds(2)) }
         let items = owned.withLock { o in o.filter { $0.value.session == old }.map { ($0.key, $0.value.owner) } }
-        guard !items.isEmpty else { return }
+        guard !items.isEmpty else { return true }
         do {
             for start in stride(from: 0, to: items.count, by: 500) {
                 try await putPending(Array(items[start..<min(items.count, start + 500)]), session: new)
             }
             owned.withLock { o in for (fid, _) in items where o[fid]?.session == old { o[fid]?.session = new } }
-            renoted.withLock { $0 = [old: items.map(\.0)] }
+            renoted.withLock { $0[old, default: []] += items.map(\.0) }
             logger.notice("noted \(items.count) pending object(s) again under the new session")
+            return true
         } catch {
-            logger.error("could not note \(items.count) pending object(s) under the new session: \(error); the sweeper may free them once the old session's lease ends")
+            logger.error("could not note \(items.count) pending object(s) under the new session, keeping the old one alive and trying again: \(error)")
+            return false
         }
     }
 
@@ -239,7 +258,7 @@ public final class S3Store: Sendable {
 
     /// Throws unless this process still owns `fid` under its valid session: an entry must
     /// not come to refer to data the sweeper may have freed.
-    func checkOwned(_ fid: Fid) throws {
+    public func checkOwned(_ fid: Fid) throws {
         guard let o = owned.withLock({ $0[fid] }) else { return }  // not noted here: not ours to fence
         try sessions.checkOwner(o.session)
     }
@@ -335,6 +354,12 @@ public final class S3Store: Sendable {
         for o in objects { try await readersDone(o.fid) }
         try await cluster.delete(objects.map(\.fid))
         for o in objects where o.multipart { try await free(o.fid) }
+    }
+
+    /// Stops `writer` and frees what it wrote; its pending-free record goes too once the free
+    /// is done (else it stays for the sweeper).
+    public func abandon(_ writer: ObjectWriter) async {
+        if await writer.abandon() { await dropPending([writer.fid]) }
     }
 
     /// Returns once no reader in this process is using object `fid`.
@@ -459,6 +484,9 @@ public final class S3Store: Sendable {
         try await notePending([(fid, .object(bucket: bucketName, key: key))])
         let id = Self.uploadID(fid)
         try await cluster.put(bucket.uploads, [Record(key: Self.uploadKey(key, id), value: UploadRecord(fid: fid, created: Self.now(), attributes: attributes).encode())], sync: true)
+        // The upload record refers to the fid from now on: it lives until completed or
+        // aborted, whatever becomes of this process.
+        await dropPending([fid])
         return id
     }
 
@@ -556,9 +584,10 @@ public final class S3Store: Sendable {
     }
 
     /// Abandons an upload and frees its parts.
-    public func abortUpload(_ bucket: BucketRecord, _ key: String, _ id: String, _ upload: UploadRecord) async throws {
-        // The upload's pending-free record (made when it started) covers its parts until
-        // they are gone.
+    public func abortUpload(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ id: String, _ upload: UploadRecord) async throws {
+        // Noted before the upload record goes, so a crash before the parts are freed leaves
+        // them to the sweeper (kind 0: the upload record no longer refers to them).
+        try await notePending([(upload.fid, .object(bucket: bucketName, key: key))])
         try await cluster.delete(bucket.uploads, [Self.uploadKey(key, id)], sync: true)
         try await free(upload.fid)
         await dropPending([upload.fid])

@@ -86,8 +86,10 @@ extension ClusterState {
     public func runHealthMonitor(_ config: ClusterConfig) {
         let detector = DetectorBox(FailureDetector(grace: settings.grace))
         let poll = min(.seconds(1), settings.grace / 2)
-        whileHolding(StateKeys.haRole, every: poll) { [weak self] in
+        whileHolding(StateKeys.haRole, every: poll) { [weak self] newlyHeld in
             guard let self else { return }
+            // What an earlier tenure saw is stale: a new holder gives every server the grace.
+            if newlyHeld { detector.state.withLock { $0 = FailureDetector(grace: self.settings.grace) } }
             do { try await self.checkServers(config, detector) } catch {
                 self.logger.warning("HA: \(error)")
             }

@@ -21,9 +21,11 @@ public final class ClusterState: SessionRegistry {
         /// The session this process acts under: the last one etcd confirmed, kept while etcd
         /// cannot be reached (no one can sweep then either).
         var acting: UInt64
-        /// A new session is being taken after etcd said the old one ended: owners wait.
-        var renewing = false
-        var renewals: [@Sendable (UInt64, UInt64) async -> Void] = []
+        /// Renewals queued or running: owners wait (`current` is nil) until none is left.
+        var renewing = 0
+        /// The last renewal queued: each waits for the one before, so they run in order.
+        var lastRenewal: Task<Void, Never>?
+        var renewals: [@Sendable (UInt64, UInt64) async -> Bool] = []
         var losses: [@Sendable (UInt64) -> Void] = []
         var tasks: [Task<Void, Never>] = []
         var elections: [EtcdElection] = []
@@ -51,7 +53,8 @@ public final class ClusterState: SessionRegistry {
             _ = try await etcd.version()
             let keys = StateKeys(settings)
             let ttl = Int((settings.ttl.components.seconds * 1000 + settings.ttl.components.attoseconds / 1_000_000_000_000_000 + 999) / 1000)
-            let session = EtcdSession(client: etcd, key: { keys.session($0) }, value: encodeJSON(info), ttl: max(1, ttl), logger: logger)
+            // The lost lease is revoked by `renew`, once what it owned is noted again.
+            let session = EtcdSession(client: etcd, key: { keys.session($0) }, value: encodeJSON(info), ttl: max(1, ttl), revokesLostLease: false, logger: logger)
             try await session.start()
             guard let id = session.current else { throw TesseraError(.closed, "etcd at \(settings.endpoints.joined(separator: ", ")): the new session is not valid") }
             let state = ClusterState(etcd: etcd, settings: settings, info: info, session: session, acting: UInt64(bitPattern: id), logger: logger)
@@ -82,7 +85,7 @@ public final class ClusterState: SessionRegistry {
 
     // MARK: SessionRegistry
 
-    public var current: UInt64? { state.withLock { $0.renewing ? nil : $0.acting } }
+    public var current: UInt64? { state.withLock { $0.renewing > 0 ? nil : $0.acting } }
 
     public func owner() async throws -> UInt64 {
         while true {
@@ -96,7 +99,7 @@ public final class ClusterState: SessionRegistry {
         return Set(kvs.compactMap { $0.lease == 0 ? nil : UInt64(bitPattern: $0.lease) })
     }
 
-    public func onRenewal(_ body: @escaping @Sendable (UInt64, UInt64) async -> Void) {
+    public func onRenewal(_ body: @escaping @Sendable (UInt64, UInt64) async -> Bool) {
         state.withLock { $0.renewals.append(body) }
     }
 
@@ -111,8 +114,17 @@ public final class ClusterState: SessionRegistry {
             return
         }
         let (old, next) = (UInt64(bitPattern: lost), UInt64(bitPattern: new))
-        state.withLock { $0.renewing = true }
-        keep(Task { await self.renew(from: old, to: next, lease: lost) })
+        let task = state.withLock { s -> Task<Void, Never> in
+            s.renewing += 1
+            let previous = s.lastRenewal
+            let t = Task {
+                await previous?.value
+                await self.renew(from: old, to: next, lease: lost)
+            }
+            s.lastRenewal = t
+            return t
+        }
+        keep(task)
     }
 
     /// Moves what this process owns from session `old` to `new`, then lets the old lease go:
@@ -122,16 +134,30 @@ public final class ClusterState: SessionRegistry {
     /// 3. revoke the old lease; 4. act under the new session.
     private func renew(from old: UInt64, to new: UInt64, lease: Int64) async {
         logger.notice("new session \(hex16(new)) after losing \(hex16(old))")
-        for body in state.withLock({ $0.renewals }) { await body(old, new) }
-        let left = (try? await etcd.keepAlive(lease)) ?? 0
+        // 1. Until every owner has noted what it owns under the new session; the old lease
+        //    is kept alive meanwhile, if etcd still has it.
+        while !Task.isCancelled {
+            var done = true
+            for body in state.withLock({ $0.renewals }) where await !body(old, new) { done = false }
+            if done { break }
+            _ = try? await etcd.keepAlive(lease)
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        // 2. Whether the old lease outlived that, as etcd says (asked until it answers).
+        var left: Int?
+        while left == nil && !Task.isCancelled {
+            left = try? await etcd.keepAlive(lease)
+            if left == nil { try? await Task.sleep(for: .milliseconds(200)) }
+        }
         if left == 0 {
             logger.error("session \(hex16(old)) had ended in etcd before this process took a new one: what it owned may have been freed")
             for body in state.withLock({ $0.losses }) { body(old) }
         }
+        // 3. Let it go; 4. act under the new one (a renewal queued after this one follows).
         try? await etcd.revokeLease(lease)
         state.withLock { s in
             s.acting = new
-            s.renewing = false
+            s.renewing -= 1
         }
     }
 
@@ -160,16 +186,18 @@ public final class ClusterState: SessionRegistry {
         return e
     }
 
-    /// Runs `body` every `interval` while this process holds `role` (campaigning for it).
-    public func whileHolding(_ role: String, every interval: Duration, _ body: @escaping @Sendable () async -> Void) {
+    /// Runs `body` every `interval` while this process holds `role` (campaigning for it);
+    /// `body` is told when a turn is the first of a tenure.
+    public func whileHolding(_ role: String, every interval: Duration, _ body: @escaping @Sendable (_ newlyHeld: Bool) async -> Void) {
         let election = campaign(role)
         let task = Task {
             var held = false
             while !Task.isCancelled {
                 if election.isLeader {
                     if !held { logger.notice("holding the \(role) role") }
+                    let first = !held
                     held = true
-                    await body()
+                    await body(first)
                 } else if held {
                     logger.notice("no longer holding the \(role) role")
                     held = false

@@ -64,7 +64,6 @@ struct BenchS3: AsyncParsableCommand {
         let cluster = try Cluster(config: config)
         // A session of its own: the gateway's sweeper would free what an ownerless PUT notes.
         let sessions = try await ClusterState.start(config: config, info: SessionInfo(kind: .gateway, serves: "tessera bench s3 (in-process)"), logger: Logger(label: "tessera.bench"))
-        defer { Task { await sessions.close() } }
         let store = S3Store(cluster: cluster, sessions: sessions)
         let libBucket = try await store.createBucket("bench-library", owner: key)
         let setup = try await S3HTTPClient(host: "127.0.0.1", port: port, accessKey: key, secret: secret)
@@ -107,6 +106,7 @@ struct BenchS3: AsyncParsableCommand {
                 motoRates.append(try await measureHTTP(loads, port: motoPort, bucket: "bench-moto", key: key, secret: secret))
             }
         }
+        await sessions.close()
         await cluster.close()
 
         print("\(clients) concurrent clients; medians of \(rounds) rounds; ratio = gateway / baseline")

@@ -12,6 +12,7 @@ import TesseraFS
 import TesseraFUSE
 import TesseraRPC
 import TesseraS3
+import TesseraEtcd
 import TesseraState
 
 struct Mount: AsyncParsableCommand {
@@ -89,6 +90,12 @@ struct Mount: AsyncParsableCommand {
         guard S3Store.validBucketName(bucket) else { throw ValidationError("'\(bucket)' is not a valid bucket name (3–63 of a-z, 0-9, '.', '-')") }
         let target = mountTarget(mountpoint)
         if !foreground {
+            // The daemon's own errors reach only its log: say now if etcd is not there.
+            if let settings = cfg.state {
+                let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(3), logger: quietLogger)
+                defer { Task { await etcd.close() } }
+                _ = try await etcd.version()
+            }
             try daemonize(configPath: configPath, target: target, log: log ?? parsed.log)
             return
         }

@@ -41,8 +41,16 @@ struct Server: AsyncParsableCommand {
             logger.info("server \(id) serving \(me.address) (meta \(me.metaPath), data \(me.dataPath))")
             if cluster.state != nil {
                 // Serving first, then the session: the HA role sees the server online only
-                // once it answers.
-                let state = try await ClusterState.start(config: cluster, info: SessionInfo(kind: .server, serves: me.address.description, server: id), logger: logger)
+                // once it answers. Without one the server stops as cleanly as on SIGTERM.
+                let state: ClusterState
+                do {
+                    state = try await ClusterState.start(config: cluster, info: SessionInfo(kind: .server, serves: me.address.description, server: id), logger: logger)
+                } catch {
+                    await metricsEndpoint?.close()
+                    await rpc.shutdown()
+                    try? node.close()
+                    throw error
+                }
                 state.watchMap { _ in }
                 state.runHealthMonitor(cluster)
                 clusterState = state

@@ -8,7 +8,7 @@ extension ClusterState {
     /// Campaigns for the sweeper role; while held, sweeps every `sweep_interval`.
     func runSweeper(_ store: S3Store) {
         let logger = Logger(label: "tessera.sweeper")
-        whileHolding(StateKeys.sweeperRole, every: settings.sweepInterval) {
+        whileHolding(StateKeys.sweeperRole, every: settings.sweepInterval) { _ in
             do { try await store.sweep() } catch { logger.warning("sweeper: \(error)") }
         }
     }
