@@ -7,7 +7,64 @@ extension Cluster {
     /// Parity groups worked on at once by one call.
     static let parallelGroups = 8
 
-    /// Writes `bytes` at `offset` of object `object` (created by its first write).
+    /// Makes object `object` exist on every server (an IO CREATE of its cob), so the parts
+    /// of it never written read as zeros; until then a read fails `notFound`, as it does once
+    /// the object is deleted. Call it before the object's first write (or with it: a server
+    /// makes a CREATE before anything the same connection sent after it). Idempotent.
+    public func create(_ object: Fid) async throws {
+        try await create([object])
+    }
+
+    /// `create` of many objects: `createBatch` cobs per request, all pipelined to each
+    /// server at once. A server that cannot be reached misses the CREATE (its units of
+    /// these objects will read `notFound`, rebuilt from parity like a down server's), as long
+    /// as no more servers miss it than there are parity units; any other failure throws.
+    public func create(_ objects: [Fid]) async throws {
+        guard !objects.isEmpty else { return }
+        let requests = stride(from: 0, to: objects.count, by: Cluster.createBatch).map {
+            Request.create(cobs: Array(objects[$0..<min($0 + Cluster.createBatch, objects.count)]), syncWait: false)
+        }
+        let missed = try await withThrowingTaskGroup(of: String?.self) { group in
+            for s in links.indices {
+                group.addTask {
+                    let responses: [Response]
+                    do {
+                        let client = try await self.links[s].client()
+                        responses = await client.pipeline(requests)
+                        for (request, r) in zip(requests, responses) { await self.noted(s, request, r, from: client) }
+                    } catch {
+                        responses = [Response(error)]
+                    }
+                    for r in responses {
+                        switch r {
+                        case .statuses(let st, _) where st.allSatisfy({ $0 == .ok || $0 == .exists }): continue
+                        case .failure(let status, let m) where status == .closed || status == .timedOut:
+                            return "server \(self.links[s].id): \(m)"
+                        case .failure(let status, let m):
+                            throw TesseraError(status.code ?? .io, "creating object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "") on server \(self.links[s].id): \(m)")
+                        default:
+                            throw TesseraError(.io, "creating object \(objects[0]) on server \(self.links[s].id): unexpected reply \(r)")
+                        }
+                    }
+                    return nil
+                }
+            }
+            var missed: [String] = []
+            for try await m in group { if let m { missed.append(m) } }
+            return missed
+        }
+        guard !missed.isEmpty else { return }
+        let what = "object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "")"
+        guard missed.count <= layout.parityUnits else {
+            throw TesseraError(.closed, "\(what) cannot be created: \(missed.joined(separator: "; "))")
+        }
+        logger.warning("\(what) created without \(missed.joined(separator: "; ")); its units there will be rebuilt from parity")
+    }
+
+    /// Cobs per CREATE request (the IO service takes at most `IOService.maxCreate`).
+    static let createBatch = 1024
+
+    /// Writes `bytes` at `offset` of object `object` (which `create` made).
     /// `unwritten`: the caller knows the groups touched hold nothing yet (a new object
     /// written in order), so partial groups need no read first.
     public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws {
@@ -20,6 +77,8 @@ extension Cluster {
     }
 
     /// Reads `length` bytes at `offset` of object `object`; never-written bytes read as zeros.
+    /// An object deleted (or never created) fails `notFound`; a unit whose server says so
+    /// while enough others have theirs is rebuilt, as for a server that is down.
     public func read(_ object: Fid, at offset: UInt64, length: Int) async throws -> [UInt8] {
         let out = ByteSink(count: length)
         try await read(object, at: offset, into: out)
@@ -291,6 +350,9 @@ extension Cluster {
         // Data units first; parity only when a data unit is missing.
         var units = [[UInt8]?](repeating: nil, count: width)
         var problems: [String] = []
+        // Servers that said the cob does not exist: freed, never written, or (if the others
+        // have it) a CREATE the server missed while down.
+        var absent: [Int] = []
         func fetch(_ which: [Int]) async {
             let got = await withTaskGroup(of: (Int, Response).self) { group in
                 for unit in which {
@@ -304,21 +366,29 @@ extension Cluster {
             for (unit, r) in got {
                 switch r {
                 case .data(let bytes) where bytes.count == u: units[unit] = bytes
-                case .failure(_, let m): problems.append("unit \(unit) on server \(links[layout.server(group: g, unit: unit)].id): \(m)")
+                case .failure(let status, let m):
+                    let server = links[layout.server(group: g, unit: unit)].id
+                    if status == .notFound { absent.append(server) }
+                    problems.append("unit \(unit) on server \(server): \(m)")
                 default: problems.append("unit \(unit): malformed reply")
                 }
             }
         }
+        // Too few units to rebuild from: if a server said the object does not exist, it is
+        // gone (or was never made), and the caller must hear so, never get zeros.
+        func unreadable(_ why: String) -> TesseraError {
+            guard absent.isEmpty else {
+                let servers = absent.sorted().map(String.init).joined(separator: ", ")
+                return TesseraError(.notFound, "object \(object) group \(g) not found on server(s) \(servers): freed or never written (\(problems.joined(separator: "; ")))")
+            }
+            return TesseraError(.io, "object \(object) group \(g) \(why): \(problems.joined(separator: "; "))")
+        }
         await fetch(Array(0..<n))
         if units[0..<n].contains(where: { $0 == nil }) {
-            guard layout.parityUnits > 0 else {
-                throw TesseraError(.io, "object \(object) group \(g) cannot be read and has no parity: \(problems.joined(separator: "; "))")
-            }
+            guard layout.parityUnits > 0 else { throw unreadable("cannot be read and has no parity") }
             await fetch(Array(n..<width))
             let rebuilt: [[UInt8]]
-            do { rebuilt = try code.reconstruct(units) } catch {
-                throw TesseraError(.io, "object \(object) group \(g) cannot be rebuilt: \(problems.joined(separator: "; "))")
-            }
+            do { rebuilt = try code.reconstruct(units) } catch { throw unreadable("cannot be rebuilt") }
             noteDegraded("object \(object) group \(g) rebuilt from parity (\(problems.joined(separator: "; ")))")
             return Array(rebuilt[0..<n])
         }
