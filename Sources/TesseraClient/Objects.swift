@@ -1,6 +1,7 @@
 // Striped parity objects: writes in whole parity groups (read-modify-write for partial
 // ones), reads of the data units, rebuilt from parity when a unit's server is down or its
 // checksum fails. The store keeps no object size; the layer above does.
+import Synchronization
 import TesseraCore
 
 extension Cluster {
@@ -15,17 +16,28 @@ extension Cluster {
         try await create([object])
     }
 
+    /// `create` on every server but those in `skipping` (positions in the id-sorted server
+    /// list; a writer passes those its writes reached, which made the object there). With
+    /// `syncWait` the replies wait for LOGGED, so those servers need no SYNC for it.
+    public func create(_ object: Fid, skipping: Set<Int>, syncWait: Bool) async throws {
+        try await create([object], on: links.indices.filter { !skipping.contains($0) }, syncWait: syncWait)
+    }
+
     /// `create` of many objects: `createBatch` cobs per request, all pipelined to each
     /// server at once. A server that cannot be reached misses the CREATE (its units of
     /// these objects will read `notFound`, rebuilt from parity like a down server's), as long
     /// as no more servers miss it than there are parity units; any other failure throws.
     public func create(_ objects: [Fid]) async throws {
-        guard !objects.isEmpty else { return }
+        try await create(objects, on: Array(links.indices), syncWait: false)
+    }
+
+    private func create(_ objects: [Fid], on servers: [Int], syncWait: Bool) async throws {
+        guard !objects.isEmpty, !servers.isEmpty else { return }
         let requests = stride(from: 0, to: objects.count, by: Cluster.createBatch).map {
-            Request.create(cobs: Array(objects[$0..<min($0 + Cluster.createBatch, objects.count)]), syncWait: false)
+            Request.create(cobs: Array(objects[$0..<min($0 + Cluster.createBatch, objects.count)]), syncWait: syncWait)
         }
         let missed = try await withThrowingTaskGroup(of: String?.self) { group in
-            for s in links.indices {
+            for s in servers {
                 group.addTask {
                     let responses: [Response]
                     do {
@@ -66,14 +78,19 @@ extension Cluster {
 
     /// Writes `bytes` at `offset` of object `object` (which `create` made).
     /// `unwritten`: the caller knows the groups touched hold nothing yet (a new object
-    /// written in order), so partial groups need no read first.
-    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws {
+    /// written in order), so partial groups need no read first. Returns the servers
+    /// (positions in the id-sorted list) it wrote to: a unit write makes the object there.
+    @discardableResult
+    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws -> Set<Int> {
         try checkRange(offset, UInt64(bytes.count))
         let pieces = layout.groups(offset: offset, length: bytes.count)
+        let written = Mutex<Set<Int>>([])
         try await forEachGroup(pieces) { piece in
             let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
+            let servers = try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
+            written.withLock { $0.formUnion(servers) }
         }
+        return written.withLock { $0 }
     }
 
     /// Reads `length` bytes at `offset` of object `object`; never-written bytes read as zeros.
@@ -199,11 +216,11 @@ extension Cluster {
     /// parity unit. A partial group reads its current data first (rebuilt if need be) and
     /// writes each unit only up to its last non-zero byte, old or new: a small object, or
     /// the tail of one, takes the blocks it fills rather than whole units.
-    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws {
+    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws -> [Int] {
         let u = layout.unitSize
         let n = layout.dataUnits
         let to = from + bytes.count
-        try await groupLocks.withLock(GroupKey(object: object, group: g)) {
+        return try await groupLocks.withLock(GroupKey(object: object, group: g)) {
             var data: [[UInt8]]
             // Bytes to write of each data unit, and of the parity units.
             var extent = [Int](repeating: u, count: n)
@@ -251,6 +268,7 @@ extension Cluster {
                 }
                 try await group.waitForAll()
             }
+            return writes.map { layout.server(group: g, unit: $0.unit) }
         }
     }
 

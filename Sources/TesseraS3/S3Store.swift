@@ -171,15 +171,11 @@ public final class S3Store: Sendable {
     }
 
     /// Starts a new object whose data will belong to `owner`: its pending-free record is
-    /// durable before any of its data is written. The object is made on every server
-    /// (`Cluster.create`) meanwhile: the record's sync-wait takes longer than the CREATE.
+    /// durable before any of its data is written. The writer makes the object on the
+    /// servers its writes do not reach when it finishes (ObjectWriter.swift).
     public func newObject(for owner: PendingFree.Owner) async throws -> ObjectWriter {
         let fid = S3Indexes.random(tag: S3Indexes.dataTag)
-        async let made: Void = cluster.create(fid)
-        let noted: Result<Void, Error>
-        do { noted = .success(try await notePending([(fid, owner)])) } catch { noted = .failure(error) }
-        try await made
-        try noted.get()
+        try await notePending([(fid, owner)])
         return ObjectWriter(cluster: cluster, fid: fid)
     }
 
