@@ -38,6 +38,7 @@ public struct NamedObjects: Sendable {
         let fid = Fid(hi: 0x5453_4F42_0000_0000 | UInt64.random(in: 0...0xFFFF_FFFF, using: &rng), lo: UInt64.random(in: 1...UInt64.max, using: &rng))
         var size: UInt64 = 0
         do {
+            try await cluster.create(fid)
             while let chunk = try next() {
                 try await cluster.write(fid, at: size, chunk)
                 size += UInt64(chunk.count)

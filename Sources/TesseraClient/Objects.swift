@@ -1,25 +1,101 @@
 // Striped parity objects: writes in whole parity groups (read-modify-write for partial
 // ones), reads of the data units, rebuilt from parity when a unit's server is down or its
 // checksum fails. The store keeps no object size; the layer above does.
+import Synchronization
 import TesseraCore
 
 extension Cluster {
     /// Parity groups worked on at once by one call.
     static let parallelGroups = 8
 
-    /// Writes `bytes` at `offset` of object `object` (created by its first write).
+    /// Makes object `object` exist on every server (an IO CREATE of its cob), so the parts
+    /// of it never written read as zeros; until then a read fails `notFound`, as it does once
+    /// the object is deleted. Call it before the object's first write (or with it: a server
+    /// makes a CREATE before anything the same connection sent after it). Idempotent.
+    public func create(_ object: Fid) async throws {
+        try await create([object])
+    }
+
+    /// `create` on every server but those in `skipping` (positions in the id-sorted server
+    /// list; a writer passes those its writes reached, which made the object there). With
+    /// `syncWait` the replies wait for LOGGED, so those servers need no SYNC for it.
+    public func create(_ object: Fid, skipping: Set<Int>, syncWait: Bool) async throws {
+        try await create([object], on: links.indices.filter { !skipping.contains($0) }, syncWait: syncWait)
+    }
+
+    /// `create` of many objects: `createBatch` cobs per request, all pipelined to each
+    /// server at once. A server that cannot be reached misses the CREATE (its units of
+    /// these objects will read `notFound`, rebuilt from parity like a down server's), as long
+    /// as no more servers miss it than there are parity units; any other failure throws.
+    public func create(_ objects: [Fid]) async throws {
+        try await create(objects, on: Array(links.indices), syncWait: false)
+    }
+
+    private func create(_ objects: [Fid], on servers: [Int], syncWait: Bool) async throws {
+        guard !objects.isEmpty, !servers.isEmpty else { return }
+        let requests = stride(from: 0, to: objects.count, by: Cluster.createBatch).map {
+            Request.create(cobs: Array(objects[$0..<min($0 + Cluster.createBatch, objects.count)]), syncWait: syncWait)
+        }
+        let missed = try await withThrowingTaskGroup(of: String?.self) { group in
+            for s in servers {
+                group.addTask {
+                    let responses: [Response]
+                    do {
+                        let client = try await self.links[s].client()
+                        responses = await client.pipeline(requests)
+                        for (request, r) in zip(requests, responses) { await self.noted(s, request, r, from: client) }
+                    } catch {
+                        responses = [Response(error)]
+                    }
+                    for r in responses {
+                        switch r {
+                        case .statuses(let st, _) where st.allSatisfy({ $0 == .ok || $0 == .exists }): continue
+                        case .failure(let status, let m) where status == .closed || status == .timedOut:
+                            return "server \(self.links[s].id): \(m)"
+                        case .failure(let status, let m):
+                            throw TesseraError(status.code ?? .io, "creating object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "") on server \(self.links[s].id): \(m)")
+                        default:
+                            throw TesseraError(.io, "creating object \(objects[0]) on server \(self.links[s].id): unexpected reply \(r)")
+                        }
+                    }
+                    return nil
+                }
+            }
+            var missed: [String] = []
+            for try await m in group { if let m { missed.append(m) } }
+            return missed
+        }
+        guard !missed.isEmpty else { return }
+        let what = "object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "")"
+        guard missed.count <= layout.parityUnits else {
+            throw TesseraError(.closed, "\(what) cannot be created: \(missed.joined(separator: "; "))")
+        }
+        logger.warning("\(what) created without \(missed.joined(separator: "; ")); its units there will be rebuilt from parity")
+    }
+
+    /// Cobs per CREATE request (the IO service takes at most `IOService.maxCreate`).
+    static let createBatch = 1024
+
+    /// Writes `bytes` at `offset` of object `object` (which `create` made).
     /// `unwritten`: the caller knows the groups touched hold nothing yet (a new object
-    /// written in order), so partial groups need no read first.
-    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws {
+    /// written in order), so partial groups need no read first. Returns the servers
+    /// (positions in the id-sorted list) it wrote to: a unit write makes the object there.
+    @discardableResult
+    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws -> Set<Int> {
         try checkRange(offset, UInt64(bytes.count))
         let pieces = layout.groups(offset: offset, length: bytes.count)
+        let written = Mutex<Set<Int>>([])
         try await forEachGroup(pieces) { piece in
             let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
+            let servers = try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
+            written.withLock { $0.formUnion(servers) }
         }
+        return written.withLock { $0 }
     }
 
     /// Reads `length` bytes at `offset` of object `object`; never-written bytes read as zeros.
+    /// An object deleted (or never created) fails `notFound`; a unit whose server says so
+    /// while enough others have theirs is rebuilt, as for a server that is down.
     public func read(_ object: Fid, at offset: UInt64, length: Int) async throws -> [UInt8] {
         let out = ByteSink(count: length)
         try await read(object, at: offset, into: out)
@@ -141,11 +217,11 @@ extension Cluster {
     /// parity unit. A partial group reads its current data first (rebuilt if need be) and
     /// writes each unit only up to its last non-zero byte, old or new: a small object, or
     /// the tail of one, takes the blocks it fills rather than whole units.
-    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws {
+    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws -> [Int] {
         let u = layout.unitSize
         let n = layout.dataUnits
         let to = from + bytes.count
-        try await groupLocks.withLock(GroupKey(object: object, group: g)) {
+        return try await groupLocks.withLock(GroupKey(object: object, group: g)) {
             var data: [[UInt8]]
             // Bytes to write of each data unit, and of the parity units.
             var extent = [Int](repeating: u, count: n)
@@ -193,6 +269,7 @@ extension Cluster {
                 }
                 try await group.waitForAll()
             }
+            return writes.map { layout.server(group: g, unit: $0.unit) }
         }
     }
 
@@ -292,6 +369,9 @@ extension Cluster {
         // Data units first; parity only when a data unit is missing.
         var units = [[UInt8]?](repeating: nil, count: width)
         var problems: [String] = []
+        // Servers that said the cob does not exist: freed, never written, or (if the others
+        // have it) a CREATE the server missed while down.
+        var absent: [Int] = []
         func fetch(_ which: [Int]) async {
             let got = await withTaskGroup(of: (Int, Response).self) { group in
                 for unit in which {
@@ -305,21 +385,29 @@ extension Cluster {
             for (unit, r) in got {
                 switch r {
                 case .data(let bytes) where bytes.count == u: units[unit] = bytes
-                case .failure(_, let m): problems.append("unit \(unit) on server \(links[layout.server(group: g, unit: unit)].id): \(m)")
+                case .failure(let status, let m):
+                    let server = links[layout.server(group: g, unit: unit)].id
+                    if status == .notFound { absent.append(server) }
+                    problems.append("unit \(unit) on server \(server): \(m)")
                 default: problems.append("unit \(unit): malformed reply")
                 }
             }
         }
+        // Too few units to rebuild from: if a server said the object does not exist, it is
+        // gone (or was never made), and the caller must hear so, never get zeros.
+        func unreadable(_ why: String) -> TesseraError {
+            guard absent.isEmpty else {
+                let servers = absent.sorted().map(String.init).joined(separator: ", ")
+                return TesseraError(.notFound, "object \(object) group \(g) not found on server(s) \(servers): freed or never written (\(problems.joined(separator: "; ")))")
+            }
+            return TesseraError(.io, "object \(object) group \(g) \(why): \(problems.joined(separator: "; "))")
+        }
         await fetch(Array(0..<n))
         if units[0..<n].contains(where: { $0 == nil }) {
-            guard layout.parityUnits > 0 else {
-                throw TesseraError(.io, "object \(object) group \(g) cannot be read and has no parity: \(problems.joined(separator: "; "))")
-            }
+            guard layout.parityUnits > 0 else { throw unreadable("cannot be read and has no parity") }
             await fetch(Array(n..<width))
             let rebuilt: [[UInt8]]
-            do { rebuilt = try code.reconstruct(units) } catch {
-                throw TesseraError(.io, "object \(object) group \(g) cannot be rebuilt: \(problems.joined(separator: "; "))")
-            }
+            do { rebuilt = try code.reconstruct(units) } catch { throw unreadable("cannot be rebuilt") }
             noteDegraded("object \(object) group \(g) rebuilt from parity (\(problems.joined(separator: "; ")))")
             return Array(rebuilt[0..<n])
         }

@@ -18,6 +18,13 @@
 // past `inlineLimit` moves them into a page (or the object), and the file is an object's
 // from then on, until it is truncated to nothing.
 //
+// The object exists on the servers only once made (`Cluster.create`): a read of one never
+// made fails, as a read of a freed one does, never zeros. A file read from an entry naming
+// data in its object has one. For a new one, a CREATE is started (not awaited) as soon as
+// the file's bytes leave the entry (`startCreate`), so it travels beside the first writes;
+// it is awaited (`objectMade`) before anything reads the object and before a flush returns,
+// so an entry stored after a flush, and an fsync's SYNC, find it made.
+//
 // A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time.
 import Glibc
 import Synchronization
@@ -159,6 +166,10 @@ final class FileData: @unchecked Sendable {
     private(set) var inline: [UInt8]?
     /// The largest file kept in its entry; 0: none.
     let inlineLimit: Int
+    /// The object is known to exist on the servers (see the header).
+    private var created: Bool
+    /// The CREATE of the object, in flight.
+    private var creating: Task<Void, Error>?
     var groupSize: Int { cluster.layout.groupSize }
 
     static let maxFlushing = 3
@@ -179,6 +190,36 @@ final class FileData: @unchecked Sendable {
             self.inline = size == 0 && inlineLimit > 0 ? [] : nil
             stored = size
         }
+        created = stored > 0
+    }
+
+    // MARK: The object's existence
+
+    /// Starts the object's CREATE if it may not exist yet and none is in flight.
+    private func startCreate() {
+        guard !created, creating == nil else { return }
+        let (cluster, fid) = (self.cluster, self.fid)
+        creating = Task { try await cluster.create(fid) }
+    }
+
+    /// Returns once the object exists (a CREATE started if none was); a failed CREATE throws
+    /// and is sent again next time.
+    private func objectMade() async throws {
+        guard !created else { return }
+        startCreate()
+        do { try await creating!.value } catch {
+            creating = nil
+            throw error
+        }
+        created = true
+        creating = nil
+    }
+
+    /// What a read of the object must wait for first: the CREATE in flight, if any.
+    private func pendingCreate() -> Task<Void, Error>? {
+        guard !created else { return nil }
+        startCreate()
+        return creating
     }
 
     // MARK: Data in the entry
@@ -191,6 +232,7 @@ final class FileData: @unchecked Sendable {
     func spill() async throws {
         guard let bytes = inline, !spillResident() else { return }
         inline = nil
+        try await objectMade()
         try await cluster.write(fid, at: 0, bytes)
         stored = UInt64(bytes.count)
     }
@@ -208,6 +250,7 @@ final class FileData: @unchecked Sendable {
             pages[0] = page
         }
         inline = nil
+        startCreate()
         return true
     }
 
@@ -250,6 +293,7 @@ final class FileData: @unchecked Sendable {
                 if inGroup + n == groupSize { try await startFlush(g) }
             } else {
                 try await flushing[g]?.value
+                try await objectMade()
                 try await cluster.write(fid, at: at, Array(piece))
                 stored = max(stored, at + UInt64(n))
                 size = max(size, at + UInt64(n))
@@ -310,11 +354,13 @@ final class FileData: @unchecked Sendable {
         let start = g * UInt64(groupSize)
         let n = start < stored ? Int(min(UInt64(groupSize), stored - start)) : 0
         let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
+        let made = n > 0 ? pendingCreate() : nil
         return Task {
             // Its first n bytes count as used at once: a read that fails may fill part of them.
             let p = Page(size: groupSize, pool: budget.pool, filling: n)
             guard n > 0 else { return p }
             do {
+                try await made?.value
                 try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]))
                 return p
             } catch {
@@ -354,6 +400,7 @@ final class FileData: @unchecked Sendable {
             return
         }
         if let earlier = flushing.removeValue(forKey: g) { try await earlier.value }
+        startCreate()
         takeChanges(g, page)
         let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
         if keep {
@@ -376,7 +423,10 @@ final class FileData: @unchecked Sendable {
     /// all the file's data, not yet durable (the caller's SYNC, or a sync-wait request to
     /// the same servers, makes it so), or durable with `syncWait` (each write waits for
     /// LOGGED; earlier write-outs still in flight do not, the caller's SYNC covers them).
+    /// The object is made first if the file has bytes outside its entry (a file grown by a
+    /// truncation names its object with no write).
     func flush(syncWait: Bool = false) async throws {
+        if inline == nil && size > 0 { startCreate() }
         let dirty = pages.keys.sorted().filter { pages[$0]!.dirty }
         // One page to write and nothing else in flight (a close after small writes): sent
         // from this task, with no task of its own to start and wait for.
@@ -384,10 +434,11 @@ final class FileData: @unchecked Sendable {
             let g = dirty[0]
             takeChanges(g, page)
             try await cluster.write(fid, cluster.groupWrite(group: g, content: UnsafeRawBufferPointer(page.bytes), changed: changed), syncWait: syncWait)
-            return
+        } else {
+            for g in dirty { try await startFlush(g, keep: true, syncWait: syncWait) }
+            try await waitForWriteOuts()
         }
-        for g in dirty { try await startFlush(g, keep: true, syncWait: syncWait) }
-        try await waitForWriteOuts()
+        if creating != nil { try await objectMade() }
     }
 
     // MARK: Reads
@@ -417,6 +468,7 @@ final class FileData: @unchecked Sendable {
             } else {
                 try await flushing.removeValue(forKey: g)?.value
                 let fromObject = Int(min(UInt64(n), stored > at ? stored - at : 0))
+                if fromObject > 0 { try await objectMade() }
                 if fromObject > 0 { try await cluster.read(fid, at: at, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<fromObject])) }
                 if fromObject < n { UnsafeMutableRawBufferPointer(rebasing: out[fromObject...]).initializeMemory(as: UInt8.self, repeating: 0) }
             }
@@ -480,6 +532,8 @@ final class FileData: @unchecked Sendable {
         if inline != nil {
             guard fitsInline(newSize) else { return false }
             inline!.append(contentsOf: repeatElement(0, count: Int(newSize - size)))
+        } else if newSize > 0 {
+            startCreate()  // an entry may name the object with this size before any write
         }
         size = newSize
         changed = true
@@ -525,12 +579,16 @@ final class FileData: @unchecked Sendable {
             if stored > newSize {
                 try await waitForWriteOuts()
                 let from = cutInPage ? (partial! + 1) * gs : newSize
-                if stored > from { try await cluster.free(fid, at: from, length: stored - from) }
+                if stored > from {
+                    try await objectMade()
+                    try await cluster.free(fid, at: from, length: stored - from)
+                }
                 stored = cutInPage ? min(stored, (partial! + 1) * gs) : newSize
             }
         }
         size = newSize
         changed = true
+        if inline == nil && newSize > 0 { startCreate() }
         if newSize == 0 && stored == 0 && inlineLimit > 0 && pages.isEmpty && flushing.isEmpty && loading.isEmpty { inline = [] }
     }
 
@@ -549,6 +607,7 @@ final class FileData: @unchecked Sendable {
 
     /// Gives every page back to the budget (the caller flushed first).
     func drop() async {
+        _ = try? await creating?.value
         for (_, t) in loading where await t.value != nil { budget.give(groupSize) }
         loading.removeAll()
         for (_, t) in flushing { _ = try? await t.value }

@@ -1063,7 +1063,9 @@ public final class FileSystem: Sendable {
             let t = now()
             if let size = c.size {
                 guard i.type == .regular else { throw FSError(i.type == .directory ? EISDIR : EINVAL) }
-                try await withData(i) { d in try await d.truncate(to: size) }
+                try await withData(i) { d in
+                    do { try await d.truncate(to: size) } catch { throw dataError(error, i, d) }
+                }
                 resized(i, at: t, caller: caller)
             }
             try await namespace.withLock(0) {
@@ -1292,6 +1294,10 @@ public final class FileSystem: Sendable {
     /// every other server this mount wrote to gets a SYNC. If there is no UPDATE to send,
     /// the queue is drained and everything SYNCed.
     private func writeBack(_ i: Inode, _ d: FileData, sync: Bool) async throws {
+        do { try await writeBackData(i, d, sync: sync) } catch { throw dataError(error, i, d) }
+    }
+
+    private func writeBackData(_ i: Inode, _ d: FileData, sync: Bool) async throws {
         // Data kept in the entry goes to the object if the entry would be too big to store.
         if let bytes = d.inline, !bytes.isEmpty, storedRecord(i).encode().count > maxRecord { try await d.spill() }
         try await d.flush()
@@ -1408,8 +1414,17 @@ public final class FileSystem: Sendable {
         let (i, _, _) = try fileHandle(h)
         return try await fileLocks.withLock(i.ino) {
             guard let d = state.withLock({ _ in i.data }) else { throw FSError(EBADF) }
-            return try await d.read(at: offset, into: buffer)
+            do { return try await d.read(at: offset, into: buffer) } catch { throw dataError(error, i, d) }
         }
+    }
+
+    /// An error of a data read or write: one that found the file's object gone (freed, or
+    /// never made) is EIO naming the file and the object, which the FUSE adapter logs at
+    /// error level; `notFound` as such would reach the caller as ENOENT, a missing name.
+    private func dataError(_ error: Error, _ i: Inode, _ d: FileData) -> Error {
+        guard let e = error as? TesseraError, e.code == .notFound else { return error }
+        let key = state.withLock { _ in String(decoding: i.key, as: UTF8.self) }
+        return FSError(EIO, "'\(key)': its data object \(d.fid) is gone: \(e.message)")
     }
 
     /// `read` done at once, without suspending, when the file's lock is free and the bytes
@@ -1429,7 +1444,7 @@ public final class FileSystem: Sendable {
         guard write else { throw FSError(EBADF) }
         return try await fileLocks.withLock(i.ino) {
             let (d, at) = try writable(i, at: offset, append: append, count: bytes.count)
-            try await d.write(bytes, at: at)
+            do { try await d.write(bytes, at: at) } catch { throw dataError(error, i, d) }
             wrote(i, caller)
             return bytes.count
         }

@@ -403,42 +403,53 @@ public final class S3Gateway: HTTPHandler {
         headers.append(("Content-Length", String(length)))
         if r.method == .HEAD || length == 0 { return HTTPResponse(status, headers: headers) }
         let store = self.store
+        let logger = self.logger
         let from = start
-        let total = length
+        let end = start + length
+        let chunk = UInt64(store.cluster.layout.groupSize)
+        // The first chunk is read before the status line goes out, so an object whose data
+        // is gone answers 500 (logged with its fid), not a 200 cut short. A later chunk that
+        // fails ends the body early: the connection is closed, and no zeros are sent.
+        let first = try await store.reading(o) { try await Self.fetch($0, at: from, count: Int(min(chunk - from % chunk, end - from))) }
+        let path = r.rawPath
         return HTTPResponse(status, headers: headers, body: .stream(length: length) { write in
-            try await store.reading(o) { reader in
-                let chunk = UInt64(reader.chunkSize)
-                let end = from + total
-                // Reads go straight into reply buffers, three in flight: the next chunks are
-                // fetched while this one is sent.
-                func fetch(_ a: UInt64) -> Task<ByteBuffer, Error> {
-                    let n = Int(min(chunk - a % chunk, end - a))
-                    return Task {
-                        var buffer = ByteBufferAllocator().buffer(capacity: n)
-                        // SAFETY: `buffer` is owned here alone and not touched until the
-                        // read returns, so its storage stays put under the pointer.
-                        let target = buffer.withUnsafeMutableWritableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[0..<n]) }
-                        try await reader.read(at: a, into: target)
-                        buffer.moveWriterIndex(forwardBy: n)
-                        return buffer
+            do {
+                try await store.reading(o) { reader in
+                    // Reads go straight into reply buffers, three in flight: the next chunks
+                    // are fetched while this one is sent.
+                    var pending: [Task<ByteBuffer, Error>] = []
+                    var next = from + UInt64(first.readableBytes)
+                    func refill() {
+                        while pending.count < 3 && next < end {
+                            let (a, n) = (next, Int(min(chunk - next % chunk, end - next)))
+                            pending.append(Task { try await Self.fetch(reader, at: a, count: n) })
+                            next += UInt64(n)
+                        }
                     }
-                }
-                var pending: [Task<ByteBuffer, Error>] = []
-                var next = from
-                func refill() {
-                    while pending.count < 3 && next < end {
-                        pending.append(fetch(next))
-                        next += min(chunk - next % chunk, end - next)
-                    }
-                }
-                refill()
-                while !pending.isEmpty {
-                    let buffer = try await pending.removeFirst().value
                     refill()
-                    try await write(buffer)
+                    try await write(first)
+                    while !pending.isEmpty {
+                        let buffer = try await pending.removeFirst().value
+                        refill()
+                        try await write(buffer)
+                    }
                 }
+            } catch {
+                logger.error("GET \(path): reading object \(o.fid) failed after the headers were sent, closing the connection: \(error)")
+                throw error
             }
         })
+    }
+
+    /// Bytes [at, at + count) of the object, read straight into a reply buffer.
+    private static func fetch(_ reader: ObjectReader, at a: UInt64, count n: Int) async throws -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: n)
+        // SAFETY: `buffer` is owned here alone and not touched until the read returns, so
+        // its storage stays put under the pointer.
+        let target = buffer.withUnsafeMutableWritableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[0..<n]) }
+        try await reader.read(at: a, into: target)
+        buffer.moveWriterIndex(forwardBy: n)
+        return buffer
     }
 
     /// Parses one `bytes=` range; nil means "the whole object" (a form S3 ignores).

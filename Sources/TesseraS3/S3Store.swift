@@ -186,7 +186,8 @@ public final class S3Store: Sendable {
     }
 
     /// Starts a new object whose data will belong to `owner`: its pending-free record is
-    /// durable before any of its data is written.
+    /// durable before any of its data is written. The writer makes the object on the
+    /// servers its writes do not reach when it finishes (ObjectWriter.swift).
     public func newObject(for owner: PendingFree.Owner) async throws -> ObjectWriter {
         let fid = S3Indexes.random(tag: S3Indexes.dataTag)
         try await notePending([(fid, owner)])

@@ -6,6 +6,12 @@
 //   2 extent map:    key = cob fid (16 B BE) ++ byte offset (u64 BE, block-aligned)
 //                    value = first block (u64 LE), block count (u32 LE), one CRC32C (u32 LE) per block
 //   3 pending free:  key = first block (u64 BE)          value = block count (u64 LE)
+//   4 cobs:          key = cob fid (16 B BE)              value = u8 version (1)
+//
+// A cob exists from its CREATE (or first WRITE) until a FREE of its whole range deletes it.
+// A READ of a cob that does not exist fails `notFound`, never zeros: a freed object read by
+// mistake is an error; holes inside a cob that exists read as zeros. Images made before the
+// cobs catalogue get one at open, with a record for every cob their extent map holds.
 //
 // A write puts its data into newly chosen free blocks, then one transaction takes them off
 // the free list, switches the map, and moves the blocks it replaced to "pending free".
@@ -37,11 +43,21 @@ public final class IOService: @unchecked Sendable {
     static let freeFid = Fid(hi: .max, lo: 1)
     static let mapFid = Fid(hi: .max, lo: 2)
     static let pendingFid = Fid(hi: .max, lo: 3)
+    static let cobsFid = Fid(hi: .max, lo: 4)
+    /// A cob record's value: its version byte.
+    static let cobRecord: [UInt8] = [1]
+    /// While an image made before the cobs catalogue is given its records: a 1-byte key no
+    /// cob record has (theirs are 16 bytes), removed in the last transaction of the pass.
+    static let migratingKey: [UInt8] = [0]
+    /// Cobs made per transaction (CREATE, the migration).
+    public static let maxCreate = 1024
 
     public let engine: Engine
     public let data: DataFile
     let header: DataImageHeader
     let blockSize: Int
+    /// How errors name this server ("on server 2"), or "" when it has no number.
+    let serverLabel: String
     /// Longest extent in blocks: its CRCs must fit in one engine value.
     let maxExtentBlocks: Int
     private let lock = NSLock()
@@ -58,9 +74,11 @@ public final class IOService: @unchecked Sendable {
     /// The engine must have been opened with the data file's hooks, as `ServerNode.open`
     /// sets them: `flushUnjournaled` before a group is logged, `flushIfDirty` before log
     /// space is released, and `replay` for journaled blocks at recovery.
-    public init(engine: Engine, data: DataFile) throws {
+    /// `server` is its number in the cluster, for error messages.
+    public init(engine: Engine, data: DataFile, server: Int? = nil) throws {
         self.engine = engine
         self.data = data
+        serverLabel = server.map { " on server \($0)" } ?? ""
         let header = data.header
         self.header = header
         blockSize = header.blockSize
@@ -69,10 +87,88 @@ public final class IOService: @unchecked Sendable {
             guard try t.createCatalogue(IOService.freeFid) else { return false }
             try t.createCatalogue(IOService.mapFid)
             try t.createCatalogue(IOService.pendingFid)
+            try t.createCatalogue(IOService.cobsFid)
             try t.put(IOService.freeFid, be(0), le(header.blockCount))
             return true
         }.result
-        if !created { try releasePending(all: true) }
+        if !created {
+            try releasePending(all: true)
+            try addCobsCatalogue()
+        }
+    }
+
+    /// An image made before the cobs catalogue: makes it, with the migrating marker, then a
+    /// record for every cob the extent map holds, `maxCreate` per transaction, and drops the
+    /// marker in the last one. An open that finds the marker (a crash midway) runs the pass
+    /// again; its puts are idempotent.
+    private func addCobsCatalogue() throws {
+        let made = try engine.write { t -> Bool in
+            guard try t.createCatalogue(IOService.cobsFid) else { return false }
+            try t.put(IOService.cobsFid, IOService.migratingKey, [])
+            return true
+        }.result
+        guard try made || engine.get(IOService.cobsFid, IOService.migratingKey) != nil else { return }
+        var batch: [[UInt8]] = []
+        var after: [UInt8]? = nil
+        func put(_ cobs: [[UInt8]], last: Bool) throws {
+            try engine.write(credit: engine.credit(operations: cobs.count + 1, payloadBytes: 20 * cobs.count)) { t in
+                for c in cobs { try t.put(IOService.cobsFid, c, IOService.cobRecord) }
+                if last { try t.delete(IOService.cobsFid, IOService.migratingKey) }
+            }
+        }
+        // One seek per cob: past the last key a cob can have (its fid, then offset 2^64-1).
+        while let (k, _) = try engine.scan(IOService.mapFid, from: after, inclusive: after == nil, limit: 1).first {
+            guard k.count == 24 else { throw TesseraError(.corrupt, "extent map record has a \(k.count)-byte key") }
+            let cob = Array(k[0..<16])
+            batch.append(cob)
+            if batch.count == IOService.maxCreate {
+                try put(batch, last: false)
+                batch.removeAll()
+            }
+            after = cob + [UInt8](repeating: 0xFF, count: 8)
+        }
+        try put(batch, last: true)
+    }
+
+    // MARK: Existence
+
+    /// Makes each of `cobs` exist; returns per cob whether it was made (false: it existed),
+    /// and the transaction. At most `maxCreate` cobs.
+    public func create(cobs: [Fid]) throws -> (made: [Bool], tx: TxId) {
+        guard cobs.count <= IOService.maxCreate else {
+            throw TesseraError(.tooLarge, "CREATE of \(cobs.count) cobs exceeds the \(IOService.maxCreate)-cob limit")
+        }
+        guard !cobs.isEmpty else { return ([], engine.loggedThrough) }
+        let r = try engine.write(credit: engine.credit(operations: cobs.count, payloadBytes: 20 * cobs.count)) { t in
+            try cobs.map { try createIfAbsent(t, $0) }
+        }
+        return (r.result, r.tx)
+    }
+
+    /// Whether `cob` exists (its record, checked).
+    public func exists(_ cob: Fid) throws -> Bool {
+        guard let v = try engine.get(IOService.cobsFid, cob.bytes) else { return false }
+        try checkCobRecord(cob, v)
+        return true
+    }
+
+    private func createIfAbsent(_ t: Transaction, _ cob: Fid) throws -> Bool {
+        if let v = try t.get(IOService.cobsFid, cob.bytes) {
+            try checkCobRecord(cob, v)
+            return false
+        }
+        try t.put(IOService.cobsFid, cob.bytes, IOService.cobRecord)
+        return true
+    }
+
+    /// A cob record read from meta.img: untrusted.
+    private func checkCobRecord(_ cob: Fid, _ v: [UInt8]) throws {
+        guard let version = v.first else { throw TesseraError(.corrupt, "cob \(cob)\(serverLabel): empty cob record") }
+        guard version == 1 else { throw TesseraError(.unsupportedVersion, "cob \(cob)\(serverLabel): cob record version \(version); this build reads version 1") }
+    }
+
+    private func notFound(_ cob: Fid) -> TesseraError {
+        TesseraError(.notFound, "cob \(cob) does not exist\(serverLabel): freed or never written")
     }
 
     /// Bytes of free blocks: the free list plus blocks waiting in pending free.
@@ -105,11 +201,11 @@ public final class IOService: @unchecked Sendable {
             // Partial blocks at either edge keep their other bytes: read, then overlay.
             buffer = [UInt8](repeating: 0, count: count * blockSize)
             if offset != first {
-                let old = try read(cob: cob, offset: first, length: blockSize)
+                let old = try currentBlock(cob, at: first)
                 buffer.replaceSubrange(0..<blockSize, with: old)
             }
             if end != last && (count > 1 || offset == first) {
-                let old = try read(cob: cob, offset: last - bs, length: blockSize)
+                let old = try currentBlock(cob, at: last - bs)
                 buffer.replaceSubrange((count - 1) * blockSize..<count * blockSize, with: old)
             }
             buffer.replaceSubrange(Int(offset - first)..<Int(end - first), with: bytes)
@@ -135,7 +231,7 @@ public final class IOService: @unchecked Sendable {
                 left -= n
             }
         }
-        let base = engine.credit(operations: 8 + 4 * extents.count, payloadBytes: count * 4 + 64 * extents.count)
+        let base = engine.credit(operations: 9 + 4 * extents.count, payloadBytes: count * 4 + 64 * extents.count + 20)
         // Journaled if small, and if the transaction still fits the log (a tiny log's may not).
         let logged = buffer.count + Engine.journalRegionOverhead * pieces.count
         let journaled = buffer.count <= IOService.journalLimit && base + logged <= engine.maxTransactionBytes
@@ -155,6 +251,7 @@ public final class IOService: @unchecked Sendable {
                 try buffer.withUnsafeBytes { try t.journal(UnsafeRawBufferPointer(rebasing: $0[s.bytes]), at: data.offset(ofBlock: s.block)) }
             }
             for p in pieces { try takeFree(t, p.start, p.count) }
+            _ = try createIfAbsent(t, cob)
             let freed = try unmap(t, cob: cob, from: first, to: last)
             for e in extents { try t.put(IOService.mapFid, mapKey(cob, e.offset), extentValue(e.block, Array(e.crcs))) }
             return freed
@@ -209,7 +306,7 @@ public final class IOService: @unchecked Sendable {
     // MARK: Read
 
     /// Reads `length` bytes at `offset`; holes read as zeros. A block whose CRC32C does not
-    /// match is an error, never data.
+    /// match is an error, never data; so is a cob that does not exist (`notFound`).
     public func read(cob: Fid, offset: UInt64, length: Int) throws -> [UInt8] {
         try [UInt8](unsafeUninitializedCapacity: length) { typed, initialized in
             try read(cob: cob, offset: offset, into: UnsafeMutableRawBufferPointer(typed))
@@ -219,9 +316,33 @@ public final class IOService: @unchecked Sendable {
 
     /// Reads `buffer.count` bytes at `offset` into `buffer` (a server's outgoing frame), with
     /// the same checks. On a throw the buffer's contents are unspecified.
+    ///
+    /// Existence is checked after the data is read: a delete removes the record in its first
+    /// transaction, before it unmaps anything, so a read that raced it and found some of
+    /// the range unmapped (zeros) sees the record gone and fails.
     public func read(cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(offset, UInt64(out.count))
+        do {
+            try readData(cob: cob, offset: offset, into: out)
+        } catch let e as TesseraError where e.code == .checksum {
+            // A checksum error on a cob deleted meanwhile (its blocks given out again).
+            guard try exists(cob) else { throw notFound(cob) }
+            throw e
+        }
+        guard try exists(cob) else { throw notFound(cob) }
+    }
+
+    /// The bytes block `at` of `cob` holds now, for a write that covers part of it: zeros
+    /// if it is a hole, or the cob does not exist yet (the write makes it).
+    private func currentBlock(_ cob: Fid, at: UInt64) throws -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: blockSize) { typed, initialized in
+            try readData(cob: cob, offset: at, into: UnsafeMutableRawBufferPointer(typed))
+            initialized = blockSize
+        }
+    }
+
+    private func readData(cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
         let length = out.count
-        try checkRange(offset, UInt64(length))
         guard length > 0 else { return }
         let bs = UInt64(blockSize)
         let end = offset + UInt64(length)
@@ -283,11 +404,14 @@ public final class IOService: @unchecked Sendable {
     // MARK: Free
 
     /// Frees `length` bytes at `offset`: whole blocks are unmapped (and read as holes), the
-    /// partial blocks at the edges are overwritten with zeros.
+    /// partial blocks at the edges are overwritten with zeros. A free of the whole range
+    /// [0, 2^60) deletes the cob: its record goes in the first transaction, so reads fail
+    /// `notFound` from then on, and its extents with it and after.
     public func free(cob: Fid, offset: UInt64, length: UInt64) throws -> TxId {
         let bs = UInt64(blockSize)
         try checkRange(offset, 0)
         let end = min(offset + min(length, IOService.maxOffset), IOService.maxOffset)
+        var deleting = offset == 0 && end == IOService.maxOffset
         let innerFrom = (offset + bs - 1) / bs * bs
         let innerTo = end / bs * bs
         var tx = engine.loggedThrough
@@ -298,9 +422,11 @@ public final class IOService: @unchecked Sendable {
         // At most `unmapBatch` extents per transaction, so a free of any size fits the limits.
         var from = innerFrom
         while from < innerTo {
-            let r = try engine.write(credit: engine.credit(operations: 3 * IOService.unmapBatch)) { t in
-                try unmap(t, cob: cob, from: from, to: innerTo, limit: IOService.unmapBatch)
+            let r = try engine.write(credit: engine.credit(operations: 3 * IOService.unmapBatch + 1)) { t in
+                if deleting { try t.delete(IOService.cobsFid, cob.bytes) }
+                return try unmap(t, cob: cob, from: from, to: innerTo, limit: IOService.unmapBatch)
             }
+            deleting = false
             queuePending(r.result.freed, r.tx)
             tx = r.tx
             from = r.result.next

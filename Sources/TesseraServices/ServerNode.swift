@@ -18,14 +18,15 @@ public struct ServerNode: RequestHandler {
     /// Opens a server's images: the data image first, so the engine can flush it before it
     /// logs a group that maps new blocks, or releases log space that holds journaled blocks,
     /// and can write journaled blocks back at recovery.
-    public static func open(metaPath: String, dataPath: String, options: EngineOptions, faults: FaultInjector? = nil) throws -> ServerNode {
+    /// `server` is its number in the cluster, named in errors.
+    public static func open(metaPath: String, dataPath: String, options: EngineOptions, faults: FaultInjector? = nil, server: Int? = nil) throws -> ServerNode {
         let data = try DataFile(path: dataPath, faults: faults)
         var options = options
         options.faults = options.faults ?? faults
         data.hook(into: &options)
         let engine = try Engine.open(path: metaPath, options: options)
         do {
-            return ServerNode(engine: engine, io: try IOService(engine: engine, data: data))
+            return ServerNode(engine: engine, io: try IOService(engine: engine, data: data, server: server))
         } catch {
             try? engine.close()
             throw error
@@ -62,7 +63,9 @@ public struct ServerNode: RequestHandler {
         return out
     }
 
-    /// A small IOS write or a FREE that replies at close, made at once; nil for other requests.
+    /// A small IOS write, a FREE or a CREATE that replies at close, made at once; nil for
+    /// other requests. A CREATE answered here is made before anything the connection sent
+    /// after it runs, so a client need not wait for it before its first WRITE or READ.
     private func handleIOImmediately(_ request: Request) -> Response? {
         do {
             switch request {
@@ -72,6 +75,8 @@ public struct ServerNode: RequestHandler {
             case .free(let cob, let offset, let length, false):
                 let tx = try ios().free(cob: cob, offset: offset, length: length)
                 return .statuses([.ok], transaction: tx.group)
+            case .create(let cobs, false):
+                return try create(cobs)
             default:
                 return nil
             }
@@ -118,6 +123,10 @@ public struct ServerNode: RequestHandler {
                 let tx = try ios().free(cob: cob, offset: offset, length: length)
                 if syncWait { try await catalogues.engine.waitLogged(tx) }
                 return .statuses([.ok], transaction: tx.group)
+            case .create(let cobs, let syncWait):
+                let r = try create(cobs)
+                if syncWait, case .statuses(_, let tx) = r { try await catalogues.engine.waitLogged(TxId(group: tx)) }
+                return r
             case .statistics:
                 let e = catalogues.engine.statistics
                 let total = io.map { UInt64($0.header.blockCount) * UInt64($0.header.blockSize) } ?? 0
@@ -136,6 +145,11 @@ public struct ServerNode: RequestHandler {
         } catch {
             return Response(error)
         }
+    }
+
+    private func create(_ cobs: [Fid]) throws -> Response {
+        let (made, tx) = try ios().create(cobs: cobs)
+        return .statuses(made.map { $0 ? .ok : .exists }, transaction: tx.group)
     }
 
     /// IOS reads and writes block on the data image (a cold read waits for the disk). They

@@ -18,6 +18,8 @@ public let tesseraVersion = "0.19.0"
 /// What kind of process holds a session.
 public enum ProcessKind: String, Sendable, Codable {
     case server, gateway, mount
+    /// A command that runs once (a benchmark's in-process store, a debug tool).
+    case tool
 }
 
 /// The value of a session key: who the process is and what it serves.

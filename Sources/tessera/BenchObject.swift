@@ -47,6 +47,7 @@ struct BenchObject: AsyncParsableCommand {
         }
         let cluster = try Cluster(config: try StateOption.parse(["--dir", state]).config())
         let object = Fid(hi: 0xBE, lo: 1)
+        try await cluster.create(object)
         // Calls of 16 parity groups (at least 4 MiB), 4 calls in flight.
         let chunk = max(4 << 20, 16 * cluster.layout.groupSize)
         let total = mib << 20

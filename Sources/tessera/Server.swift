@@ -29,7 +29,7 @@ struct Server: AsyncParsableCommand {
             let me = try cluster.server(id)
             var options = EngineOptions()
             options.cacheBytes = Int(try parseSize(cache))
-            node = try ServerNode.open(metaPath: me.metaPath, dataPath: me.dataPath, options: options)
+            node = try ServerNode.open(metaPath: me.metaPath, dataPath: me.dataPath, options: options, server: me.id)
             let metrics = ServerMetrics(node)
             rpc = try await RPCServer.start(
                 host: me.address.host, port: me.address.port, secret: cluster.secret,

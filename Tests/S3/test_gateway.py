@@ -225,6 +225,32 @@ class TestObjects(unittest.TestCase):
             self.s3.get_object(Bucket="objects", Key="no/such/key")
         self.assertEqual(e.exception.response["Error"]["Code"], "NoSuchKey")
 
+    def test_freed_data_is_a_server_error_not_zeros(self):
+        # The object's data freed behind the gateway's back (as a wrong free would): its entry
+        # is there, its data is not, and a GET says so with a 500, never with zeros.
+        data = random_bytes(3 * MiB + 5, 21)
+        self.s3.put_object(Bucket="objects", Key="freed", Body=data)
+        out = subprocess.run([TESSERA, "debug", "free-data", "--dir", cluster.state, "objects", "freed"],
+                             check=True, capture_output=True, text=True, timeout=60).stdout
+        fid = out.split()[0]
+        for kwargs in [{}, {"Range": "bytes=100-200"}, {"Range": f"bytes={2 * MiB}-"}]:
+            with self.assertRaises(botocore.exceptions.ClientError, msg=kwargs) as e:
+                self.s3.get_object(Bucket="objects", Key="freed", **kwargs)
+            self.assertEqual(e.exception.response["ResponseMetadata"]["HTTPStatusCode"], 500, kwargs)
+            self.assertEqual(e.exception.response["Error"]["Code"], "InternalError", kwargs)
+        # HEAD answers from the entry; a copy reads the data, and fails as a GET does.
+        self.assertEqual(self.s3.head_object(Bucket="objects", Key="freed")["ContentLength"], len(data))
+        with self.assertRaises(botocore.exceptions.ClientError) as e:
+            self.s3.copy_object(Bucket="objects", Key="freed-copy", CopySource="objects/freed")
+        self.assertEqual(e.exception.response["Error"]["Code"], "InternalError")
+        with open(os.path.join(cluster.state, "gateway.log")) as f:
+            self.assertIn(fid, f.read())
+        # A key that is not there is still NoSuchKey.
+        with self.assertRaises(botocore.exceptions.ClientError) as e:
+            self.s3.get_object(Bucket="objects", Key="freed-copy")
+        self.assertEqual(e.exception.response["Error"]["Code"], "NoSuchKey")
+        self.s3.delete_object(Bucket="objects", Key="freed")
+
     def test_overwrite_and_delete(self):
         self.s3.put_object(Bucket="objects", Key="ow", Body=b"one")
         self.s3.put_object(Bucket="objects", Key="ow", Body=b"second")

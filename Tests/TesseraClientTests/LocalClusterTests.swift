@@ -1,7 +1,8 @@
 // A local cluster started with `tessera up` (three server processes): objects of every
 // awkward size round-trip through the CLI; random overwrites match a model; with a server
 // killed, or a unit's bytes corrupted on disk, every object still reads correctly; with one
-// replica's server down, index GET and NEXT still answer.
+// replica's server down, index GET and NEXT still answer. A deleted object reads as not
+// found, never zeros; one whose CREATE a server missed still reads whole.
 import Foundation
 import Testing
 import TesseraClient
@@ -117,6 +118,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         let size = 9 * unit + 123
         let objects = (0..<3).map { Fid(hi: 7, lo: UInt64($0)) }
         var models = objects.map { _ in [UInt8](repeating: 0, count: size) }
+        try await cluster.create(objects)
         var rng = SeededRandom(seed: 5)
         for step in 0..<150 {
             let o = Int.random(in: 0..<objects.count, using: &rng)
@@ -179,5 +181,75 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         await #expect(throws: TesseraError.self) { try await cluster.write(objects[0], at: 0, [UInt8](repeating: 1, count: 2 * unit)) }
         #expect(try await cluster.read(objects[1], at: 0, length: size) == models[1])
         await cluster.close()
+    }
+
+    /// `body` fails with notFound naming `object` as freed or never written.
+    func expectNotFound(_ object: Fid, _ what: Comment, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+            Issue.record("\(what): read without an error")
+        } catch let e as TesseraError {
+            #expect(e.code == .notFound && e.message.contains("\(object)") && e.message.contains("freed or never written"), "\(what): \(e)")
+        } catch {
+            Issue.record("\(what): \(error)")
+        }
+    }
+
+    @Test func aDeletedObjectReadsAsNotFoundNeverZeros() async throws {
+        let up = try UpCluster()
+        let cluster = try Cluster(config: try up.config())
+        let unit = 64 << 10
+        let object = Fid(hi: 8, lo: 1)
+        await expectNotFound(object, "never created") { _ = try await cluster.read(object, at: 0, length: 100) }
+        try await cluster.create(object)
+        #expect(try await cluster.read(object, at: 0, length: 3 * unit) == [UInt8](repeating: 0, count: 3 * unit), "a new object is all holes")
+        let bytes = pattern(5 * unit + 17, seed: 1)
+        try await cluster.write(object, at: 0, bytes)
+        #expect(try await cluster.read(object, at: 0, length: bytes.count) == bytes)
+        try await cluster.delete(object)
+        let degraded = cluster.degradedReads
+        for (at, n) in [(0, 100), (3 * unit, 2 * unit + 17), (20 * unit, 10)] {
+            await expectNotFound(object, "deleted, \(n) bytes at \(at)") { _ = try await cluster.read(object, at: UInt64(at), length: n) }
+        }
+        let into = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
+        defer { into.deallocate() }
+        await expectNotFound(object, "deleted, into a caller's buffer") { try await cluster.read(object, at: 0, into: into) }
+        #expect(cluster.degradedReads == degraded, "nothing to rebuild from")
+        // A partial write of a deleted object is refused too: its read-modify-write finds nothing.
+        await expectNotFound(object, "written after its delete") { try await cluster.write(object, at: 10, [1]) }
+
+        // Deleted together (one pipeline of FREEs per server).
+        let many = (2..<6).map { Fid(hi: 8, lo: UInt64($0)) }
+        try await cluster.create(many)
+        for f in many { try await cluster.write(f, at: 0, pattern(unit + 1, seed: f.lo)) }
+        try await cluster.delete(many)
+        for f in many { await expectNotFound(f, "deleted in a batch") { _ = try await cluster.read(f, at: 0, length: unit + 1) } }
+        await cluster.close()
+    }
+
+    @Test func anObjectWhoseCreateMissedAServerStillReadsWhole() async throws {
+        let up = try UpCluster()
+        let unit = 64 << 10
+        let object = Fid(hi: 9, lo: 1)
+        up.kill9(1)
+        let writer = try Cluster(config: try up.config())
+        // One server down is as many as there are parity units: the CREATE goes ahead.
+        try await writer.create(object)
+        #expect(try tessera(["up", "--dir", up.dir]).0 == 0)
+        // Group 0 of a 5000-byte object: unit 0 on server 0 and parity on server 2 are
+        // written; unit 1, on server 1, is never written there and the CREATE missed it.
+        let small = pattern(5000, seed: 3)
+        try await writer.write(object, at: 0, small)
+        try await writer.sync()
+        await writer.close()
+        // Server 1 answers, and says it has no such object: that unit is rebuilt.
+        let reader = try Cluster(config: try up.config())
+        #expect(try await reader.read(object, at: 0, length: 2 * unit) == small + [UInt8](repeating: 0, count: 2 * unit - small.count))
+        #expect(try await reader.read(object, at: UInt64(unit), length: unit) == [UInt8](repeating: 0, count: unit))
+        #expect(reader.degradedReads > 0, "server 1's unit was read, not rebuilt")
+        // Deleted, it is not found on any server: an error, not a group rebuilt as zeros.
+        try await reader.delete(object)
+        await expectNotFound(object, "deleted after a missed create") { _ = try await reader.read(object, at: 0, length: 2 * unit) }
+        await reader.close()
     }
 }

@@ -11,6 +11,7 @@ import TesseraCore
         .delete(index: fid, keys: [[9]], syncWait: false), .next(index: fid, starts: [nil, [5, 6]], limit: 100, excludeStart: true),
         .write(cob: fid, offset: 1 << 40, data: [UInt8](repeating: 7, count: 1000), syncWait: true),
         .read(cob: fid, offset: 4096, length: 65536), .free(cob: fid, offset: 0, length: .max, syncWait: false),
+        .create(cobs: [fid, Fid(hi: 5, lo: 6)], syncWait: true), .create(cobs: [], syncWait: false),
         .sync(transactions: [1, 2, 3]),
     ]
     static let responses: [Response] = [
@@ -65,6 +66,13 @@ import TesseraCore
         w.fid(Self.fid)
         w.u32(.max)
         #expect(throws: TesseraError.self) { try Request.decode(w.bytes) }
+        // So is a CREATE claiming more cobs than its bytes hold.
+        var c = WireWriter()
+        c.u16(Request.Opcode.create.rawValue)
+        c.u32(1_000_000)
+        c.fid(Self.fid)
+        c.bool(false)
+        #expect(throws: TesseraError.self) { try Request.decode(c.bytes) }
     }
 
     @Test func frameHeaderRoundTripAndDamage() throws {

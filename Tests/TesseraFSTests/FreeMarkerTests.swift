@@ -34,6 +34,7 @@ import TesseraS3
         await client.close()
         cluster.sessionTable.end(try #require(store.sessions.current))
         #expect(try await fs2.store.sweep() == 1)
+        await #expect { _ = try await client2.read(fid, at: 0, length: 4) } throws: { ($0 as? TesseraError)?.code == .notFound }
         #expect(try await client2.get(bucket.objects, [S3Store.freeMarkerKey(fid)])[0] == nil)
         let root = try fs2.opendir(FileSystem.rootIno)
         #expect(try await fs2.readdir(root, from: 0).map(\.name) == [[0x2E], [0x2E, 0x2E]])

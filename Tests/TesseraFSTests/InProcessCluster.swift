@@ -30,7 +30,7 @@ final class InProcessCluster: @unchecked Sendable {
             _ = try DataImage.format(path: dir + "/\(i)/data.img", size: 512 << 20)
             var o = EngineOptions()
             o.logger.logLevel = .warning
-            let node = try ServerNode.open(metaPath: dir + "/\(i)/meta.img", dataPath: dir + "/\(i)/data.img", options: o)
+            let node = try ServerNode.open(metaPath: dir + "/\(i)/meta.img", dataPath: dir + "/\(i)/data.img", options: o, server: i)
             let server = try await RPCServer.start(host: "127.0.0.1", port: 0, secret: "fs-test-secret-0123456", handler: node, group: MultiThreadedEventLoopGroup.singleton)
             nodes.append(node)
             servers.append(server)

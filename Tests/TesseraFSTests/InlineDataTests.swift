@@ -44,7 +44,8 @@ import TesseraS3
         try await fs.flush(h)
         var e = try #require(try await store.entry(bucket, "f"))
         #expect(e.inline == pattern(1, 100))
-        #expect(try await client.read(e.fid, at: 0, length: 100) == [UInt8](repeating: 0, count: 100), "the object holds nothing")
+        // Its object was never made: no CREATE went out for a file that lives in its entry.
+        await #expect(throws: TesseraError.self, "the object exists") { _ = try await client.read(e.fid, at: 0, length: 100) }
         #expect(try await store.reading(e) { try await $0.read(at: 10, length: 20) } == Array(pattern(1, 100)[10..<30]))
 
         // Growing past what fits moves the bytes to the object, with the new ones.

@@ -52,6 +52,7 @@ struct RawSocket {
             .createIndexes([fid]), .put(index: fid, records: [Record(key: [1, 2], value: [3])], mode: .overwrite, syncWait: false),
             .get(index: fid, keys: [[1, 2]]), .next(index: fid, starts: [nil], limit: 5, excludeStart: false),
             .delete(index: fid, keys: [[1, 2]], syncWait: false), .listIndexes(after: nil, limit: 3), .sync(transactions: [1]),
+            .create(cobs: [fid, Fid(hi: 77, lo: 2)], syncWait: false),
         ]
         return requests.map { r in
             var w = WireWriter()

@@ -80,7 +80,12 @@ public enum Request: Sendable, Equatable {
     // IOS
     case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
     case read(cob: Fid, offset: UInt64, length: UInt32)
+    /// A FREE of the whole range [0, 2^60) deletes the cob (a READ of it then fails
+    /// `notFound`); a smaller one keeps it, its range reading as a hole.
     case free(cob: Fid, offset: UInt64, length: UInt64, syncWait: Bool)
+    /// Makes each cob exist (a READ of it reads holes as zeros, not `notFound`); one that
+    /// exists stays as it is. Statuses: one per cob, `.ok` (made) or `.exists`.
+    case create(cobs: [Fid], syncWait: Bool)
     // STATISTICS: image and log usage, for `tessera status`
     case statistics
     // SYNC
@@ -89,7 +94,7 @@ public enum Request: Sendable, Equatable {
     /// Opcodes on the wire.
     public enum Opcode: UInt16, Sendable, CaseIterable {
         case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next, update
-        case write = 20, read, free
+        case write = 20, read, free, create
         case sync = 30
         case statistics = 40
     }
@@ -97,7 +102,7 @@ public enum Request: Sendable, Equatable {
     /// The request asks for its reply to wait until its transaction is LOGGED.
     public var waitsLogged: Bool {
         switch self {
-        case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w), .free(_, _, _, let w): return w
+        case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w), .free(_, _, _, let w), .create(_, let w): return w
         default: return false
         }
     }
@@ -115,6 +120,7 @@ public enum Request: Sendable, Equatable {
         case .write: return .write
         case .read: return .read
         case .free: return .free
+        case .create: return .create
         case .sync: return .sync
         case .statistics: return .statistics
         }
@@ -195,6 +201,9 @@ extension Request {
             w.u64(offset)
             w.u64(length)
             w.bool(syncWait)
+        case .create(let cobs, let syncWait):
+            w.array(cobs) { $0.fid($1) }
+            w.bool(syncWait)
         case .sync(let transactions):
             w.array(transactions) { $0.u64($1) }
         case .statistics:
@@ -246,6 +255,8 @@ extension Request {
             request = .read(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u32("length"))
         case .free:
             request = .free(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u64("length"), syncWait: try r.bool("sync-wait"))
+        case .create:
+            request = .create(cobs: try r.array("cobs", minimumSize: 16) { try $0.fid() }, syncWait: try r.bool("sync-wait"))
         case .sync:
             request = .sync(transactions: try r.array("transactions", minimumSize: 8) { try $0.u64() })
         case .statistics:

@@ -1,0 +1,75 @@
+// A file whose data object was freed behind the mount's back reads EIO, naming the object,
+// never zeros; objects the mount starts exist before anything reads them, so holes, and a
+// file grown by a truncation alone, still read as zeros.
+import Foundation
+import Glibc
+import Testing
+import TesseraClient
+import TesseraCore
+import TesseraFS
+import TesseraS3
+
+@Suite struct FreedDataTests {
+    /// `body` fails with EIO whose message names `fid`.
+    func expectEIO(_ fid: Fid, _ what: Comment, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+            Issue.record("\(what): no error")
+        } catch let e as FSError {
+            #expect(e.errno == EIO && e.message.contains("\(fid)"), "\(what): \(e)")
+        } catch {
+            Issue.record("\(what): \(error)")
+        }
+    }
+
+    @Test func aFileWhoseObjectWasFreedReadsEIO() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, fs) = try await cluster.mount(bucket: "freed")
+        let (a, h) = try await fs.create(FileSystem.rootIno, Array("victim".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
+        _ = try await fs.write(h, at: 0, bytes: pattern(5, 300_000))
+        try await fs.release(h)
+        let bucket = try #require(try await fs.store.bucket("freed"))
+        let fid = try #require(try await fs.store.entry(bucket, "victim")).fid
+        try await client.delete(fid)
+        // Opened again (its pages gone): the read reaches the servers, which have no such object.
+        let r = try await fs.open(a.ino, flags: O_RDONLY).handle
+        await expectEIO(fid, "read") { _ = try await fs.read(r, at: 0, count: 4096) }
+        await expectEIO(fid, "read further on") { _ = try await fs.read(r, at: 200_000, count: 4096) }
+        try await fs.release(r)
+        // A partial write needs the group's old bytes: EIO too, not a group of zeros around it.
+        let w = try await fs.open(a.ino, flags: O_RDWR).handle
+        await expectEIO(fid, "write") {
+            _ = try await fs.write(w, at: 10, bytes: [1])
+            try await fs.flush(w)
+        }
+        try? await fs.release(w)
+        await client.close()
+        await cluster.stop()
+    }
+
+    @Test func newObjectsExistBeforeTheirHolesAreRead() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, fs) = try await cluster.mount(bucket: "holes")
+        // Grown by a truncation alone, past what an entry holds: the entry names the object
+        // with a size, and nothing was written to it.
+        let (a, h) = try await fs.create(FileSystem.rootIno, Array("grown".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
+        _ = try await fs.setattr(a.ino, AttributeChanges(size: 3 << 20), caller: .root)
+        try await fs.release(h)
+        // Sparse: one byte far out, the groups before it never written.
+        let (_, h2) = try await fs.create(FileSystem.rootIno, Array("sparse".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
+        _ = try await fs.write(h2, at: 5 << 20, bytes: [9])
+        try await fs.release(h2)
+        await fs.flushAll()
+        await client.close()
+        let (client2, fs2) = try await cluster.mount(bucket: "holes")
+        let g = try await fs2.open(try await fs2.lookup(FileSystem.rootIno, Array("grown".utf8)).ino, flags: O_RDONLY).handle
+        #expect(try await fs2.read(g, at: 0, count: 100_000) == [UInt8](repeating: 0, count: 100_000))
+        #expect(try await fs2.read(g, at: (3 << 20) - 10, count: 100) == [UInt8](repeating: 0, count: 10))
+        let s = try await fs2.open(try await fs2.lookup(FileSystem.rootIno, Array("sparse".utf8)).ino, flags: O_RDONLY).handle
+        #expect(try await fs2.read(s, at: 0, count: 100_000) == [UInt8](repeating: 0, count: 100_000))
+        #expect(try await fs2.read(s, at: (5 << 20) - 1, count: 10) == [0, 9])
+        #expect(client2.degradedReads == 0)
+        await client2.close()
+        await cluster.stop()
+    }
+}
