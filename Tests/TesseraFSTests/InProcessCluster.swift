@@ -42,10 +42,11 @@ final class InProcessCluster: @unchecked Sendable {
     }
 
     /// A new client and file system over the bucket, as a new mount would make.
-    func mount(bucket: String = "fs-test", memory: Int = 1 << 20) async throws -> (Cluster, FileSystem) {
+    func mount(bucket: String = "fs-test", memory: Int = 1 << 20, inlineLimit: Int? = nil) async throws -> (Cluster, FileSystem) {
         let cluster = try Cluster(config: config)
         var o = FileSystemOptions()
         o.memoryBudget = memory
+        if let inlineLimit { o.inlineLimit = inlineLimit }
         let fs = try await FileSystem(store: S3Store(cluster: cluster), bucket: bucket, owner: "owner", options: o)
         return (cluster, fs)
     }
