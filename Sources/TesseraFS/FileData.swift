@@ -468,8 +468,10 @@ final class FileData: @unchecked Sendable {
             } else {
                 try await flushing.removeValue(forKey: g)?.value
                 let fromObject = Int(min(UInt64(n), stored > at ? stored - at : 0))
-                if fromObject > 0 { try await objectMade() }
-                if fromObject > 0 { try await cluster.read(fid, at: at, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<fromObject])) }
+                if fromObject > 0 {
+                    try await objectMade()
+                    try await cluster.read(fid, at: at, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<fromObject]))
+                }
                 if fromObject < n { UnsafeMutableRawBufferPointer(rebasing: out[fromObject...]).initializeMemory(as: UInt8.self, repeating: 0) }
             }
             done += n

@@ -47,9 +47,11 @@ import TesseraS3
         await cluster.stop()
     }
 
-    @Test func newObjectsExistBeforeTheirHolesAreRead() async throws {
+    /// With files kept in their entries (the default) and without (every file's bytes in
+    /// its object from the start).
+    @Test(arguments: [nil, 0]) func newObjectsExistBeforeTheirHolesAreRead(inlineLimit: Int?) async throws {
         let cluster = try await InProcessCluster()
-        let (client, fs) = try await cluster.mount(bucket: "holes")
+        let (client, fs) = try await cluster.mount(bucket: "holes", inlineLimit: inlineLimit)
         // Grown by a truncation alone, past what an entry holds: the entry names the object
         // with a size, and nothing was written to it.
         let (a, h) = try await fs.create(FileSystem.rootIno, Array("grown".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
@@ -61,7 +63,7 @@ import TesseraS3
         try await fs.release(h2)
         await fs.flushAll()
         await client.close()
-        let (client2, fs2) = try await cluster.mount(bucket: "holes")
+        let (client2, fs2) = try await cluster.mount(bucket: "holes", inlineLimit: inlineLimit)
         let g = try await fs2.open(try await fs2.lookup(FileSystem.rootIno, Array("grown".utf8)).ino, flags: O_RDONLY).handle
         #expect(try await fs2.read(g, at: 0, count: 100_000) == [UInt8](repeating: 0, count: 100_000))
         #expect(try await fs2.read(g, at: (3 << 20) - 10, count: 100) == [UInt8](repeating: 0, count: 10))

@@ -45,10 +45,11 @@ final class InProcessCluster: @unchecked Sendable {
 
     /// A new client and file system over the bucket, as a new mount would make, with a
     /// session of its own.
-    func mount(bucket: String = "fs-test", memory: Int = 1 << 20) async throws -> (Cluster, FileSystem) {
+    func mount(bucket: String = "fs-test", memory: Int = 1 << 20, inlineLimit: Int? = nil) async throws -> (Cluster, FileSystem) {
         let cluster = try Cluster(config: config)
         var o = FileSystemOptions()
         o.memoryBudget = memory
+        if let inlineLimit { o.inlineLimit = inlineLimit }
         let store = S3Store(cluster: cluster, sessions: LocalSessions(table: sessionTable))
         let fs = try await FileSystem(store: store, bucket: bucket, owner: "owner", options: o)
         return (cluster, fs)
