@@ -165,6 +165,19 @@ class LocalCluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def hold_unlinked(path, data):
+    """A file written, fsynced and unlinked while open; returns its descriptor."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        os.unlink(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def drop_caches():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -205,12 +218,8 @@ class ClusterStateTest(unittest.TestCase):
         c = self.c
         before = c.used_bytes()
         data = random_bytes(48 * MiB, 1)
-        path = os.path.join(c.mnt, "held")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = hold_unlinked(os.path.join(c.mnt, "held"), data)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-            os.unlink(path)
             # The gateway restarts; its sweeper (or the mount's) runs several times.
             c.kill("gateway", signal.SIGTERM)
             c.up()
@@ -260,12 +269,8 @@ class ClusterStateTest(unittest.TestCase):
         old = c.sessions()
         self.assertEqual(sorted(l["kind"] for l in old.values()), ["gateway", "mount", "server", "server", "server"])
         data = random_bytes(8 * MiB, 4)
-        path = os.path.join(c.mnt, "held")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = hold_unlinked(os.path.join(c.mnt, "held"), data)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-            os.unlink(path)
             c.kill("etcd")
             time.sleep(2 * TTL)
             # Reads and writes go on meanwhile, in the mount and through the gateway.
@@ -328,9 +333,12 @@ class ClusterStateTest(unittest.TestCase):
         for name in ["sweeper", "ha"]:
             holder = int(c.roles()[name]["pid"])
             os.kill(holder, signal.SIGKILL)
+            t = time.time()
             wait_for(f"the {name} holder (pid {holder}) to exit", lambda: not pid_alive(holder), 30)
+            # Its lease ends within a TTL of its last keep-alive; the others watch the role.
             wait_for(f"another process to hold {name}",
-                     lambda: name in c.roles() and int(c.roles()[name]["pid"]) != holder, TTL + 5)
+                     lambda: name in c.roles() and int(c.roles()[name]["pid"]) != holder, TTL + 2)
+            print(f"{name} taken over {time.time() - t:.1f} s after its holder was killed (ttl {TTL} s)")
 
 
 class EtcdMissingTest(unittest.TestCase):
