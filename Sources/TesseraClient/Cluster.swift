@@ -48,18 +48,9 @@ public final class Cluster: Sendable {
 
     // MARK: The cluster map
 
-    /// The newest cluster map this client has seen.
-    public var map: ClusterMap? { currentMap.withLock { $0 } }
-
     /// Takes `map` if it is newer than the one held; true if it was.
     @discardableResult
-    public func apply(_ map: ClusterMap) -> Bool {
-        currentMap.withLock { held in
-            guard (held?.version ?? 0) < map.version else { return false }
-            held = map
-            return true
-        }
-    }
+    public func apply(_ map: ClusterMap) -> Bool { currentMap.withLock { $0.take(map) } }
 
     /// Why server `server` (a position) must not be asked anything, if the map says so.
     func refusal(_ server: Int) -> TesseraError? {

@@ -154,3 +154,12 @@ public struct ClusterMap: Sendable, Equatable, Codable {
 
     public func server(_ id: Int) -> Server? { servers.first { $0.id == id } }
 }
+
+extension Optional where Wrapped == ClusterMap {
+    /// Replaces the map held here with `newer` if it has a higher version; true if it did.
+    public mutating func take(_ newer: ClusterMap) -> Bool {
+        guard (self?.version ?? 0) < newer.version else { return false }
+        self = newer
+        return true
+    }
+}

@@ -19,10 +19,14 @@ public final class S3Store: Sendable {
     let logger: Logger
     /// What this process noted pending in the pending-free index and has not dropped: on a
     /// new session it is noted again under it, before the old session's lease is let go.
-    private let owned = Mutex<[Fid: (owner: PendingFree.Owner, session: UInt64)]>([:])
-    /// What the last renewal from each old session noted again: if that session turns out
-    /// to have ended first, these are the objects that may have been freed meanwhile.
-    private let renoted = Mutex<[UInt64: [Fid]]>([:])
+    private let owned = Mutex<[Fid: Owned]>([:])
+    private struct Owned {
+        var owner: PendingFree.Owner
+        var session: UInt64
+        /// The session it was noted under before the last renewal: if that one turns out to
+        /// have ended first, the object may have been freed meanwhile.
+        var previous: UInt64?
+    }
     /// Notes being written: a renewal waits for them, so none lands under the old session
     /// after the renewal has read what to note again.
     private let notesInFlight = Mutex(0)
@@ -49,11 +53,7 @@ public final class S3Store: Sendable {
     }
 
     /// Nanoseconds since 1970.
-    public static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    public static func now() -> UInt64 { wallClockNanoseconds() }
 
     // MARK: Buckets
 
@@ -213,7 +213,7 @@ public final class S3Store: Sendable {
         }
         defer { notesInFlight.withLock { $0 -= 1 } }
         try await putPending(items, session: session)
-        owned.withLock { o in for (fid, owner) in items { o[fid] = (owner, session) } }
+        owned.withLock { o in for (fid, owner) in items { o[fid] = Owned(owner: owner, session: session) } }
     }
 
     private func putPending(_ items: [(Fid, PendingFree.Owner)], session: UInt64) async throws {
@@ -234,8 +234,12 @@ public final class S3Store: Sendable {
             for start in stride(from: 0, to: items.count, by: 500) {
                 try await putPending(Array(items[start..<min(items.count, start + 500)]), session: new)
             }
-            owned.withLock { o in for (fid, _) in items where o[fid]?.session == old { o[fid]?.session = new } }
-            renoted.withLock { $0[old, default: []] += items.map(\.0) }
+            owned.withLock { o in
+                for (fid, _) in items where o[fid]?.session == old {
+                    o[fid]?.session = new
+                    o[fid]?.previous = old
+                }
+            }
             logger.notice("noted \(items.count) pending object(s) again under the new session")
             return true
         } catch {
@@ -248,10 +252,12 @@ public final class S3Store: Sendable {
     /// before it could be renewed: the sweeper may have freed that data). Commits of those
     /// objects then fail instead of making an entry refer to freed data.
     public func disown(session: UInt64) {
-        let moved = renoted.withLock { $0.removeValue(forKey: session) ?? [] }
         let lost = owned.withLock { o -> [Fid] in
-            let l = o.filter { $0.value.session == session }.map(\.key) + moved.filter { o[$0] != nil }
-            for f in l { o[f]?.session = 0 }
+            let l = o.filter { $0.value.session == session || $0.value.previous == session }.map(\.key)
+            for f in l {
+                o[f]?.session = 0
+                o[f]?.previous = nil
+            }
             return l
         }
         if !lost.isEmpty { logger.error("session \(String(session, radix: 16)) ended before it was renewed: \(lost.count) object(s) it owned may have been freed: \(lost.prefix(8))") }
@@ -647,11 +653,16 @@ public final class S3Store: Sendable {
         var freed = 0
         var from = prefix
         var exclusive = false
+        // NEXT has no end key: a bucket's few markers come before its entries, which the
+        // batch would read for nothing (small files' data included). Batches start small and
+        // grow while every record in them is a marker, as `list` does.
+        var batchSize = 16
         while true {
-            let batch = try await cluster.next(index, from: [from], limit: 500, excludeStart: exclusive)[0]
+            let batch = try await cluster.next(index, from: [from], limit: batchSize, excludeStart: exclusive)[0]
+            let mine = batch.prefix { $0.key.starts(with: prefix) }
+            guard !mine.isEmpty else { return freed }
             let live = try await sessions.alive()
-            for r in batch {
-                guard r.key.starts(with: prefix) else { return freed }
+            for r in mine {
                 guard let fid = S3Indexes.fid(fromKey: Array(r.key.dropFirst(prefix.count))) else { continue }
                 guard let pending = decodePending(r.value, fid, index), !live.contains(pending.session) else { continue }
                 guard let again = try await cluster.get(index, [r.key])[0], decodePending(again, fid, index) == pending else { continue }
@@ -662,9 +673,10 @@ public final class S3Store: Sendable {
                 // Not synced: a record that comes back after a crash is only looked at again.
                 _ = try? await cluster.delete(index, [r.key])
             }
-            guard batch.count == 500, let last = batch.last else { return freed }
+            guard mine.count == batchSize, let last = mine.last else { return freed }
             from = last.key
             exclusive = true
+            batchSize = min(batchSize * 4, 500)
         }
     }
 

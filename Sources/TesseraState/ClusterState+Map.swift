@@ -10,30 +10,18 @@ import TesseraCore
 import TesseraEtcd
 
 extension ClusterState {
-    /// The newest map this process has seen (nil before the first).
-    public var map: ClusterMap? { mapHolder.withLock { $0 } }
-
-    /// The map as stored, with the revision that last changed it; nil if there is none yet.
-    public func readMap() async throws -> (map: ClusterMap, revision: Int64)? {
-        guard let kv = try await etcd.get(keys.map) else { return nil }
-        guard let m = decodeJSON(ClusterMap.self, kv.value) else {
-            throw TesseraError(.corrupt, "the cluster map at \(keys.map) in etcd does not decode")
-        }
-        return (m, kv.modRevision)
-    }
-
     /// The map as stored, read once without a session (for one-shot commands); nil if etcd
     /// does not answer within a second or has none.
     public static func fetchMap(_ settings: ClusterConfig.State) async -> ClusterMap? {
-        guard let etcd = try? EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(1), logger: Logger(label: "tessera.etcd", factory: { _ in SwiftLogNoOpLogHandler() })) else { return nil }
-        let kv = try? await etcd.get(StateKeys(settings).map)
+        guard let etcd = try? EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(1), logger: quietLogger) else { return nil }
+        let m = try? await StateReader(etcd: etcd, keys: StateKeys(settings)).map()
         await etcd.close()
-        return kv.flatMap { decodeJSON(ClusterMap.self, $0.value) }
+        return m?.map
     }
 
     /// Creates the first map from the cluster file if there is none.
     public func ensureMap(_ config: ClusterConfig) async throws {
-        let initial = FailureDetector.initialMap(servers: config.servers.map { ($0.id, $0.address.description) }, wallNow: wallClock())
+        let initial = FailureDetector.initialMap(servers: config.servers.map { ($0.id, $0.address.description) }, wallNow: wallClockNanoseconds())
         let r = try await etcd.txn(if: [.createRevision(keys.map, equals: 0)], then: [.put(keys.map, encodeJSON(initial))])
         if r.succeeded { logger.notice("cluster map created: version 1, \(config.servers.count) servers online") }
     }
@@ -46,7 +34,7 @@ extension ClusterState {
             while !Task.isCancelled {
                 do {
                     var revision: Int64 = 0
-                    if let (m, rev) = try await readMap() {
+                    if let (m, rev) = try await reader.map() {
                         seen(m, apply)
                         revision = rev
                     }
@@ -60,7 +48,7 @@ extension ClusterState {
                     return
                 } catch {
                     if Task.isCancelled { return }
-                    logger.warning("watching the cluster map: \(error); keeping version \(map?.version ?? 0)")
+                    logger.warning("watching the cluster map: \(error); keeping version \(mapHolder.withLock { $0?.version ?? 0 })")
                 }
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
@@ -70,12 +58,7 @@ extension ClusterState {
     }
 
     private func seen(_ m: ClusterMap, _ apply: @Sendable (ClusterMap) -> Void) {
-        let newer = mapHolder.withLock { held -> Bool in
-            guard (held?.version ?? 0) < m.version else { return false }
-            held = m
-            return true
-        }
-        guard newer else { return }
+        guard mapHolder.withLock({ $0.take(m) }) else { return }
         let summary = m.servers.map { "\($0.id) \($0.state.rawValue)" }.joined(separator: ", ")
         logger.info("cluster map version \(m.version): \(summary)")
         apply(m)
@@ -97,13 +80,13 @@ extension ClusterState {
     }
 
     private func checkServers(_ config: ClusterConfig, _ detector: DetectorBox) async throws {
-        guard let (m, revision) = try await readMap() else {
+        guard let (m, revision) = try await reader.map() else {
             try await ensureMap(config)
             return
         }
-        let present = Set(try await sessions().compactMap { $0.info.kind == .server ? $0.info.server : nil })
+        let present = Set(try await reader.sessions().compactMap { $0.info.kind == .server ? $0.info.server : nil })
         let now = ContinuousClock.now
-        let wall = wallClock()
+        let wall = wallClockNanoseconds()
         guard let next = detector.state.withLock({ $0.step(map: m, present: present, now: now, wallNow: wall) }) else { return }
         let r = try await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))])
         guard r.succeeded else { return }  // someone else changed it: read again next time
@@ -117,10 +100,4 @@ extension ClusterState {
 final class DetectorBox: Sendable {
     let state: Mutex<FailureDetector>
     init(_ d: FailureDetector) { state = Mutex(d) }
-}
-
-func wallClock() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

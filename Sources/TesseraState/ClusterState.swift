@@ -13,6 +13,8 @@ public final class ClusterState: SessionRegistry {
     public let etcd: EtcdClient
     public let settings: ClusterConfig.State
     public let keys: StateKeys
+    /// Reads of the map, the sessions and the roles.
+    public let reader: StateReader
     public let info: SessionInfo
     let session: EtcdSession
     let logger: Logger
@@ -38,6 +40,7 @@ public final class ClusterState: SessionRegistry {
         self.etcd = etcd
         self.settings = settings
         keys = StateKeys(settings)
+        reader = StateReader(etcd: etcd, keys: keys)
         self.info = info
         self.session = session
         self.logger = logger
@@ -161,25 +164,11 @@ public final class ClusterState: SessionRegistry {
         }
     }
 
-    // MARK: Sessions of every process
-
-    /// Every live session with what it says of itself, by lease id.
-    public func sessions() async throws -> [(lease: UInt64, info: SessionInfo)] {
-        let (kvs, _) = try await etcd.range(prefix: keys.sessions)
-        return kvs.compactMap { kv in
-            guard let info = decodeJSON(SessionInfo.self, kv.value) else {
-                logger.warning("session key \(kv.key) does not decode; ignored")
-                return nil
-            }
-            return (UInt64(bitPattern: kv.lease), info)
-        }
-    }
-
     // MARK: Roles
 
     /// Campaigns for `role` in the background for as long as this process lives.
     public func campaign(_ role: String) -> EtcdElection {
-        let value = encodeJSON(RoleHolder(session: current ?? 0, info: info))
+        let value = encodeJSON(RoleHolder(info: info))
         let e = EtcdElection(client: etcd, session: session, key: keys.role(role), value: value, logger: logger)
         e.start()
         state.withLock { $0.elections.append(e) }
@@ -211,17 +200,5 @@ public final class ClusterState: SessionRegistry {
     /// Keeps `task` to cancel at `close`.
     func keep(_ task: Task<Void, Never>) {
         state.withLock { $0.tasks.append(task) }
-    }
-
-    /// The holder of every role, by name.
-    public func roleHolders() async throws -> [String: RoleHolder] {
-        let (kvs, _) = try await etcd.range(prefix: keys.roles)
-        var out: [String: RoleHolder] = [:]
-        for kv in kvs {
-            guard var h = decodeJSON(RoleHolder.self, kv.value) else { continue }
-            h.session = UInt64(bitPattern: kv.lease)  // the value was written at the first campaign
-            out[String(kv.key.dropFirst(keys.roles.count))] = h
-        }
-        return out
     }
 }

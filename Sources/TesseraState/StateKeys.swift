@@ -6,11 +6,11 @@
 //   PREFIX roles/<role>                         RoleHolder, under the holder's lease: an election
 //
 // Values are JSON (UTF-8) so that `etcdctl get --prefix /tessera/` reads as text. Fields
-// added later are optional; a record that does not decode is skipped with a warning, never
-// trusted.
+// added later are optional; a record that does not decode is skipped, never trusted.
 import Foundation
 import TesseraClient
 import TesseraConfig
+import TesseraCore
 
 /// The version every process reports in its session.
 public let tesseraVersion = "0.19.0"
@@ -42,23 +42,19 @@ public struct SessionInfo: Sendable, Codable, Equatable {
         host = String(cString: name)
         pid = getpid()
         version = tesseraVersion
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        started = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+        started = wallClockNanoseconds()
         self.serves = serves
         self.server = server
     }
 }
 
-/// The value of a role key: which session holds it.
+/// The value of a role key: which process holds it (its session is the key's lease).
 public struct RoleHolder: Sendable, Codable, Equatable {
-    public var session: UInt64
     public var kind: ProcessKind
     public var host: String
     public var pid: Int32
 
-    public init(session: UInt64, info: SessionInfo) {
-        self.session = session
+    public init(info: SessionInfo) {
         kind = info.kind
         host = info.host
         pid = info.pid

@@ -27,10 +27,7 @@ struct Gateway: AsyncParsableCommand {
         let logger = Logger(label: "tessera.gateway")
         let state = try await ClusterState.start(config: cfg, info: SessionInfo(kind: .gateway, serves: "http://\(endpoint)"), logger: logger)
         let cluster = try Cluster(config: cfg)
-        state.watchMap { cluster.apply($0) }
-        state.runHealthMonitor(cfg)
-        let store = S3Store(cluster: cluster, sessions: state)
-        state.runSweeper(store)
+        let store = state.ownerStore(cluster)
         let gateway = S3Gateway(store: store, settings: cfg.s3)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {

@@ -3,10 +3,10 @@
 // else. A cluster file whose `[state]` names an operator's etcd has no etcd.yml: `up` then
 // starts none and only checks that it answers.
 import Foundation
-import Logging
 import TesseraConfig
 import TesseraCore
 import TesseraEtcd
+import TesseraState
 
 extension StateOption {
     var etcdConfigFile: String { path + "/etcd.yml" }
@@ -105,6 +105,3 @@ func findExecutable(_ name: String) -> String? {
     let dirs = path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/local/bin"]
     return dirs.map { $0 + "/" + name }.first { FileManager.default.isExecutableFile(atPath: $0) }
 }
-
-/// For etcd clients whose errors the command reports itself (every attempt would log).
-let quietLogger = Logger(label: "tessera.etcd", factory: { _ in SwiftLogNoOpLogHandler() })

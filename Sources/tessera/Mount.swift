@@ -105,10 +105,7 @@ struct Mount: AsyncParsableCommand {
         // One event-loop thread for all the mount's connections: FUSE requests run there.
         let state = try await ClusterState.start(config: cfg, info: SessionInfo(kind: .mount, serves: "bucket \(bucket) on \(target)"), logger: logger)
         let cluster = try Cluster(config: cfg, loop: RPCLoop())
-        state.watchMap { cluster.apply($0) }
-        state.runHealthMonitor(cfg)
-        let store = S3Store(cluster: cluster, sessions: state)
-        state.runSweeper(store)
+        let store = state.ownerStore(cluster)
         let owner = cfg.s3.credentials.keys.sorted().first ?? "tessera"
         let fs: FileSystem
         do { fs = try await FileSystem(store: store, bucket: bucket, owner: owner, options: parsed.fs) } catch {

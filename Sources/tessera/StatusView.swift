@@ -3,6 +3,7 @@
 import Foundation
 import TesseraClient
 import TesseraConfig
+import TesseraCore
 import TesseraEtcd
 import TesseraState
 
@@ -10,7 +11,7 @@ struct StatusView {
     var endpoints: [String] = []
     var map: ClusterMap?
     var sessions: [(lease: UInt64, info: SessionInfo)] = []
-    var roles: [String: RoleHolder] = [:]
+    var roles: [String: (session: UInt64, holder: RoleHolder)] = [:]
     var error: String?
 
     static func read(_ config: ClusterConfig) async throws -> StatusView {
@@ -21,17 +22,11 @@ struct StatusView {
         }
         v.endpoints = settings.endpoints
         let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(2), logger: quietLogger)
-        let keys = StateKeys(settings)
+        let reader = StateReader(etcd: etcd, keys: StateKeys(settings))
         do {
-            if let kv = try await etcd.get(keys.map) { v.map = try? JSONDecoder().decode(ClusterMap.self, from: Data(kv.value)) }
-            for kv in try await etcd.range(prefix: keys.sessions).kvs {
-                if let info = try? JSONDecoder().decode(SessionInfo.self, from: Data(kv.value)) { v.sessions.append((UInt64(bitPattern: kv.lease), info)) }
-            }
-            for kv in try await etcd.range(prefix: keys.roles).kvs {
-                guard var h = try? JSONDecoder().decode(RoleHolder.self, from: Data(kv.value)) else { continue }
-                h.session = UInt64(bitPattern: kv.lease)
-                v.roles[String(kv.key.dropFirst(keys.roles.count))] = h
-            }
+            v.map = try await reader.map()?.map
+            v.sessions = try await reader.sessions()
+            v.roles = try await reader.roles()
         } catch {
             v.error = "\(error)"
         }
@@ -40,7 +35,7 @@ struct StatusView {
     }
 
     func print(bytes: Bool) {
-        let now = wallNow()
+        let now = wallClockNanoseconds()
         if let error {
             Swift.print(bytes ? "etcd=\(endpoints.joined(separator: ",")) error=\"\(error)\"" : "etcd \(endpoints.joined(separator: ", ")): \(error)")
             return
@@ -55,19 +50,13 @@ struct StatusView {
                 Swift.print("session \(lease)  \(s.info.kind.rawValue)  \(s.info.host) pid \(s.info.pid)  age \(duration(age))  \(s.info.serves)")
             }
         }
-        for (name, h) in roles.sorted(by: { $0.key < $1.key }) {
-            let lease = String(h.session, radix: 16)
+        for (name, (session, h)) in roles.sorted(by: { $0.key < $1.key }) {
+            let lease = String(session, radix: 16)
             Swift.print(bytes ? "role=\(name) session=\(lease) kind=\(h.kind.rawValue) pid=\(h.pid)" : "role \(name)  held by \(h.kind.rawValue) on \(h.host) pid \(h.pid) (session \(lease))")
         }
     }
 
     private func duration(_ s: UInt64) -> String {
         s < 120 ? "\(s) s" : s < 7200 ? "\(s / 60) min" : "\(s / 3600) h"
-    }
-
-    private func wallNow() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }

@@ -20,19 +20,23 @@ import TesseraS3
         ObjectRecord(fid: fid, size: size, modified: S3Store.now(), etag: "e", attributes: [])
     }
 
-    private func write(_ store: S3Store, key: String) async throws -> (ObjectWriter, UInt64) {
-        let w = try await store.newObject(for: .object(bucket: "owners", key: key))
+    /// A cluster with `n` processes; the first has made bucket "owners" and written an
+    /// object for key "k" that it has not committed yet.
+    private func started(processes n: Int) async throws
+        -> (cluster: InProcessCluster, stores: [(S3Store, LocalSessions)], bucket: BucketRecord, writer: ObjectWriter, size: UInt64)
+    {
+        let cluster = try await InProcessCluster()
+        let s = try stores(cluster, n)
+        let bucket = try await s[0].0.createBucket("owners", owner: "o")
+        let w = try await s[0].0.newObject(for: .object(bucket: "owners", key: "k"))
         try await w.write([UInt8](repeating: 9, count: 200_000))
-        return (w, try await w.finish())
+        return (cluster, s, bucket, w, try await w.finish())
     }
 
     @Test func aLiveSessionsDataIsNeverSweptADeadOnesIs() async throws {
-        let cluster = try await InProcessCluster()
-        let s = try stores(cluster, 2)
+        let (cluster, s, bucket, w, size) = try await started(processes: 2)
         let (owner, ownerSessions) = s[0]
         let (sweeper, _) = s[1]
-        let bucket = try await owner.createBucket("owners", owner: "o")
-        let (w, size) = try await write(owner, key: "k")
         // However often it sweeps, the other process leaves the data of a live owner alone.
         for _ in 0..<3 { #expect(try await sweeper.sweep() == 0) }
         #expect(try await owner.cluster.read(w.fid, at: 0, length: 4) == [9, 9, 9, 9])
@@ -47,12 +51,9 @@ import TesseraS3
     }
 
     @Test func aRenewedOwnerKeepsWhatItNotedAndCommitsIt() async throws {
-        let cluster = try await InProcessCluster()
-        let s = try stores(cluster, 2)
+        let (cluster, s, bucket, w, size) = try await started(processes: 2)
         let (owner, ownerSessions) = s[0]
         let (sweeper, _) = s[1]
-        let bucket = try await owner.createBucket("owners", owner: "o")
-        let (w, size) = try await write(owner, key: "k")
         let old = ownerSessions.session
         let new = await ownerSessions.renew()  // notes it again under `new`, then ends `old`
         #expect(old != new && !cluster.sessionTable.live.contains(old))
@@ -64,11 +65,8 @@ import TesseraS3
     }
 
     @Test func anOwnerWhoseSessionEndedBeforeItRenewedCannotCommit() async throws {
-        let cluster = try await InProcessCluster()
-        let s = try stores(cluster, 1)
+        let (cluster, s, bucket, w, size) = try await started(processes: 1)
         let (owner, ownerSessions) = s[0]
-        let bucket = try await owner.createBucket("owners", owner: "o")
-        let (w, size) = try await write(owner, key: "k")
         cluster.sessionTable.end(ownerSessions.session)  // expired while it was cut off
         await ownerSessions.renew()
         await #expect(throws: TesseraError.self) { try await owner.commit("owners", bucket, "k", record(w.fid, size: size)) }
