@@ -1,6 +1,16 @@
 // Striped parity objects: writes in whole parity groups (read-modify-write for partial
 // ones), reads of the data units, rebuilt from parity when a unit's server is down or its
 // checksum fails. The store keeps no object size; the layer above does.
+//
+// An object exists on a server once a CREATE or a unit write reaches it (IOService.swift).
+// Made with `create`, it exists on every server, and a unit a server says does not exist
+// is missing (freed, or a CREATE the server missed), rebuilt from parity or an error. A new
+// object written from its start with no CREATE (`unwritten`, as the S3 writer does: a
+// CREATE would cost small objects a request and a log flush on the servers their writes
+// miss) exists only where its writes went; its other units lie wholly at or past the end of
+// its data. A caller that knows that end passes it as `size` to reads and partial writes,
+// and a unit wholly at or past it that its server says does not exist counts as zeros, as
+// long as some other unit of its group was read: a deleted object is still not found.
 import Synchronization
 import TesseraCore
 
@@ -11,16 +21,11 @@ extension Cluster {
     /// Makes object `object` exist on every server (an IO CREATE of its cob), so the parts
     /// of it never written read as zeros; until then a read fails `notFound`, as it does once
     /// the object is deleted. Call it before the object's first write (or with it: a server
-    /// makes a CREATE before anything the same connection sent after it). Idempotent.
+    /// makes a CREATE before anything the same connection sent after it), unless the object
+    /// is written from its start and read with its `size` (see the top of this file).
+    /// Idempotent.
     public func create(_ object: Fid) async throws {
         try await create([object])
-    }
-
-    /// `create` on every server but those in `skipping` (positions in the id-sorted server
-    /// list; a writer passes those its writes reached, which made the object there). With
-    /// `syncWait` the replies wait for LOGGED, so those servers need no SYNC for it.
-    public func create(_ object: Fid, skipping: Set<Int>, syncWait: Bool) async throws {
-        try await create([object], on: links.indices.filter { !skipping.contains($0) }, syncWait: syncWait)
     }
 
     /// `create` of many objects: `createBatch` cobs per request, all pipelined to each
@@ -28,16 +33,12 @@ extension Cluster {
     /// these objects will read `notFound`, rebuilt from parity like a down server's), as long
     /// as no more servers miss it than there are parity units; any other failure throws.
     public func create(_ objects: [Fid]) async throws {
-        try await create(objects, on: Array(links.indices), syncWait: false)
-    }
-
-    private func create(_ objects: [Fid], on servers: [Int], syncWait: Bool) async throws {
-        guard !objects.isEmpty, !servers.isEmpty else { return }
+        guard !objects.isEmpty else { return }
         let requests = stride(from: 0, to: objects.count, by: Cluster.createBatch).map {
-            Request.create(cobs: Array(objects[$0..<min($0 + Cluster.createBatch, objects.count)]), syncWait: syncWait)
+            Request.create(cobs: Array(objects[$0..<min($0 + Cluster.createBatch, objects.count)]), syncWait: false)
         }
         let missed = try await withThrowingTaskGroup(of: String?.self) { group in
-            for s in servers {
+            for s in links.indices {
                 group.addTask {
                     let responses: [Response]
                     do {
@@ -76,50 +77,49 @@ extension Cluster {
     /// Cobs per CREATE request (the IO service takes at most `IOService.maxCreate`).
     static let createBatch = 1024
 
-    /// Writes `bytes` at `offset` of object `object` (which `create` made).
-    /// `unwritten`: the caller knows the groups touched hold nothing yet (a new object
-    /// written in order), so partial groups need no read first. Returns the servers
-    /// (positions in the id-sorted list) it wrote to: a unit write makes the object there.
-    @discardableResult
-    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false) async throws -> Set<Int> {
+    /// Writes `bytes` at `offset` of object `object`: one `create` made, or a new one
+    /// written from its start (`unwritten`). `unwritten`: the caller knows the groups
+    /// touched hold nothing yet (a new object written in order), so partial groups need no
+    /// read first. `size`: where the object's data ends before this write, if it was not
+    /// made with `create` (the top of this file); a partial group's read needs it.
+    public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false, size: UInt64? = nil) async throws {
         try checkRange(offset, UInt64(bytes.count))
         let pieces = layout.groups(offset: offset, length: bytes.count)
-        let written = Mutex<Set<Int>>([])
         try await forEachGroup(pieces) { piece in
             let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            let servers = try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten)
-            written.withLock { $0.formUnion(servers) }
+            try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten, size: size)
         }
-        return written.withLock { $0 }
     }
 
     /// Reads `length` bytes at `offset` of object `object`; never-written bytes read as zeros.
     /// An object deleted (or never created) fails `notFound`; a unit whose server says so
-    /// while enough others have theirs is rebuilt, as for a server that is down.
-    public func read(_ object: Fid, at offset: UInt64, length: Int) async throws -> [UInt8] {
+    /// while enough others have theirs is rebuilt, as for a server that is down. `size`:
+    /// where the object's data ends, for an object not made with `create` (the top of this
+    /// file); nil for one that was.
+    public func read(_ object: Fid, at offset: UInt64, length: Int, size: UInt64? = nil) async throws -> [UInt8] {
         let out = ByteSink(count: length)
-        try await read(object, at: offset, into: out)
+        try await read(object, at: offset, into: out, size: size)
         return out.bytes
     }
 
     /// Reads `buffer.count` bytes at `offset` into `buffer`, which must stay valid until the
     /// call returns: the caller's own reply buffer, with no intermediate copy.
-    public func read(_ object: Fid, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) async throws {
-        try await read(object, at: offset, into: ByteSink(borrowing: buffer))
+    public func read(_ object: Fid, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer, size: UInt64? = nil) async throws {
+        try await read(object, at: offset, into: ByteSink(borrowing: buffer), size: size)
     }
 
-    private func read(_ object: Fid, at offset: UInt64, into out: ByteSink) async throws {
+    private func read(_ object: Fid, at offset: UInt64, into out: ByteSink, size: UInt64?) async throws {
         try checkRange(offset, UInt64(out.count))
         let pieces = layout.groups(offset: offset, length: out.count)
         try await forEachGroup(pieces) { piece in
             let at = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
-            try await self.readGroup(object, piece.group, from: piece.from, to: piece.to, into: out, at: at)
+            try await self.readGroup(object, piece.group, from: piece.from, to: piece.to, into: out, at: at, size: size)
         }
     }
 
     /// Makes bytes [offset, offset+length) of the object read as zeros; whole parity groups
-    /// give their blocks back to the servers.
-    public func free(_ object: Fid, at offset: UInt64, length: UInt64) async throws {
+    /// give their blocks back to the servers. `size` as for `write`.
+    public func free(_ object: Fid, at offset: UInt64, length: UInt64, size: UInt64? = nil) async throws {
         try checkRange(offset, length)
         guard length > 0 else { return }
         let gs = UInt64(layout.groupSize)
@@ -142,7 +142,7 @@ extension Cluster {
             if offset < firstWhole * gs { edges.append((offset, firstWhole * gs)) }
             if endWhole * gs < offset + length { edges.append((endWhole * gs, offset + length)) }
         }
-        for (a, b) in edges { try await write(object, at: a, [UInt8](repeating: 0, count: Int(b - a))) }
+        for (a, b) in edges { try await write(object, at: a, [UInt8](repeating: 0, count: Int(b - a)), size: size) }
     }
 
     /// Frees every unit of the object on every server.
@@ -217,7 +217,7 @@ extension Cluster {
     /// parity unit. A partial group reads its current data first (rebuilt if need be) and
     /// writes each unit only up to its last non-zero byte, old or new: a small object, or
     /// the tail of one, takes the blocks it fills rather than whole units.
-    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool = false) async throws -> [Int] {
+    private func writeGroup(_ object: Fid, _ g: UInt64, from: Int, _ bytes: ArraySlice<UInt8>, unwritten: Bool, size: UInt64?) async throws {
         let u = layout.unitSize
         let n = layout.dataUnits
         let to = from + bytes.count
@@ -231,7 +231,7 @@ extension Cluster {
             } else {
                 // A unit is kept only as long as its content (an empty array is all zeros), so
                 // a small write into an unwritten group touches kilobytes, not whole units.
-                data = unwritten ? Array(repeating: [], count: n) : try await readUnits(object, g)
+                data = unwritten ? Array(repeating: [], count: n) : try await readUnits(object, g, size: size)
                 let oldExtent = data.map(Self.usedLength)
                 for d in (from / u)...((to - 1) / u) {
                     let a = max(from, d * u) - d * u
@@ -269,7 +269,6 @@ extension Cluster {
                 }
                 try await group.waitForAll()
             }
-            return writes.map { layout.server(group: g, unit: $0.unit) }
         }
     }
 
@@ -336,7 +335,7 @@ extension Cluster {
     /// Puts bytes [from, to) of group `g`'s data into `sink` at `at`. Reads only the data
     /// units that hold them; if one fails (server down, checksum), reads the whole group and
     /// rebuilds it.
-    private func readGroup(_ object: Fid, _ g: UInt64, from: Int, to: Int, into sink: ByteSink, at: Int) async throws {
+    private func readGroup(_ object: Fid, _ g: UInt64, from: Int, to: Int, into sink: ByteSink, at: Int, size: UInt64?) async throws {
         let u = layout.unitSize
         let offset = layout.cobOffset(group: g)
         let units = Array((from / u)...((to - 1) / u))
@@ -356,18 +355,22 @@ extension Cluster {
             return ok
         }
         if allRead { return }
-        let all = try await readUnits(object, g).flatMap { $0 }
+        let all = try await readUnits(object, g, size: size).flatMap { $0 }
         sink.put(Array(all[from..<to]), at: at)
     }
 
-    /// All N data units of group `g`, rebuilt from parity where a unit cannot be read.
-    private func readUnits(_ object: Fid, _ g: UInt64) async throws -> [[UInt8]] {
+    /// All N data units of group `g`, rebuilt from parity where a unit cannot be read. With
+    /// `size`, a data unit wholly at or past it that its server says does not exist is
+    /// zeros (the top of this file), if some other unit of the group was read.
+    private func readUnits(_ object: Fid, _ g: UInt64, size: UInt64?) async throws -> [[UInt8]] {
         let u = layout.unitSize
         let offset = layout.cobOffset(group: g)
         let width = layout.width
         let n = layout.dataUnits
         // Data units first; parity only when a data unit is missing.
         var units = [[UInt8]?](repeating: nil, count: width)
+        // Units taken as zeros: past the end of the data, and not on their servers.
+        var pastEnd: Set<Int> = []
         var problems: [String] = []
         // Servers that said the cob does not exist: freed, never written, or (if the others
         // have it) a CREATE the server missed while down.
@@ -387,12 +390,22 @@ extension Cluster {
                 case .data(let bytes) where bytes.count == u: units[unit] = bytes
                 case .failure(let status, let m):
                     let server = links[layout.server(group: g, unit: unit)].id
-                    if status == .notFound { absent.append(server) }
+                    if status == .notFound {
+                        absent.append(server)
+                        if let size, unit < n, layout.objectOffset(group: g, unit: unit, offsetInUnit: 0) >= size {
+                            units[unit] = [UInt8](repeating: 0, count: u)
+                            pastEnd.insert(unit)
+                            continue
+                        }
+                    }
                     problems.append("unit \(unit) on server \(server): \(m)")
                 default: problems.append("unit \(unit): malformed reply")
                 }
             }
         }
+        /// Whether some unit of the group came from its server: else, if every server said
+        /// it has no such object, the object is gone whatever its size says.
+        func anyRead() -> Bool { units.indices.contains { units[$0] != nil && !pastEnd.contains($0) } }
         // Too few units to rebuild from: if a server said the object does not exist, it is
         // gone (or was never made), and the caller must hear so, never get zeros.
         func unreadable(_ why: String) -> TesseraError {
@@ -403,9 +416,11 @@ extension Cluster {
             return TesseraError(.io, "object \(object) group \(g) \(why): \(problems.joined(separator: "; "))")
         }
         await fetch(Array(0..<n))
-        if units[0..<n].contains(where: { $0 == nil }) {
+        if units[0..<n].contains(where: { $0 == nil }) || !anyRead() {
             guard layout.parityUnits > 0 else { throw unreadable("cannot be read and has no parity") }
             await fetch(Array(n..<width))
+            guard anyRead() else { throw unreadable("has no unit on any server") }
+            if !units[0..<n].contains(where: { $0 == nil }) { return units[0..<n].map { $0! } }
             let rebuilt: [[UInt8]]
             do { rebuilt = try code.reconstruct(units) } catch { throw unreadable("cannot be rebuilt") }
             noteDegraded("object \(object) group \(g) rebuilt from parity (\(problems.joined(separator: "; ")))")

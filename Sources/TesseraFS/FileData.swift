@@ -18,12 +18,18 @@
 // past `inlineLimit` moves them into a page (or the object), and the file is an object's
 // from then on, until it is truncated to nothing.
 //
-// The object exists on the servers only once made (`Cluster.create`): a read of one never
-// made fails, as a read of a freed one does, never zeros. A file read from an entry naming
-// data in its object has one. For a new one, a CREATE is started (not awaited) as soon as
-// the file's bytes leave the entry (`startCreate`), so it travels beside the first writes;
-// it is awaited (`objectMade`) before anything reads the object and before a flush returns,
-// so an entry stored after a flush, and an fsync's SYNC, find it made.
+// The object exists on a server only once made there, by a CREATE or a unit write: a read
+// of one never made fails, as a read of a freed one does, never zeros. A file read from an
+// entry naming data in its object has one, but an object from the S3 writer exists only on
+// the servers its writes reached: its units elsewhere lie wholly past its end, which the
+// file's reads and partial writes pass as the object's size (`stored`; Objects.swift).
+// So before the file first reaches past where its object is known to exist (`made`: the
+// size it had when opened; 0 for a new file), by a write or a truncation, a CREATE makes
+// it on every server. It is started (not awaited) at once (`startCreate`), so it travels
+// beside the first writes; it is awaited (`objectMade`) before anything reads the object
+// there and before a flush returns, so an entry stored after a flush, and an fsync's SYNC,
+// find it made. A file changed only within that size sends no CREATE: one would make a
+// freed object exist again, and its writes then succeed where they must fail.
 //
 // A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time.
 import Glibc
@@ -166,8 +172,9 @@ final class FileData: @unchecked Sendable {
     private(set) var inline: [UInt8]?
     /// The largest file kept in its entry; 0: none.
     let inlineLimit: Int
-    /// The object is known to exist on the servers (see the header).
-    private var created: Bool
+    /// The object is known to exist on every server where it has a unit below this offset;
+    /// `.max` once made on every server (see the header).
+    private var made: UInt64
     /// The CREATE of the object, in flight.
     private var creating: Task<Void, Error>?
     var groupSize: Int { cluster.layout.groupSize }
@@ -190,36 +197,42 @@ final class FileData: @unchecked Sendable {
             self.inline = size == 0 && inlineLimit > 0 ? [] : nil
             stored = size
         }
-        created = stored > 0
+        made = stored
     }
 
     // MARK: The object's existence
 
-    /// Starts the object's CREATE if it may not exist yet and none is in flight.
+    /// Starts the object's CREATE if the file reaches past where the object is known to
+    /// exist and none is in flight.
     private func startCreate() {
-        guard !created, creating == nil else { return }
-        let (cluster, fid) = (self.cluster, self.fid)
-        creating = Task { try await cluster.create(fid) }
+        if inline == nil && size > made { _ = creation() }
     }
 
-    /// Returns once the object exists (a CREATE started if none was); a failed CREATE throws
-    /// and is sent again next time.
-    private func objectMade() async throws {
-        guard !created else { return }
-        startCreate()
-        do { try await creating!.value } catch {
+    /// Returns once the object exists wherever it has a unit below `end` (a CREATE started
+    /// if one is needed and none was); a failed CREATE throws and is sent again next time.
+    private func objectMade(below end: UInt64) async throws {
+        guard end > made else { return }
+        do { try await creation().value } catch {
             creating = nil
             throw error
         }
-        created = true
+        made = .max
         creating = nil
     }
 
-    /// What a read of the object must wait for first: the CREATE in flight, if any.
-    private func pendingCreate() -> Task<Void, Error>? {
-        guard !created else { return nil }
-        startCreate()
-        return creating
+    /// What a read of the object below `end` must wait for first: the CREATE, if one is
+    /// needed (started if none is in flight).
+    private func pendingCreate(below end: UInt64) -> Task<Void, Error>? {
+        end > made ? creation() : nil
+    }
+
+    /// The CREATE in flight, started if none is.
+    private func creation() -> Task<Void, Error> {
+        if let creating { return creating }
+        let (cluster, fid) = (self.cluster, self.fid)
+        let t = Task { try await cluster.create(fid) }
+        creating = t
+        return t
     }
 
     // MARK: Data in the entry
@@ -232,8 +245,8 @@ final class FileData: @unchecked Sendable {
     func spill() async throws {
         guard let bytes = inline, !spillResident() else { return }
         inline = nil
-        try await objectMade()
-        try await cluster.write(fid, at: 0, bytes)
+        try await objectMade(below: UInt64(bytes.count))
+        try await cluster.write(fid, at: 0, bytes, size: stored)
         stored = UInt64(bytes.count)
     }
 
@@ -293,8 +306,8 @@ final class FileData: @unchecked Sendable {
                 if inGroup + n == groupSize { try await startFlush(g) }
             } else {
                 try await flushing[g]?.value
-                try await objectMade()
-                try await cluster.write(fid, at: at, Array(piece))
+                try await objectMade(below: at + UInt64(n))
+                try await cluster.write(fid, at: at, Array(piece), size: stored)
                 stored = max(stored, at + UInt64(n))
                 size = max(size, at + UInt64(n))
             }
@@ -354,14 +367,15 @@ final class FileData: @unchecked Sendable {
         let start = g * UInt64(groupSize)
         let n = start < stored ? Int(min(UInt64(groupSize), stored - start)) : 0
         let (cluster, fid, budget, groupSize) = (self.cluster, self.fid, self.budget, self.groupSize)
-        let made = n > 0 ? pendingCreate() : nil
+        let made = n > 0 ? pendingCreate(below: start + UInt64(n)) : nil
+        let stored = self.stored
         return Task {
             // Its first n bytes count as used at once: a read that fails may fill part of them.
             let p = Page(size: groupSize, pool: budget.pool, filling: n)
             guard n > 0 else { return p }
             do {
                 try await made?.value
-                try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]))
+                try await cluster.read(fid, at: start, into: UnsafeMutableRawBufferPointer(rebasing: p.bytes[0..<n]), size: stored)
                 return p
             } catch {
                 budget.give(groupSize)
@@ -423,10 +437,10 @@ final class FileData: @unchecked Sendable {
     /// all the file's data, not yet durable (the caller's SYNC, or a sync-wait request to
     /// the same servers, makes it so), or durable with `syncWait` (each write waits for
     /// LOGGED; earlier write-outs still in flight do not, the caller's SYNC covers them).
-    /// The object is made first if the file has bytes outside its entry (a file grown by a
-    /// truncation names its object with no write).
+    /// The object is made on every server first if the file reaches past where it is known
+    /// to exist (a file grown by a truncation names its object with no write).
     func flush(syncWait: Bool = false) async throws {
-        if inline == nil && size > 0 { startCreate() }
+        startCreate()
         let dirty = pages.keys.sorted().filter { pages[$0]!.dirty }
         // One page to write and nothing else in flight (a close after small writes): sent
         // from this task, with no task of its own to start and wait for.
@@ -438,7 +452,7 @@ final class FileData: @unchecked Sendable {
             for g in dirty { try await startFlush(g, keep: true, syncWait: syncWait) }
             try await waitForWriteOuts()
         }
-        if creating != nil { try await objectMade() }
+        if creating != nil { try await objectMade(below: .max) }
     }
 
     // MARK: Reads
@@ -469,8 +483,8 @@ final class FileData: @unchecked Sendable {
                 try await flushing.removeValue(forKey: g)?.value
                 let fromObject = Int(min(UInt64(n), stored > at ? stored - at : 0))
                 if fromObject > 0 {
-                    try await objectMade()
-                    try await cluster.read(fid, at: at, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<fromObject]))
+                    try await objectMade(below: at + UInt64(fromObject))
+                    try await cluster.read(fid, at: at, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<fromObject]), size: stored)
                 }
                 if fromObject < n { UnsafeMutableRawBufferPointer(rebasing: out[fromObject...]).initializeMemory(as: UInt8.self, repeating: 0) }
             }
@@ -534,11 +548,10 @@ final class FileData: @unchecked Sendable {
         if inline != nil {
             guard fitsInline(newSize) else { return false }
             inline!.append(contentsOf: repeatElement(0, count: Int(newSize - size)))
-        } else if newSize > 0 {
-            startCreate()  // an entry may name the object with this size before any write
         }
         size = newSize
         changed = true
+        startCreate()  // an entry may name the object with this size before any write
         return true
     }
 
@@ -582,15 +595,15 @@ final class FileData: @unchecked Sendable {
                 try await waitForWriteOuts()
                 let from = cutInPage ? (partial! + 1) * gs : newSize
                 if stored > from {
-                    try await objectMade()
-                    try await cluster.free(fid, at: from, length: stored - from)
+                    try await objectMade(below: stored)
+                    try await cluster.free(fid, at: from, length: stored - from, size: stored)
                 }
                 stored = cutInPage ? min(stored, (partial! + 1) * gs) : newSize
             }
         }
         size = newSize
         changed = true
-        if inline == nil && newSize > 0 { startCreate() }
+        startCreate()
         if newSize == 0 && stored == 0 && inlineLimit > 0 && pages.isEmpty && flushing.isEmpty && loading.isEmpty { inline = [] }
     }
 

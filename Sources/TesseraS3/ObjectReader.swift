@@ -1,5 +1,7 @@
 // Reads ranges of an S3 object: one striped object, the parts of a multipart one laid end
-// to end, or the bytes kept in the record itself (a small file the mount wrote).
+// to end, or the bytes kept in the record itself (a small file the mount wrote). Every read
+// passes the object's (or part's) size: the S3 writer makes an object only on the servers
+// its writes reach (ObjectWriter.swift).
 import Crypto
 import TesseraClient
 import TesseraCore
@@ -30,7 +32,7 @@ public struct ObjectReader: Sendable {
         guard offset < record.size else { return [] }
         let n = Int(min(UInt64(length), record.size - offset))
         if let data = record.inline { return Array(data[Int(offset)..<(Int(offset) + n)]) }
-        if parts.isEmpty { return try await cluster.read(record.fid, at: offset, length: n) }
+        if parts.isEmpty { return try await cluster.read(record.fid, at: offset, length: n, size: record.size) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(n, 1), alignment: 16)
         defer { buffer.deallocate() }
         try await read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
@@ -45,14 +47,14 @@ public struct ObjectReader: Sendable {
             data.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<(Int(offset) + buffer.count)])) }
             return
         }
-        if parts.isEmpty { return try await cluster.read(record.fid, at: offset, into: buffer) }
+        if parts.isEmpty { return try await cluster.read(record.fid, at: offset, into: buffer, size: record.size) }
         var at = offset
         var filled = 0
         // Parts lie end to end: walk from the first that ends after `offset`.
         for (start, p) in parts where start + p.size > at && filled < buffer.count {
             let inPart = at - start
             let take = Int(min(UInt64(buffer.count - filled), p.size - inPart))
-            try await cluster.read(p.fid, at: inPart, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + take)]))
+            try await cluster.read(p.fid, at: inPart, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + take)]), size: p.size)
             filled += take
             at += UInt64(take)
         }

@@ -227,6 +227,43 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         await cluster.close()
     }
 
+    /// A new object written from its start with no CREATE, as the S3 writer does, exists
+    /// only where its writes went; read with its size, its units elsewhere (past its end)
+    /// are zeros, so it reads whole with the server of its data down.
+    @Test func anObjectWrittenWithoutCreateReadsWholeWithAServerDown() async throws {
+        let up = try UpCluster()
+        let unit = 64 << 10
+        let object = Fid(hi: 10, lo: 1)
+        // Group 0 of a 5000-byte object: unit 0 on server 0 and parity on server 2 are
+        // written; server 1, which holds unit 1, never hears of the object.
+        let small = pattern(5000, seed: 4)
+        let writer = try Cluster(config: try up.config())
+        try await writer.write(object, at: 0, small, unwritten: true)
+        try await writer.sync()
+        await writer.close()
+        up.kill9(0)
+        let reader = try Cluster(config: try up.config())
+        #expect(try await reader.read(object, at: 0, length: small.count, size: UInt64(small.count)) == small)
+        #expect(try await reader.read(object, at: 100, length: 10, size: UInt64(small.count)) == Array(small[100..<110]))
+        #expect(reader.degradedReads > 0, "unit 0 was rebuilt from parity")
+        // Without its size, or with one past unit 1's start, unit 1 is missing as well: two
+        // units of three, too few to rebuild from.
+        await expectNotFound(object, "read without its size") { _ = try await reader.read(object, at: 0, length: small.count) }
+        await expectNotFound(object, "read with a size past unit 1's start") {
+            _ = try await reader.read(object, at: 0, length: small.count, size: UInt64(unit + 1))
+        }
+        await reader.close()
+        // Deleted, no server has a unit of it: not found, whatever size the reader passes.
+        #expect(try tessera(["up", "--dir", up.dir]).0 == 0)
+        let again = try Cluster(config: try up.config())
+        try await again.delete(object)
+        await expectNotFound(object, "deleted") { _ = try await again.read(object, at: 0, length: small.count, size: UInt64(small.count)) }
+        await expectNotFound(object, "deleted, read past its end") {
+            _ = try await again.read(object, at: UInt64(unit), length: 10, size: UInt64(small.count))
+        }
+        await again.close()
+    }
+
     @Test func anObjectWhoseCreateMissedAServerStillReadsWhole() async throws {
         let up = try UpCluster()
         let unit = 64 << 10

@@ -47,6 +47,48 @@ import TesseraS3
         await cluster.stop()
     }
 
+    /// A file whose object came from the S3 writer, which makes it only on the servers its
+    /// writes reached: it reads whole, takes changes within its size with no CREATE (the
+    /// freed-object test above fails if one goes out), and written past its end it is
+    /// made on every server first, so the hole in between reads as zeros from each.
+    @Test func aFileFromTheS3WriterIsMadeEverywhereBeforeItGrows() async throws {
+        let cluster = try await InProcessCluster()
+        let store = S3Store(cluster: try Cluster(config: cluster.config), sessions: LocalSessions(table: cluster.sessionTable))
+        let bucket = try await store.createBucket("grow", owner: "owner")
+        let w = try await store.newObject(for: .object(bucket: "grow", key: "s3"))
+        let body = pattern(7, 5000)
+        try await w.write(body)
+        let size = try await w.finish()
+        try await store.commit("grow", bucket, "s3", ObjectRecord(fid: w.fid, size: size, modified: S3Store.now(), etag: "e", attributes: []))
+        await store.cluster.close()
+        // Unit 1 of group 0 (bytes 64 KiB to 128 KiB) lies on server 1, which has no such object.
+        let probe = try Cluster(config: cluster.config)
+        _ = try await probe.read(w.fid, at: 65536, length: 10)
+        #expect(probe.degradedReads == 1, "server 1 has the object already: nothing here tests the CREATE")
+
+        let (client, fs) = try await cluster.mount(bucket: "grow", inlineLimit: 0)
+        let ino = try await fs.lookup(FileSystem.rootIno, Array("s3".utf8)).ino
+        let r = try await fs.open(ino, flags: O_RDONLY).handle
+        #expect(try await fs.read(r, at: 0, count: 10_000) == body)
+        try await fs.release(r)
+        let h = try await fs.open(ino, flags: O_RDWR).handle
+        _ = try await fs.write(h, at: 200_000, bytes: [5])
+        try await fs.release(h)
+        await fs.flushAll()
+        let before = probe.degradedReads
+        #expect(try await probe.read(w.fid, at: 65536, length: 10) == [UInt8](repeating: 0, count: 10))
+        #expect(probe.degradedReads == before, "the hole was rebuilt: server 1 still has no such object")
+        let g = try await fs.open(ino, flags: O_RDONLY).handle
+        #expect(try await fs.read(g, at: 0, count: 5000) == body)
+        #expect(try await fs.read(g, at: 5000, count: 195_000) == [UInt8](repeating: 0, count: 195_000))
+        #expect(try await fs.read(g, at: 200_000, count: 10) == [5])
+        try await fs.release(g)
+        #expect(client.degradedReads == 0)
+        await probe.close()
+        await client.close()
+        await cluster.stop()
+    }
+
     /// With files kept in their entries (the default) and without (every file's bytes in
     /// its object from the start).
     @Test(arguments: [nil, 0]) func newObjectsExistBeforeTheirHolesAreRead(inlineLimit: Int?) async throws {
