@@ -89,6 +89,35 @@ import TesseraS3
         await cluster.stop()
     }
 
+    /// A file written in order makes its object only where its writes go, as the S3 writer
+    /// does: no CREATE (server 1, which holds no unit of a 5000-byte file, has no such
+    /// object), and its reads pass its size, so it still reads whole with the server of its
+    /// data down.
+    @Test func aFileWrittenInOrderSendsNoCreateAndReadsWithAServerDown() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, fs) = try await cluster.mount(bucket: "order", inlineLimit: 0)
+        let body = pattern(3, 5000)
+        let (a, h) = try await fs.create(FileSystem.rootIno, Array("f".utf8), mode: 0o644, flags: O_RDWR, caller: .root)
+        _ = try await fs.write(h, at: 0, bytes: Array(body[0..<3000]))
+        try await fs.flush(h)
+        _ = try await fs.write(h, at: 3000, bytes: Array(body[3000...]))
+        try await fs.release(h)
+        await fs.flushAll()
+        let bucket = try #require(try await fs.store.bucket("order"))
+        let fid = try #require(try await fs.store.entry(bucket, "f")).fid
+        let probe = try Cluster(config: cluster.config)
+        _ = try await probe.read(fid, at: 65536, length: 10)
+        #expect(probe.degradedReads == 1, "server 1 has the object: a CREATE went out")
+        await probe.close()
+        await cluster.servers[0].shutdown(drain: .seconds(1))
+        let r = try await fs.open(a.ino, flags: O_RDONLY).handle
+        #expect(try await fs.read(r, at: 0, count: 10_000) == body)
+        try await fs.release(r)
+        #expect(client.degradedReads > 0, "unit 0 was rebuilt from parity")
+        await client.close()
+        await cluster.stop()
+    }
+
     /// With files kept in their entries (the default) and without (every file's bytes in
     /// its object from the start).
     @Test(arguments: [nil, 0]) func newObjectsExistBeforeTheirHolesAreRead(inlineLimit: Int?) async throws {
