@@ -19,8 +19,12 @@ struct FrameAccumulator {
 
     /// Takes `incoming` and calls `each` with every frame now whole, in order: its header and
     /// its body (a slice of the received bytes, valid beyond the call only if kept). `each`
-    /// returns false to stop: the connection is closing and the rest is dropped.
-    mutating func receive(_ incoming: ByteBuffer, _ each: (Frame.Header, ByteBuffer) throws -> Bool) throws {
+    /// returns false to stop: the connection is closing and the rest is dropped. A header
+    /// declaring a body longer than `maxBody()` (asked anew for each frame) is an error as
+    /// soon as the header is here, before any of that body is held.
+    mutating func receive(
+        _ incoming: ByteBuffer, maxBody: () -> Int = { Frame.maxBody }, _ each: (Frame.Header, ByteBuffer) throws -> Bool
+    ) throws {
         var buffer: ByteBuffer
         if var h = held {
             held = nil
@@ -29,7 +33,7 @@ struct FrameAccumulator {
         } else {
             buffer = incoming
         }
-        while let (header, body) = try Self.takeSlice(from: &buffer) {
+        while let (header, body) = try Self.takeSlice(from: &buffer, maxBody: maxBody()) {
             guard try each(header, body) else { return }
         }
         if buffer.readableBytes > 0 {
@@ -68,9 +72,13 @@ struct FrameAccumulator {
     }
 
     /// Takes one whole frame's header and its body as a slice of `buffer` (no copy), or
-    /// nothing if the frame is not all there yet.
-    static func takeSlice(from buffer: inout ByteBuffer) throws -> (Frame.Header, ByteBuffer)? {
-        guard let header = try header(of: buffer), buffer.readableBytes >= Frame.headerSize + header.bodyLength else { return nil }
+    /// nothing if the frame is not all there yet; a body longer than `maxBody` is an error.
+    static func takeSlice(from buffer: inout ByteBuffer, maxBody: Int = Frame.maxBody) throws -> (Frame.Header, ByteBuffer)? {
+        guard let header = try header(of: buffer) else { return nil }
+        guard header.bodyLength <= maxBody else {
+            throw TesseraError(.tooLarge, "a \(header.kind) frame of \(header.bodyLength) bytes exceeds the \(maxBody)-byte limit here")
+        }
+        guard buffer.readableBytes >= Frame.headerSize + header.bodyLength else { return nil }
         buffer.moveReaderIndex(forwardBy: Frame.headerSize)
         return (header, buffer.readSlice(length: header.bodyLength)!)
     }

@@ -41,6 +41,9 @@ struct ServerHandshake {
 
     let secret: String
     private(set) var state = State.awaitingHello
+    /// The largest body of a handshake step (a nonce, a proof): a peer that has not proven
+    /// the secret may send no larger frame.
+    static let maxStep = 32
 
     init(secret: String) { self.secret = secret }
 

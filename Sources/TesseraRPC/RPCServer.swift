@@ -1,10 +1,31 @@
 // The RPC server: accepts connections, runs the handshake, decodes requests, hands them to
 // a RequestHandler, and writes responses as they complete (out of order).
+//
+// Bounded against peers that do not play along (RPCLimits): before a connection has proven
+// the cluster secret it may send nothing larger than a handshake step, must finish within
+// the handshake deadline, and counts against a small limit of connections in the
+// handshake; a connection past the limits is closed as it is accepted. A connection whose
+// replies are not being read stops having its requests read.
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import TesseraCore
+
+/// What an RPC endpoint admits.
+public struct RPCLimits: Sendable {
+    /// Time a new connection has to prove the cluster secret before it is dropped.
+    public var handshakeDeadline: Duration = .seconds(10)
+    /// Connections still in the handshake at once; more are closed as they are accepted.
+    public var maxHandshaking = 64
+    /// Connections at once; more are closed as they are accepted.
+    public var maxConnections = 4096
+    /// Reply bytes a connection may have queued for sending, or promised to READs in
+    /// progress, before its requests stop being read (until half of it is left).
+    public var maxReplyBytes = 64 << 20
+
+    public init() {}
+}
 
 /// One listening RPC endpoint.
 public final class RPCServer: Sendable {
@@ -15,23 +36,31 @@ public final class RPCServer: Sendable {
     /// Binds `host:port` (port 0 picks a free one) and starts serving `handler`.
     public static func start(
         host: String, port: Int, secret: String, handler: RequestHandler, group: EventLoopGroup,
-        logger: Logger = Logger(label: "tessera.rpc")
+        limits: RPCLimits = RPCLimits(), logger: Logger = Logger(label: "tessera.rpc")
     ) async throws -> RPCServer {
         let connections = ConnectionSet()
+        let high = highWater(limits)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: high / 2, high: high))
             .childChannelInitializer { channel in
-                connections.insert(channel)
+                guard connections.admit(channel, limits) else {
+                    logger.debug("refused a connection from \(channel.remoteAddress?.description ?? "?"): at the connection limits")
+                    return channel.close()
+                }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        ServerConnectionHandler(secret: secret, handler: handler, connections: connections, logger: logger))
+                        ServerConnectionHandler(secret: secret, handler: handler, connections: connections, limits: limits, logger: logger))
                 }
             }
             .bind(host: host, port: port).get()
         return RPCServer(channel: channel, connections: connections)
     }
+
+    /// Unwritable past a quarter of the reply budget: the connection stops reading.
+    static func highWater(_ limits: RPCLimits) -> Int { max(limits.maxReplyBytes / 4, 64 << 10) }
 
     private init(channel: Channel, connections: ConnectionSet) {
         serverChannel = channel
@@ -41,6 +70,18 @@ public final class RPCServer: Sendable {
 
     /// Connections open now.
     public var connectionCount: Int { connections.all.count }
+
+    /// Connections that have not finished the handshake.
+    public var handshakingCount: Int { connections.handshakingCount }
+
+    /// Per connection, the reply bytes waiting to be sent.
+    public func unsentReplyBytes() async -> [Int] {
+        var out: [Int] = []
+        for c in connections.all {
+            if let n = try? await c.getOption(.bufferedWritableBytes).get() { out.append(n) }
+        }
+        return out
+    }
 
     /// Stops accepting, lets requests in progress finish (up to `drain`), then closes every
     /// connection.
@@ -59,12 +100,35 @@ final class ConnectionSet: @unchecked Sendable {
     // SAFETY: all state is touched only under `lock`.
     private let lock = NIOLock()
     private var channels: [ObjectIdentifier: Channel] = [:]
+    /// Connections that have not finished the handshake.
+    private var handshaking: Set<ObjectIdentifier> = []
     private var running = 0
 
-    func insert(_ c: Channel) {
-        lock.withLock { channels[ObjectIdentifier(c)] = c }
-        c.closeFuture.whenComplete { [self] _ in lock.withLock { _ = channels.removeValue(forKey: ObjectIdentifier(c)) } }
+    /// Takes `c` in, still in the handshake, unless that passes a limit (false: the caller
+    /// closes it).
+    func admit(_ c: Channel, _ limits: RPCLimits) -> Bool {
+        let id = ObjectIdentifier(c)
+        let admitted = lock.withLock { () -> Bool in
+            guard channels.count < limits.maxConnections, handshaking.count < limits.maxHandshaking else { return false }
+            channels[id] = c
+            handshaking.insert(id)
+            return true
+        }
+        guard admitted else { return false }
+        c.closeFuture.whenComplete { [self] _ in
+            lock.withLock {
+                channels[id] = nil
+                handshaking.remove(id)
+            }
+        }
+        return true
     }
+
+    /// `c` proved the cluster secret.
+    func authenticated(_ c: Channel) { _ = lock.withLock { handshaking.remove(ObjectIdentifier(c)) } }
+
+    /// Connections that have not finished the handshake.
+    var handshakingCount: Int { lock.withLock { handshaking.count } }
 
     var all: [Channel] { lock.withLock { Array(channels.values) } }
     var inFlight: Int { lock.withLock { running } }
@@ -86,11 +150,19 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     private var scratch = WireWriter(capacity: 256)
     private let handler: RequestHandler
     private let connections: ConnectionSet
+    private let limits: RPCLimits
     private let logger: Logger
-    /// Requests of this connection whose replies are not yet written. Past `pauseAt`, the
-    /// connection stops reading until it is back under `resumeAt`: a peer that sends without
-    /// reading cannot make the server buffer without bound.
+    /// Drops the connection if the handshake is not done by then.
+    private var handshakeDeadline: Scheduled<Void>?
+    /// Requests of this connection whose replies are not yet written, and the bytes their
+    /// READs will reply with. Past `pauseAt` requests or the reply budget, the connection
+    /// stops reading until it is back under `resumeAt` and half the budget: a peer that
+    /// sends without reading cannot make the server buffer without bound. So does a channel
+    /// holding more unsent bytes than its high water mark.
     private var unanswered = 0
+    private var promised = 0
+    private var pausedForReplies = false
+    private var reading = true
     /// Replies answered on the event loop during this read burst, written together in
     /// `channelReadComplete`.
     private var burst: ByteBuffer?
@@ -103,18 +175,46 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     }
     private static let pauseAt = 256
     private static let resumeAt = 128
+    /// Requests answered on the event loop between two checks of the reply bounds.
+    private static let answerChunk = 64
+    /// Within `answerQueued` (which `updateReading` may otherwise enter again).
+    private var answering = false
+    /// The handler's context while it is in the pipeline: `updateReading` answers what
+    /// waits once the bounds allow.
+    private var context: ChannelHandlerContext?
+    /// The channel's high water mark (`RPCServer.start`).
+    private var replyHighWater: Int { RPCServer.highWater(limits) }
 
-    init(secret: String, handler: RequestHandler, connections: ConnectionSet, logger: Logger) {
+    init(secret: String, handler: RequestHandler, connections: ConnectionSet, limits: RPCLimits, logger: Logger) {
         handshake = ServerHandshake(secret: secret)
         self.handler = handler
         self.connections = connections
+        self.limits = limits
         self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let channel = context.channel
+        let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let limit = limits.handshakeDeadline
+        handshakeDeadline = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit.components.seconds) * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000)) {
+            guard !this.value.handshake.isReady else { return }
+            this.value.logger.debug("dropping connection from \(channel.remoteAddress?.description ?? "?"): no handshake within \(limit)")
+            channel.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        handshakeDeadline?.cancel()
+        self.context = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !refused else { return }
         do {
-            try frames.receive(unwrapInboundIn(data)) { header, body in
+            // Until the peer has proven the secret, nothing larger than a handshake step.
+            try frames.receive(unwrapInboundIn(data), maxBody: { handshake.isReady ? Frame.maxBody : ServerHandshake.maxStep }) { header, body in
                 received(context, header, body)
                 return !refused
             }
@@ -130,7 +230,12 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     private func received(_ context: ChannelHandlerContext, _ header: Frame.Header, _ body: ByteBuffer) {
         guard handshake.isReady else {
             switch handshake.receive(Frame(header, body)) {
-            case .send(let reply), .ready(let reply):
+            case .send(let reply):
+                _ = context.writeFrameAndFlush(reply)
+            case .ready(let reply):
+                handshakeDeadline?.cancel()
+                handshakeDeadline = nil
+                connections.authenticated(context.channel)
                 _ = context.writeFrameAndFlush(reply)
             case .refuse(let status, let message):
                 refuse(context, status, message)
@@ -151,23 +256,46 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         if queued.count >= Self.pauseAt { answerQueued(context) }
     }
 
-    /// Answers the requests of this read burst in arrival order: runs that need no waiting
-    /// go to the handler together (`handleImmediately`), and each request that must wait
-    /// starts its own task once everything before it is answered.
+    /// Answers the requests decoded so far in arrival order: runs that need no waiting go
+    /// to the handler together (`handleImmediately`, `answerChunk` at a time), and each
+    /// request that must wait starts its own task once everything before it is answered.
+    /// While the replies owed are past their bounds (`mayAnswer`) it stops, and the rest
+    /// wait here, in arrival order, until `updateReading` finds them back within bounds.
     private func answerQueued(_ context: ChannelHandlerContext) {
-        guard !queued.isEmpty else { return }
-        let requests = queued.map(\.request)
+        guard !queued.isEmpty, !answering else { return }
+        answering = true
+        defer { answering = false }
         var i = 0
-        while i < requests.count {
-            let answered = handler.handleImmediately(requests[i...])
+        while i < queued.count {
+            if !mayAnswer(context.channel) {
+                // Replies of this burst past the bound: sent now, then look again (the
+                // socket may take them all); else what stopped it resumes it.
+                guard burst != nil else { break }
+                flushBurst(context)
+                continue
+            }
+            let run = queued[i..<min(queued.count, i + Self.answerChunk)].map(\.request)
+            let answered = handler.handleImmediately(run[...])
             for (k, response) in answered.enumerated() { reply(context, response, id: queued[i + k].id) }
             i += answered.count
-            if i < requests.count {
+            if answered.count < run.count {
                 start(context, queued[i])
                 i += 1
             }
         }
-        queued.removeAll(keepingCapacity: true)
+        queued.removeFirst(i)
+    }
+
+    /// Whether more requests may be answered now: the replies owed, the bytes waiting to be
+    /// sent and those answered during this burst are within bounds.
+    private func mayAnswer(_ channel: Channel) -> Bool {
+        !pausedForReplies && channel.isWritable && (burst?.readableBytes ?? 0) < replyHighWater
+    }
+
+    private func flushBurst(_ context: ChannelHandlerContext) {
+        guard let out = burst else { return }
+        burst = nil
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
     }
 
     /// Runs a request that must wait (a sync-wait change, IO, SYNC) in a task of its own.
@@ -177,24 +305,48 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         let handler = self.handler
         let connections = self.connections
         let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bytes = q.request.readLength ?? 0
         unanswered += 1
-        if unanswered == Self.pauseAt { _ = channel.setOption(.autoRead, value: false) }
+        promised += bytes
+        updateReading(channel)
         connections.started()
         Task {
             defer { connections.finished() }
             let out = await WaitedReply.frame(to: q.request, id: q.id, handler, deadline: deadline, allocator: channel.allocator)
             channel.writeAndFlush(out).whenComplete { _ in
-                this.value.answered(channel)
+                this.value.answered(channel, bytes)
             }
         }
     }
 
-    private func answered(_ channel: Channel) {
+    private func answered(_ channel: Channel, _ bytes: Int) {
         unanswered -= 1
-        if unanswered == Self.resumeAt - 1 {
-            _ = channel.setOption(.autoRead, value: true)
-            channel.read()
+        promised -= bytes
+        updateReading(channel)
+    }
+
+    /// Answers what waits and reads requests only while the replies owed and the bytes
+    /// waiting to be sent are within bounds (see `unanswered`).
+    private func updateReading(_ channel: Channel) {
+        if unanswered >= Self.pauseAt || promised >= limits.maxReplyBytes {
+            pausedForReplies = true
+        } else if unanswered < Self.resumeAt && promised <= limits.maxReplyBytes / 2 {
+            pausedForReplies = false
         }
+        if !queued.isEmpty, !answering, mayAnswer(channel), let context {
+            answerQueued(context)
+            flushBurst(context)
+        }
+        let read = !pausedForReplies && channel.isWritable && queued.isEmpty
+        guard read != reading else { return }
+        reading = read
+        _ = channel.setOption(.autoRead, value: read)
+        if read { channel.read() }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        updateReading(context.channel)
+        context.fireChannelWritabilityChanged()
     }
 
     /// Answers on this thread: the reply joins the burst, written once the read burst ends.
@@ -205,10 +357,8 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelReadComplete(context: ChannelHandlerContext) {
         answerQueued(context)
-        if let out = burst {
-            burst = nil
-            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        }
+        flushBurst(context)
+        updateReading(context.channel)
         context.fireChannelReadComplete()
     }
 

@@ -6,45 +6,6 @@ import Testing
 import TesseraCore
 @testable import TesseraRPC
 
-/// A blocking loopback TCP socket for throwing raw bytes.
-struct RawSocket {
-    let fd: Int32
-
-    init?(port: Int) {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        if ok != 0 {
-            Glibc.close(fd)
-            return nil
-        }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-    }
-
-    /// Sends all bytes; false once the peer has closed.
-    func send(_ bytes: [UInt8]) -> Bool {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { return false }
-            done += n
-        }
-        return true
-    }
-
-    /// Reads whatever is waiting without blocking.
-    func drain() {
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while recv(fd, &buf, buf.count, Int32(MSG_DONTWAIT)) > 0 {}
-    }
-
-    func close() { Glibc.close(fd) }
-}
-
 @Suite struct FuzzTests {
     static func validRequests() -> [[UInt8]] {
         let fid = Fid(hi: 77, lo: 1)
@@ -117,7 +78,7 @@ struct RawSocket {
         let hello = Frame(kind: .hello, body: [UInt8](repeating: 1, count: 32)).encode()
         var connections = 0
         while thrown < 102_000 {
-            guard let s = RawSocket(port: live.port) else { Issue.record("server stopped accepting"); break }
+            guard let s = try? RawPeer(port: live.port) else { Issue.record("server stopped accepting"); break }
             connections += 1
             for _ in 0..<Int.random(in: 1...8, using: &rng) {
                 let base = [goodFrame, hello, Frame(kind: .proof, body: [1]).encode()].randomElement(using: &rng)!

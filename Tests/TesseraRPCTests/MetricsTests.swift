@@ -9,7 +9,7 @@ import TesseraServices
 @Suite struct MetricsTests {
     /// GET `path` from loopback `port` with a raw socket; returns the whole response.
     static func httpGet(port: Int, path: String) -> String {
-        guard let s = RawSocket(port: port) else { return "" }
+        guard let s = try? RawPeer(port: port) else { return "" }
         defer { s.close() }
         _ = s.send(Array("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
         var out: [UInt8] = []

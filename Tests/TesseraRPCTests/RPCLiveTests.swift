@@ -17,7 +17,7 @@ final class LiveServer: @unchecked Sendable {
     let server: RPCServer
     var port: Int { server.port }
 
-    init(handler: ((Engine) -> RequestHandler)? = nil) async throws {
+    init(handler: ((Engine) -> RequestHandler)? = nil, limits: RPCLimits = RPCLimits()) async throws {
         var template = Array((NSTemporaryDirectory() + "/tessera-rpc-XXXXXX").utf8CString)
         dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
         _ = try Engine.format(path: dir + "/meta.img", size: 64 << 20, pageSize: 4096, logSize: 4 << 20)
@@ -25,7 +25,7 @@ final class LiveServer: @unchecked Sendable {
         o.logger.logLevel = .warning
         engine = try Engine.open(path: dir + "/meta.img", options: o)
         let h = handler?(engine) ?? ServerNode(engine: engine)
-        server = try await RPCServer.start(host: "127.0.0.1", port: 0, secret: LiveServer.secret, handler: h, group: MultiThreadedEventLoopGroup.singleton)
+        server = try await RPCServer.start(host: "127.0.0.1", port: 0, secret: LiveServer.secret, handler: h, group: MultiThreadedEventLoopGroup.singleton, limits: limits)
     }
 
     func client(secret: String = LiveServer.secret, deadline: Duration = .seconds(30)) async throws -> RPCClient {
