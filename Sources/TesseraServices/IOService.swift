@@ -317,33 +317,38 @@ public final class IOService: @unchecked Sendable {
     /// Reads `buffer.count` bytes at `offset` into `buffer` (a server's outgoing frame), with
     /// the same checks. On a throw the buffer's contents are unspecified.
     ///
-    /// Existence is checked after the data is read: a delete removes the record in its first
-    /// transaction, before it unmaps anything, so a read that raced it and found some of
-    /// the range unmapped (zeros) sees the record gone and fails.
+    /// Existence is checked after the data is read, and only if the range held a hole: a
+    /// range all of whose blocks are mapped belongs to a cob that exists, or to one whose
+    /// delete has begun and not yet unmapped it (the read then comes before the delete). A
+    /// delete removes the record in its first transaction, before it unmaps anything, so a
+    /// read that raced it and found some of the range unmapped (zeros) sees the record gone
+    /// and fails, as does any read of a cob deleted or never made (all holes).
     public func read(cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
         try checkRange(offset, UInt64(out.count))
+        let holes: Bool
         do {
-            try readData(cob: cob, offset: offset, into: out)
+            holes = try readData(cob: cob, offset: offset, into: out)
         } catch let e as TesseraError where e.code == .checksum {
             // A checksum error on a cob deleted meanwhile (its blocks given out again).
             guard try exists(cob) else { throw notFound(cob) }
             throw e
         }
-        guard try exists(cob) else { throw notFound(cob) }
+        guard try !holes || exists(cob) else { throw notFound(cob) }
     }
 
     /// The bytes block `at` of `cob` holds now, for a write that covers part of it: zeros
     /// if it is a hole, or the cob does not exist yet (the write makes it).
     private func currentBlock(_ cob: Fid, at: UInt64) throws -> [UInt8] {
         try [UInt8](unsafeUninitializedCapacity: blockSize) { typed, initialized in
-            try readData(cob: cob, offset: at, into: UnsafeMutableRawBufferPointer(typed))
+            _ = try readData(cob: cob, offset: at, into: UnsafeMutableRawBufferPointer(typed))
             initialized = blockSize
         }
     }
 
-    private func readData(cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
+    /// Reads the range's bytes (zeros in holes); whether any of it was a hole.
+    private func readData(cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws -> Bool {
         let length = out.count
-        guard length > 0 else { return }
+        guard length > 0 else { return true }
         let bs = UInt64(blockSize)
         let end = offset + UInt64(length)
         var found = try extents(nil, cob: cob, from: offset / bs * bs, to: end)
@@ -356,18 +361,22 @@ public final class IOService: @unchecked Sendable {
                 found = again
             }
         }
-        try read(found, cob: cob, offset: offset, into: out)
+        return try read(found, cob: cob, offset: offset, into: out)
     }
 
-    private func read(_ found: [Extent], cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
+    private func read(_ found: [Extent], cob: Fid, offset: UInt64, into out: UnsafeMutableRawBufferPointer) throws -> Bool {
         let length = out.count
         let bs = UInt64(blockSize)
         let end = offset + UInt64(length)
         // Filled in offset order with no zeroing first: only the holes between extents are
         // cleared (a unit-sized reply is mostly data, and a memset of it costs a copy's time).
         var filled = offset
+        var holes = false
         func zero(to: UInt64) {
-            if to > filled { UnsafeMutableRawBufferPointer(rebasing: out[Int(filled - offset)..<Int(to - offset)]).initializeMemory(as: UInt8.self, repeating: 0) }
+            if to > filled {
+                UnsafeMutableRawBufferPointer(rebasing: out[Int(filled - offset)..<Int(to - offset)]).initializeMemory(as: UInt8.self, repeating: 0)
+                holes = true
+            }
             filled = max(filled, to)
         }
         for e in found.sorted(by: { $0.offset < $1.offset }) {
@@ -399,6 +408,7 @@ public final class IOService: @unchecked Sendable {
         }
         zero(to: end)
         lock.withLock { bytesRead += UInt64(length) }
+        return holes
     }
 
     // MARK: Free
