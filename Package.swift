@@ -98,12 +98,12 @@ let package = Package(
         .target(name: "TesseraFUSE", dependencies: ["CFuse", "TesseraFS", .product(name: "Logging", package: "swift-log")]),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
-        .target(name: "TesseraBench", dependencies: ["TesseraEngine", "CSQLite"]),
+        .target(name: "TesseraBench", dependencies: ["TesseraCore", "TesseraEngine", "CSQLite"]),
         // Layer 9: the `tessera` command.
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "CTesseraSupport", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraFS", "TesseraFUSE", "TesseraEtcd", "TesseraState",
+                "CTesseraSupport", "TesseraCore", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraFS", "TesseraFUSE", "TesseraEtcd", "TesseraState",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
