@@ -24,6 +24,10 @@ public struct RPCLimits: Sendable {
     /// progress, before its requests stop being read (until half of it is left).
     public var maxReplyBytes = 64 << 20
 
+    /// Reply bytes waiting to be sent past which a connection is unwritable, and stops
+    /// being read: a quarter of the budget.
+    var replyHighWater: Int { max(maxReplyBytes / 4, 64 << 10) }
+
     public init() {}
 }
 
@@ -39,7 +43,7 @@ public final class RPCServer: Sendable {
         limits: RPCLimits = RPCLimits(), logger: Logger = Logger(label: "tessera.rpc")
     ) async throws -> RPCServer {
         let connections = ConnectionSet()
-        let high = highWater(limits)
+        let high = limits.replyHighWater
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -58,9 +62,6 @@ public final class RPCServer: Sendable {
             .bind(host: host, port: port).get()
         return RPCServer(channel: channel, connections: connections)
     }
-
-    /// Unwritable past a quarter of the reply budget: the connection stops reading.
-    static func highWater(_ limits: RPCLimits) -> Int { max(limits.maxReplyBytes / 4, 64 << 10) }
 
     private init(channel: Channel, connections: ConnectionSet) {
         serverChannel = channel
@@ -182,8 +183,6 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     /// The handler's context while it is in the pipeline: `updateReading` answers what
     /// waits once the bounds allow.
     private var context: ChannelHandlerContext?
-    /// The channel's high water mark (`RPCServer.start`).
-    private var replyHighWater: Int { RPCServer.highWater(limits) }
 
     init(secret: String, handler: RequestHandler, connections: ConnectionSet, limits: RPCLimits, logger: Logger) {
         handshake = ServerHandshake(secret: secret)
@@ -289,7 +288,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
     /// Whether more requests may be answered now: the replies owed, the bytes waiting to be
     /// sent and those answered during this burst are within bounds.
     private func mayAnswer(_ channel: Channel) -> Bool {
-        !pausedForReplies && channel.isWritable && (burst?.readableBytes ?? 0) < replyHighWater
+        !pausedForReplies && channel.isWritable && (burst?.readableBytes ?? 0) < limits.replyHighWater
     }
 
     private func flushBurst(_ context: ChannelHandlerContext) {

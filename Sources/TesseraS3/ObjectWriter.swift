@@ -5,8 +5,9 @@
 // servers no write reached lie wholly past its end, so a reader that passes the object's
 // size takes them as zeros (Objects.swift). A CREATE there would cost a 4 KiB PUT one
 // request and one log flush more on the server its writes miss (9% of its rate, measured
-// with `tessera bench s3` on this machine). A mount that makes such a file reach past that
-// end makes the object on every server first (FileData.swift).
+// with `tessera bench s3` on this machine). A mount that leaves a gap in such a file (a
+// write past a hole, a truncation that grows it) makes the object on every server
+// (FileData.swift).
 import TesseraClient
 import TesseraCore
 

@@ -10,9 +10,9 @@ import ctypes
 import errno
 import mmap
 import os
+import sys
 import shutil
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -22,6 +22,9 @@ import unittest
 
 import boto3
 from botocore.config import Config
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from support import free_port, read_pid, pid_alive, is_mounted  # noqa: E402
 
 TESSERA = os.environ.get("TESSERA", os.path.join(os.path.dirname(__file__), "../../.build/release/tessera"))
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
@@ -37,39 +40,6 @@ def renameat2(a, b, flags):
     if _libc.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def is_mounted(path):
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split(" ")
-            if len(fields) > 4 and fields[4].replace("\\040", " ") == path and right.startswith("fuse"):
-                return True
-    return False
-
-
-def read_pid(path):
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
 
 
 class MountTest(unittest.TestCase):

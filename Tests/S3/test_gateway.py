@@ -7,7 +7,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import random
+import sys
 import shutil
 import signal
 import socket
@@ -21,16 +21,11 @@ import boto3
 import botocore
 from botocore.config import Config
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from support import free_port, random_bytes  # noqa: E402
+
 TESSERA = os.path.abspath(os.environ.get("TESSERA", ".build/release/tessera"))
 MiB = 1 << 20
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Cluster:
@@ -96,10 +91,6 @@ def setUpModule():
 def tearDownModule():
     if cluster:
         cluster.down()
-
-
-def random_bytes(n, seed):
-    return random.Random(seed).randbytes(n)
 
 
 class TestBuckets(unittest.TestCase):

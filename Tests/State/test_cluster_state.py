@@ -10,7 +10,7 @@ everything it started by pid. Run by scripts/test with TESSERA=.build/release/te
 import hashlib
 import http.client
 import os
-import random
+import sys
 import shutil
 import signal
 import socket
@@ -23,42 +23,13 @@ import urllib.parse
 import boto3
 from botocore.config import Config
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from support import free_port, read_pid, pid_alive, is_mounted, random_bytes  # noqa: E402
+
 TESSERA = os.environ.get("TESSERA", os.path.join(os.path.dirname(__file__), "../../.build/release/tessera"))
 BUCKET = "tessera"
 TTL, GRACE, SWEEP = 2, 2, 1
 MiB = 1 << 20
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def read_pid(path):
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
-def is_mounted(path):
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split(" ")[4] == path and " - fuse" in line for line in f)
-
-
-def random_bytes(n, seed):
-    return random.Random(seed).randbytes(n)
 
 
 def wait_for(what, predicate, timeout):
