@@ -1,14 +1,18 @@
 // swift-tools-version: 6.0
 // Tessera: a FUSE-mounted object filesystem over its own distributed object store.
 // Targets follow the layers of docs/ARCHITECTURE.md; imports only point down.
+// Linux only: the code uses Glibc, libfuse3, O_DIRECT and Linux's /proc (no platforms are
+// listed, as the list names only Apple's).
 import PackageDescription
 
 let package = Package(
     name: "Tessera",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "tessera", targets: ["tessera"]),
-        .library(name: "TesseraEngine", targets: ["TesseraEngine"]),
+        // The metadata engine, for other packages: B+tree catalogues in one image file with
+        // a write-ahead log and crash recovery (docs/FORMAT.md). TesseraCore holds the types
+        // its API uses (Fid, TesseraError). Tests/Package builds a package that uses it.
+        .library(name: "TesseraEngine", targets: ["TesseraEngine", "TesseraCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
@@ -82,6 +86,7 @@ let package = Package(
             dependencies: [
                 "CTesseraSupport", "TesseraCore", "TesseraConfig", "TesseraClient", "TesseraS3",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -96,14 +101,30 @@ let package = Package(
         // Layer 8: the FUSE adapter, a libfuse3 low-level session over the core.
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .target(name: "TesseraFUSE", dependencies: ["CFuse", "TesseraFS", .product(name: "Logging", package: "swift-log")]),
+        // Layer 9: a local cluster's state folder, its processes (servers, etcd, the gateway,
+        // the mount daemon) and its ports, as `tessera up` and the benchmarks run them.
+        .target(
+            name: "TesseraLocal",
+            dependencies: ["TesseraCore", "TesseraConfig", "TesseraEtcd", "TesseraState", .product(name: "Logging", package: "swift-log")]
+        ),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
-        .target(name: "TesseraBench", dependencies: ["TesseraCore", "TesseraEngine", "CSQLite"]),
-        // Layer 9: the `tessera` command.
+        // Layer 9: the benchmarks of `tessera bench`, each against the baseline its issue names.
+        .target(
+            name: "TesseraBench",
+            dependencies: [
+                "CSQLite", "TesseraCore", "TesseraEngine", "TesseraConfig", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraState", "TesseraLocal",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Layer 10: the `tessera` command, a thin layer of commands over the layers below.
         .executableTarget(
             name: "tessera",
             dependencies: [
-                "CTesseraSupport", "TesseraCore", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraFS", "TesseraFUSE", "TesseraEtcd", "TesseraState",
+                "CTesseraSupport", "TesseraCore", "TesseraEngine", "TesseraBench", "TesseraConfig", "TesseraServices", "TesseraRPC", "TesseraClient", "TesseraS3", "TesseraGateway", "TesseraFS", "TesseraFUSE", "TesseraEtcd", "TesseraState", "TesseraLocal",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -112,7 +133,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TesseraGatewayTests",
-            dependencies: ["TesseraGateway", "CTesseraSupport", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["TesseraGateway", "TesseraCore", "CTesseraSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "TesseraFSTests",
@@ -142,16 +163,23 @@ let package = Package(
     swiftLanguageModes: [.v6]
 )
 
-// Release builds optimize across our own modules, so generic engine and codec calls are
-// specialized at their call sites instead of going through runtime metadata, and they skip
-// the runtime exclusivity checks, which cost about a seventh of the server's CPU per request
-// (the compiler still checks exclusivity statically). `scripts/test` sets
-// TESSERA_CHECK_EXCLUSIVITY=1, so the tests run with the runtime checks on.
+// The binary Tessera ships (`scripts/build`, which `scripts/tessera` and `scripts/test` use)
+// is a release build under TESSERA_OPTIMIZE=1: it optimizes across our own modules, so
+// generic engine and codec calls are specialized at their call sites instead of going
+// through runtime metadata, and it skips the runtime exclusivity checks, which cost about a
+// seventh of the server's CPU per request (the compiler still checks exclusivity
+// statically). These are unsafe flags, which SwiftPM refuses in a package another one
+// depends on by version, so without TESSERA_OPTIMIZE (a plain `swift build`, or Tessera as
+// a dependency) there are none. The Swift test suites build apart with
+// TESSERA_CHECK_EXCLUSIVITY=1 as well, so they run with the runtime checks on.
 import Foundation
-var releaseFlags = ["-cross-module-optimization"]
-if ProcessInfo.processInfo.environment["TESSERA_CHECK_EXCLUSIVITY"] != "1" {
-    releaseFlags.append("-enforce-exclusivity=unchecked")
-}
-for target in package.targets where target.type == .regular || target.type == .executable {
-    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(releaseFlags, .when(configuration: .release))]
+let environment = ProcessInfo.processInfo.environment
+if environment["TESSERA_OPTIMIZE"] == "1" {
+    var releaseFlags = ["-cross-module-optimization"]
+    if environment["TESSERA_CHECK_EXCLUSIVITY"] != "1" {
+        releaseFlags.append("-enforce-exclusivity=unchecked")
+    }
+    for target in package.targets where target.type == .regular || target.type == .executable {
+        target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(releaseFlags, .when(configuration: .release))]
+    }
 }

@@ -28,6 +28,10 @@
 //   [s3]                          # optional: the S3 gateway
 //   region = "us-east-1"
 //   public_read = ["www"]         # buckets anyone may read without signing
+//   max_connections = 4096        # open connections at most; more are closed at accept
+//   max_new_connections = 256     # of them, at most this many that sent no request yet
+//   head_timeout = "10s"          # a new connection's first request head is complete by then
+//   idle_timeout = "30s"          # a kept-alive connection's next request head, likewise
 //   [[s3.credentials]]
 //   access_key = "TESSERA..."
 //   secret_key = "..."
@@ -85,6 +89,29 @@ public struct ClusterConfig: Sendable, Equatable {
         /// Access key id → secret access key.
         public var credentials: [String: String] = [:]
         public var publicRead: Set<String> = []
+        /// The gateway's bounds on connections (HTTPServer.swift, "Connection limits").
+        public var limits = GatewayLimits()
+
+        public init() {}
+    }
+
+    /// What the S3 gateway lets a connection hold before it has proven anything, and once
+    /// it is idle.
+    public struct GatewayLimits: Sendable, Equatable {
+        /// Open connections at most; one past it is closed as it is accepted.
+        public var maxConnections = 4096
+        /// Connections that have not sent a complete request head yet, at most.
+        public var maxNewConnections = 256
+        /// A new connection's first request head must be complete this long after it opens.
+        public var headTimeout: Duration = .seconds(10)
+        /// A kept-alive connection's next request head must be complete this long after the
+        /// last response ended.
+        public var idleTimeout: Duration = .seconds(30)
+        /// A request head (request line and headers) is at most this many bytes.
+        public var maxHeadBytes = 64 << 10
+        /// After a response that ends a connection (a refused request whose body is not
+        /// read), or while a small unread body is drained, the client has this long.
+        public var lingerTimeout: Duration = .seconds(5)
 
         public init() {}
     }
@@ -170,6 +197,10 @@ public struct ClusterConfig: Sendable, Equatable {
         var region: String?
         var public_read: [String]?
         var credentials: [RawCredential]?
+        var max_connections: Int?
+        var max_new_connections: Int?
+        var head_timeout: RawDuration?
+        var idle_timeout: RawDuration?
     }
     private struct RawState: Codable {
         var endpoints: [String]
@@ -270,6 +301,19 @@ public struct ClusterConfig: Sendable, Equatable {
         if let r = raw.s3 {
             s3.region = r.region ?? s3.region
             s3.publicRead = Set(r.public_read ?? [])
+            if let n = r.max_connections {
+                guard n >= 1 else { throw bad("s3.max_connections must be at least 1") }
+                s3.limits.maxConnections = n
+            }
+            if let n = r.max_new_connections {
+                guard n >= 1 else { throw bad("s3.max_new_connections must be at least 1") }
+                s3.limits.maxNewConnections = n
+            }
+            for (d, field, path) in [(r.head_timeout, "head_timeout", \GatewayLimits.headTimeout), (r.idle_timeout, "idle_timeout", \GatewayLimits.idleTimeout)] {
+                guard let d else { continue }
+                guard let v = d.value, v > .zero else { throw bad("s3.\(field) is not a positive duration (examples: 10, \"10s\", \"500ms\")") }
+                s3.limits[keyPath: path] = v
+            }
             for (i, c) in (r.credentials ?? []).enumerated() {
                 guard !c.access_key.isEmpty, c.secret_key.utf8.count >= 8 else {
                     throw bad("s3.credentials \(i): access_key must not be empty and secret_key needs at least 8 characters")

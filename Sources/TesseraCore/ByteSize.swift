@@ -15,6 +15,12 @@ public enum ByteSize {
         let (v, overflow) = n.multipliedReportingOverflow(by: multiplier)
         return overflow ? nil : v
     }
+
+    /// Parses a size given as an option or setting; a clear error if `text` is not one.
+    public static func required(_ text: String) throws -> UInt64 {
+        guard let n = parse(text) else { throw TesseraError(.invalidArgument, "'\(text)' is not a size (examples: 1048576, 64M, 1G)") }
+        return n
+    }
 }
 
 extension String {

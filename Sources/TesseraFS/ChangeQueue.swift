@@ -25,9 +25,24 @@ import Synchronization
 import TesseraClient
 import TesseraCore
 
+/// The time a change queue holds changes by: the monotonic clock in the mount, a clock the
+/// test moves in tests. Times are durations since a fixed start.
+protocol QueueClock: Sendable {
+    func now() -> Duration
+    func sleep(for duration: Duration) async
+}
+
+/// The system's monotonic clock.
+struct MonotonicClock: QueueClock {
+    private let start = ContinuousClock.now
+    func now() -> Duration { ContinuousClock.now - start }
+    func sleep(for duration: Duration) async { try? await Task.sleep(for: duration) }
+}
+
 final class ChangeQueue: Sendable {
     private let cluster: Cluster
     private let index: Fid
+    private let clock: any QueueClock
 
     /// At most this many keys go in one merged UPDATE; a bigger change goes alone.
     static let batchKeys = 512
@@ -41,7 +56,7 @@ final class ChangeQueue: Sendable {
         var lost: (@Sendable (Error) -> Void)?
         var tooLarge = false
         /// When it was queued (changes written behind are held until they are `hold` old).
-        var since = ContinuousClock.now
+        var since: Duration
         var keys: Int { deletes.count + puts.count }
     }
 
@@ -61,10 +76,11 @@ final class ChangeQueue: Sendable {
     /// at once, in its own UPDATE; a run of unlinks goes in few.
     let hold: Duration
 
-    init(cluster: Cluster, index: Fid, hold: Duration = .milliseconds(5)) {
+    init(cluster: Cluster, index: Fid, hold: Duration = .milliseconds(5), clock: any QueueClock = MonotonicClock()) {
         self.cluster = cluster
         self.index = index
         self.hold = hold
+        self.clock = clock
     }
 
     /// Starts `body` in a task on the cluster's connection thread (its round trips need no
@@ -78,7 +94,7 @@ final class ChangeQueue: Sendable {
     /// sent, the caller sends its UPDATE itself (no task hop), with the changes held behind
     /// it.
     func submit(deleting deletes: [[UInt8]], putting puts: [Record], sync: Bool) async throws {
-        let own = Submission(deletes: deletes, puts: puts, sync: sync)
+        let own = Submission(deletes: deletes, puts: puts, sync: sync, since: clock.now())
         let held = state.withLock { s -> [Submission]? in
             guard !s.running else { return nil }
             // Held changes all fit in one UPDATE with this one (else a task sends them).
@@ -112,8 +128,9 @@ final class ChangeQueue: Sendable {
     /// Queues deleting `deletes` then putting `puts` and returns at once: `after` runs once
     /// they are in the store, `lost` if they could not be stored.
     func submitBehind(deleting deletes: [[UInt8]], putting puts: [Record], after: (@Sendable () async -> Void)?, lost: @escaping @Sendable (Error) -> Void) {
+        let now = clock.now()
         let arm = state.withLock { s -> Bool in
-            s.queued.append(Submission(deletes: deletes, puts: puts, sync: false, waiter: nil, after: after, lost: lost))
+            s.queued.append(Submission(deletes: deletes, puts: puts, sync: false, waiter: nil, after: after, lost: lost, since: now))
             guard !s.running, !s.armed else { return false }
             s.armed = true
             return true
@@ -127,13 +144,14 @@ final class ChangeQueue: Sendable {
         enum Next { case stop, send, sleep(Duration) }
         var wait = hold
         while true {
-            try? await Task.sleep(for: wait)
+            await clock.sleep(for: wait)
+            let now = clock.now()
             let next = state.withLock { s -> Next in
                 guard !s.running, let oldest = s.queued.first else {
                     s.armed = false
                     return .stop
                 }
-                let age = ContinuousClock.now - oldest.since
+                let age = now - oldest.since
                 if age < hold { return .sleep(hold - age) }
                 s.armed = false
                 s.running = true

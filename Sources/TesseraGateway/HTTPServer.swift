@@ -1,11 +1,28 @@
 // HTTP/1.1 on SwiftNIO for the gateway: one task per connection reads requests in order
 // through NIOAsyncChannel, whose inbound side applies back-pressure, so a body is pulled
 // from the socket only as fast as the store takes it; responses stream the same way.
+//
+// Connection limits (`[s3]` in the cluster file, ClusterConfig.GatewayLimits). Nothing
+// about a connection is proven until a request's signature is checked, and that needs its
+// whole head, so what a peer can hold before then is bounded:
+// - at most `max_connections` open, and of them at most `max_new_connections` that have
+//   not sent a complete request head; a connection past either is closed as it is accepted;
+// - a request head is at most 64 KiB (request line and headers), else 400 and the close;
+// - a new connection's first head must be complete within `head_timeout`, a kept-alive
+//   connection's next one within `idle_timeout` of the last response's end; else the
+//   connection is closed (ConnectionGuard);
+// - the body of a request answered without reading it is drained only if it is at most
+//   1 MiB and arrives within `head_timeout`; else the answer says `Connection: close`, and
+//   the client has 5 s to read it and go. Bodies are never buffered whole: back-pressure
+//   stops reading the socket when the handler does not take them.
+// A request being served has no deadline: a large upload or download takes what it takes.
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import TesseraConfig
 
 /// A request as the S3 handler sees it: path decoded, query split, header names lower-cased.
 struct HTTPRequest {
@@ -88,32 +105,51 @@ protocol HTTPHandler: Sendable {
 }
 
 enum HTTPServer {
+    typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+
     /// Listens on `host:port` (0: any free port) and serves until the task is cancelled.
-    /// `bound` gets the port actually bound.
-    static func run(host: String, port: Int, handler: some HTTPHandler, logger: Logger, bound: (Int) -> Void) async throws {
+    /// `bound` gets the port actually bound; `counts` (for tests) the connections open.
+    static func run(
+        host: String, port: Int, handler: some HTTPHandler, limits: ClusterConfig.GatewayLimits, logger: Logger,
+        counts: ConnectionCounts = ConnectionCounts(), bound: (Int) -> Void
+    ) async throws {
+        var headLimits = NIOHTTPDecoderLimitConfiguration()
+        headLimits.maxHeaderFieldSize = limits.maxHeadBytes
+        headLimits.maxHeaderListSize = limits.maxHeadBytes
+        headLimits.maxHeaderFieldCount = 1024
+        let decoderLimits = headLimits
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+            .bind(host: host, port: port) { channel -> EventLoopFuture<(Connection, ConnectionGuard)?> in
+                guard counts.admit(limits) else {
+                    logger.debug("refused a connection from \(channel.remoteAddress?.description ?? "?"): at the connection limits")
+                    return channel.close().map { nil }
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withErrorHandling: true, withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
+                    let guarding = ConnectionGuard(limits: limits, counts: counts)
+                    try channel.pipeline.syncOperations.addHandler(guarding)
+                    let connection = try Connection(
                         wrappingChannelSynchronously: channel,
                         configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), isOutboundHalfClosureEnabled: true))
+                    return (connection, guarding)
                 }
             }
         bound(server.channel.localAddress?.port ?? port)
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { connections in
-                for try await connection in connections {
-                    group.addTask { await serve(connection, handler: handler, logger: logger) }
+                for try await accepted in connections {
+                    guard let (connection, guarding) = accepted else { continue }
+                    group.addTask { await serve(connection, guarding, handler: handler, limits: limits, logger: logger) }
                 }
             }
         }
     }
 
-    private static func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, handler: some HTTPHandler, logger: Logger) async {
+    private static func serve(_ connection: Connection, _ guarding: ConnectionGuard, handler: some HTTPHandler, limits: ClusterConfig.GatewayLimits, logger: Logger) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 let parts = InboundParts(inbound.makeAsyncIterator())
@@ -136,6 +172,7 @@ enum HTTPServer {
                             keepAlive = false
                         } else if let n = request.header("content-length").flatMap(Int.init) ?? (request.header("transfer-encoding") == nil ? 0 : nil), n <= 1 << 20 {
                             // (A request with neither header has no body: its end is already here.)
+                            if n > 0 { guarding.closeAfter(limits.headTimeout, on: connection.channel, ending: false) }
                             do { while try await body.next() != nil {} } catch { keepAlive = false }
                         } else {
                             keepAlive = false
@@ -145,9 +182,16 @@ enum HTTPServer {
                     if !keepAlive {
                         // Close our side once everything queued is on the wire (a half-close
                         // waits for pending writes; a full close would drop them), then wait
-                        // for the client to close its side.
+                        // for the client to close its side, for as long as the limits allow.
+                        // The rest of a body left unread is not read: back-pressure stops
+                        // reading the socket, and the close at the deadline drops it.
+                        guarding.closeAfter(limits.lingerTimeout, on: connection.channel, ending: true)
                         outbound.finish()
-                        while try await parts.next() != nil {}
+                        if body.ended {
+                            while try await parts.next() != nil {}
+                        } else {
+                            try? await connection.channel.closeFuture.get()
+                        }
                         return
                     }
                 }
@@ -239,3 +283,94 @@ enum HTTPServer {
     }
 }
 
+/// The gateway's open connections, and of them those that have not sent a complete request
+/// head yet, against the limits.
+final class ConnectionCounts: Sendable {
+    private struct Counts {
+        var open = 0
+        var new = 0
+    }
+    private let counts = NIOLockedValueBox(Counts())
+
+    init() {}
+
+    /// Counts a connection just accepted, if both limits allow it.
+    func admit(_ limits: ClusterConfig.GatewayLimits) -> Bool {
+        counts.withLockedValue { c in
+            guard c.open < limits.maxConnections, c.new < limits.maxNewConnections else { return false }
+            c.open += 1
+            c.new += 1
+            return true
+        }
+    }
+
+    func sentHead() { counts.withLockedValue { $0.new -= 1 } }
+    func closed(sentHead: Bool) { counts.withLockedValue { c in c.open -= 1; if !sentHead { c.new -= 1 } } }
+    var open: Int { counts.withLockedValue { $0.open } }
+    var new: Int { counts.withLockedValue { $0.new } }
+}
+
+/// Closes a connection whose next request head is not complete in time (the head timeout
+/// for the first, the idle timeout after a response), and keeps the connection counts.
+/// Event loop only, except `closeAfter`.
+final class ConnectionGuard: ChannelDuplexHandler, @unchecked Sendable {
+    // SAFETY: every stored property is touched on the channel's event loop only.
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let limits: ClusterConfig.GatewayLimits
+    private let counts: ConnectionCounts
+    private var sentHead = false
+    /// The connection is ending: no later response arms a longer deadline.
+    private var ending = false
+    private var deadline: Scheduled<Void>?
+
+    init(limits: ClusterConfig.GatewayLimits, counts: ConnectionCounts) {
+        self.limits = limits
+        self.counts = counts
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        arm(limits.headTimeout, context.channel)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data), !ending {
+            if !sentHead {
+                sentHead = true
+                counts.sentHead()
+            }
+            deadline?.cancel()
+            deadline = nil
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data), !ending { arm(limits.idleTimeout, context.channel) }
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        counts.closed(sentHead: sentHead)
+        context.fireChannelInactive()
+    }
+
+    /// From the serving task: the connection is closed `after` from now, unless the next
+    /// response ends first (which arms the idle timeout); if `ending`, whatever comes.
+    func closeAfter(_ after: Duration, on channel: Channel, ending: Bool) {
+        channel.eventLoop.execute {
+            if ending { self.ending = true }
+            self.arm(after, channel)
+        }
+    }
+
+    private func arm(_ after: Duration, _ channel: Channel) {
+        deadline?.cancel()
+        deadline = channel.eventLoop.scheduleTask(in: TimeAmount(after)) { channel.close(promise: nil) }
+    }
+}

@@ -22,7 +22,7 @@ public final class S3Gateway: HTTPHandler {
 
     /// Serves on `host:port` until cancelled; `bound` gets the port.
     public func run(host: String, port: Int, bound: (Int) -> Void = { _ in }) async throws {
-        try await HTTPServer.run(host: host, port: port, handler: self, logger: logger, bound: bound)
+        try await HTTPServer.run(host: host, port: port, handler: self, limits: settings.limits, logger: logger, bound: bound)
     }
 
     /// Who is asking: an access key with its signing context, or nobody.

@@ -8,12 +8,7 @@ import NIOHTTP1
 import NIOPosix
 
 public final class S3HTTPClient {
-    private typealias Connection = (
-        channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>,
-        inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator,
-        outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
-    )
-    private var connection: Connection?
+    private var connection: Channel?
     private let hostName: String
     private let port: Int
     private let host: String
@@ -35,23 +30,22 @@ public final class S3HTTPClient {
         connection = try await connect()
     }
 
-    private func connect() async throws -> Connection {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    private func connect() async throws -> Channel {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connect(host: hostName, port: port) { ch in
+            .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.addHTTPClientHandlers()
-                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: ch)
+                    try ch.pipeline.syncOperations.addHandler(ResponseCounter())
                 }
             }
-        return (channel, channel.inbound.makeAsyncIterator(), channel.outbound)
+            .connect(host: hostName, port: port).get()
     }
 
     public func close() async {
         guard let c = connection else { return }
         connection = nil
-        c.outbound.finish()
-        try? await c.channel.channel.close()
+        try? await c.close()
     }
 
     /// Sends a request and returns the status and the number of body bytes that came back.
@@ -59,36 +53,30 @@ public final class S3HTTPClient {
     /// connection for the next request.
     @discardableResult
     public func request(_ method: HTTPMethod, _ path: String, body: ByteBuffer? = nil) async throws -> (status: Int, bytes: Int) {
-        var c: Connection
+        let c: Channel
         if let existing = connection { c = existing } else { c = try await connect() }
         connection = nil
         var headers = [("host", host), ("content-length", String(body?.readableBytes ?? 0))]
         headers += SigV4.sign(method: method.rawValue, path: path, headers: headers, accessKey: accessKey, secret: secret, region: region)
         let uri = SigV4.encode(path, keepSlash: true)
-        try await c.outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: HTTPHeaders(headers))))
-        if let body, body.readableBytes > 0 { try await c.outbound.write(.body(.byteBuffer(body))) }
-        try await c.outbound.write(.end(nil))
-        var status = 0
-        var bytes = 0
-        var keepAlive = true
-        while let part = try await c.inbound.next() {
-            switch part {
-            case .head(let h):
-                status = Int(h.status.code)
-                keepAlive = h.isKeepAlive
-            case .body(let b): bytes += b.readableBytes
-            case .end:
-                if keepAlive {
-                    connection = c
-                } else {
-                    c.outbound.finish()
-                    try? await c.channel.channel.close()
-                }
-                return (status, bytes)
-            }
+        let response = c.eventLoop.makePromise(of: ResponseCounter.Response.self)
+        let head = HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: HTTPHeaders(headers))
+        c.eventLoop.execute {
+            // The promise goes first, so the handler holds it before any byte of the answer.
+            c.pipeline.fireUserInboundEventTriggered(ResponseCounter.Expect(promise: response))
+            c.write(HTTPClientRequestPart.head(head), promise: nil)
+            if let body, body.readableBytes > 0 { c.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
+            c.writeAndFlush(HTTPClientRequestPart.end(nil)).whenFailure { response.fail($0) }
         }
-        try? await c.channel.channel.close()
-        throw Failure(description: "connection closed before the response ended")
+        let r: ResponseCounter.Response
+        do {
+            r = try await response.futureResult.get()
+        } catch {
+            try? await c.close()
+            throw error
+        }
+        if r.keepAlive { connection = c } else { try? await c.close() }
+        return (r.status, r.bytes)
     }
 
     /// PUT that must answer 200.
@@ -101,5 +89,59 @@ public final class S3HTTPClient {
     public func get(_ path: String, expect: Int) async throws {
         let r = try await request(.GET, path)
         guard r.status == 200, r.bytes == expect else { throw Failure(description: "GET \(path): HTTP \(r.status), \(r.bytes) bytes (expected \(expect))") }
+    }
+}
+
+/// Counts one response at a time: its status, body bytes and whether the connection stays
+/// open; fails the waiting request if the connection closes first. Event loop only.
+private final class ResponseCounter: ChannelInboundHandler, @unchecked Sendable {
+    // SAFETY: every member is touched on the channel's event loop only.
+    typealias InboundIn = HTTPClientResponsePart
+    struct Response: Sendable {
+        var status = 0
+        var bytes = 0
+        var keepAlive = true
+    }
+    struct Expect { let promise: EventLoopPromise<Response> }
+
+    private var waiting: EventLoopPromise<Response>?
+    private var response = Response()
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let expect = event as? Expect {
+            waiting = expect.promise
+            response = Response()
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            response.status = Int(h.status.code)
+            response.keepAlive = h.isKeepAlive
+        case .body(let b): response.bytes += b.readableBytes
+        case .end:
+            let done = waiting
+            waiting = nil
+            done?.succeed(response)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(S3HTTPClient.Failure(description: "connection closed before the response ended"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        fail(error)
+        context.close(promise: nil)
+    }
+
+    private func fail(_ error: Error) {
+        let done = waiting
+        waiting = nil
+        done?.fail(error)
     }
 }

@@ -37,14 +37,15 @@ public final class RPCServer: Sendable {
     private let connections: ConnectionSet
     public let port: Int
 
-    /// Binds `host:port` (port 0 picks a free one) and starts serving `handler`.
+    /// Binds `host:port` (port 0 picks a free one), or takes `listening`, a socket already
+    /// bound and listening that this process inherited, and starts serving `handler`.
     public static func start(
-        host: String, port: Int, secret: String, handler: RequestHandler, group: EventLoopGroup,
+        host: String, port: Int, listening: CInt? = nil, secret: String, handler: RequestHandler, group: EventLoopGroup,
         limits: RPCLimits = RPCLimits(), logger: Logger = Logger(label: "tessera.rpc")
     ) async throws -> RPCServer {
         let connections = ConnectionSet()
         let high = limits.replyHighWater
-        let channel = try await ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -59,7 +60,7 @@ public final class RPCServer: Sendable {
                         ServerConnectionHandler(secret: secret, handler: handler, connections: connections, limits: limits, logger: logger))
                 }
             }
-            .bind(host: host, port: port).get()
+        let channel = try await (listening.map { bootstrap.withBoundSocket($0) } ?? bootstrap.bind(host: host, port: port)).get()
         return RPCServer(channel: channel, connections: connections)
     }
 
@@ -197,7 +198,7 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
         let channel = context.channel
         let this = NIOLoopBound(self, eventLoop: context.eventLoop)
         let limit = limits.handshakeDeadline
-        handshakeDeadline = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit.components.seconds) * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000)) {
+        handshakeDeadline = context.eventLoop.scheduleTask(in: TimeAmount(limit)) {
             guard !this.value.handshake.isReady else { return }
             this.value.logger.debug("dropping connection from \(channel.remoteAddress?.description ?? "?"): no handshake within \(limit)")
             channel.close(promise: nil)

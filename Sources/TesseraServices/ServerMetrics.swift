@@ -29,19 +29,19 @@ public final class ServerMetrics: RequestHandler {
         var requests = [Counter?](repeating: nil, count: slots)
         var latencies = [DurationHistogram?](repeating: nil, count: slots)
         for op in Request.Opcode.allCases {
-            requests[Int(op.rawValue)] = r.makeCounter(name: "tessera_requests_total", labels: [("op", "\(op)")], help: "Requests served, by operation.")
-            latencies[Int(op.rawValue)] = r.makeDurationHistogram(name: "tessera_request_seconds", labels: [("op", "\(op)")], buckets: buckets, help: "Time to answer a request, by operation.")
+            requests[Int(op.rawValue)] = r.makeCounter(descriptor: metric("tessera_requests_total", "Requests served, by operation."), labels: [("op", "\(op)")])
+            latencies[Int(op.rawValue)] = r.makeDurationHistogram(descriptor: metric("tessera_request_seconds", "Time to answer a request, by operation."), labels: [("op", "\(op)")], buckets: buckets)
         }
         self.requests = requests
         self.latencies = latencies
-        groups = r.makeGauge(name: "tessera_tx_groups_logged", help: "Commit groups written to the log since start.")
-        logBytes = r.makeGauge(name: "tessera_log_bytes_written", help: "Bytes of log records written since start.")
-        logUsed = r.makeGauge(name: "tessera_log_used_bytes", help: "Log space in use (reserved, open, logged and not yet released).")
-        cacheHits = r.makeGauge(name: "tessera_node_cache_hits", help: "Node-cache hits since start.")
-        cacheMisses = r.makeGauge(name: "tessera_node_cache_misses", help: "Node-cache misses since start (pages read from meta.img).")
-        cacheResident = r.makeGauge(name: "tessera_node_cache_bytes", help: "Bytes held by the node cache.")
-        ioWritten = r.makeGauge(name: "tessera_io_bytes_written", help: "Bytes written by IOS requests since start.")
-        ioRead = r.makeGauge(name: "tessera_io_bytes_read", help: "Bytes read by IOS requests since start.")
+        groups = r.makeGauge(descriptor: metric("tessera_tx_groups_logged", "Commit groups written to the log since start."))
+        logBytes = r.makeGauge(descriptor: metric("tessera_log_bytes_written", "Bytes of log records written since start."))
+        logUsed = r.makeGauge(descriptor: metric("tessera_log_used_bytes", "Log space in use (reserved, open, logged and not yet released)."))
+        cacheHits = r.makeGauge(descriptor: metric("tessera_node_cache_hits", "Node-cache hits since start."))
+        cacheMisses = r.makeGauge(descriptor: metric("tessera_node_cache_misses", "Node-cache misses since start (pages read from meta.img)."))
+        cacheResident = r.makeGauge(descriptor: metric("tessera_node_cache_bytes", "Bytes held by the node cache."))
+        ioWritten = r.makeGauge(descriptor: metric("tessera_io_bytes_written", "Bytes written by IOS requests since start."))
+        ioRead = r.makeGauge(descriptor: metric("tessera_io_bytes_read", "Bytes read by IOS requests since start."))
     }
 
     public func handleImmediately(_ request: Request) -> Response? {
@@ -79,7 +79,7 @@ public final class ServerMetrics: RequestHandler {
         requests[Int(op.rawValue)]?.increment()
         latencies[Int(op.rawValue)]?.record(elapsed)
         if case .failure(let status, _) = response {
-            registry.makeCounter(name: "tessera_request_failures_total", labels: [("op", "\(op)"), ("status", "\(status)")], help: "Requests that failed, by operation and status.").increment()
+            registry.makeCounter(descriptor: metric("tessera_request_failures_total", "Requests that failed, by operation and status."), labels: [("op", "\(op)"), ("status", "\(status)")]).increment()
         }
     }
 
@@ -98,4 +98,9 @@ public final class ServerMetrics: RequestHandler {
         }
         return registry.emitToBuffer()
     }
+}
+
+/// A metric named exactly `name` (the names are already fully qualified, `tessera_…`).
+private func metric(_ name: String, _ help: String) -> MetricNameDescriptor {
+    MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
 }

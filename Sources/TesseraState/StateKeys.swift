@@ -39,7 +39,7 @@ public struct SessionInfo: Sendable, Codable, Equatable {
         self.kind = kind
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count - 1)
-        host = String(cString: name)
+        host = String(decoding: name.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         pid = getpid()
         version = tesseraVersion
         started = wallClockNanoseconds()

@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraLocal
 import TesseraServices
 
 struct Check: ParsableCommand {

@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import TesseraClient
 import TesseraCore
+import TesseraLocal
 import TesseraState
 
 /// Opens the cluster of the state folder for one command and closes it after. The cluster

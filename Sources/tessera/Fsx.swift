@@ -5,6 +5,7 @@
 import ArgumentParser
 import Foundation
 import TesseraCore
+import TesseraLocal
 
 struct Fsx: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stress one file with random I/O checked against a model (fsx-style).")

@@ -1,14 +1,15 @@
-// The state folder of a local cluster (ARCHITECTURE.md, "Command line"): its cluster file,
-// images, logs and server pids, and the `up`, `down` and `status` commands over it.
+// The `up`, `down` and `status` commands over a local cluster's state folder
+// (TesseraLocal: its files, processes and etcd).
 import ArgumentParser
 import Foundation
 import TesseraClient
 import TesseraConfig
 import TesseraCore
+import TesseraLocal
 import TesseraRPC
 
 /// `--dir STATE`, else `$TESSERA_HOME`, else `~/.local/share/tessera`.
-struct StateOption: ParsableArguments {
+struct StateOption: ParsableArguments, LocalStateFolder {
     @Option(name: .customLong("dir"), help: "State folder of the local cluster (default: $TESSERA_HOME, else ~/.local/share/tessera).")
     var dir: String?
 
@@ -24,93 +25,6 @@ struct StateOption: ParsableArguments {
         if !p.hasPrefix("/") { p = FileManager.default.currentDirectoryPath + "/" + p }
         return (p as NSString).standardizingPath
     }
-    var configPath: String { path + "/cluster.toml" }
-
-    /// The cluster file, or a clear error saying how to make one.
-    func config() throws -> ClusterConfig {
-        guard FileManager.default.fileExists(atPath: configPath) else {
-            throw TesseraError(.notFound, "no cluster in \(path) (start one with: tessera up --dir \(path))")
-        }
-        return try ClusterConfig.load(path: configPath)
-    }
-
-    func pidFile(_ id: Int) -> String { path + "/server-\(id).pid" }
-    func logFile(_ id: Int) -> String { path + "/server-\(id).log" }
-
-    var mountPidFile: String { path + "/mount.pid" }
-    var mountLogFile: String { path + "/mount.log" }
-    var mountPointFile: String { path + "/mount.point" }
-    var gatewayPidFile: String { path + "/gateway.pid" }
-    var gatewayLogFile: String { path + "/gateway.log" }
-
-    /// The pid of server `id` if that process is running and is our server.
-    func runningPid(_ id: Int) -> pid_t? {
-        runningPid(pidFile(id)) { args in
-            args.contains("server") && args.contains(configPath) && args.firstIndex(of: "--id").map { $0 + 1 < args.count && args[$0 + 1] == String(id) } == true
-        }
-    }
-
-    /// The pid of the gateway `up --s3` started, if it is running.
-    func runningGatewayPid() -> pid_t? {
-        runningPid(gatewayPidFile) { $0.contains("gateway") && $0.contains(configPath) }
-    }
-
-    /// The pid of the mount daemon `up DIR` started, if it is running.
-    func runningMountPid() -> pid_t? {
-        runningPid(mountPidFile) { $0.contains("mount") && $0.contains(configPath) }
-    }
-
-    /// The pid in `file` if that process runs with arguments `matching` accepts.
-    func runningPid(_ file: String, matching: ([String]) -> Bool) -> pid_t? {
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return nil }
-        guard let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return nil }
-        return matching(cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }) ? pid : nil
-    }
-
-    /// Starts `tessera ARGS` in the background, its stderr appended to `log`, its pid in
-    /// `pidFile`.
-    func spawn(executable: String = tesseraExecutable, _ args: [String], log: String, pidFile: String) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = args
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = FileHandle.nullDevice
-        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        handle.seekToEndOfFile()
-        p.standardError = handle
-        try p.run()
-        try String(p.processIdentifier).write(toFile: pidFile, atomically: true, encoding: .utf8)
-    }
-
-    /// Sends SIGTERM to `pid` and waits up to a minute for it to go, then kills it.
-    func stop(_ pid: pid_t, what: String, stillRunning: () -> pid_t?) async throws {
-        kill(pid, SIGTERM)
-        let deadline = ContinuousClock.now + .seconds(60)
-        while stillRunning() == pid && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-        if stillRunning() == pid {
-            printError("\(what) (pid \(pid)) did not stop in time; killing it")
-            kill(pid, SIGKILL)
-        }
-    }
-}
-
-let tesseraExecutable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
-
-/// True once something accepts TCP connections at `host:port` (an IPv4 address).
-func accepting(_ host: String, _ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    return withIPv4Address(host == "localhost" ? "127.0.0.1" : host, port) { connect(fd, $0, $1) } == 0
-}
-
-/// Calls `body` with a sockaddr for `host:port` (an IPv4 address) and its length.
-func withIPv4Address(_ host: String, _ port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = in_port_t(UInt16(port).bigEndian)
-    addr.sin_addr.s_addr = inet_addr(host)
-    return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
 }
 
 struct Up: AsyncParsableCommand {
@@ -343,27 +257,6 @@ extension Down {
     }
 }
 
-/// Runs a system tool, its output on our stderr; returns its exit status. posix_spawn and
-/// waitpid, not Foundation's Process: a tool that daemonizes (bindfs, a mount helper)
-/// leaves a child Process.waitUntilExit can miss.
-func runTool(_ path: String, _ args: [String]) throws -> Int32 {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO)
-    let argv = ([path] + args).map { strdup($0) } + [nil]
-    defer { for a in argv { free(a) } }
-    var pid: pid_t = 0
-    let r = posix_spawn(&pid, path, &actions, nil, argv, environ)
-    guard r == 0 else { throw TesseraError(.io, "cannot run \(path): \(String(cString: strerror(r)))") }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 {
-        guard errno == EINTR else { throw TesseraError(.io, "waiting for \(path): \(String(cString: strerror(errno)))") }
-    }
-    // WIFEXITED / WEXITSTATUS, which Swift does not import.
-    return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-}
-
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The cluster map (each server's state, address and usage), the sessions of mounts and gateways, and who holds each role.")
@@ -405,28 +298,3 @@ func human(_ n: UInt64) -> String {
     return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
 }
 
-func runChild(_ path: String, _ args: [String]) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    p.standardOutput = FileHandle.nullDevice
-    try p.run()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw TesseraError(.io, "tessera \(args.joined(separator: " ")) failed (exit \(p.terminationStatus))") }
-}
-
-/// Loopback ports free at the moment, below the ephemeral range (so an outgoing connection
-/// cannot hold one when a server starts).
-func freePorts(_ n: Int) throws -> [Int] {
-    var out: [Int] = []
-    for _ in 0..<1000 where out.count < n {
-        let port = Int.random(in: 20_000..<32_000)
-        guard !out.contains(port) else { continue }
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        let ok = withIPv4Address("127.0.0.1", port) { bind(fd, $0, $1) }
-        close(fd)
-        if ok == 0 { out.append(port) }
-    }
-    guard out.count == n else { throw TesseraError(.io, "found no free loopback ports") }
-    return out
-}

@@ -3,6 +3,7 @@ import ArgumentParser
 import CTesseraSupport
 import Foundation
 import Logging
+import TesseraBench
 import TesseraCore
 
 struct Tessera: ParsableCommand {
@@ -56,12 +57,7 @@ enum Main {
     }
 }
 
-/// Parses a size such as `64M` for a command-line option.
+/// Parses a size such as `64M` given as an option: a usage error (exit 2) if it is not one.
 func parseSize(_ text: String) throws -> UInt64 {
-    guard let n = ByteSize.parse(text) else { throw ValidationError("'\(text)' is not a size (examples: 1048576, 64M, 1G)") }
-    return n
-}
-
-func printError(_ message: String) {
-    FileHandle.standardError.write(Data(("tessera: " + message + "\n").utf8))
+    do { return try ByteSize.required(text) } catch let e as TesseraError { throw ValidationError(e.message) }
 }

@@ -1,10 +1,11 @@
 // `tessera mkfs`: format a server's images from the cluster file, or one metadata image.
 import ArgumentParser
+import Foundation
 import TesseraConfig
 import TesseraCore
 import TesseraEngine
+import TesseraLocal
 import TesseraServices
-import Foundation
 
 struct Mkfs: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -8,11 +8,12 @@ import Logging
 import TesseraClient
 import TesseraConfig
 import TesseraCore
+import TesseraEtcd
 import TesseraFS
 import TesseraFUSE
+import TesseraLocal
 import TesseraRPC
 import TesseraS3
-import TesseraEtcd
 import TesseraState
 
 struct Mount: AsyncParsableCommand {
@@ -158,45 +159,4 @@ struct Mount: AsyncParsableCommand {
             usleep(20_000)
         }
     }
-}
-
-/// The absolute path, symlinks resolved, that the kernel's mount table names for `path`.
-func mountTarget(_ path: String) -> String {
-    URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
-}
-
-/// Whether `path` is a directory; nil if nothing is there.
-func isDirectory(_ path: String) -> Bool? {
-    var isDir = ObjCBool(false)
-    return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) ? isDir.boolValue : nil
-}
-
-/// True if `path` (absolute, symlinks resolved) is a FUSE mount point now.
-func isFuseMount(_ path: String) -> Bool {
-    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
-    for line in text.split(separator: "\n") {
-        let halves = line.components(separatedBy: " - ")
-        guard halves.count == 2 else { continue }
-        let fields = halves[0].split(separator: " ")
-        guard fields.count >= 5, halves[1].hasPrefix("fuse") else { continue }
-        if unescapeMountinfo(String(fields[4])) == path { return true }
-    }
-    return false
-}
-
-/// mountinfo writes space, tab, newline and backslash as \ooo.
-private func unescapeMountinfo(_ s: String) -> String {
-    var out: [UInt8] = []
-    let b = Array(s.utf8)
-    var i = 0
-    while i < b.count {
-        if b[i] == 0x5C, i + 4 <= b.count, let v = UInt8(String(decoding: b[(i + 1)..<(i + 4)], as: UTF8.self), radix: 8) {
-            out.append(v)
-            i += 4
-        } else {
-            out.append(b[i])
-            i += 1
-        }
-    }
-    return String(decoding: out, as: UTF8.self)
 }

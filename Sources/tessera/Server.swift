@@ -7,6 +7,7 @@ import NIOPosix
 import TesseraConfig
 import TesseraCore
 import TesseraEngine
+import TesseraLocal
 import TesseraRPC
 import TesseraServices
 import TesseraState
@@ -17,6 +18,8 @@ struct Server: AsyncParsableCommand {
     @Option(help: "Cluster file.") var config: String
     @Option(help: "This server's id in the cluster file.") var id: Int
     @Option(help: "Node-cache budget, such as 256M.") var cache: String = "256M"
+    @Option(help: ArgumentHelp("Serve on this inherited socket, bound to the server's address and listening, instead of binding the address (for a supervisor that holds the port).", visibility: .hidden))
+    var listenFd: Int32?
 
     func run() async throws {
         let logger = Logger(label: "tessera.server.\(id)")
@@ -32,7 +35,7 @@ struct Server: AsyncParsableCommand {
             node = try ServerNode.open(metaPath: me.metaPath, dataPath: me.dataPath, options: options, server: me.id)
             let metrics = ServerMetrics(node)
             rpc = try await RPCServer.start(
-                host: me.address.host, port: me.address.port, secret: cluster.secret,
+                host: me.address.host, port: me.address.port, listening: listenFd, secret: cluster.secret,
                 handler: metrics, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
             if let m = me.metrics {
                 metricsEndpoint = try await MetricsEndpoint.start(host: m.host, port: m.port, group: MultiThreadedEventLoopGroup.singleton) { metrics.scrape() }

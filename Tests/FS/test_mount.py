@@ -24,7 +24,7 @@ import boto3
 from botocore.config import Config
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from support import free_port, read_pid, pid_alive, is_mounted  # noqa: E402
+from support import free_port, read_pid, pid_alive, is_mounted, wait_until  # noqa: E402
 
 TESSERA = os.environ.get("TESSERA", os.path.join(os.path.dirname(__file__), "../../.build/release/tessera"))
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
@@ -83,6 +83,11 @@ class MountTest(unittest.TestCase):
 
     def path(self, *parts):
         return os.path.join(self.mnt, *parts)
+
+    @staticmethod
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
 
     def remount(self):
         """Unmounts (the daemon exits), then mounts again with `tessera up`."""
@@ -480,10 +485,8 @@ class MountTest(unittest.TestCase):
         new_big = os.urandom(100_000)  # same size: only the object changes
         self.s3.put_object(Bucket=BUCKET, Key="forgot/a.bin", Body=new_big)
         self.s3.delete_object(Bucket=BUCKET, Key="forgot/b.txt")
-        time.sleep(1.3)
-        with open(self.path("forgot", "a.bin"), "rb") as f:
-            self.assertEqual(f.read(), new_big)
-        self.assertFalse(os.path.exists(self.path("forgot", "b.txt")))
+        wait_until(lambda: self.read(self.path("forgot", "a.bin")) == new_big, "the mount to read the object S3 wrote")
+        wait_until(lambda: not os.path.exists(self.path("forgot", "b.txt")), "the name S3 deleted to go")
         # The kernel still holds the name: the open reads ahead from the object the mount
         # knew, and must drop that when the entry names another.
         newer = os.urandom(100_000)
@@ -509,10 +512,9 @@ class MountTest(unittest.TestCase):
         self.assertEqual(os.stat(self.path("known", "mine.txt")).st_size, 4)
         self.s3.put_object(Bucket=BUCKET, Key="known/late.txt", Body=b"from s3")
         self.s3.delete_object(Bucket=BUCKET, Key="known/mine.txt")
-        time.sleep(1.3)
-        with open(self.path("known", "late.txt"), "rb") as f:
-            self.assertEqual(f.read(), b"from s3")
-        self.assertFalse(os.path.exists(self.path("known", "mine.txt")))
+        wait_until(lambda: os.path.exists(self.path("known", "late.txt")), "the name S3 put to show")
+        self.assertEqual(self.read(self.path("known", "late.txt")), b"from s3")
+        wait_until(lambda: not os.path.exists(self.path("known", "mine.txt")), "the name S3 deleted to go")
         self.assertEqual(sorted(os.listdir(self.path("known"))), ["late.txt"])
 
     # --- remount and crash -----------------------------------------------------------
@@ -641,9 +643,8 @@ class MountTest(unittest.TestCase):
             subprocess.run(["umount", other], check=True)
             self.assertFalse(is_mounted(other))
             # Nothing is left running: no process has this mount in its arguments.
-            time.sleep(0.5)
-            left = subprocess.run(["pgrep", "-f", f"mount .*second {other}"], capture_output=True, text=True).stdout.split()
-            self.assertEqual(left, [])
+            wait_until(lambda: subprocess.run(["pgrep", "-f", f"mount .*second {other}"], capture_output=True, text=True).stdout.split() == [],
+                       "the mount daemon to exit after umount")
         finally:
             if is_mounted(other):
                 subprocess.run(["fusermount3", "-u", "-z", other])

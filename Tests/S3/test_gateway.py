@@ -341,6 +341,154 @@ class TestObjects(unittest.TestCase):
         self.assertIn("Buckets", s3.list_buckets())
 
 
+class TestConnectionLimits(unittest.TestCase):
+    """A second gateway on the same cluster, with small connection limits ([s3] in a copy of
+    the cluster file): what a peer that proves nothing can hold is bounded, and signed
+    clients keep being answered."""
+
+    LIMITS = {"max_connections": 80, "max_new_connections": 8, "head_timeout": 1, "idle_timeout": 2}
+
+    @classmethod
+    def setUpClass(cls):
+        config = os.path.join(cluster.tmp, "limits.toml")
+        with open(os.path.join(cluster.state, "cluster.toml")) as f:
+            text = f.read()
+        # The [s3] table may be implicit (only [[s3.credentials]]): define it after them.
+        text += "\n[s3]\n" + "".join(f'{k} = {v}\n' for k, v in cls.LIMITS.items())
+        with open(config, "w") as f:
+            f.write(text)
+        cls.log = open(os.path.join(cluster.tmp, "limits-gateway.log"), "w")
+        # Port 0: the gateway binds a free port and prints it.
+        cls.process = subprocess.Popen([TESSERA, "gateway", "--config", config, "--listen", "127.0.0.1:0"],
+                                       stdout=subprocess.PIPE, stderr=cls.log, text=True)
+        line = cls.process.stdout.readline()
+        if "listening on http://127.0.0.1:" not in line:
+            cls.process.kill()
+            cls.process.wait()
+            raise RuntimeError(f"the gateway did not start: {line!r}")
+        cls.port = int(line.rsplit(":", 1)[1])
+        cls.endpoint = f"http://127.0.0.1:{cls.port}"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.process.terminate()
+        try:
+            cls.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            cls.process.kill()
+            cls.process.wait()
+        cls.process.stdout.close()
+        cls.log.close()
+
+    def client(self):
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=cluster.env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=cluster.env["AWS_SECRET_ACCESS_KEY"],
+            config=Config(signature_version="s3v4", retries={"max_attempts": 1}, max_pool_connections=1))
+
+    def connect(self):
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def closed_within(self, c, seconds):
+        """True if the gateway closes `c` within `seconds` (reading and dropping what it sends)."""
+        c.settimeout(seconds)
+        try:
+            while c.recv(65536):
+                pass
+            return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+
+    def rss_kib(self):
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def test_new_connections_are_bounded_and_dropped_after_the_head_timeout(self):
+        s3 = self.client()
+        s3.create_bucket(Bucket="limits")
+        s3.put_object(Bucket="limits", Key="k", Body=b"kept")
+        # Connections that send nothing, or half a head, hold the new-connection budget...
+        silent = [self.connect() for _ in range(6)]
+        partial = [self.connect() for _ in range(2)]
+        for c in partial:
+            c.sendall(b"GET /limits/k HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        time.sleep(0.2)
+        # ...so one more is closed as it is accepted,
+        extra = self.connect()
+        self.assertTrue(self.closed_within(extra, 0.5), "a connection past max_new_connections was kept")
+        extra.close()
+        # while the signed client's kept-alive connection is still answered.
+        self.assertEqual(s3.get_object(Bucket="limits", Key="k")["Body"].read(), b"kept")
+        # Each is dropped once the head timeout (1 s) has passed.
+        start = time.monotonic()
+        for c in silent + partial:
+            self.assertTrue(self.closed_within(c, 5), "a connection without a complete head was kept past the head timeout")
+            c.close()
+        self.assertLess(time.monotonic() - start, 5)
+        # Then new connections are served again.
+        self.assertEqual(self.client().get_object(Bucket="limits", Key="k")["Body"].read(), b"kept")
+
+    def test_idle_kept_alive_connection_is_closed(self):
+        c = self.connect()
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # anonymous: 403, connection kept
+        c.settimeout(5)
+        reply = c.recv(65536)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 403"), reply[:40])
+        self.assertNotIn(b"connection: close", reply.lower())
+        start = time.monotonic()
+        self.assertTrue(self.closed_within(c, 10), "an idle kept-alive connection was never closed")
+        waited = time.monotonic() - start
+        self.assertGreater(waited, 1.5)  # idle_timeout is 2 s
+        c.close()
+
+    def test_refused_bodies_are_not_buffered(self):
+        """60 connections each declare a 16 MiB unsigned PUT and send 15 MiB of it: every one
+        is refused at its head, its body is not read, and the gateway's memory stays within
+        what back-pressure bounds."""
+        s3 = self.client()
+        s3.create_bucket(Bucket="limits-bodies")
+        before = self.rss_kib()
+        chunk = b"\0" * MiB
+
+        def attack(i):
+            """(whether the gateway cut the body off, its reply)"""
+            with self.connect() as c:
+                c.sendall(b"PUT /limits-bodies/k%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (i, 16 * MiB))
+                cut = False
+                try:
+                    for _ in range(15):
+                        c.sendall(chunk)
+                except OSError:
+                    cut = True  # closed by the gateway, which never read the body
+                try:
+                    c.settimeout(10)
+                    return cut, c.recv(64)
+                except OSError:
+                    return cut, b""
+
+        with concurrent.futures.ThreadPoolExecutor(60) as pool:
+            results = list(pool.map(attack, range(60)))
+        after = self.rss_kib()
+        # 15 MiB is more than the socket buffers hold: a gateway that read the bodies would
+        # have taken all of each.
+        self.assertEqual(sum(cut for cut, _ in results), 60, "the gateway read refused bodies")
+        replies = [r for _, r in results]
+        self.assertTrue(all(r == b"" or r.startswith(b"HTTP/1.1 403") for r in replies), replies[:3])
+        # What a connection may hold is what back-pressure lets in before the refusal: up to
+        # 8 body parts of at most 64 KiB (HTTPServer.swift), 30 MiB for 60 at worst. Buffering
+        # the bodies would be 900 MiB.
+        self.assertLess(after - before, 40 * 1024, f"resident memory grew from {before} KiB to {after} KiB")
+        self.assertEqual(s3.list_objects_v2(Bucket="limits-bodies").get("KeyCount"), 0)
+        # A signed client is answered afterwards.
+        s3.put_object(Bucket="limits-bodies", Key="after", Body=b"x")
+        self.assertEqual(s3.get_object(Bucket="limits-bodies", Key="after")["Body"].read(), b"x")
+
+
 class TestListing(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -90,7 +90,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         for (i, size) in sizes.enumerated() {
             let input = cluster.dir + "/in-\(i)"
             let bytes = pattern(size, seed: UInt64(i))
-            FileManager.default.createFile(atPath: input, contents: Data(bytes))
+            _ = FileManager.default.createFile(atPath: input, contents: Data(bytes))
             #expect(try tessera(["object", "put", "--dir", cluster.dir, "obj-\(i)", input]).0 == 0)
             let output = cluster.dir + "/out-\(i)"
             #expect(try tessera(["object", "get", "--dir", cluster.dir, "obj-\(i)", output]).0 == 0)
@@ -102,7 +102,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
             try FileManager.default.removeItem(atPath: output)
         }
         let stdinFile = cluster.dir + "/stdin"
-        FileManager.default.createFile(atPath: stdinFile, contents: Data(pattern(12345, seed: 99)))
+        _ = FileManager.default.createFile(atPath: stdinFile, contents: Data(pattern(12345, seed: 99)))
         #expect(try tessera(["object", "put", "--dir", cluster.dir, "from-stdin"], stdin: stdinFile).0 == 0)
         #expect(try tessera(["object", "get", "--dir", cluster.dir, "from-stdin"]).1 == Data(pattern(12345, seed: 99)))
         #expect(try tessera(["object", "rm", "--dir", cluster.dir, "from-stdin"]).0 == 0)

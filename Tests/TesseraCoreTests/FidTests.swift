@@ -12,7 +12,7 @@ import TesseraCore
     }
 
     @Test func byteOrderIsNumericOrder() {
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRandom.forRun("FidTests.byteOrderIsNumericOrder")
         for _ in 0..<1000 {
             let a = Fid(hi: UInt64.random(in: 0...3, using: &rng), lo: UInt64.random(in: 0...UInt64.max, using: &rng))
             let b = Fid(hi: UInt64.random(in: 0...3, using: &rng), lo: UInt64.random(in: 0...UInt64.max, using: &rng))

@@ -46,7 +46,7 @@ import TesseraCore
     }
 
     @Test func randomBytesNeverTrap() {
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRandom.forRun("MessageTests.randomBytesNeverTrap")
         for _ in 0..<50_000 {
             var bytes = (0..<Int.random(in: 0...64, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             if bytes.count >= 2 && Bool.random(using: &rng) {

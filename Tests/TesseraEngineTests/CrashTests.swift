@@ -38,7 +38,7 @@ final class LineCollector: @unchecked Sendable {
     @Test func sigkillAtRandomMomentsLosesNothingLogged() throws {
         let dir = TemporaryDirectory()
         let path = try makeImage(dir, size: 128 << 20, pageSize: 4096, logSize: 4 << 20)
-        var rng = SeededRandom(seed: UInt64(Date().timeIntervalSince1970))
+        var rng = SeededRandom.forRun("CrashTests.sigkillAtRandomMomentsLosesNothingLogged")
         var reported = Set<Int>()
         let kills = 50
         for round in 0..<kills {

@@ -59,20 +59,23 @@ import TesseraCore
         let (client, _) = try await cluster.mount(bucket: "queue-hold")
         let index = Fid(hi: 0x5445_5354_0000_0003, lo: 11)
         try await client.createIndex(index)
-        let queue = ChangeQueue(cluster: client, index: index, hold: .seconds(2))
-        let start = ContinuousClock.now
-        // `a` arms the hold; a waited change 0.4 s later carries it.
+        let clock = TestClock()
+        let queue = ChangeQueue(cluster: client, index: index, hold: .seconds(2), clock: clock)
+        // `a` arms the hold (a sleep until 2 s); a waited change at 0.4 s carries it.
         queue.submitBehind(deleting: [], putting: [r("a", "1")], after: nil, lost: { _ in })
-        try await Task.sleep(until: start + .milliseconds(400))
+        try await clock.waitForSleeper(until: .seconds(2))
+        clock.advance(to: .milliseconds(400))
         try await queue.submit(deleting: [], putting: [r("w", "1")], sync: false)
         #expect(try await client.get(index, [k("a")]) == [k("1")])
-        // `b`, queued at 0.6 s, is not sent when `a`'s hold ends (2 s) but at its own (2.6 s).
-        try await Task.sleep(until: start + .milliseconds(600))
+        // `b`, queued at 0.6 s, is not sent when `a`'s hold ends (2 s) but at its own (2.6 s):
+        // the armed sleep wakes at 2 s and sleeps again until 2.6 s.
+        clock.advance(to: .milliseconds(600))
         queue.submitBehind(deleting: [], putting: [r("b", "1")], after: nil, lost: { _ in })
-        try await Task.sleep(until: start + .milliseconds(2200))
+        clock.advance(to: .milliseconds(2200))
+        try await clock.waitForSleeper(until: .milliseconds(2600))
         #expect(try await client.get(index, [k("b")]) == [nil], "sent before it was held its own 2 s")
-        try await Task.sleep(until: start + .milliseconds(3500))
-        #expect(try await client.get(index, [k("b")]) == [k("1")], "never sent by itself")
+        clock.advance(to: .milliseconds(2600))
+        try await waitUntil("b sent by itself once held 2 s") { try await client.get(index, [k("b")]) == [k("1")] }
         await client.close()
         await cluster.stop()
     }
@@ -91,5 +94,53 @@ import TesseraCore
         await #expect(throws: (any Error).self) { try await queue.submit(deleting: [], putting: [r("b", "1")], sync: false) }
         await client.close()
         await cluster.stop()
+    }
+}
+
+/// A clock the test moves: sleepers wake when `advance` passes their deadline.
+final class TestClock: QueueClock, @unchecked Sendable {
+    // SAFETY: `state` is a Mutex.
+    private struct State {
+        var now: Duration = .zero
+        var sleepers: [(deadline: Duration, wake: CheckedContinuation<Void, Never>)] = []
+    }
+    private let state = Mutex(State())
+
+    func now() -> Duration { state.withLock { $0.now } }
+
+    func sleep(for duration: Duration) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let wake = state.withLock { s -> Bool in
+                guard duration > .zero else { return true }
+                s.sleepers.append((s.now + duration, c))
+                return false
+            }
+            if wake { c.resume() }
+        }
+    }
+
+    /// Moves the time to `time`, waking every sleeper whose deadline it reaches.
+    func advance(to time: Duration) {
+        let woken = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.now = time
+            let due = s.sleepers.filter { $0.deadline <= time }.map(\.wake)
+            s.sleepers.removeAll { $0.deadline <= time }
+            return due
+        }
+        for c in woken { c.resume() }
+    }
+
+    /// Returns once something sleeps until exactly `deadline`; fails after 10 s of real time.
+    func waitForSleeper(until deadline: Duration) async throws {
+        try await waitUntil("a sleeper until \(deadline)") { self.state.withLock { $0.sleepers.contains { $0.deadline == deadline } } }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; fails the test after 10 s.
+func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw TesseraError(.timedOut, "gave up waiting for \(what)") }
+        try await Task.sleep(for: .milliseconds(10))
     }
 }

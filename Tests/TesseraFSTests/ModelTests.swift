@@ -5,6 +5,7 @@
 // kept below as a named regression test.
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 import TesseraClient
 import TesseraCore
@@ -420,9 +421,12 @@ func randomOps(seed: UInt64, count: Int) -> [Op] {
     }
 }
 
+/// Buckets made so far: each run of ops gets a fresh one.
+private let bucketsMade = Mutex(0)
+
 /// Runs `ops` on a fresh bucket; the first failure, or nil.
 func failure(of ops: [Op], on cluster: InProcessCluster) async throws -> String? {
-    let runner = try await Runner(cluster, bucket: "fs-\(UInt32.random(in: 0...UInt32.max))")
+    let runner = try await Runner(cluster, bucket: "fs-\(bucketsMade.withLock { $0 += 1; return $0 })")
     defer { Task { [client = runner.client] in await client.close() } }
     for (n, op) in ops.enumerated() {
         let want = runner.model.apply(op)

@@ -6,28 +6,57 @@ import NIOPosix
 import Testing
 import TesseraCore
 import TesseraRPC
-@testable import tessera
 
-/// A loopback port that was free a moment ago (the same choice `tessera up` makes).
-func freePort() -> Int { try! freePorts(1)[0] }
+/// A loopback socket bound to a port the kernel picked, listening; the port is this
+/// process's until it closes the socket, so no other process can take it in between.
+func listeningSocket() throws -> (fd: CInt, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw TesseraError(.io, "socket: \(String(cString: strerror(errno)))") }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
+            bind(fd, a, length) == 0 && listen(fd, 256) == 0 && getsockname(fd, a, &length) == 0
+        }
+    }
+    guard ok else {
+        let message = String(cString: strerror(errno))
+        close(fd)
+        throw TesseraError(.io, "listening on a loopback port: \(message)")
+    }
+    return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+}
 
 func tesseraBinary() -> String {
     if let path = ProcessInfo.processInfo.environment["TESSERA_BIN"] { return path }
     return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("tessera").path
 }
 
-/// A local cluster of server processes, stopped by PID when released.
+/// A local cluster of server processes, stopped by PID when released. It holds each
+/// server's listening socket and hands it to every process it starts for that server
+/// (`server --listen-fd 0`), so a port stays the cluster's across restarts.
 final class ProcessCluster: @unchecked Sendable {
     // SAFETY: `processes` is touched only by the test's own task.
     static let secret = "cluster-test-secret-0123"
     let dir: String
     let ports: [Int]
+    private let sockets: [CInt]
     var processes: [Process?]
 
     init(servers: Int = 3) throws {
         var template = Array((NSTemporaryDirectory() + "/tessera-cluster-XXXXXX").utf8CString)
         dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-        ports = (0..<servers).map { _ in freePort() }
+        var sockets: [CInt] = []
+        var ports: [Int] = []
+        for _ in 0..<servers {
+            let (fd, port) = try listeningSocket()
+            sockets.append(fd)
+            ports.append(port)
+        }
+        self.sockets = sockets
+        self.ports = ports
         var toml = "secret = \"\(ProcessCluster.secret)\"\n[layout]\ndata_units = 2\nparity_units = 1\nunit_size = \"64K\"\n"
         for i in 0..<servers {
             toml += "[[server]]\nid = \(i)\naddress = \"127.0.0.1:\(ports[i])\"\nmeta = \"\(i)/meta.img\"\nmeta_size = \"128M\"\ndata = \"\(i)/data.img\"\ndata_size = \"256M\"\n"
@@ -54,9 +83,10 @@ final class ProcessCluster: @unchecked Sendable {
     func start(_ i: Int) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tesseraBinary())
-        p.arguments = ["server", "--config", dir + "/cluster.toml", "--id", String(i), "--cache", "16M"]
+        p.arguments = ["server", "--config", dir + "/cluster.toml", "--id", String(i), "--cache", "16M", "--listen-fd", "0"]
+        p.standardInput = FileHandle(fileDescriptor: sockets[i], closeOnDealloc: false)
         p.standardOutput = FileHandle.nullDevice
-        FileManager.default.createFile(atPath: log(i), contents: nil)
+        _ = FileManager.default.createFile(atPath: log(i), contents: nil)
         p.standardError = FileHandle(forWritingAtPath: log(i))
         try p.run()
         processes[i] = p
@@ -88,6 +118,7 @@ final class ProcessCluster: @unchecked Sendable {
 
     deinit {
         for i in processes.indices { stop(i, signal: SIGKILL) }
+        for fd in sockets { close(fd) }
         try? FileManager.default.removeItem(atPath: dir)
     }
 }

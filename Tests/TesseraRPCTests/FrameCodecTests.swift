@@ -40,7 +40,7 @@ import TesseraCore
     }
 
     @Test func randomSplits() throws {
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRandom.forRun("FrameCodecTests.randomSplits")
         for _ in 0..<50 {
             var chunks: [[UInt8]] = []
             var at = 0

@@ -22,7 +22,7 @@ import TesseraCore
         }
     }
 
-    static func mutate(_ bytes: [UInt8], _ rng: inout SystemRandomNumberGenerator) -> [UInt8] {
+    static func mutate(_ bytes: [UInt8], _ rng: inout SeededRandom) -> [UInt8] {
         var b = bytes
         switch Int.random(in: 0..<4, using: &rng) {
         case 0 where !b.isEmpty:
@@ -41,14 +41,16 @@ import TesseraCore
         _ = await good.handle(.createIndexes([fid]))
         let valid = Self.validRequests()
         var thrown = 0
+        let seed = SeededRandom.runSeed()
+        print("FuzzTests.hundredThousandBadFrames: seed \(seed) (replay with TESSERA_SEED=\(seed))")
 
         // Authenticated connections: whole frames whose bodies are mutated or random. Each is
         // answered, so the connection stays open; the good client checks in between.
         let fuzzers = try await withThrowingTaskGroup(of: Int.self) { group in
-            for _ in 0..<4 {
+            for t in 0..<4 {
                 group.addTask {
                     let c = try await live.client()
-                    var rng = SystemRandomNumberGenerator()
+                    var rng = SeededRandom(seed: seed &+ UInt64(t) &+ 1)
                     var n = 0
                     for _ in 0..<22_500 {
                         _ = await c.rawCall(body: Self.mutate(valid.randomElement(using: &rng)!, &rng))
@@ -73,7 +75,7 @@ import TesseraCore
 
         // Unauthenticated connections: garbage headers, mutated frames and handshakes. The server
         // answers with `refused` and closes; it must never stop accepting.
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRandom(seed: seed)
         let goodFrame = Frame(kind: .request, requestID: 1, body: valid[0]).encode()
         let hello = Frame(kind: .hello, body: [UInt8](repeating: 1, count: 32)).encode()
         var connections = 0

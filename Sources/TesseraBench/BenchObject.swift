@@ -4,6 +4,7 @@
 // size back cold, on the same disk.
 import ArgumentParser
 import Foundation
+import TesseraLocal
 import TesseraClient
 import TesseraCore
 
@@ -45,7 +46,7 @@ struct BenchObject: AsyncParsableCommand {
             try? runChild(tesseraExecutable, ["down", "--dir", state])
             try? FileManager.default.removeItem(atPath: state)
         }
-        let cluster = try Cluster(config: try StateOption.parse(["--dir", state]).config())
+        let cluster = try Cluster(config: try LocalState(path: state).config())
         let object = Fid(hi: 0xBE, lo: 1)
         try await cluster.create(object)
         // Calls of 16 parity groups (at least 4 MiB), 4 calls in flight.

@@ -3,6 +3,7 @@
 // gets, and against dd (conv=fdatasync, same disk) for 1 MiB IOS unit writes and reads.
 import ArgumentParser
 import Foundation
+import TesseraLocal
 import NIOPosix
 import TesseraCore
 import TesseraRPC

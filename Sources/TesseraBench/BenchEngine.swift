@@ -1,7 +1,7 @@
 // `tessera bench engine`: the metadata engine against SQLite, printed as a table of ratios.
 import ArgumentParser
 import Foundation
-import TesseraBench
+import TesseraLocal
 
 struct BenchEngine: ParsableCommand {
     static let configuration = CommandConfiguration(

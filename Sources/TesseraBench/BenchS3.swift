@@ -5,6 +5,7 @@
 // and the medians are printed with the ratios.
 import ArgumentParser
 import Foundation
+import TesseraLocal
 import NIOCore
 import TesseraClient
 import TesseraConfig
@@ -43,7 +44,7 @@ struct BenchS3: AsyncParsableCommand {
         let port = try freePorts(1)[0]
         try runChild(tesseraExecutable, ["up", "--dir", state, "--data-size", "\(max(4, large * 16 * 3 / 1024 + 2))G", "--s3", "127.0.0.1:\(port)"])
         defer { try? runChild(tesseraExecutable, ["down", "--dir", state]) }
-        let config = try StateOption.parse(["--dir", state]).config()
+        let config = try LocalState(path: state).config()
         let (key, secret) = config.s3.credentials.sorted { $0.key < $1.key }.first!
 
         var moto: Process?

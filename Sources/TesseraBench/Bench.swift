@@ -1,13 +1,17 @@
 // `tessera bench`: benchmarks, each against the baseline its issue names.
 import ArgumentParser
+import TesseraCore
 
-struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(
+/// `tessera bench`: each benchmark is a subcommand.
+public struct Bench: ParsableCommand {
+    public init() {}
+    public static let configuration = CommandConfiguration(
         abstract: "Run a benchmark against its baseline and print the ratios.",
         subcommands: [BenchEngine.self, BenchServer.self, BenchObject.self, BenchS3.self, BenchFS.self])
 }
 
 import Foundation
+import TesseraLocal
 
 // Helpers shared by the benchmarks.
 

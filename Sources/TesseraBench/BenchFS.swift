@@ -8,6 +8,7 @@
 // swung a row's ratio by half on these shared machines).
 import ArgumentParser
 import Foundation
+import TesseraLocal
 import TesseraCore
 
 struct BenchFS: AsyncParsableCommand {
@@ -31,7 +32,7 @@ struct BenchFS: AsyncParsableCommand {
         guard let bindfs = which("bindfs"), let fio = which("fio") else {
             throw TesseraError(.notFound, "bench fs needs bindfs and fio (apt-get install bindfs fio; scripts/install-deps does)")
         }
-        let bytes = try parseSize(size)
+        let bytes = try ByteSize.required(size)
         let src = tree ?? ["/usr/lib/python3.11", "/usr/include", "/usr/share/doc"].first { FileManager.default.fileExists(atPath: $0) }
         guard let src else { throw ValidationError("no tree to copy; give --tree") }
         var template = Array(((dir as NSString).standardizingPath + "/tessera-bench-fs-XXXXXX").utf8CString)

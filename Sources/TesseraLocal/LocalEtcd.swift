@@ -8,21 +8,21 @@ import TesseraCore
 import TesseraEtcd
 import TesseraState
 
-extension StateOption {
-    var etcdConfigFile: String { path + "/etcd.yml" }
-    var etcdDataDir: String { path + "/etcd" }
-    var etcdLogFile: String { path + "/etcd.log" }
-    var etcdPidFile: String { path + "/etcd.pid" }
+extension LocalStateFolder {
+    public var etcdConfigFile: String { path + "/etcd.yml" }
+    public var etcdDataDir: String { path + "/etcd" }
+    public var etcdLogFile: String { path + "/etcd.log" }
+    public var etcdPidFile: String { path + "/etcd.pid" }
 
     /// The pid of the etcd `up` started, if it is running.
-    func runningEtcdPid() -> pid_t? {
+    public func runningEtcdPid() -> pid_t? {
         runningPid(etcdPidFile) { args in
             (args.first.map { $0.hasSuffix("etcd") } ?? false) && args.contains(etcdConfigFile)
         }
     }
 
     /// Writes etcd.yml for a one-member etcd on loopback ports `client` and `peer`.
-    func writeEtcdConfig(client: Int, peer: Int) throws {
+    public func writeEtcdConfig(client: Int, peer: Int) throws {
         let yaml = """
             # Written by `tessera up`: the local cluster's one-member etcd (docs/CLUSTER.md).
             name: tessera
@@ -46,7 +46,7 @@ extension StateOption {
 
     /// Adds a `[state]` section naming a new local etcd to a cluster file that has none (a
     /// state folder made before etcd was part of the cluster), and writes its etcd.yml.
-    func addLocalStateSection() throws {
+    public func addLocalStateSection() throws {
         let ports = try freePorts(2)
         try writeEtcdConfig(client: ports[0], peer: ports[1])
         let text = try String(contentsOfFile: configPath, encoding: .utf8)
@@ -63,7 +63,7 @@ extension StateOption {
 
     /// Starts the local etcd if this folder has one and it is not running, then waits until
     /// the cluster's endpoints answer as an etcd (30 s at most, or until the process dies).
-    func startEtcd(_ config: ClusterConfig) async throws {
+    public func startEtcd(_ config: ClusterConfig) async throws {
         let settings = try config.requireState(for: "the cluster")
         let local = FileManager.default.fileExists(atPath: etcdConfigFile)
         if local && runningEtcdPid() == nil {
@@ -91,7 +91,7 @@ extension StateOption {
     }
 
     /// Stops the local etcd (last: the others end their sessions in it as they stop).
-    func stopEtcd() async throws -> Bool {
+    public func stopEtcd() async throws -> Bool {
         guard let pid = runningEtcdPid() else { return false }
         try await stop(pid, what: "etcd", stillRunning: runningEtcdPid)
         unlink(etcdPidFile)
@@ -100,7 +100,7 @@ extension StateOption {
 }
 
 /// The first `name` in $PATH (then /usr/bin, /usr/local/bin) that is executable.
-func findExecutable(_ name: String) -> String? {
+public func findExecutable(_ name: String) -> String? {
     let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
     let dirs = path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/local/bin"]
     return dirs.map { $0 + "/" + name }.first { FileManager.default.isExecutableFile(atPath: $0) }
