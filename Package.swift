@@ -143,7 +143,7 @@ let package = Package(
         .testTarget(
             name: "TesseraEtcdTests",
             dependencies: [
-                "TesseraEtcd", "TesseraCore",
+                "TesseraEtcd", "TesseraCore", "TesseraLocal",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,6 +1,7 @@
 // Starting and waiting for the processes of a local cluster: system tools, `tessera`
 // children, loopback ports, and what the kernel's mount table says.
 import Foundation
+import Synchronization
 import TesseraCore
 
 /// The running `tessera` binary, which starts the others.
@@ -53,21 +54,27 @@ public func runChild(_ path: String, _ args: [String]) throws {
     guard p.terminationStatus == 0 else { throw TesseraError(.io, "tessera \(args.joined(separator: " ")) failed (exit \(p.terminationStatus))") }
 }
 
-/// Loopback ports free at the moment, below the ephemeral range (so an outgoing connection
-/// cannot hold one when a server starts).
+/// Loopback ports free now, for processes started later (a cluster file names their
+/// ports). Picked at random between 20000 and 32000, below the kernel's ephemeral range
+/// (net.ipv4.ip_local_port_range starts at 32768): the kernel never hands those to an
+/// outgoing connection or a bind of port 0, so nothing takes one before its process binds
+/// it. Never the same port twice in one process.
 public func freePorts(_ n: Int) throws -> [Int] {
     var out: [Int] = []
     for _ in 0..<1000 where out.count < n {
         let port = Int.random(in: 20_000..<32_000)
-        guard !out.contains(port) else { continue }
+        guard !out.contains(port), !portsGiven.withLock({ $0.contains(port) }) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         let ok = withIPv4Address("127.0.0.1", port) { bind(fd, $0, $1) }
         close(fd)
         if ok == 0 { out.append(port) }
     }
     guard out.count == n else { throw TesseraError(.io, "found no free loopback ports") }
+    portsGiven.withLock { $0.formUnion(out) }
     return out
 }
+
+private let portsGiven = Mutex<Set<Int>>([])
 
 /// The absolute path, symlinks resolved, that the kernel's mount table names for `path`.
 public func mountTarget(_ path: String) -> String {

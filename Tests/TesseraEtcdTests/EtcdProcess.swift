@@ -3,6 +3,7 @@
 import Foundation
 import Logging
 import TesseraEtcd
+import TesseraLocal
 import XCTest
 
 final class EtcdProcess: @unchecked Sendable {
@@ -110,23 +111,9 @@ struct TesseraTestError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// A loopback port nothing listens on right now (bound to port 0, then closed).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TesseraTestError("socket: \(errno)") }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    // SAFETY: addr is a sockaddr_in of the length passed, alive for both calls.
-    let ok = withUnsafeMutablePointer(to: &addr) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-    }
-    guard ok else { throw TesseraTestError("bind: \(errno)") }
-    return Int(UInt16(bigEndian: addr.sin_port))
-}
+/// A loopback port for an etcd (or a dead endpoint) started later: `freePorts`, which picks
+/// below the ephemeral range so no other process takes it meanwhile.
+func freePort() throws -> Int { try freePorts(1)[0] }
 
 /// Log records kept for assertions.
 final class CapturedLogs: @unchecked Sendable {
