@@ -64,7 +64,11 @@ extension LocalStateFolder {
     }
 
     /// Starts `tessera ARGS` in the background, its stderr appended to `log`, its pid in
-    /// `pidFile`.
+    /// `pidFile`. Returns once the child runs the program (its command line is the one
+    /// given), so `runningPid` recognises it from then on: Foundation's `Process.run`
+    /// returns before the child's exec, while `/proc/PID/cmdline` is still empty (seen in a
+    /// third of the launches on a loaded machine, where `up` then took a gateway starting
+    /// for one that had died).
     public func spawn(executable: String = tesseraExecutable, _ args: [String], log: String, pidFile: String) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
@@ -76,7 +80,14 @@ extension LocalStateFolder {
         handle.seekToEndOfFile()
         p.standardError = handle
         try p.run()
-        try String(p.processIdentifier).write(toFile: pidFile, atomically: true, encoding: .utf8)
+        let pid = p.processIdentifier
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline, kill(pid, 0) == 0 {
+            let cmd = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+            if cmd.split(separator: 0).map({ String(decoding: $0, as: UTF8.self) }).dropFirst().elementsEqual(args) { break }
+            usleep(1000)
+        }
+        try String(pid).write(toFile: pidFile, atomically: true, encoding: .utf8)
     }
 
     /// Sends SIGTERM to `pid` and waits up to a minute for it to go, then kills it.

@@ -49,7 +49,11 @@ class MountTest(unittest.TestCase):
         cls.state = os.path.join(cls.tmp, "state")
         cls.mnt = os.path.join(cls.tmp, "mnt")
         cls.port = free_port()
-        cls.up()
+        try:
+            cls.up()
+        except BaseException:
+            cls.tearDownClass()  # unittest skips it when setUpClass fails
+            raise
 
     @classmethod
     def up(cls):

@@ -35,10 +35,14 @@ class Cluster:
         self.tmp = tempfile.mkdtemp(prefix="tessera-s3-")
         self.state = os.path.join(self.tmp, "state")
         self.port = free_port()
-        out = subprocess.run(
-            [TESSERA, "up", "--dir", self.state, "--data-size", "2G", "--ttl", "2s", "--grace", "2s", "--sweep-interval", "1s",
-             "--s3", f"127.0.0.1:{self.port}"],
-            check=True, capture_output=True, text=True, timeout=120).stdout
+        try:
+            out = subprocess.run(
+                [TESSERA, "up", "--dir", self.state, "--data-size", "2G", "--ttl", "2s", "--grace", "2s", "--sweep-interval", "1s",
+                 "--s3", f"127.0.0.1:{self.port}"],
+                check=True, capture_output=True, text=True, timeout=120).stdout
+        except BaseException:
+            self.down()  # what `up` started before it failed
+            raise
         self.env = {}
         for line in out.splitlines():
             if line.startswith("export "):

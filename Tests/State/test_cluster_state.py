@@ -51,7 +51,11 @@ class LocalCluster:
         self.mnt = os.path.join(self.tmp, "mnt")
         self.port = free_port()
         self.extra = []  # (Popen, mount point or None) started by a test
-        self.up(memory)
+        try:
+            self.up(memory)
+        except BaseException:
+            self.close()  # what `up` started before it failed (tearDown does not run)
+            raise
 
     def up(self, memory="256M"):
         r = subprocess.run(
