@@ -146,9 +146,17 @@ extension HTTPConnection {
             let closer = connection.closer
             do {
                 return try await withTaskCancellationHandler {
-                    try await connection.send(method, path, body: body)
-                    let status = Int(try await connection.head().status.code)
-                    return (status, try await connection.body(limit: limit, path))
+                    // A server may answer and close before it has read the whole request
+                    // (an error page, bytes that are not HTTP): its answer, if one came,
+                    // says more than the failed write.
+                    var unsent: Error?
+                    do { try await connection.send(method, path, body: body) } catch { unsent = error }
+                    do {
+                        let status = Int(try await connection.head().status.code)
+                        return (status, try await connection.body(limit: limit, path))
+                    } catch let e as ConnectionEnded {
+                        throw unsent ?? e
+                    }
                 } onCancel: {
                     closer.close()
                 }
