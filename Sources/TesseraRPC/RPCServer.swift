@@ -274,7 +274,14 @@ final class ServerConnectionHandler: ChannelInboundHandler, RemovableChannelHand
                 flushBurst(context)
                 continue
             }
-            let run = queued[i..<min(queued.count, i + Self.answerChunk)].map(\.request)
+            // Changes go to the handler in runs (one transaction for a run); a read goes
+            // alone, so the replies owed are looked at again after each one: 64 large
+            // replies in one run passed the bound by megabytes.
+            var end = i + 1
+            if !queued[i].request.isRead {
+                while end < min(queued.count, i + Self.answerChunk), !queued[end].request.isRead { end += 1 }
+            }
+            let run = queued[i..<end].map(\.request)
             let answered = handler.handleImmediately(run[...])
             for (k, response) in answered.enumerated() { reply(context, response, id: queued[i + k].id) }
             i += answered.count
@@ -422,5 +429,15 @@ enum WaitedReply {
         out.moveWriterIndex(forwardBy: bodyAt + length)
         out.moveReaderIndex(forwardBy: bodyAt - Frame.headerSize)
         return out
+    }
+}
+
+extension Request {
+    /// A request whose reply carries what it read (its size unknown until it is made).
+    fileprivate var isRead: Bool {
+        switch self {
+        case .get, .next, .listIndexes, .read: return true
+        default: return false
+        }
     }
 }
