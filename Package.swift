@@ -37,7 +37,7 @@ let package = Package(
         // Layer 3: CAS, IOS and SYNC over the engine.
         .target(
             name: "TesseraServices",
-            dependencies: ["TesseraCore", "TesseraEngine", .product(name: "Prometheus", package: "swift-prometheus")]
+            dependencies: ["TesseraCore", "TesseraEngine", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Prometheus", package: "swift-prometheus")]
         ),
         // Layer 4: framing, handshake, SwiftNIO transport. Futures stay inside this target.
         .target(
@@ -150,7 +150,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TesseraStateTests", dependencies: ["TesseraState", "TesseraClient", "TesseraConfig", "TesseraEtcd"]),
-        .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "tessera"]),
+        .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "TesseraState", "tessera"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
         .testTarget(
             name: "TesseraRPCTests",

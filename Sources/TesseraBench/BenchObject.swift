@@ -4,9 +4,10 @@
 // size back cold, on the same disk.
 import ArgumentParser
 import Foundation
-import TesseraLocal
 import TesseraClient
 import TesseraCore
+import TesseraLocal
+import TesseraState
 
 struct BenchObject: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -46,7 +47,9 @@ struct BenchObject: AsyncParsableCommand {
             try? runChild(tesseraExecutable, ["down", "--dir", state])
             try? FileManager.default.removeItem(atPath: state)
         }
-        let cluster = try Cluster(config: try LocalState(path: state).config())
+        let config = try LocalState(path: state).config()
+        let cluster = try Cluster(config: config)
+        ClusterState.follow(cluster, config.state)
         let object = Fid(hi: 0xBE, lo: 1)
         try await cluster.create(object)
         // Calls of 16 parity groups (at least 4 MiB), 4 calls in flight.

@@ -63,6 +63,7 @@ struct BenchS3: AsyncParsableCommand {
 
         let loads = [Load(name: "4 KiB", size: 4096, count: small), Load(name: "16 MiB", size: 16 << 20, count: large)]
         let cluster = try Cluster(config: config)
+        ClusterState.follow(cluster, config.state)
         // A session of its own: the gateway's sweeper would free what an ownerless PUT notes.
         let sessions = try await ClusterState.start(config: config, info: SessionInfo(kind: .tool, serves: "tessera bench s3 (in-process)"), logger: Logger(label: "tessera.bench"))
         let store = S3Store(cluster: cluster, sessions: sessions)

@@ -17,7 +17,8 @@ public final class Cluster: Sendable {
     private let unsynced: Mutex<[UInt64]>
     private let degraded = Atomic<UInt64>(0)
     /// The newest cluster map seen (nil: none yet, every server counts as online).
-    private let currentMap = Mutex<ClusterMap?>(nil)
+    let currentMap = Mutex<ClusterMap?>(nil)
+    private let mapSource = Mutex<(@Sendable () async -> ClusterMap?)?>(nil)
 
     /// Units rebuilt from parity because a server was down or a checksum failed.
     public var degradedReads: UInt64 { degraded.load(ordering: .relaxed) }
@@ -51,6 +52,16 @@ public final class Cluster: Sendable {
     /// Takes `map` if it is newer than the one held; true if it was.
     @discardableResult
     public func apply(_ map: ClusterMap) -> Bool { currentMap.withLock { $0.take(map) } }
+
+    /// Where to read the map when a server says the one held is stale and no newer one has
+    /// come (a process without a watch: one-shot commands, tests). Set once, before use.
+    public func readMaps(from source: @escaping @Sendable () async -> ClusterMap?) { mapSource.withLock { $0 = source } }
+
+    /// Reads the map from the source, if there is one, and takes it if newer.
+    func refreshMap() async {
+        guard let source = mapSource.withLock({ $0 }), let m = await source() else { return }
+        apply(m)
+    }
 
     /// Why server `server` (a position) must not be asked anything, if the map says so.
     func refusal(_ server: Int) -> TesseraError? {

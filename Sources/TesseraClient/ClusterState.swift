@@ -117,44 +117,6 @@ public final class LocalSessions: SessionRegistry {
     }
 }
 
-/// The cluster map: every server and its state, under one version that every change bumps.
-/// Kept in etcd as JSON (docs/CLUSTER.md, "Keys"); every process watches it.
-public struct ClusterMap: Sendable, Equatable, Codable {
-    public enum ServerState: String, Sendable, Codable {
-        /// Serving.
-        case online
-        /// Its session has been gone for the grace period: requests fail at once.
-        case failed
-        /// Back, and catching up with what it missed (the repair issue); not yet serving reads.
-        case repairing
-    }
-
-    public struct Server: Sendable, Equatable, Codable {
-        public var id: Int
-        public var address: String
-        public var state: ServerState
-        /// Wall-clock time of the last state change (ns since 1970), for people reading it.
-        public var since: UInt64
-
-        public init(id: Int, address: String, state: ServerState, since: UInt64) {
-            self.id = id
-            self.address = address
-            self.state = state
-            self.since = since
-        }
-    }
-
-    public var version: UInt64
-    public var servers: [Server]
-
-    public init(version: UInt64, servers: [Server]) {
-        self.version = version
-        self.servers = servers
-    }
-
-    public func server(_ id: Int) -> Server? { servers.first { $0.id == id } }
-}
-
 extension Optional where Wrapped == ClusterMap {
     /// Replaces the map held here with `newer` if it has a higher version; true if it did.
     public mutating func take(_ newer: ClusterMap) -> Bool {

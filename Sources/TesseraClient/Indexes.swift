@@ -1,81 +1,84 @@
-// Replicated indexes (the seed's DIX): each index lives on 2 of the servers, chosen by
-// hashing its fid. Changes go to both replicas in parallel and succeed when both do; reads
-// go to the first replica that answers.
+// Replicated indexes (the seed's DIX, docs/REPLICATION.md): each index lives on 2 of the
+// servers, chosen by hashing its fid. A change goes to the head of the index's chain under
+// the cluster map, which decides it, applies it and has the other replica apply it before
+// answering; a read goes to the chain's serving replica. Every request names the map
+// version it was routed by, and a server whose map disagrees refuses it (`staleMap`): the
+// client then waits for a newer map and sends it again.
 import TesseraCore
 
 extension Cluster {
-    /// The servers (positions) holding index `fid`, in the order reads try them.
-    public func replicas(of fid: Fid) -> [Int] {
-        let p = links.count
-        guard p > 1 else { return [0] }
-        // SplitMix64 finaliser over both halves: neighbouring fids spread over all pairs.
-        var h = fid.hi &* 0x9E37_79B9_7F4A_7C15 ^ fid.lo
-        h = (h ^ (h >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        h = (h ^ (h >> 27)) &* 0x94D0_49BB_1331_11EB
-        h ^= h >> 31
-        let first = Int(h % UInt64(p))
-        return [first, (first + 1) % p]
+    /// The servers (positions) holding index `fid`, first replica first.
+    public func replicas(of fid: Fid) -> [Int] { indexReplicas(of: fid, servers: links.count) }
+
+    /// How long an index request is retried while its chain has no head, or the head does
+    /// not answer: long enough for the map to fail a dead server (TTL + grace + a poll with
+    /// the defaults) and route around it.
+    static let routingWindow = Duration.seconds(30)
+
+    /// The map requests are routed by: the newest seen, or, without a state service, every
+    /// server online (version 0).
+    func routingMap() -> ClusterMap {
+        currentMap.withLock { $0 } ?? ClusterMap.everyoneOnline(links.map(\.id))
     }
 
-    /// Sends `request` to every replica of `fid` at once; throws the first failure.
-    private func both(_ fid: Fid, _ request: Request) async throws -> [Response] {
-        let servers = replicas(of: fid)
-        let responses = await withTaskGroup(of: (Int, Response).self) { group in
-            for (i, s) in servers.enumerated() { group.addTask { (i, await self.call(s, request)) } }
-            var out = [Response](repeating: .done, count: servers.count)
-            for await (i, r) in group { out[i] = r }
-            return out
-        }
-        for (i, r) in responses.enumerated() {
-            if case .failure(let status, let message) = r {
-                throw TesseraError(status.code ?? .io, "index \(fid), replica on server \(links[servers[i]].id): \(message)")
-            }
-        }
-        return responses
-    }
-
-    /// Tries the replicas in order until one answers without a transport failure.
-    private func first(_ fid: Fid, _ request: Request) async throws -> Response {
+    /// Sends `request` about index `fid` to the server its chain names (the head for a
+    /// change, the serving replica for a read), routed by the map version; retries, waiting
+    /// for a newer map, while the server refuses it as stale or cannot be reached. `retried`
+    /// tells whether a change was sent more than once (its first answer may have been lost).
+    private func routed(_ fid: Fid, _ request: Request, read: Bool) async throws -> (response: Response, retried: Bool) {
+        let deadline = ContinuousClock.now + Self.routingWindow
         var last = ""
-        for s in replicas(of: fid) {
-            let r = await call(s, request)
-            switch r {
-            case .failure(let status, let message) where [.closed, .timedOut, .io, .checksum, .corrupt].contains(status):
-                last = "server \(links[s].id): \(message)"
-                continue
-            default:
-                return try r.unwrap()
+        var sent = 0
+        while true {
+            let m = routingMap()
+            let replicaIDs = replicas(of: fid).map { links[$0].id }
+            let c = m.chain(replicas: replicaIDs)
+            if let target = read ? c.serving : c.head, let position = links.firstIndex(where: { $0.id == target }) {
+                let r = await call(position, .routed(mapVersion: m.version, request: request))
+                sent += 1
+                switch r {
+                case .failure(.staleMap, let message):
+                    last = message
+                case .failure(let status, let message) where [.closed, .timedOut].contains(status):
+                    last = "server \(target): \(message)"
+                default:
+                    return (r, sent > 1)
+                }
+            } else {
+                last = "no replica of index \(fid) is online in cluster map version \(m.version) (replicas: servers \(replicaIDs.map(String.init).joined(separator: " and ")))"
             }
+            guard ContinuousClock.now < deadline else { throw TesseraError(.closed, "index \(fid): \(last)") }
+            await newerMap(than: m.version, within: .milliseconds(250))
+            if routingMap().version == m.version { await refreshMap() }
         }
-        throw TesseraError(.closed, "index \(fid): no replica answered (\(last))")
     }
 
-    /// Per record, the statuses of both replicas merged: the same status, or `.ok` if one
-    /// replica had to catch up with the other.
-    private func merged(_ responses: [Response]) throws -> [Status] {
-        let lists = responses.map { r -> [Status] in
-            if case .statuses(let s, _) = r { return s }
-            return []
+    /// Returns when the map is newer than `version`, or after `within`.
+    private func newerMap(than version: UInt64, within: Duration) async {
+        let until = ContinuousClock.now + within
+        while ContinuousClock.now < until {
+            if routingMap().version > version { return }
+            try? await Task.sleep(for: .milliseconds(10))
         }
-        guard let firstList = lists.first, lists.allSatisfy({ $0.count == firstList.count }) else {
-            throw TesseraError(.io, "replicas answered with different shapes")
-        }
-        return firstList.indices.map { i in
-            let all = lists.map { $0[i] }
-            return all.allSatisfy { $0 == all[0] } ? all[0] : (all.contains(.ok) ? .ok : all[0])
-        }
+    }
+
+    /// Statuses of a change routed to its head.
+    private func change(_ fid: Fid, _ request: Request) async throws -> (statuses: [Status], retried: Bool) {
+        let (r, retried) = try await routed(fid, request, read: false)
+        guard case .statuses(let statuses, _) = try r.unwrap() else { throw TesseraError(.io, "index \(fid): malformed reply to \(request.opcode)") }
+        return (statuses, retried)
     }
 
     /// Creates index `fid` on its replicas; false if it existed already.
     @discardableResult
     public func createIndex(_ fid: Fid) async throws -> Bool {
-        try merged(try await both(fid, .createIndexes([fid])))[0] == .ok
+        try await change(fid, .createIndexes([fid])).statuses[0] == .ok
     }
 
     /// Drops index `fid` with all its records; false if it did not exist.
     @discardableResult
     public func dropIndex(_ fid: Fid) async throws -> Bool {
-        try merged(try await both(fid, .dropIndexes([fid])))[0] == .ok
+        try await change(fid, .dropIndexes([fid])).statuses[0] == .ok
     }
 
     /// Indexes of the cluster in fid order, after `after`, at most `limit`: the union of what
@@ -97,37 +100,57 @@ extension Cluster {
         return Array(all.sorted().prefix(limit))
     }
 
-    /// Puts records into index `fid` on both replicas. Per record: `.ok`, `.exists` (create-
-    /// only and present) or `.tooLarge`.
+    /// Puts records into index `fid`. Per record: `.ok`, `.exists` (create-only and
+    /// present) or `.tooLarge`. A create-only put sent again after a lost answer counts a
+    /// record as ours (`.ok`) if the value stored is the one it put.
     @discardableResult
     public func put(_ fid: Fid, _ records: [Record], mode: PutMode = .overwrite, sync: Bool = false) async throws -> [Status] {
-        try merged(try await both(fid, .put(index: fid, records: records, mode: mode, syncWait: sync)))
+        var (statuses, retried) = try await change(fid, .put(index: fid, records: records, mode: mode, syncWait: sync))
+        if retried && mode == .createOnly && statuses.contains(.exists) {
+            let present = statuses.indices.filter { statuses[$0] == .exists }
+            let stored = try await get(fid, present.map { records[$0].key })
+            for (i, value) in zip(present, stored) where value == records[i].value { statuses[i] = .ok }
+        }
+        return statuses
+    }
+
+    /// Compare-and-put: if `key`'s value is `expected` (nil: absent), makes it `value` (nil:
+    /// deletes it). Returns whether it did, and if not, the value stored (nil: absent). Sent
+    /// again after a lost answer, it counts as done if the value stored is `value`.
+    public func compareAndPut(_ fid: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, sync: Bool = false) async throws -> (done: Bool, current: [UInt8]?) {
+        let (r, retried) = try await routed(fid, .cas(index: fid, key: key, expected: expected, value: value, syncWait: sync), read: false)
+        guard case .cas(let status, let current, _) = try r.unwrap() else { throw TesseraError(.io, "index \(fid): malformed reply to a compare-and-put") }
+        switch status {
+        case .ok: return (true, nil)
+        case .conflict: return (retried && current == value, current)
+        default: throw TesseraError(status.code ?? .io, "index \(fid): compare-and-put: \(status)")
+        }
     }
 
     /// Deletes keys from index `fid` on both replicas. Per key: `.ok` or `.notFound`.
     @discardableResult
     public func delete(_ fid: Fid, _ keys: [[UInt8]], sync: Bool = false) async throws -> [Status] {
-        try merged(try await both(fid, .delete(index: fid, keys: keys, syncWait: sync)))
+        try await change(fid, .delete(index: fid, keys: keys, syncWait: sync)).statuses
     }
 
     /// Deletes `deletes` then puts `puts` in index `fid`, in one transaction on each replica.
     /// Statuses: one per delete (`.ok`, `.notFound`), then one per put (`.ok`, `.tooLarge`).
     @discardableResult
     public func update(_ fid: Fid, deleting deletes: [[UInt8]], putting puts: [Record], sync: Bool = false) async throws -> [Status] {
-        try merged(try await both(fid, .update(index: fid, deletes: deletes, puts: puts, syncWait: sync)))
+        try await change(fid, .update(index: fid, deletes: deletes, puts: puts, syncWait: sync)).statuses
     }
 
-    /// Values of `keys` in index `fid` (nil where absent), from the first replica that answers.
+    /// Values of `keys` in index `fid` (nil where absent), from its serving replica.
     public func get(_ fid: Fid, _ keys: [[UInt8]]) async throws -> [[UInt8]?] {
-        guard case .values(let v) = try await first(fid, .get(index: fid, keys: keys)), v.count == keys.count else {
+        guard case .values(let v) = try await routed(fid, .get(index: fid, keys: keys), read: true).response.unwrap(), v.count == keys.count else {
             throw TesseraError(.io, "index \(fid): malformed GET reply")
         }
         return v
     }
 
-    /// Up to `limit` records from each start key (nil: the first key), from one replica.
+    /// Up to `limit` records from each start key (nil: the first key), from its serving replica.
     public func next(_ fid: Fid, from starts: [[UInt8]?], limit: Int, excludeStart: Bool = false) async throws -> [[Record]] {
-        guard case .records(let r) = try await first(fid, .next(index: fid, starts: starts, limit: UInt32(clamping: limit), excludeStart: excludeStart)),
+        guard case .records(let r) = try await routed(fid, .next(index: fid, starts: starts, limit: UInt32(clamping: limit), excludeStart: excludeStart), read: true).response.unwrap(),
             r.count == starts.count
         else { throw TesseraError(.io, "index \(fid): malformed NEXT reply") }
         return r

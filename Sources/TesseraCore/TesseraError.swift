@@ -9,6 +9,11 @@ public struct TesseraError: Error, CustomStringConvertible, Sendable, Equatable 
     public enum Code: String, Sendable, Equatable {
         case notFound, exists, invalidArgument, noSpace, io, corrupt, tooLarge
         case unsupportedVersion, closed, checksum, timedOut, notEmpty, busy, internalError, permissionDenied
+        /// A compare-and-put found another value than the one expected.
+        case conflict
+        /// A server's cluster map and the request's disagree on who serves it: read the map
+        /// again and retry (docs/REPLICATION.md).
+        case staleMap
     }
 
     public var code: Code
@@ -39,6 +44,8 @@ public struct TesseraError: Error, CustomStringConvertible, Sendable, Equatable 
         case .notEmpty: return ENOTEMPTY
         case .busy: return EBUSY
         case .permissionDenied: return EACCES
+        case .conflict: return EAGAIN
+        case .staleMap: return ESTALE
         }
     }
 }

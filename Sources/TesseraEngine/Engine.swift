@@ -181,6 +181,10 @@ public final class Engine: @unchecked Sendable {
 
     public func waitLogged(_ tx: TxId) async throws { try await pipeline.waitLogged(tx.group) }
 
+    /// The group of the newest transaction closed so far: once it is LOGGED, so is every
+    /// change a reader can see now.
+    public var currentTransaction: TxId { TxId(group: pipeline.currentGroup) }
+
     /// Every transaction with a group number up to this one is LOGGED.
     public var loggedThrough: TxId { TxId(group: pipeline.loggedGroups) }
 

@@ -4,7 +4,7 @@ import NIOCore
 import NIOPosix
 import TesseraCore
 
-public final class RPCClient: RequestHandler {
+public final class RPCClient: RequestHandler, PeerConnection {
     private let channel: Channel
     private let connection: NIOLoopBound<ClientConnectionHandler>
     /// Deadline of requests sent through `handle`.

@@ -1,5 +1,6 @@
 // CAS: the catalogue service, GET/PUT/DEL/NEXT on vectors of records and index create, drop
 // and list, over the engine's catalogues.
+import Crypto
 import TesseraCore
 import TesseraEngine
 
@@ -20,14 +21,17 @@ public struct CatalogueService: Sendable {
     public func handle(_ request: Request) async throws -> Response {
         try refuseReserved(request)
         let response = try answer(request)
-        if case .statuses(_, let tx) = response, needsWait(request) { try await engine.waitLogged(TxId(group: tx)) }
+        if needsWait(request) {
+            if case .statuses(_, let tx) = response { try await engine.waitLogged(TxId(group: tx)) }
+            if case .cas(_, _, let tx) = response { try await engine.waitLogged(TxId(group: tx)) }
+        }
         return response
     }
 
     private func needsWait(_ request: Request) -> Bool {
         switch request {
         case .createIndexes, .dropIndexes: return true
-        case .put(_, _, _, let syncWait), .delete(_, _, let syncWait), .update(_, _, _, let syncWait): return syncWait
+        case .put(_, _, _, let syncWait), .delete(_, _, let syncWait), .update(_, _, _, let syncWait), .cas(_, _, _, _, let syncWait): return syncWait
         default: return false
         }
     }
@@ -47,6 +51,10 @@ public struct CatalogueService: Sendable {
         case .put, .delete, .update:
             let (operations, payload) = Self.size(of: request)
             return try commit(operations, payload: payload) { t in try apply(request, t) }
+        case .cas:
+            let (operations, payload) = Self.size(of: request)
+            let (decided, tx) = try engine.write(credit: engine.credit(operations: operations, payloadBytes: payload)) { t in try decide(request, t).response }
+            return decided.with(transaction: tx.group)
         case .next(let index, let starts, let limit, let excludeStart):
             let n = min(Int(limit), CatalogueService.maxNext)
             return .records(try starts.map { start in
@@ -57,9 +65,11 @@ public struct CatalogueService: Sendable {
         }
     }
 
-    /// Records and payload bytes of a PUT, DEL or UPDATE.
-    private static func size(of request: Request) -> (operations: Int, payload: Int) {
+    /// Records and payload bytes of a PUT, DEL, UPDATE or CAS.
+    static func size(of request: Request) -> (operations: Int, payload: Int) {
         switch request {
+        case .cas(_, let key, _, let value, _): return (1, key.count + (value?.count ?? 0))
+        case .createIndexes(let f), .dropIndexes(let f): return (f.count, 0)
         case .put(_, let records, _, _): return (records.count, records.reduce(0) { $0 + $1.key.count + $1.value.count })
         case .delete(_, let keys, _): return (keys.count, 0)
         case .update(_, let deletes, let puts, _): return (deletes.count + puts.count, puts.reduce(0) { $0 + $1.key.count + $1.value.count })
@@ -87,11 +97,145 @@ public struct CatalogueService: Sendable {
         }
     }
 
+    // MARK: Replication (docs/REPLICATION.md)
+
+    /// Decides the change `request` against `t` and makes it there: the answer (its
+    /// transaction still 0) and the effect the other members of the chain apply as it is.
+    func decide(_ request: Request, _ t: Transaction) throws -> (response: Response, effect: StreamEntry) {
+        try refuseReserved(request)
+        let limits = engine.limits
+        switch request {
+        case .createIndexes(let fids) where fids.count == 1:
+            return (.statuses([try t.createCatalogue(fids[0]) ? .ok : .exists], transaction: 0), .createIndex(fids[0]))
+        case .dropIndexes(let fids) where fids.count == 1:
+            return (.statuses([try t.dropCatalogue(fids[0]) ? .ok : .notFound], transaction: 0), .dropIndex(fids[0]))
+        case .put(let index, let records, _, _), .update(let index, _, let records, _):
+            var deletes: [[UInt8]] = []
+            if case .update(_, let d, _, _) = request { deletes = d }
+            let statuses = try apply(request, t)
+            let deleted = zip(deletes, statuses).filter { $0.1 == .ok }.map(\.0)
+            let put = zip(records, statuses.dropFirst(deletes.count)).filter { $0.1 == .ok }.map(\.0)
+            return (.statuses(statuses, transaction: 0), .change(index: index, deletes: deleted, puts: put))
+        case .delete(let index, let keys, _):
+            let statuses = try apply(request, t)
+            return (.statuses(statuses, transaction: 0), .change(index: index, deletes: zip(keys, statuses).filter { $0.1 == .ok }.map(\.0), puts: []))
+        case .cas(let index, let key, let expected, let value, _):
+            guard key.count <= limits.maxKey, (value?.count ?? 0) <= limits.maxValue else {
+                return (.cas(.tooLarge, current: nil, transaction: 0), .change(index: index, deletes: [], puts: []))
+            }
+            let current = try t.get(index, key)
+            guard current == expected else { return (.cas(.conflict, current: current, transaction: 0), .change(index: index, deletes: [], puts: [])) }
+            if let value {
+                _ = try t.put(index, key, value)
+                return (.cas(.ok, current: nil, transaction: 0), .change(index: index, deletes: [], puts: [Record(key: key, value: value)]))
+            }
+            _ = try t.delete(index, key)
+            return (.cas(.ok, current: nil, transaction: 0), .change(index: index, deletes: current == nil ? [] : [key], puts: []))
+        default:
+            throw TesseraError(.invalidArgument, "not an index change: \(request.opcode)")
+        }
+    }
+
+    /// Applies stream entries as they are, in order, each in one transaction with as many of
+    /// the following ones as fit (REPLICATION.md, "The stream"). A change to an index this
+    /// replica lacks makes it (a repair has not reached it yet). Statuses: `.ok` per entry,
+    /// or for a `compare`, `.ok` (same) or `.conflict` (differs).
+    func applyEntries(_ entries: [StreamEntry]) throws -> ([Status], TxId) {
+        var statuses: [Status] = []
+        var last = TxId(group: 0)
+        var i = 0
+        while i < entries.count {
+            var end = i
+            var operations = 0
+            var payload = 0
+            while end < entries.count {
+                let (n, b) = Self.size(of: entries[end])
+                guard end == i || operations + n <= Engine.maxOperationsPerTransaction else { break }
+                operations += n
+                payload += b
+                end += 1
+            }
+            let (s, tx) = try engine.write(credit: engine.credit(operations: min(operations, Engine.maxOperationsPerTransaction), payloadBytes: payload)) { t in
+                try entries[i..<end].map { try self.apply($0, t) }
+            }
+            statuses += s
+            last = tx
+            i = end
+        }
+        return (statuses, last)
+    }
+
+    private static func size(of entry: StreamEntry) -> (operations: Int, payload: Int) {
+        switch entry {
+        case .change(_, let deletes, let puts): return (deletes.count + puts.count + 1, puts.reduce(0) { $0 + $1.key.count + $1.value.count })
+        case .createIndex, .dropIndex, .compare: return (1, 0)
+        case .replace(_, _, _, let records): return (2 * records.count + 1, records.reduce(0) { $0 + $1.key.count + $1.value.count })
+        }
+    }
+
+    private func apply(_ entry: StreamEntry, _ t: Transaction) throws -> Status {
+        switch entry {
+        case .change(let index, let deletes, let puts):
+            try t.createCatalogue(index)
+            for k in deletes { try t.delete(index, k) }
+            for r in puts { try t.put(index, r.key, r.value) }
+            return .ok
+        case .createIndex(let index):
+            try t.createCatalogue(index)
+            return .ok
+        case .dropIndex(let index):
+            try t.dropCatalogue(index)
+            return .ok
+        case .compare(let index, let from, let to, let count, let digest):
+            let (n, d) = Self.digest(of: try Self.range(index, from, to, t))
+            return n == count && d == digest ? .ok : .conflict
+        case .replace(let index, let from, let to, let records):
+            try t.createCatalogue(index)
+            for r in try Self.range(index, from, to, t) { try t.delete(index, r.key) }
+            for r in records { try t.put(index, r.key, r.value) }
+            return .ok
+        }
+    }
+
+    /// The records of `index` from `from` to `to` (nil: the last), both included; none if the
+    /// index does not exist.
+    static func range(_ index: Fid, _ from: [UInt8], _ to: [UInt8]?, _ t: Transaction) throws -> [Record] {
+        var out: [Record] = []
+        var start: [UInt8]? = from
+        var inclusive = true
+        while true {
+            let batch: [(key: [UInt8], value: [UInt8])]
+            do { batch = try t.scan(index, from: start, inclusive: inclusive, limit: 1024) } catch let e as TesseraError where e.code == .notFound {
+                return []
+            }
+            for r in batch {
+                if let to, !r.key.lexicographicallyPrecedes(to) && r.key != to { return out }
+                out.append(Record(key: r.key, value: r.value))
+            }
+            guard batch.count == 1024 else { return out }
+            start = batch.last!.key
+            inclusive = false
+        }
+    }
+
+    /// The count and digest of records, as a repair walk compares them: SHA-256 over each
+    /// record's u32 key length, key, u32 value length and value (lengths little-endian).
+    static func digest(of records: [Record]) -> (UInt32, [UInt8]) {
+        var h = SHA256()
+        for r in records {
+            withUnsafeBytes(of: UInt32(r.key.count).littleEndian) { h.update(bufferPointer: $0) }
+            h.update(data: r.key)
+            withUnsafeBytes(of: UInt32(r.value.count).littleEndian) { h.update(bufferPointer: $0) }
+            h.update(data: r.value)
+        }
+        return (UInt32(records.count), Array(h.finalize()))
+    }
+
     private func refuseReserved(_ request: Request) throws {
         let fids: [Fid]
         switch request {
         case .createIndexes(let f), .dropIndexes(let f): fids = f
-        case .get(let index, _), .put(let index, _, _, _), .delete(let index, _, _), .next(let index, _, _, _), .update(let index, _, _, _): fids = [index]
+        case .get(let index, _), .put(let index, _, _, _), .delete(let index, _, _), .next(let index, _, _, _), .update(let index, _, _, _), .cas(let index, _, _, _, _): fids = [index]
         default: fids = []
         }
         if let f = fids.first(where: { $0.hi == CatalogueService.reservedHi }) {
@@ -102,8 +246,8 @@ public struct CatalogueService: Sendable {
     /// Answers requests that need no wait for LOGGED without suspending; nil for the others.
     public func handleImmediately(_ request: Request) -> Response? {
         switch request {
-        case .put(_, _, _, true), .delete(_, _, true), .update(_, _, _, true), .createIndexes, .dropIndexes: return nil
-        case .get, .put, .delete, .update, .next, .listIndexes:
+        case .put(_, _, _, true), .delete(_, _, true), .update(_, _, _, true), .cas(_, _, _, _, true), .createIndexes, .dropIndexes: return nil
+        case .get, .put, .delete, .update, .next, .listIndexes, .cas:
             do {
                 try refuseReserved(request)
                 return try answer(request)

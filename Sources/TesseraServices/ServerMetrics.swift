@@ -8,7 +8,8 @@ import TesseraEngine
 /// Prometheus text format with the engine's and IO service's counters refreshed.
 public final class ServerMetrics: RequestHandler {
     public let registry = PrometheusCollectorRegistry()
-    private let inner: ServerNode
+    private let inner: any RequestHandler
+    private let node: ServerNode
     /// Indexed by opcode: a dictionary lookup per request would cost more than the counting.
     private let requests: [Counter?]
     private let latencies: [DurationHistogram?]
@@ -21,8 +22,13 @@ public final class ServerMetrics: RequestHandler {
     private let ioWritten: Gauge
     private let ioRead: Gauge
 
-    public init(_ node: ServerNode) {
-        inner = node
+    /// Counts what `handler` answers; the engine and IO figures come from `node` (the one
+    /// `handler` serves, itself or behind the replication).
+    public convenience init(_ node: ServerNode) { self.init(node, answeredBy: node) }
+
+    public init(_ node: ServerNode, answeredBy handler: any RequestHandler) {
+        inner = handler
+        self.node = node
         let r = registry
         let buckets: [Duration] = [.microseconds(50), .microseconds(200), .milliseconds(1), .milliseconds(5), .milliseconds(20), .milliseconds(100), .seconds(1)]
         let slots = Int(Request.Opcode.allCases.map(\.rawValue).max()!) + 1
@@ -85,14 +91,14 @@ public final class ServerMetrics: RequestHandler {
 
     /// The Prometheus text exposition of every metric, with gauges read now.
     public func scrape() -> [UInt8] {
-        let s = inner.catalogues.engine.statistics
+        let s = node.catalogues.engine.statistics
         groups.set(Double(s.groupsLogged))
         logBytes.set(Double(s.bytesLogged))
         logUsed.set(Double(s.logUsedBytes))
         cacheHits.set(Double(s.cacheHits))
         cacheMisses.set(Double(s.cacheMisses))
         cacheResident.set(Double(s.cacheResidentBytes))
-        if let io = inner.io {
+        if let io = node.io {
             ioWritten.set(Double(io.bytesWritten))
             ioRead.set(Double(io.bytesRead))
         }

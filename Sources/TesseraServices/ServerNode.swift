@@ -106,8 +106,10 @@ public struct ServerNode: RequestHandler {
     public func handle(_ request: Request) async -> Response {
         do {
             switch request {
-            case .createIndexes, .dropIndexes, .listIndexes, .get, .put, .delete, .next, .update:
+            case .createIndexes, .dropIndexes, .listIndexes, .get, .put, .delete, .next, .update, .cas:
                 return try await catalogues.handle(request)
+            case .routed, .replicate:
+                throw TesseraError(.invalidArgument, "this server does not replicate indexes (no ReplicatedNode): \(request.opcode)")
             case .write(let cob, let offset, let bytes, let syncWait):
                 let io = try ios()
                 let tx = try await ServerNode.offload { try io.write(cob: cob, offset: offset, bytes: bytes) }

@@ -19,6 +19,12 @@ extension ClusterState {
         return m?.map
     }
 
+    /// Has `cluster` read the map from etcd whenever a server says its map is stale.
+    public static func follow(_ cluster: Cluster, _ settings: ClusterConfig.State?) {
+        guard let settings else { return }
+        cluster.readMaps { await fetchMap(settings) }
+    }
+
     /// Creates the first map from the cluster file if there is none.
     public func ensureMap(_ config: ClusterConfig) async throws {
         let initial = FailureDetector.initialMap(servers: config.servers.map { ($0.id, $0.address.description) }, wallNow: wallClockNanoseconds())

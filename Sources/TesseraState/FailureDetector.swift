@@ -1,6 +1,7 @@
 // The HA role's decision, as a pure state machine: given the map, which servers hold a
 // session, and the time, the map to write next (or none). Tested without etcd.
 import TesseraClient
+import TesseraCore
 
 public struct FailureDetector: Sendable {
     public let grace: Duration

@@ -11,6 +11,7 @@ import TesseraState
 func withCluster<R>(_ state: StateOption, _ body: (Cluster) async throws -> R) async throws -> R {
     let config = try state.config()
     let cluster = try Cluster(config: config)
+    ClusterState.follow(cluster, config.state)
     if let settings = config.state, let map = await ClusterState.fetchMap(settings) { cluster.apply(map) }
     do {
         let r = try await body(cluster)

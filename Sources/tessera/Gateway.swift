@@ -27,6 +27,7 @@ struct Gateway: AsyncParsableCommand {
         let logger = Logger(label: "tessera.gateway")
         let state = try await ClusterState.start(config: cfg, info: SessionInfo(kind: .gateway, serves: "http://\(endpoint)"), logger: logger)
         let cluster = try Cluster(config: cfg)
+        ClusterState.follow(cluster, cfg.state)
         let store = state.ownerStore(cluster)
         let gateway = S3Gateway(store: store, settings: cfg.s3)
         try await withThrowingTaskGroup(of: Void.self) { group in

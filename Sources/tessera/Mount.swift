@@ -106,6 +106,7 @@ struct Mount: AsyncParsableCommand {
         // One event-loop thread for all the mount's connections: FUSE requests run there.
         let state = try await ClusterState.start(config: cfg, info: SessionInfo(kind: .mount, serves: "bucket \(bucket) on \(target)"), logger: logger)
         let cluster = try Cluster(config: cfg, loop: RPCLoop())
+        ClusterState.follow(cluster, cfg.state)
         let store = state.ownerStore(cluster)
         let owner = cfg.s3.credentials.keys.sorted().first ?? "tessera"
         let fs: FileSystem

@@ -10,6 +10,7 @@ import TesseraEngine
 import TesseraLocal
 import TesseraRPC
 import TesseraServices
+import Synchronization
 import TesseraState
 
 struct Server: AsyncParsableCommand {
@@ -24,6 +25,7 @@ struct Server: AsyncParsableCommand {
     func run() async throws {
         let logger = Logger(label: "tessera.server.\(id)")
         let node: ServerNode
+        let replicated: ReplicatedNode
         let rpc: RPCServer
         var metricsEndpoint: MetricsEndpoint?
         var clusterState: ClusterState?
@@ -33,7 +35,19 @@ struct Server: AsyncParsableCommand {
             var options = EngineOptions()
             options.cacheBytes = Int(try parseSize(cache))
             node = try ServerNode.open(metaPath: me.metaPath, dataPath: me.dataPath, options: options, server: me.id)
-            let metrics = ServerMetrics(node)
+            // Index requests go through the replication (docs/REPLICATION.md): its peers are
+            // the other servers of the cluster file, its map the state service's.
+            let session = SessionBox()
+            let peers = Dictionary(uniqueKeysWithValues: cluster.servers.map { ($0.id, $0.address) })
+            let secret = cluster.secret
+            replicated = try ReplicatedNode(
+                node: node, settings: ReplicationSettings(me: me.id, servers: cluster.servers.map(\.id), isStatic: cluster.state == nil),
+                session: { session.current }
+            ) { peer in
+                guard let address = peers[peer] else { throw TesseraError(.notFound, "no server \(peer) in the cluster file") }
+                return try await RPCClient.connect(host: address.host, port: address.port, secret: secret, connectTimeout: .seconds(2))
+            }
+            let metrics = ServerMetrics(node, answeredBy: replicated)
             rpc = try await RPCServer.start(
                 host: me.address.host, port: me.address.port, listening: listenFd, secret: cluster.secret,
                 handler: metrics, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
@@ -54,7 +68,8 @@ struct Server: AsyncParsableCommand {
                     try? node.close()
                     throw error
                 }
-                state.watchMap { _ in }
+                session.state = state
+                state.watchMap { [replicated] map in replicated.update(map) }
                 state.runHealthMonitor(cluster)
                 clusterState = state
             } else {
@@ -109,4 +124,15 @@ final class Once: @unchecked Sendable {
     private let lock = NSLock()
     private var done = false
     func first() -> Bool { lock.withLock { defer { done = true }; return !done } }
+}
+
+/// The server's session, once it has one: what the replication checks before it serves an
+/// index (a server whose session lapsed serves none).
+final class SessionBox: Sendable {
+    private let holder = Mutex<ClusterState?>(nil)
+    var state: ClusterState? {
+        get { holder.withLock { $0 } }
+        set { holder.withLock { $0 = newValue } }
+    }
+    var current: UInt64? { state?.current }
 }

@@ -8,6 +8,7 @@ import Testing
 import TesseraClient
 import TesseraConfig
 import TesseraCore
+import TesseraState
 
 func tesseraBinary() -> String {
     if let path = ProcessInfo.processInfo.environment["TESSERA_BIN"] { return path }
@@ -44,6 +45,14 @@ final class UpCluster: @unchecked Sendable {
     }
 
     func config() throws -> ClusterConfig { try ClusterConfig.load(path: dir + "/cluster.toml") }
+
+    /// A client of the cluster that reads the map from its etcd.
+    func cluster() throws -> Cluster {
+        let config = try config()
+        let c = try Cluster(config: config)
+        ClusterState.follow(c, config.state)
+        return c
+    }
 
     func pid(_ id: Int) -> pid_t? {
         (try? String(contentsOfFile: dir + "/server-\(id).pid", encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
@@ -113,7 +122,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
 
     @Test func randomOverwritesMatchAModelAndSurviveFailures() async throws {
         let up = try UpCluster()
-        let cluster = try Cluster(config: try up.config())
+        let cluster = try up.cluster()
         let unit = 64 << 10
         let size = 9 * unit + 123
         let objects = (0..<3).map { Fid(hi: 7, lo: UInt64($0)) }
@@ -197,7 +206,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
 
     @Test func aDeletedObjectReadsAsNotFoundNeverZeros() async throws {
         let up = try UpCluster()
-        let cluster = try Cluster(config: try up.config())
+        let cluster = try up.cluster()
         let unit = 64 << 10
         let object = Fid(hi: 8, lo: 1)
         await expectNotFound(object, "never created") { _ = try await cluster.read(object, at: 0, length: 100) }
@@ -237,12 +246,12 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         // Group 0 of a 5000-byte object: unit 0 on server 0 and parity on server 2 are
         // written; server 1, which holds unit 1, never hears of the object.
         let small = pattern(5000, seed: 4)
-        let writer = try Cluster(config: try up.config())
+        let writer = try up.cluster()
         try await writer.write(object, at: 0, small, unwritten: true)
         try await writer.sync()
         await writer.close()
         up.kill9(0)
-        let reader = try Cluster(config: try up.config())
+        let reader = try up.cluster()
         #expect(try await reader.read(object, at: 0, length: small.count, size: UInt64(small.count)) == small)
         #expect(try await reader.read(object, at: 100, length: 10, size: UInt64(small.count)) == Array(small[100..<110]))
         #expect(reader.degradedReads > 0, "unit 0 was rebuilt from parity")
@@ -255,7 +264,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         await reader.close()
         // Deleted, no server has a unit of it: not found, whatever size the reader passes.
         #expect(try tessera(["up", "--dir", up.dir]).0 == 0)
-        let again = try Cluster(config: try up.config())
+        let again = try up.cluster()
         try await again.delete(object)
         await expectNotFound(object, "deleted") { _ = try await again.read(object, at: 0, length: small.count, size: UInt64(small.count)) }
         await expectNotFound(object, "deleted, read past its end") {
@@ -269,7 +278,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         let unit = 64 << 10
         let object = Fid(hi: 9, lo: 1)
         up.kill9(1)
-        let writer = try Cluster(config: try up.config())
+        let writer = try up.cluster()
         // One server down is as many as there are parity units: the CREATE goes ahead.
         try await writer.create(object)
         #expect(try tessera(["up", "--dir", up.dir]).0 == 0)
@@ -280,7 +289,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         try await writer.sync()
         await writer.close()
         // Server 1 answers, and says it has no such object: that unit is rebuilt.
-        let reader = try Cluster(config: try up.config())
+        let reader = try up.cluster()
         #expect(try await reader.read(object, at: 0, length: 2 * unit) == small + [UInt8](repeating: 0, count: 2 * unit - small.count))
         #expect(try await reader.read(object, at: UInt64(unit), length: unit) == [UInt8](repeating: 0, count: unit))
         #expect(reader.degradedReads > 0, "server 1's unit was read, not rebuilt")

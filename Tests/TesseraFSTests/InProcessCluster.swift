@@ -2,6 +2,7 @@
 // file-system core over them: what the property tests drive.
 import Foundation
 import NIOPosix
+import Synchronization
 import TesseraClient
 import TesseraConfig
 import TesseraCore
@@ -24,6 +25,9 @@ final class InProcessCluster: @unchecked Sendable {
         var template = Array((NSTemporaryDirectory() + "/tessera-fs-XXXXXX").utf8CString)
         dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
         var ports: [Int] = []
+        // The replication's peers are the other in-process servers, whose ports are known
+        // once all are listening.
+        let peerPorts = Mutex<[Int: Int]>([:])
         for i in 0..<3 {
             try FileManager.default.createDirectory(atPath: dir + "/\(i)", withIntermediateDirectories: true)
             _ = try Engine.format(path: dir + "/\(i)/meta.img", size: 64 << 20, pageSize: 4096, logSize: 8 << 20)
@@ -31,11 +35,16 @@ final class InProcessCluster: @unchecked Sendable {
             var o = EngineOptions()
             o.logger.logLevel = .warning
             let node = try ServerNode.open(metaPath: dir + "/\(i)/meta.img", dataPath: dir + "/\(i)/data.img", options: o, server: i)
-            let server = try await RPCServer.start(host: "127.0.0.1", port: 0, secret: "fs-test-secret-0123456", handler: node, group: MultiThreadedEventLoopGroup.singleton)
+            let replicated = try ReplicatedNode(node: node, settings: ReplicationSettings(me: i, servers: [0, 1, 2], isStatic: true)) { peer in
+                guard let port = peerPorts.withLock({ $0[peer] }) else { throw TesseraError(.closed, "server \(peer) is not listening yet") }
+                return try await RPCClient.connect(host: "127.0.0.1", port: port, secret: "fs-test-secret-0123456")
+            }
+            let server = try await RPCServer.start(host: "127.0.0.1", port: 0, secret: "fs-test-secret-0123456", handler: replicated, group: MultiThreadedEventLoopGroup.singleton)
             nodes.append(node)
             servers.append(server)
             ports.append(server.port)
         }
+        peerPorts.withLock { p in for (i, port) in ports.enumerated() { p[i] = port } }
         var toml = "secret = \"fs-test-secret-0123456\"\n[layout]\ndata_units = 2\nparity_units = 1\nunit_size = \"\(unitSize)\"\n"
         for i in 0..<3 {
             toml += "[[server]]\nid = \(i)\naddress = \"127.0.0.1:\(ports[i])\"\nmeta = \"\(i)/meta.img\"\nmeta_size = \"64M\"\ndata = \"\(i)/data.img\"\ndata_size = \"512M\"\n"

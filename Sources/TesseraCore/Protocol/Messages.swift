@@ -19,6 +19,7 @@ public struct Record: Sendable, Equatable {
 public enum Status: UInt16, Sendable, Equatable {
     case ok = 0, notFound, exists, invalidArgument, noSpace, io, corrupt, tooLarge
     case unsupportedVersion, closed, checksum, timedOut, notEmpty, busy, internalError, unauthorized
+    case conflict, staleMap
 
     public init(_ code: TesseraError.Code) {
         switch code {
@@ -37,6 +38,8 @@ public enum Status: UInt16, Sendable, Equatable {
         case .busy: self = .busy
         case .internalError: self = .internalError
         case .permissionDenied: self = .unauthorized
+        case .conflict: self = .conflict
+        case .staleMap: self = .staleMap
         }
     }
 
@@ -59,6 +62,8 @@ public enum Status: UInt16, Sendable, Equatable {
         case .busy: return .busy
         case .internalError: return .internalError
         case .unauthorized: return .permissionDenied
+        case .conflict: return .conflict
+        case .staleMap: return .staleMap
         }
     }
 }
@@ -77,6 +82,17 @@ public enum Request: Sendable, Equatable {
     /// Deletes `deletes`, then puts `puts` (overwriting), in one transaction: a rename of
     /// many keys is all or nothing.
     case update(index: Fid, deletes: [[UInt8]], puts: [Record], syncWait: Bool)
+    /// Compare-and-put: if `key`'s value is `expected` (nil: absent), makes it `value` (nil:
+    /// deletes it). Answered `.cas(.ok)`, or `.cas(.conflict, current:)` with what is stored.
+    case cas(index: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, syncWait: Bool)
+    // Replication (docs/REPLICATION.md)
+    /// An index request a client routed by map version `mapVersion`: the server serves it
+    /// only if its own map agrees that it is the head (changes) or the serving replica
+    /// (reads) of the index.
+    indirect case routed(mapVersion: UInt64, request: Request)
+    /// Entries of the stream from server `source`, the head of their indexes' chains, to
+    /// another member: numbered `seq`, `seq + 1`, … within `epoch`, applied in that order.
+    case replicate(source: Int, epoch: UInt64, seq: UInt64, mapVersion: UInt64, entries: [StreamEntry])
     // IOS
     case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
     case read(cob: Fid, offset: UInt64, length: UInt32)
@@ -93,7 +109,8 @@ public enum Request: Sendable, Equatable {
 
     /// Opcodes on the wire.
     public enum Opcode: UInt16, Sendable, CaseIterable {
-        case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next, update
+        case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next, update, cas
+        case routed = 50, replicate
         case write = 20, read, free, create
         case sync = 30
         case statistics = 40
@@ -102,7 +119,10 @@ public enum Request: Sendable, Equatable {
     /// The request asks for its reply to wait until its transaction is LOGGED.
     public var waitsLogged: Bool {
         switch self {
-        case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w), .free(_, _, _, let w), .create(_, let w): return w
+        case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w), .free(_, _, _, let w), .create(_, let w),
+            .cas(_, _, _, _, let w):
+            return w
+        case .routed(_, let inner): return inner.waitsLogged
         default: return false
         }
     }
@@ -117,6 +137,9 @@ public enum Request: Sendable, Equatable {
         case .delete: return .delete
         case .next: return .next
         case .update: return .update
+        case .cas: return .cas
+        case .routed: return .routed
+        case .replicate: return .replicate
         case .write: return .write
         case .read: return .read
         case .free: return .free
@@ -141,11 +164,13 @@ public enum Response: Sendable, Equatable {
     case done
     /// STATISTICS: how full the server's images are.
     case statistics(ServerStatistics)
+    /// CAS: `.ok`, or `.conflict` with the value stored (nil: absent).
+    case cas(Status, current: [UInt8]?, transaction: UInt64)
     /// The whole request failed.
     case failure(Status, String)
 
     enum Kind: UInt16 {
-        case statuses = 1, values, records, fids, data, done, failure, statistics
+        case statuses = 1, values, records, fids, data, done, failure, statistics, cas
     }
 }
 
@@ -187,6 +212,21 @@ extension Request {
                 $0.blob($1.value)
             }
             w.bool(syncWait)
+        case .cas(let index, let key, let expected, let value, let syncWait):
+            w.fid(index)
+            w.blob(key)
+            w.optionalBlob(expected)
+            w.optionalBlob(value)
+            w.bool(syncWait)
+        case .routed(let version, let inner):
+            w.u64(version)
+            inner.encode(into: &w)
+        case .replicate(let source, let epoch, let seq, let version, let entries):
+            w.u32(UInt32(truncatingIfNeeded: source))
+            w.u64(epoch)
+            w.u64(seq)
+            w.u64(version)
+            w.array(entries) { $1.encode(into: &$0) }
         case .write(let cob, let offset, let data, let syncWait):
             w.fid(cob)
             w.u64(offset)
@@ -219,6 +259,13 @@ extension Request {
     /// Decodes a body from borrowed bytes (a connection's receive buffer).
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws -> Request {
         var r = WireReader(unsafeBytes: bytes)
+        let request = try decode(&r, routed: false)
+        try r.finish("\(request.opcode) request")
+        return request
+    }
+
+    /// Decodes one request from `r`; a routed request holds one that is not routed.
+    private static func decode(_ r: inout WireReader, routed: Bool) throws -> Request {
         let raw = try r.u16("opcode")
         guard let op = Opcode(rawValue: raw) else { throw TesseraError(.invalidArgument, "unknown opcode \(raw)") }
         let request: Request
@@ -259,10 +306,21 @@ extension Request {
             request = .create(cobs: try r.array("cobs", minimumSize: 16) { try $0.fid() }, syncWait: try r.bool("sync-wait"))
         case .sync:
             request = .sync(transactions: try r.array("transactions", minimumSize: 8) { try $0.u64() })
+        case .cas:
+            request = .cas(
+                index: try r.fid(), key: try r.blob("key"), expected: try r.optionalBlob("expected value"), value: try r.optionalBlob("value"),
+                syncWait: try r.bool("sync-wait"))
+        case .routed:
+            guard !routed else { throw TesseraError(.invalidArgument, "a routed request inside a routed request") }
+            let version = try r.u64("map version")
+            request = .routed(mapVersion: version, request: try decode(&r, routed: true))
+        case .replicate:
+            request = .replicate(
+                source: Int(try r.u32("source server")), epoch: try r.u64("epoch"), seq: try r.u64("sequence number"), mapVersion: try r.u64("map version"),
+                entries: try r.array("entries", minimumSize: 2) { try StreamEntry.decode(&$0) })
         case .statistics:
             request = .statistics
         }
-        try r.finish("\(op) request")
         return request
     }
 }
@@ -297,6 +355,11 @@ extension Response {
             w.u16(Kind.statistics.rawValue)
             for v in [s.dataBytes, s.dataFreeBytes, s.logBytes, s.logUsedBytes, s.groupsLogged] { w.u64(v) }
             w.u32(s.maxValue)
+        case .cas(let status, let current, let tx):
+            w.u16(Kind.cas.rawValue)
+            w.u16(status.rawValue)
+            w.optionalBlob(current)
+            w.u64(tx)
         case .failure(let status, let message):
             w.u16(Kind.failure.rawValue)
             w.u16(status.rawValue)
@@ -336,6 +399,7 @@ extension Response {
                 groupsLogged: try r.u64("groups logged"),
                 maxValue: r.remaining > 0 ? try r.u32("largest value") : 0))
         case .failure: response = .failure(try status(&r), try r.string("message"))
+        case .cas: response = .cas(try status(&r), current: try r.optionalBlob("current value"), transaction: try r.u64("transaction"))
         }
         try r.finish("response")
         return response
@@ -360,5 +424,87 @@ public struct ServerStatistics: Sendable, Equatable {
         self.logUsedBytes = logUsedBytes
         self.groupsLogged = groupsLogged
         self.maxValue = maxValue
+    }
+}
+
+/// One entry of a replication stream (docs/REPLICATION.md): an effect a head decided, to be
+/// applied as it is, or a step of a repair walk.
+public enum StreamEntry: Sendable, Equatable {
+    /// Deletes `deletes`, then puts `puts` (overwriting), in one transaction.
+    case change(index: Fid, deletes: [[UInt8]], puts: [Record])
+    case createIndex(Fid)
+    case dropIndex(Fid)
+    /// Repair: is the receiver's range `[from, to]` (to nil: to the last key) `count`
+    /// records whose digest is `digest`? Answered `.ok` (same) or `.conflict` (differs).
+    case compare(index: Fid, from: [UInt8], to: [UInt8]?, count: UInt32, digest: [UInt8])
+    /// Repair: the receiver's range `[from, to]` becomes exactly `records`, in one
+    /// transaction (the index is made if it is missing).
+    case replace(index: Fid, from: [UInt8], to: [UInt8]?, records: [Record])
+
+    enum Kind: UInt8 {
+        case change = 1, createIndex, dropIndex, compare, replace
+    }
+
+    /// The index the entry is about.
+    public var index: Fid {
+        switch self {
+        case .change(let f, _, _), .createIndex(let f), .dropIndex(let f), .compare(let f, _, _, _, _), .replace(let f, _, _, _): return f
+        }
+    }
+
+    func encode(into w: inout WireWriter) {
+        switch self {
+        case .change(let index, let deletes, let puts):
+            w.u8(Kind.change.rawValue)
+            w.fid(index)
+            w.array(deletes) { $0.blob($1) }
+            w.array(puts) {
+                $0.blob($1.key)
+                $0.blob($1.value)
+            }
+        case .createIndex(let index):
+            w.u8(Kind.createIndex.rawValue)
+            w.fid(index)
+        case .dropIndex(let index):
+            w.u8(Kind.dropIndex.rawValue)
+            w.fid(index)
+        case .compare(let index, let from, let to, let count, let digest):
+            w.u8(Kind.compare.rawValue)
+            w.fid(index)
+            w.blob(from)
+            w.optionalBlob(to)
+            w.u32(count)
+            w.blob(digest)
+        case .replace(let index, let from, let to, let records):
+            w.u8(Kind.replace.rawValue)
+            w.fid(index)
+            w.blob(from)
+            w.optionalBlob(to)
+            w.array(records) {
+                $0.blob($1.key)
+                $0.blob($1.value)
+            }
+        }
+    }
+
+    static func decode(_ r: inout WireReader) throws -> StreamEntry {
+        let raw = try r.u8("entry kind")
+        guard let kind = Kind(rawValue: raw) else { throw TesseraError(.invalidArgument, "unknown stream entry kind \(raw)") }
+        switch kind {
+        case .change:
+            let index = try r.fid()
+            let deletes = try r.array("keys", minimumSize: 4) { try $0.blob("key") }
+            let puts = try r.array("records", minimumSize: 8) { Record(key: try $0.blob("key"), value: try $0.blob("value")) }
+            return .change(index: index, deletes: deletes, puts: puts)
+        case .createIndex: return .createIndex(try r.fid())
+        case .dropIndex: return .dropIndex(try r.fid())
+        case .compare:
+            return .compare(index: try r.fid(), from: try r.blob("from key"), to: try r.optionalBlob("to key"), count: try r.u32("count"), digest: try r.blob("digest"))
+        case .replace:
+            let index = try r.fid()
+            let from = try r.blob("from key")
+            let to = try r.optionalBlob("to key")
+            return .replace(index: index, from: from, to: to, records: try r.array("records", minimumSize: 8) { Record(key: try $0.blob("key"), value: try $0.blob("value")) })
+        }
     }
 }

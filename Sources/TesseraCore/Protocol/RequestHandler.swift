@@ -67,3 +67,9 @@ extension Response {
         return self
     }
 }
+
+/// A connection to another server (an RPC client): whether it is still open, and closing it.
+public protocol PeerConnection: Sendable {
+    var isActive: Bool { get }
+    func close() async
+}

@@ -1,0 +1,551 @@
+// Index replication at one server (docs/REPLICATION.md): the routed index requests a client
+// sends, checked against this server's cluster map; changes decided and applied here as
+// the head of an index's chain and sent down an ordered stream to the other member; the
+// stream's entries applied here as a tail, in order; reads answered as the serving replica.
+//
+// Everything else (IOS, SYNC, STATISTICS, unrouted requests of a cluster without a state
+// service) goes to the server's node unchanged.
+import Synchronization
+import TesseraCore
+import TesseraEngine
+
+/// How this server reaches another one: a connection that answers requests (an RPC client),
+/// opened on demand by whoever runs the server.
+public typealias PeerConnector = @Sendable (_ server: Int) async throws -> any RequestHandler & PeerConnection
+
+
+/// What the replication needs to know of this server's place in the cluster.
+public struct ReplicationSettings: Sendable {
+    /// This server's id.
+    public var me: Int
+    /// Every server's id, sorted: positions in it place indexes.
+    public var servers: [Int]
+    /// False when the cluster has a state service (maps come from it, unrouted changes are
+    /// refused); true for a cluster without one, which runs under `everyoneOnline`.
+    public var isStatic: Bool
+
+    public init(me: Int, servers: [Int], isStatic: Bool) {
+        self.me = me
+        self.servers = servers.sorted()
+        self.isStatic = isStatic
+    }
+}
+
+/// A server's node behind the replication protocol.
+public final class ReplicatedNode: RequestHandler {
+    public let node: ServerNode
+    let settings: ReplicationSettings
+    private let connect: PeerConnector
+    private let map: Mutex<ClusterMap>
+    /// This server's session while valid (nil: lapsed or not yet taken); nil-returning
+    /// always for a cluster without a state service, where sessions are not checked.
+    private let session: @Sendable () -> UInt64?
+    private let streams = Mutex<[Int: ReplicationStream]>([:])
+    /// Connections to peers for SYNC, opened on demand.
+    private let links = Mutex<[Int: any RequestHandler & PeerConnection]>([:])
+    /// Per source server: the stream epoch being applied and the next number expected.
+    private let incoming = Mutex<[Int: (epoch: UInt64, next: UInt64)]>([:])
+
+    /// The catalogue of indexes changed while a replica was not a member of their chain
+    /// (REPLICATION.md, "What a failed server missed"): key u32 server id (big-endian) then
+    /// the index fid (16 bytes), empty value.
+    public static let missedCatalogue = Fid(hi: CatalogueService.reservedHi, lo: 0x4D49_5353)
+
+    /// Makes the `missed` catalogue if the image has none yet.
+    public init(node: ServerNode, settings: ReplicationSettings, session: @escaping @Sendable () -> UInt64? = { nil }, connect: @escaping PeerConnector) throws {
+        self.node = node
+        self.settings = settings
+        self.session = session
+        self.connect = connect
+        map = Mutex(ClusterMap.everyoneOnline(settings.servers))
+        let engine = node.catalogues.engine
+        if try !engine.catalogues().contains(Self.missedCatalogue) {
+            let (_, tx) = try engine.write { t in try t.createCatalogue(Self.missedCatalogue) }
+            try engine.waitLogged(tx)
+        }
+    }
+
+    /// Takes a newer cluster map (from the state service's watch).
+    public func update(_ newer: ClusterMap) {
+        let taken = map.withLock { m -> Bool in
+            guard newer.version > m.version else { return false }
+            m = newer
+            return true
+        }
+        if taken { for s in streams.withLock({ Array($0.values) }) { s.mapChanged() } }
+    }
+
+    public var mapVersion: UInt64 { map.withLock { $0.version } }
+
+    var currentMap: ClusterMap { map.withLock { $0 } }
+
+    /// The ids of index `fid`'s replicas, first replica first.
+    func replicas(of fid: Fid) -> [Int] {
+        indexReplicas(of: fid, servers: settings.servers.count).map { settings.servers[$0] }
+    }
+
+    func chain(_ fid: Fid, in m: ClusterMap) -> IndexChain { m.chain(replicas: replicas(of: fid)) }
+
+    /// Why this server may not act under map `m` now, if it may not: its session lapsed, or
+    /// the map does not admit it under the session it holds.
+    private func notAdmitted(_ m: ClusterMap) -> TesseraError? {
+        if settings.isStatic { return nil }
+        guard let mine = session() else {
+            return TesseraError(.staleMap, "server \(settings.me) has no valid session: it serves no index until it has one")
+        }
+        guard let entry = m.server(settings.me), entry.state != .failed else {
+            return TesseraError(.staleMap, "server \(settings.me) is failed in map version \(m.version)")
+        }
+        if let admitted = entry.session, admitted != mine {
+            return TesseraError(.staleMap, "server \(settings.me) restarted: map version \(m.version) has not admitted its new session yet")
+        }
+        return nil
+    }
+
+    // MARK: RequestHandler
+
+    public func handleImmediately(_ request: Request) -> Response? {
+        switch request {
+        case .replicate(let source, let epoch, let seq, let version, let entries):
+            return applyStream(source: source, epoch: epoch, seq: seq, version: version, entries: entries)
+        case .routed: return nil
+        default:
+            if let refused = refuseUnrouted(request) { return refused }
+            return node.handleImmediately(request)
+        }
+    }
+
+    public func handleImmediately(_ requests: ArraySlice<Request>) -> [Response] {
+        var out: [Response] = []
+        var i = requests.startIndex
+        while i < requests.endIndex {
+            if requests[i].isReplication || refuseUnrouted(requests[i]) != nil {
+                guard let r = handleImmediately(requests[i]) else { return out }
+                out.append(r)
+                i += 1
+                continue
+            }
+            // A run of plain requests: the node answers what it can at once (and makes a run
+            // of changes in one transaction).
+            var end = i
+            while end < requests.endIndex, !requests[end].isReplication, refuseUnrouted(requests[end]) == nil { end += 1 }
+            let answered = node.handleImmediately(requests[i..<end])
+            out += answered
+            if answered.count < end - i { return out }
+            i = end
+        }
+        return out
+    }
+
+    public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response? {
+        await node.read(request, into: destination)
+    }
+
+    public func handle(_ request: Request) async -> Response {
+        switch request {
+        case .routed(let version, let inner):
+            do { return try await routed(version, inner) } catch { return Response(error) }
+        case .sync(let transactions) where transactions.isEmpty:
+            // From a head: everything applied here so far is to be logged.
+            do {
+                try await node.catalogues.engine.waitLogged(node.catalogues.engine.currentTransaction)
+                return await node.handle(.sync(transactions: []))
+            } catch { return Response(error) }
+        case .sync:
+            // From a client: its changes here are logged, and so is what this server had the
+            // other members of its chains apply.
+            let local = await node.handle(request)
+            guard case .done = local else { return local }
+            do {
+                for peer in streams.withLock({ Array($0.keys) }) { try await syncPeer(peer) }
+                return local
+            } catch { return Response(error) }
+        case .replicate(let source, let epoch, let seq, let version, let entries):
+            return applyStream(source: source, epoch: epoch, seq: seq, version: version, entries: entries)
+        default:
+            if let refused = refuseUnrouted(request) { return refused }
+            return await node.handle(request)
+        }
+    }
+
+    /// With a state service, index changes must come routed: one sent straight to a
+    /// replica would bypass its chain.
+    private func refuseUnrouted(_ request: Request) -> Response? {
+        guard !settings.isStatic else { return nil }
+        switch request {
+        case .createIndexes, .dropIndexes, .put, .delete, .update, .cas:
+            return .failure(.invalidArgument, "index changes must be routed through the index's chain (docs/REPLICATION.md)")
+        default: return nil
+        }
+    }
+
+    // MARK: Routed requests
+
+    private func routed(_ version: UInt64, _ inner: Request) async throws -> Response {
+        guard let index = inner.index else { throw TesseraError(.invalidArgument, "a routed request must name one index: \(inner.opcode)") }
+        let m = try await agreed(version)
+        let c = chain(index, in: m)
+        if inner.isIndexRead {
+            guard c.serving == settings.me else {
+                throw TesseraError(.staleMap, "server \(settings.me) does not serve reads of index \(index) under map version \(m.version)")
+            }
+            let (response, tx) = try readLocally(inner)
+            // The only member of a replicated index: what a read saw must be logged before
+            // it is told (a crash of this server must not take back what someone read).
+            if isDegraded(index, c) { try await node.catalogues.engine.waitLogged(tx) }
+            return response
+        }
+        guard c.head == settings.me else {
+            throw TesseraError(.staleMap, "server \(settings.me) is not the head of index \(index) under map version \(m.version)")
+        }
+        return try await change(inner, index: index, chain: c, map: m)
+    }
+
+    /// The map to act under for a request routed by `version`: ours if the versions agree;
+    /// a request with a newer one waits briefly for our watch to catch up.
+    private func agreed(_ version: UInt64) async throws -> ClusterMap {
+        var m = currentMap
+        if version > m.version {
+            let deadline = ContinuousClock.now + .seconds(2)
+            while version > m.version, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+                m = currentMap
+            }
+        }
+        guard version == m.version else {
+            throw TesseraError(.staleMap, "server \(settings.me) has map version \(m.version), the request was routed by version \(version)")
+        }
+        if let refused = notAdmitted(m) { throw refused }
+        return m
+    }
+
+    /// The index has two replicas and its chain has one member.
+    private func isDegraded(_ index: Fid, _ c: IndexChain) -> Bool {
+        replicas(of: index).count > 1 && c.others(than: settings.me).isEmpty
+    }
+
+    private func readLocally(_ request: Request) throws -> (Response, TxId) {
+        let engine = node.catalogues.engine
+        let tx = engine.currentTransaction
+        switch request {
+        case .get(let index, let keys):
+            return (.values(try keys.map { try engine.get(index, $0) }), tx)
+        case .next(let index, let starts, let limit, let excludeStart):
+            let n = min(Int(limit), CatalogueService.maxNext)
+            return (.records(try starts.map { start in
+                try engine.scan(index, from: start, inclusive: !excludeStart || start == nil, limit: n).map { Record(key: $0.key, value: $0.value) }
+            }), tx)
+        default: throw TesseraError(.invalidArgument, "not an index read: \(request.opcode)")
+        }
+    }
+
+    /// Decides and applies a change as the head of `chain`, sends its effect down the stream
+    /// to the other member, and answers once that member has applied it (or, alone, once it
+    /// is logged).
+    private func change(_ request: Request, index: Fid, chain: IndexChain, map m: ClusterMap) async throws -> Response {
+        let engine = node.catalogues.engine
+        let others = chain.others(than: settings.me)
+        let missed = settings.isStatic ? [] : chain.missing
+        let (operations, payload) = CatalogueService.size(of: request)
+        guard operations <= Engine.maxOperationsPerTransaction - missed.count else {
+            throw TesseraError(.tooLarge, "\(operations) records in one request; at most \(Engine.maxOperationsPerTransaction - missed.count)")
+        }
+        var reserved: [(ReplicationStream, UInt64)] = []
+        let decided: (response: Response, effect: StreamEntry)
+        let tx: TxId
+        do {
+            (decided, tx) = try engine.write(credit: engine.credit(operations: operations + missed.count, payloadBytes: payload)) { t in
+                let d = try node.catalogues.decide(request, t)
+                for id in missed { _ = try t.put(Self.missedCatalogue, Self.missedKey(id, index), []) }
+                // Numbered last, in the engine's order of transactions: nothing after this throws.
+                reserved = others.map { id in
+                    let s = stream(to: id)
+                    return (s, s.reserve())
+                }
+                return d
+            }
+        } catch {
+            for (s, seq) in reserved { s.fill(seq, .change(index: index, deletes: [], puts: []), mapVersion: m.version) }
+            throw error
+        }
+        for (s, seq) in reserved { s.fill(seq, decided.effect, mapVersion: m.version) }
+        var alone = isDegraded(index, chain)
+        for (s, seq) in reserved {
+            do { try await s.acknowledged(seq) } catch let e as TesseraError where e.code == .closed {
+                // The member left the chain (failed in a newer map) before applying it: its
+                // repair will copy this index.
+                _ = try engine.write { t in try t.put(Self.missedCatalogue, Self.missedKey(s.peer, index), []) }
+                alone = true
+            }
+        }
+        if alone || request.waitsLogged || request.changesIndexes { try await engine.waitLogged(tx) }
+        if request.waitsLogged && !alone { for id in others { try await syncPeer(id) } }
+        return decided.response.with(transaction: tx.group)
+    }
+
+    static func missedKey(_ server: Int, _ index: Fid) -> [UInt8] {
+        withUnsafeBytes(of: UInt32(server).bigEndian) { Array($0) } + index.bytes
+    }
+
+    /// Has `peer` log everything it has applied: what this server sent it is durable there.
+    /// A peer the map has failed is skipped (it left the chains).
+    private func syncPeer(_ peer: Int) async throws {
+        if !settings.isStatic && currentMap.server(peer)?.state == .failed { return }
+        var link = links.withLock { $0[peer] }
+        if link == nil || link?.isActive == false {
+            let made = try await connect(peer)
+            links.withLock { $0[peer] = made }
+            link = made
+        }
+        let r = await link!.handle(.sync(transactions: []))
+        if case .failure(.closed, _) = r {
+            links.withLock { _ = $0.removeValue(forKey: peer) }
+            if !settings.isStatic && currentMap.server(peer)?.state == .failed { return }
+        }
+        _ = try r.unwrap()
+    }
+
+    private func stream(to peer: Int) -> ReplicationStream {
+        streams.withLock { s in
+            if let existing = s[peer] { return existing }
+            let made = ReplicationStream(source: settings.me, peer: peer, connect: connect) { [weak self] in
+                guard let self else { return true }
+                let m = self.currentMap
+                return !self.settings.isStatic && m.server(peer)?.state == .failed
+            }
+            s[peer] = made
+            return made
+        }
+    }
+
+    // MARK: The stream, as a receiver
+
+    /// Applies entries `seq…` of `source`'s stream epoch `epoch`, in one transaction, in
+    /// order; each must come from the head of its index's chain under this server's map.
+    private func applyStream(source: Int, epoch: UInt64, seq: UInt64, version: UInt64, entries: [StreamEntry]) -> Response {
+        let m = currentMap
+        if version > m.version {
+            return .failure(.staleMap, "server \(settings.me) has map version \(m.version), the stream entry was sent under \(version)")
+        }
+        if let refused = notAdmitted(m) { return Response(refused) }
+        for e in entries {
+            let c = chain(e.index, in: m)
+            guard c.head == source, c.tail == settings.me else {
+                return .failure(.staleMap, "server \(source) is not the head of index \(e.index) with server \(settings.me) in its chain under map version \(m.version)")
+            }
+        }
+        let expected = incoming.withLock { $0[source] }
+        if let expected, expected.epoch == epoch, expected.next != seq {
+            return .failure(.invalidArgument, "stream from server \(source), epoch \(epoch): entry \(seq) where \(expected.next) was due")
+        }
+        do {
+            let (statuses, tx) = try node.catalogues.applyEntries(entries)
+            incoming.withLock { $0[source] = (epoch, seq + UInt64(entries.count)) }
+            return .statuses(statuses, transaction: tx.group)
+        } catch {
+            return Response(error)
+        }
+    }
+}
+
+extension Request {
+    /// The one index a routed index request is about.
+    var index: Fid? {
+        switch self {
+        case .createIndexes(let f), .dropIndexes(let f): return f.count == 1 ? f[0] : nil
+        case .get(let i, _), .put(let i, _, _, _), .delete(let i, _, _), .next(let i, _, _, _), .update(let i, _, _, _), .cas(let i, _, _, _, _): return i
+        default: return nil
+        }
+    }
+
+    var isIndexRead: Bool {
+        switch self {
+        case .get, .next: return true
+        default: return false
+        }
+    }
+
+    /// Creates or drops an index (answered once logged, as without replication).
+    var changesIndexes: Bool {
+        switch self {
+        case .createIndexes, .dropIndexes: return true
+        default: return false
+        }
+    }
+
+    var isReplication: Bool {
+        switch self {
+        case .routed, .replicate: return true
+        default: return false
+        }
+    }
+}
+
+extension Response {
+    /// The same answer, naming transaction `tx`.
+    func with(transaction tx: UInt64) -> Response {
+        switch self {
+        case .statuses(let s, _): return .statuses(s, transaction: tx)
+        case .cas(let s, let current, _): return .cas(s, current: current, transaction: tx)
+        default: return self
+        }
+    }
+}
+
+/// The ordered stream from this server to one peer (REPLICATION.md, "The stream between two
+/// servers"): entries numbered as the engine applies them, sent in that order, one batch in
+/// flight at a time; a broken connection is replaced by a new epoch that sends again
+/// everything not acknowledged.
+final class ReplicationStream: Sendable {
+    let source: Int
+    let peer: Int
+    private let connect: PeerConnector
+    /// True once the peer is failed in the map: its waiters are released with `.closed`.
+    private let peerFailed: @Sendable () -> Bool
+
+    private struct State {
+        var reserved: UInt64 = 0
+        /// Filled entries not yet acknowledged, by number.
+        var entries: [UInt64: (entry: StreamEntry, mapVersion: UInt64)] = [:]
+        /// Every entry up to this number is acknowledged or dropped.
+        var done: UInt64 = 0
+        /// Numbers dropped because the peer left (their changes are noted missed).
+        var dropped: [ClosedRange<UInt64>] = []
+        var waiters: [UInt64: [CheckedContinuation<Void, Error>]] = [:]
+        var sending = false
+
+        func wasDropped(_ seq: UInt64) -> Bool { dropped.contains { $0.contains(seq) } }
+    }
+    private let state = Mutex(State())
+    /// The most entries one REPLICATE carries.
+    static let batch = 256
+
+    init(source: Int, peer: Int, connect: @escaping PeerConnector, peerFailed: @escaping @Sendable () -> Bool) {
+        self.source = source
+        self.peer = peer
+        self.connect = connect
+        self.peerFailed = peerFailed
+    }
+
+    /// The next number: called inside the engine transaction that makes the entry.
+    func reserve() -> UInt64 { state.withLock { $0.reserved += 1; return $0.reserved } }
+
+    /// Gives entry `seq` its contents; the sender sends it once every earlier one is filled.
+    func fill(_ seq: UInt64, _ entry: StreamEntry, mapVersion: UInt64) {
+        let start = state.withLock { s -> Bool in
+            guard !s.wasDropped(seq) else { return false }
+            s.entries[seq] = (entry, mapVersion)
+            guard !s.sending else { return false }
+            s.sending = true
+            return true
+        }
+        if start { Task { await self.send() } }
+    }
+
+    /// Returns once the peer has applied entry `seq`; throws `.closed` if the peer left (the
+    /// map failed it) before it did.
+    func acknowledged(_ seq: UInt64) async throws {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+            let outcome = state.withLock { s -> Bool? in
+                if s.wasDropped(seq) { return false }
+                if s.done >= seq { return true }
+                s.waiters[seq, default: []].append(c)
+                return nil
+            }
+            switch outcome {
+            case true?: c.resume()
+            case false?: c.resume(throwing: TesseraError(.closed, "server \(peer) left the chain before it applied the change"))
+            case nil: break
+            }
+        }
+    }
+
+    /// The map changed: a sender waiting out a failed peer looks again.
+    func mapChanged() {
+        let start = state.withLock { s -> Bool in
+            guard !s.sending, !s.entries.isEmpty else { return false }
+            s.sending = true
+            return true
+        }
+        if start { Task { await self.send() } }
+    }
+
+    /// Sends filled entries in order until none is left, reconnecting (a new epoch) after a
+    /// failure; releases every waiter with `.closed` if the peer is failed in the map.
+    private func send() async {
+        var connection: (any RequestHandler & PeerConnection)?
+        var epoch = UInt64.random(in: 1...UInt64.max)
+        var delay = Duration.milliseconds(10)
+        while true {
+            let next = state.withLock { s -> (UInt64, [(StreamEntry, UInt64)])? in
+                var out: [(StreamEntry, UInt64)] = []
+                var n = s.done + 1
+                while out.count < Self.batch, let e = s.entries[n] {
+                    out.append((e.entry, e.mapVersion))
+                    n += 1
+                }
+                if out.isEmpty {
+                    s.sending = false
+                    return nil
+                }
+                return (s.done + 1, out)
+            }
+            guard let (first, batch) = next else {
+                await connection?.close()
+                return
+            }
+            if peerFailed() {
+                releaseAll(TesseraError(.closed, "server \(peer) is failed in the cluster map"))
+                await connection?.close()
+                connection = nil
+                continue
+            }
+            do {
+                if connection == nil || connection?.isActive == false {
+                    connection = try await connect(peer)
+                    epoch = UInt64.random(in: 1...UInt64.max)
+                }
+                let version = batch.map(\.1).max() ?? 0
+                let r = await connection!.handle(.replicate(source: source, epoch: epoch, seq: first, mapVersion: version, entries: batch.map(\.0)))
+                _ = try r.unwrap()
+                acknowledge(through: first + UInt64(batch.count) - 1)
+                delay = .milliseconds(10)
+            } catch {
+                // Retry on a new connection (a new epoch) after a pause, until it works or
+                // the map fails the peer.
+                await connection?.close()
+                connection = nil
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .milliseconds(500))
+            }
+        }
+    }
+
+    private func acknowledge(through seq: UInt64) {
+        let ready = state.withLock { s -> [CheckedContinuation<Void, Error>] in
+            var out: [CheckedContinuation<Void, Error>] = []
+            for n in (s.done + 1)...seq {
+                s.entries[n] = nil
+                out += s.waiters.removeValue(forKey: n) ?? []
+            }
+            s.done = seq
+            return out
+        }
+        for c in ready { c.resume() }
+    }
+
+    /// Drops every entry not acknowledged and fails its waiters: the peer left.
+    private func releaseAll(_ error: Error) {
+        let waiting = state.withLock { s -> [CheckedContinuation<Void, Error>] in
+            let out = s.waiters.values.flatMap { $0 }
+            s.waiters = [:]
+            // Every number reserved so far is dropped, filled or not: one filled later is
+            // ignored, and its waiter told the peer left.
+            if s.reserved > s.done { s.dropped.append((s.done + 1)...s.reserved) }
+            s.done = s.reserved
+            s.entries = [:]
+            return out
+        }
+        for c in waiting { c.resume(throwing: error) }
+    }
+}
