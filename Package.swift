@@ -74,7 +74,7 @@ let package = Package(
         // map, roles (docs/CLUSTER.md). Never on the data path.
         .target(
             name: "TesseraState",
-            dependencies: ["TesseraCore", "TesseraConfig", "TesseraClient", "TesseraEtcd", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["TesseraCore", "TesseraConfig", "TesseraClient", "TesseraEtcd", "TesseraRPC", .product(name: "Logging", package: "swift-log")]
         ),
         // Layer 6: S3 buckets and objects over the client, and the S3 HTTP gateway.
         .target(

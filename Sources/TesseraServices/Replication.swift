@@ -63,6 +63,27 @@ public final class ReplicatedNode: RequestHandler {
             let (_, tx) = try engine.write { t in try t.createCatalogue(Self.missedCatalogue) }
             try engine.waitLogged(tx)
         }
+        // The mark of a clean stop is read and removed before anything is served.
+        let (clean, tx) = try engine.write { t in try t.delete(Self.missedCatalogue, Self.cleanStopKey) }
+        try engine.waitLogged(tx)
+        stoppedCleanly = clean && engine.recoveredGroups == 0
+    }
+
+    /// The last run of this server stopped cleanly (`stopCleanly`): nothing it applied or
+    /// sent is missing anywhere.
+    public let stoppedCleanly: Bool
+
+    /// The key of the clean-stop mark in the `missed` catalogue (no server-and-fid key is
+    /// this short).
+    static let cleanStopKey: [UInt8] = Array("clean".utf8)
+
+    /// At a stop, after the RPC server has drained: marks the image as stopped cleanly if
+    /// every stream entry was applied by its peer, so the next run keeps its place.
+    public func stopCleanly() throws {
+        guard streams.withLock({ $0.values.allSatisfy { $0.isDrained } }) else { return }
+        let engine = node.catalogues.engine
+        let (_, tx) = try engine.write { t in try t.put(Self.missedCatalogue, Self.cleanStopKey, []) }
+        try engine.waitLogged(tx)
     }
 
     /// Takes a newer cluster map (from the state service's watch).
@@ -162,6 +183,8 @@ public final class ReplicatedNode: RequestHandler {
             } catch { return Response(error) }
         case .replicate(let source, let epoch, let seq, let version, let entries):
             return applyStream(source: source, epoch: epoch, seq: seq, version: version, entries: entries)
+        case .repair(let target):
+            do { return try await repair(to: target) } catch { return Response(error) }
         default:
             if let refused = refuseUnrouted(request) { return refused }
             return await node.handle(request)
@@ -318,6 +341,70 @@ public final class ReplicatedNode: RequestHandler {
         }
     }
 
+    // MARK: Repair (REPLICATION.md, "Repair")
+
+    /// Records a repair walk compares (and copies) at a time.
+    static let repairChunk = 1000
+
+    /// Walks every index this server heads with `target` as its other member, in key-order
+    /// chunks sent down the stream among the changes: a `compare` of each chunk, and a
+    /// `replace` where it differs. Returns once every index is walked: `.statuses` with one
+    /// `.ok` per index walked, `.conflict` for each chunk that differed.
+    private func repair(to target: Int) async throws -> Response {
+        let engine = node.catalogues.engine
+        var walked: [Status] = []
+        for index in try engine.catalogues() where index.hi != CatalogueService.reservedHi {
+            let c = chain(index, in: currentMap)
+            guard c.head == settings.me, c.tail == target else { continue }
+            let s = stream(to: target)
+            // The index first, so an empty one exists there too.
+            try await s.acknowledged(try reserved(s) { _ in .createIndex(index) })
+            var from: [UInt8] = []
+            while true {
+                // A chunk read and numbered in one engine critical section: the peer applies
+                // it after every change made before it and before every later one.
+                var last: [UInt8]?
+                var more = false
+                let compared = try reserved(s) { t -> StreamEntry in
+                    let records = try t.scan(index, from: from, inclusive: true, limit: Self.repairChunk + 1)
+                    more = records.count > Self.repairChunk
+                    let chunk = records.prefix(Self.repairChunk).map { Record(key: $0.key, value: $0.value) }
+                    last = more ? chunk.last?.key : nil
+                    let (count, digest) = CatalogueService.digest(of: chunk)
+                    return .compare(index: index, from: from, to: last, count: count, digest: digest)
+                }
+                if try await s.outcome(compared) == .conflict {
+                    walked.append(.conflict)
+                    let (rangeFrom, rangeTo) = (from, last)
+                    let replaced = try reserved(s) { t in
+                        .replace(index: index, from: rangeFrom, to: rangeTo, records: try CatalogueService.range(index, rangeFrom, rangeTo, t))
+                    }
+                    try await s.acknowledged(replaced)
+                }
+                guard more, let last else { break }
+                from = last + [0]
+            }
+            // Its missed note goes: the peer's replica equals this one as of the walk's end.
+            _ = try engine.write { t in try t.delete(Self.missedCatalogue, Self.missedKey(target, index)) }
+            walked.append(.ok)
+        }
+        return .statuses(walked, transaction: 0)
+    }
+
+    /// Makes a stream entry from what `body` reads, numbering it in the same engine critical
+    /// section (a transaction that changes nothing), and fills it.
+    private func reserved(_ s: ReplicationStream, _ body: (Transaction) throws -> StreamEntry) throws -> UInt64 {
+        let engine = node.catalogues.engine
+        var seq: UInt64 = 0
+        let (entry, _) = try engine.write { t -> StreamEntry in
+            let e = try body(t)
+            seq = s.reserve()
+            return e
+        }
+        s.fill(seq, entry, mapVersion: mapVersion)
+        return seq
+    }
+
     // MARK: The stream, as a receiver
 
     /// Applies entries `seq…` of `source`'s stream epoch `epoch`, in one transaction, in
@@ -412,6 +499,8 @@ final class ReplicationStream: Sendable {
         /// Numbers dropped because the peer left (their changes are noted missed).
         var dropped: [ClosedRange<UInt64>] = []
         var waiters: [UInt64: [CheckedContinuation<Void, Error>]] = [:]
+        /// What the peer answered for `compare` entries, until `outcome` takes it.
+        var outcomes: [UInt64: Status] = [:]
         var sending = false
 
         func wasDropped(_ seq: UInt64) -> Bool { dropped.contains { $0.contains(seq) } }
@@ -458,6 +547,15 @@ final class ReplicationStream: Sendable {
             case nil: break
             }
         }
+    }
+
+    /// Every entry numbered so far is acknowledged (or dropped: the peer left).
+    var isDrained: Bool { state.withLock { $0.done == $0.reserved } }
+
+    /// What the peer answered for `compare` entry `seq`, once it is acknowledged.
+    func outcome(_ seq: UInt64) async throws -> Status {
+        try await acknowledged(seq)
+        return state.withLock { $0.outcomes.removeValue(forKey: seq) } ?? .ok
     }
 
     /// The map changed: a sender waiting out a failed peer looks again.
@@ -507,7 +605,14 @@ final class ReplicationStream: Sendable {
                 }
                 let version = batch.map(\.1).max() ?? 0
                 let r = await connection!.handle(.replicate(source: source, epoch: epoch, seq: first, mapVersion: version, entries: batch.map(\.0)))
-                _ = try r.unwrap()
+                guard case .statuses(let statuses, _) = try r.unwrap(), statuses.count == batch.count else {
+                    throw TesseraError(.io, "server \(peer): malformed reply to REPLICATE")
+                }
+                let compared = zip(batch, statuses).enumerated().compactMap { i, pair -> (UInt64, Status)? in
+                    if case .compare = pair.0.0 { return (first + UInt64(i), pair.1) }
+                    return nil
+                }
+                state.withLock { s in for (seq, status) in compared { s.outcomes[seq] = status } }
                 acknowledge(through: first + UInt64(batch.count) - 1)
                 delay = .milliseconds(10)
             } catch {

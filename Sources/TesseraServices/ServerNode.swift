@@ -108,7 +108,7 @@ public struct ServerNode: RequestHandler {
             switch request {
             case .createIndexes, .dropIndexes, .listIndexes, .get, .put, .delete, .next, .update, .cas:
                 return try await catalogues.handle(request)
-            case .routed, .replicate:
+            case .routed, .replicate, .repair:
                 throw TesseraError(.invalidArgument, "this server does not replicate indexes (no ReplicatedNode): \(request.opcode)")
             case .write(let cob, let offset, let bytes, let syncWait):
                 let io = try ios()

@@ -8,6 +8,7 @@ import TesseraClient
 import TesseraConfig
 import TesseraCore
 import TesseraEtcd
+import TesseraRPC
 
 extension ClusterState {
     /// The map as stored, read once without a session (for one-shot commands); nil if etcd
@@ -90,20 +91,63 @@ extension ClusterState {
             try await ensureMap(config)
             return
         }
-        let present = Set(try await reader.sessions().compactMap { $0.info.kind == .server ? $0.info.server : nil })
+        var present: [Int: FailureDetector.Present] = [:]
+        for (lease, info) in try await reader.sessions() where info.kind == .server {
+            if let id = info.server { present[id] = FailureDetector.Present(session: lease, stoppedCleanly: info.stoppedCleanly ?? false) }
+        }
         let now = ContinuousClock.now
         let wall = wallClockNanoseconds()
-        guard let next = detector.state.withLock({ $0.step(map: m, present: present, now: now, wallNow: wall) }) else { return }
-        let r = try await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))])
-        guard r.succeeded else { return }  // someone else changed it: read again next time
-        for (a, b) in zip(m.servers, next.servers) where a.state != b.state {
-            logger.notice("HA: server \(b.id) at \(b.address) is \(b.state.rawValue) (map version \(next.version))")
+        var current = m
+        if let next = detector.state.withLock({ $0.step(map: m, present: present, now: now, wallNow: wall) }) {
+            let r = try await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))])
+            guard r.succeeded else { return }  // someone else changed it: read again next time
+            for (a, b) in zip(m.servers, next.servers) where a.state != b.state {
+                logger.notice("HA: server \(b.id) at \(b.address) is \(b.state.rawValue) (map version \(next.version))")
+            }
+            current = next
+        }
+        for s in current.servers where s.state == .repairing {
+            if let session = s.session, present[s.id]?.session == session { startRepair(of: s.id, session: session, config, detector) }
+        }
+    }
+
+    /// Repairs server `id` (admitted under `session`) in the background, once at a time:
+    /// asks every other server to walk the indexes it heads with `id` in their chain, then
+    /// makes `id` online. Waits while a server that shares chains with it is not online (the
+    /// data it missed is there only). A repair cut short is started again on the next poll.
+    private func startRepair(of id: Int, session: UInt64, _ config: ClusterConfig, _ detector: DetectorBox) {
+        guard detector.repairing.withLock({ $0.insert(id).inserted }) else { return }
+        Task {
+            defer { _ = detector.repairing.withLock { $0.remove(id) } }
+            guard let (m, _) = try? await reader.map(), m.servers.allSatisfy({ $0.id == id || $0.state == .online }) else { return }
+            let start = ContinuousClock.now
+            var chunks = 0
+            var indexes = 0
+            for server in config.servers where server.id != id {
+                do {
+                    let client = try await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(2), defaultDeadline: .seconds(3600))
+                    let r = await client.handle(.repair(target: id))
+                    await client.close()
+                    guard case .statuses(let walked, _) = try r.unwrap() else { throw TesseraError(.io, "malformed reply to REPAIR") }
+                    indexes += walked.filter { $0 == .ok }.count
+                    chunks += walked.filter { $0 == .conflict }.count
+                } catch {
+                    logger.warning("repair of server \(id): server \(server.id): \(error); trying again")
+                    return
+                }
+            }
+            guard let (now, revision) = try? await reader.map(),
+                let next = FailureDetector.repaired(now, server: id, session: session, wallNow: wallClockNanoseconds()),
+                let r = try? await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))]), r.succeeded
+            else { return }
+            logger.notice("repair: server \(id) is online (map version \(next.version)): \(indexes) indexes walked, \(chunks) chunks copied, in \(ContinuousClock.now - start)")
         }
     }
 }
 
-/// The HA role's detector, shared by the role's turns.
+/// The HA role's detector, shared by the role's turns, and the servers being repaired.
 final class DetectorBox: Sendable {
     let state: Mutex<FailureDetector>
+    let repairing = Mutex<Set<Int>>([])
     init(_ d: FailureDetector) { state = Mutex(d) }
 }

@@ -10,20 +10,50 @@ public struct FailureDetector: Sendable {
 
     public init(grace: Duration) { self.grace = grace }
 
-    /// The next map, if anything changed: a server without a session for `grace` becomes
-    /// failed; a failed server with a session again becomes online. A server first seen
-    /// missing now is given the whole grace period from now (a new role holder does not know
-    /// how long it has been gone).
-    public mutating func step(map: ClusterMap, present: Set<Int>, now: ContinuousClock.Instant, wallNow: UInt64) -> ClusterMap? {
+    /// A server's session as the HA role sees it: its lease, and whether its last run
+    /// stopped cleanly.
+    public struct Present: Sendable, Equatable {
+        public var session: UInt64
+        public var stoppedCleanly: Bool
+        public init(session: UInt64, stoppedCleanly: Bool) {
+            self.session = session
+            self.stoppedCleanly = stoppedCleanly
+        }
+    }
+
+    /// The next map, if anything changed (docs/REPLICATION.md, "Repair"):
+    /// - a server without a session for `grace` becomes failed (a server first seen missing
+    ///   now is given the whole grace period from now: a new role holder does not know how
+    ///   long it has been gone);
+    /// - a failed server with a session again becomes `repairing` under that session;
+    /// - an online server with a new session stays online under it if its last run stopped
+    ///   cleanly, and becomes `repairing` if not (it may have lost what it acknowledged);
+    /// - the map notes the session of every server it admits.
+    public mutating func step(map: ClusterMap, present: [Int: Present], now: ContinuousClock.Instant, wallNow: UInt64) -> ClusterMap? {
         var next = map
         var changed = false
         for (i, server) in map.servers.enumerated() {
-            if present.contains(server.id) {
+            if let p = present[server.id] {
                 missingSince[server.id] = nil
-                if server.state == .failed {
-                    next.servers[i].state = .online
+                switch server.state {
+                case .failed:
+                    next.servers[i].state = .repairing
+                    next.servers[i].session = p.session
+                    next.servers[i].onlineSince = nil
                     next.servers[i].since = wallNow
                     changed = true
+                case .online where server.session != p.session:
+                    next.servers[i].session = p.session
+                    if server.session != nil && !p.stoppedCleanly {
+                        next.servers[i].state = .repairing
+                        next.servers[i].onlineSince = nil
+                        next.servers[i].since = wallNow
+                    }
+                    changed = true
+                case .repairing where server.session != p.session:
+                    next.servers[i].session = p.session
+                    changed = true
+                default: break
                 }
                 continue
             }
@@ -37,6 +67,19 @@ public struct FailureDetector: Sendable {
         }
         guard changed else { return nil }
         next.version = map.version + 1
+        return next
+    }
+
+    /// The map once the repair of `server` under `session` is done: online, and online
+    /// since the new version (so it joins every chain as the tail). Nil if the map no longer
+    /// has it repairing under that session.
+    public static func repaired(_ map: ClusterMap, server: Int, session: UInt64, wallNow: UInt64) -> ClusterMap? {
+        guard let i = map.servers.firstIndex(where: { $0.id == server }), map.servers[i].state == .repairing, map.servers[i].session == session else { return nil }
+        var next = map
+        next.version = map.version + 1
+        next.servers[i].state = .online
+        next.servers[i].onlineSince = next.version
+        next.servers[i].since = wallNow
         return next
     }
 

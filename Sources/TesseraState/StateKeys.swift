@@ -34,8 +34,12 @@ public struct SessionInfo: Sendable, Codable, Equatable {
     public var serves: String
     /// The server's id, for servers.
     public var server: Int?
+    /// For a server: its last run ended cleanly, every change it had sent down a stream
+    /// applied by its peer and everything logged. A server back after a clean stop keeps
+    /// its place in the map; any other is repaired first (REPLICATION.md, "Repair").
+    public var stoppedCleanly: Bool?
 
-    public init(kind: ProcessKind, serves: String, server: Int? = nil) {
+    public init(kind: ProcessKind, serves: String, server: Int? = nil, stoppedCleanly: Bool? = nil) {
         self.kind = kind
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count - 1)
@@ -45,6 +49,7 @@ public struct SessionInfo: Sendable, Codable, Equatable {
         started = wallClockNanoseconds()
         self.serves = serves
         self.server = server
+        self.stoppedCleanly = stoppedCleanly
     }
 }
 

@@ -61,7 +61,7 @@ struct Server: AsyncParsableCommand {
                 // once it answers. Without one the server stops as cleanly as on SIGTERM.
                 let state: ClusterState
                 do {
-                    state = try await ClusterState.start(config: cluster, info: SessionInfo(kind: .server, serves: me.address.description, server: id), logger: logger)
+                    state = try await ClusterState.start(config: cluster, info: SessionInfo(kind: .server, serves: me.address.description, server: id, stoppedCleanly: replicated.stoppedCleanly), logger: logger)
                 } catch {
                     await metricsEndpoint?.close()
                     await rpc.shutdown()
@@ -91,6 +91,9 @@ struct Server: AsyncParsableCommand {
         await clusterState?.close()
         await metricsEndpoint?.close()
         await rpc.shutdown()
+        do { try replicated.stopCleanly() } catch {
+            logger.error("server \(id): marking the clean stop failed: \(error); the next start will be repaired")
+        }
         do { try node.close() } catch {
             logger.error("server \(id): closing the metadata image failed: \(error)")
             throw ExitCode(1)

@@ -93,6 +93,11 @@ public enum Request: Sendable, Equatable {
     /// Entries of the stream from server `source`, the head of their indexes' chains, to
     /// another member: numbered `seq`, `seq + 1`, … within `epoch`, applied in that order.
     case replicate(source: Int, epoch: UInt64, seq: UInt64, mapVersion: UInt64, entries: [StreamEntry])
+    /// From the repair leader to a head: walk every index this server heads with server
+    /// `target` as its other member, making `target`'s replica equal to this one's
+    /// (REPLICATION.md, "Repair"). Answered `.statuses` with the indexes walked and the
+    /// chunks that differed, as `[ok]` once done.
+    case repair(target: Int)
     // IOS
     case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
     case read(cob: Fid, offset: UInt64, length: UInt32)
@@ -110,7 +115,7 @@ public enum Request: Sendable, Equatable {
     /// Opcodes on the wire.
     public enum Opcode: UInt16, Sendable, CaseIterable {
         case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next, update, cas
-        case routed = 50, replicate
+        case routed = 50, replicate, repair
         case write = 20, read, free, create
         case sync = 30
         case statistics = 40
@@ -140,6 +145,7 @@ public enum Request: Sendable, Equatable {
         case .cas: return .cas
         case .routed: return .routed
         case .replicate: return .replicate
+        case .repair: return .repair
         case .write: return .write
         case .read: return .read
         case .free: return .free
@@ -227,6 +233,8 @@ extension Request {
             w.u64(seq)
             w.u64(version)
             w.array(entries) { $1.encode(into: &$0) }
+        case .repair(let target):
+            w.u32(UInt32(truncatingIfNeeded: target))
         case .write(let cob, let offset, let data, let syncWait):
             w.fid(cob)
             w.u64(offset)
@@ -318,6 +326,8 @@ extension Request {
             request = .replicate(
                 source: Int(try r.u32("source server")), epoch: try r.u64("epoch"), seq: try r.u64("sequence number"), mapVersion: try r.u64("map version"),
                 entries: try r.array("entries", minimumSize: 2) { try StreamEntry.decode(&$0) })
+        case .repair:
+            request = .repair(target: Int(try r.u32("target server")))
         case .statistics:
             request = .statistics
         }
