@@ -299,6 +299,53 @@ class ClusterStateTest(unittest.TestCase):
         wait_for("server 1 online again", lambda: c.map_states().get(1) == "online", GRACE + TTL + 10)
         self.assertGreater(c.map_version(), v1)
 
+    def index(self, *args, check=True):
+        r = subprocess.run([TESSERA, "index", *args[:1], "--dir", self.c.state, *args[1:]], capture_output=True, text=True, timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"tessera index {' '.join(args)}: exit {r.returncode}: {r.stderr}")
+        return r.stdout
+
+    def test_indexes_go_on_with_a_server_down_and_are_repaired_when_it_returns(self):
+        """docs/REPLICATION.md: with one server SIGKILLed, changes to the indexes it holds go
+        on at the other replica once the map fails it; when it returns it is repaired before
+        it serves; then another server is killed and every record of both periods reads back
+        (from replicas that were repaired, not from the one that always had them)."""
+        c = self.c
+        fids = [f"7a:{i:x}" for i in range(12)]  # spread over the three pairs of servers
+        expected = {f: {} for f in fids}
+
+        def put(period, n=20):
+            for f in fids:
+                pairs = {f"{period}-{k}": f"{f}/{period}/{k}" for k in range(n)}
+                self.index("put", f, *[x for kv in pairs.items() for x in kv])
+                expected[f].update(pairs)
+
+        def check():
+            for f in fids:
+                keys = sorted(expected[f])
+                got = self.index("get", f, *keys).splitlines()
+                self.assertEqual(got, [expected[f][k] for k in keys], f"index {f}")
+
+        put("before")
+        c.kill("server-1")
+        put("while-1-down")  # waits for the map to fail server 1, then goes on
+        self.assertEqual(c.map_states().get(1), "failed")
+        for f in fids:
+            self.index("del", f, "before-0")
+            del expected[f]["before-0"]
+        check()
+        c.up()
+        wait_for("server 1 repaired and online", lambda: c.map_states().get(1) == "online", 60)
+        self.assertIn("repair: server 1 is online", "".join(c.log(n) for n in ["server-0", "server-2", "gateway", "mount"]))
+        c.kill("server-2")
+        put("while-2-down")
+        check()
+        r = subprocess.run([TESSERA, "index", "get", "--dir", c.state, fids[0], "before-0"], capture_output=True, text=True, timeout=120)
+        self.assertNotEqual(r.returncode, 0, "a deleted key came back")
+        c.up()
+        wait_for("server 2 repaired and online", lambda: c.map_states().get(2) == "online", 60)
+        check()
+
     def test_one_sweeper_and_one_ha_holder_among_many_and_a_takeover(self):
         c = self.c
         c.start_extra_gateway()
