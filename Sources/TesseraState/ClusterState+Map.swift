@@ -91,9 +91,14 @@ extension ClusterState {
             try await ensureMap(config)
             return
         }
+        // A server killed and started again has two sessions until the old lease ends: the
+        // newer one is the process that runs.
         var present: [Int: FailureDetector.Present] = [:]
+        var started: [Int: UInt64] = [:]
         for (lease, info) in try await reader.sessions() where info.kind == .server {
-            if let id = info.server { present[id] = FailureDetector.Present(session: lease, stoppedCleanly: info.stoppedCleanly ?? false) }
+            guard let id = info.server, info.started >= started[id, default: 0] else { continue }
+            started[id] = info.started
+            present[id] = FailureDetector.Present(session: lease, stoppedCleanly: info.stoppedCleanly ?? false)
         }
         let now = ContinuousClock.now
         let wall = wallClockNanoseconds()

@@ -39,14 +39,12 @@ public struct FailureDetector: Sendable {
                 case .failed:
                     next.servers[i].state = .repairing
                     next.servers[i].session = p.session
-                    next.servers[i].onlineSince = nil
                     next.servers[i].since = wallNow
                     changed = true
                 case .online where server.session != p.session:
                     next.servers[i].session = p.session
                     if server.session != nil && !p.stoppedCleanly {
                         next.servers[i].state = .repairing
-                        next.servers[i].onlineSince = nil
                         next.servers[i].since = wallNow
                     }
                     changed = true
@@ -64,6 +62,15 @@ public struct FailureDetector: Sendable {
                 next.servers[i].since = wallNow
                 changed = true
             }
+        }
+        // Every server back at once (all were killed, or the power went) and none online:
+        // no replica can be repaired from another, so each takes its place again, the heads
+        // of before heading again (their `onlineSince` is kept). Changes in flight at the
+        // crash may be on one replica only (REPLICATION.md, "Failure cases").
+        if changed, !next.servers.contains(where: { $0.state == .online }),
+            next.servers.allSatisfy({ $0.state == .repairing && present[$0.id] != nil })
+        {
+            for i in next.servers.indices { next.servers[i].state = .online }
         }
         guard changed else { return nil }
         next.version = map.version + 1
