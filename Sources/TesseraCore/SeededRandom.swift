@@ -20,7 +20,7 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
 extension SeededRandom {
     /// A seed for a randomized run (a test, a stress tool): `$TESSERA_SEED` if set, to replay
     /// a run, else a new one. Whoever uses it prints it, so a failure can be replayed.
-    public static func runSeed() -> UInt64 {
+    static func runSeed() -> UInt64 {
         if let text = getenv("TESSERA_SEED"), let seed = UInt64(String(cString: text)) { return seed }
         var system = SystemRandomNumberGenerator()
         return system.next()

@@ -108,11 +108,11 @@ enum HTTPServer {
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
     /// Listens on `host:port` (0: any free port) and serves until the task is cancelled.
-    /// `bound` gets the port actually bound; `counts` (for tests) the connections open.
+    /// `bound` gets the port actually bound.
     static func run(
-        host: String, port: Int, handler: some HTTPHandler, limits: ClusterConfig.GatewayLimits, logger: Logger,
-        counts: ConnectionCounts = ConnectionCounts(), bound: (Int) -> Void
+        host: String, port: Int, handler: some HTTPHandler, limits: ClusterConfig.GatewayLimits, logger: Logger, bound: (Int) -> Void
     ) async throws {
+        let counts = ConnectionCounts()
         var headLimits = NIOHTTPDecoderLimitConfiguration()
         headLimits.maxHeaderFieldSize = limits.maxHeadBytes
         headLimits.maxHeaderListSize = limits.maxHeadBytes
@@ -306,8 +306,6 @@ final class ConnectionCounts: Sendable {
 
     func sentHead() { counts.withLockedValue { $0.new -= 1 } }
     func closed(sentHead: Bool) { counts.withLockedValue { c in c.open -= 1; if !sentHead { c.new -= 1 } } }
-    var open: Int { counts.withLockedValue { $0.open } }
-    var new: Int { counts.withLockedValue { $0.new } }
 }
 
 /// Closes a connection whose next request head is not complete in time (the head timeout

@@ -41,16 +41,17 @@ import TesseraCore
         _ = await good.handle(.createIndexes([fid]))
         let valid = Self.validRequests()
         var thrown = 0
-        let seed = SeededRandom.runSeed()
-        print("FuzzTests.hundredThousandBadFrames: seed \(seed) (replay with TESSERA_SEED=\(seed))")
+        // One printed seed; each fuzzing task and the unauthenticated loop draw theirs from it.
+        var seeds = SeededRandom.forRun("FuzzTests.hundredThousandBadFrames")
+        let taskSeeds = (0..<4).map { _ in seeds.next() }
 
         // Authenticated connections: whole frames whose bodies are mutated or random. Each is
         // answered, so the connection stays open; the good client checks in between.
         let fuzzers = try await withThrowingTaskGroup(of: Int.self) { group in
-            for t in 0..<4 {
+            for seed in taskSeeds {
                 group.addTask {
                     let c = try await live.client()
-                    var rng = SeededRandom(seed: seed &+ UInt64(t) &+ 1)
+                    var rng = SeededRandom(seed: seed)
                     var n = 0
                     for _ in 0..<22_500 {
                         _ = await c.rawCall(body: Self.mutate(valid.randomElement(using: &rng)!, &rng))
@@ -75,7 +76,7 @@ import TesseraCore
 
         // Unauthenticated connections: garbage headers, mutated frames and handshakes. The server
         // answers with `refused` and closes; it must never stop accepting.
-        var rng = SeededRandom(seed: seed)
+        var rng = seeds
         let goodFrame = Frame(kind: .request, requestID: 1, body: valid[0]).encode()
         let hello = Frame(kind: .hello, body: [UInt8](repeating: 1, count: 32)).encode()
         var connections = 0
