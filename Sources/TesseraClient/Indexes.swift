@@ -33,7 +33,16 @@ extension Cluster {
             let m = routingMap()
             let replicaIDs = replicas(of: fid).map { links[$0].id }
             let c = m.chain(replicas: replicaIDs)
-            if let target = read ? c.serving : c.head, let position = links.firstIndex(where: { $0.id == target }) {
+            // Without a state service (version 0) no map will ever route around a dead
+            // server, so a read tries the other replica at once: both hold every change
+            // that was answered. A change still needs the head.
+            var targets = [read ? c.serving : c.head].compactMap { $0 }
+            if read, m.version == 0, let first = targets.first { targets += c.others(than: first) }
+            if targets.isEmpty {
+                last = "no replica of index \(fid) is online in cluster map version \(m.version) (replicas: servers \(replicaIDs.map(String.init).joined(separator: " and ")))"
+            }
+            for target in targets {
+                guard let position = links.firstIndex(where: { $0.id == target }) else { continue }
                 let r = await call(position, .routed(mapVersion: m.version, request: request))
                 sent += 1
                 switch r {
@@ -41,11 +50,11 @@ extension Cluster {
                     last = message
                 case .failure(let status, let message) where [.closed, .timedOut].contains(status):
                     last = "server \(target): \(message)"
+                    continue
                 default:
                     return (r, sent > 1)
                 }
-            } else {
-                last = "no replica of index \(fid) is online in cluster map version \(m.version) (replicas: servers \(replicaIDs.map(String.init).joined(separator: " and ")))"
+                break
             }
             guard ContinuousClock.now < deadline else { throw TesseraError(.closed, "index \(fid): \(last)") }
             await newerMap(than: m.version, within: .milliseconds(250))
