@@ -183,8 +183,8 @@ public final class ReplicatedNode: RequestHandler {
             } catch { return Response(error) }
         case .replicate(let source, let epoch, let seq, let version, let entries):
             return applyStream(source: source, epoch: epoch, seq: seq, version: version, entries: entries)
-        case .repair(let target):
-            do { return try await repair(to: target) } catch { return Response(error) }
+        case .repair(let target, let after, let limit):
+            do { return .repaired(try await repair(to: target, after: after, limit: limit)) } catch { return Response(error) }
         default:
             if let refused = refuseUnrouted(request) { return refused }
             return await node.handle(request)
@@ -348,16 +348,18 @@ public final class ReplicatedNode: RequestHandler {
     /// Records a repair walk compares (and copies) at a time.
     static let repairChunk = 1000
 
-    /// Walks every index this server heads with `target` as its other member, in key-order
-    /// chunks sent down the stream among the changes: a `compare` of each chunk, and a
-    /// `replace` where it differs. Returns once every index is walked: `.statuses` with one
-    /// `.ok` per index walked, `.conflict` for each chunk that differed.
-    private func repair(to target: Int) async throws -> Response {
+    /// Walks, in fid order after `after`, up to `limit` of the indexes this server heads
+    /// with `target` as its other member: each in key-order chunks sent down the stream
+    /// among the changes, a `compare` of each chunk and a `replace` where it differs. A walk
+    /// is idempotent, so a step cut short is simply walked again.
+    private func repair(to target: Int, after: Fid?, limit: Int) async throws -> RepairStep {
         let engine = node.catalogues.engine
-        var walked: [Status] = []
-        for index in try engine.catalogues() where index.hi != CatalogueService.reservedHi {
+        var step = RepairStep()
+        let indexes = try engine.catalogues().filter { index in index.hi != CatalogueService.reservedHi && after.map { index > $0 } ?? true }.sorted()
+        for index in indexes {
             let c = chain(index, in: currentMap)
             guard c.head == settings.me, c.tail == target else { continue }
+            if step.indexes == max(limit, 1) { return step }
             let s = stream(to: target)
             // The index first, so an empty one exists there too.
             try await s.acknowledged(try reserved(s) { _ in .createIndex(index) })
@@ -367,31 +369,46 @@ public final class ReplicatedNode: RequestHandler {
                 // it after every change made before it and before every later one.
                 var last: [UInt8]?
                 var more = false
-                let compared = try reserved(s) { t -> StreamEntry in
+                var compared = 0
+                let entry = try reserved(s) { t -> StreamEntry in
                     let records = try t.scan(index, from: from, inclusive: true, limit: Self.repairChunk + 1)
                     more = records.count > Self.repairChunk
                     let chunk = records.prefix(Self.repairChunk).map { Record(key: $0.key, value: $0.value) }
                     last = more ? chunk.last?.key : nil
+                    compared = chunk.count
                     let (count, digest) = CatalogueService.digest(of: chunk)
                     return .compare(index: index, from: from, to: last, count: count, digest: digest)
                 }
-                if try await s.outcome(compared) == .conflict {
-                    walked.append(.conflict)
+                if try await s.outcome(entry) == .conflict {
                     let (rangeFrom, rangeTo) = (from, last)
+                    var copied = 0
                     let replaced = try reserved(s) { t in
-                        .replace(index: index, from: rangeFrom, to: rangeTo, records: try CatalogueService.range(index, rangeFrom, rangeTo, t))
+                        let records = try CatalogueService.range(index, rangeFrom, rangeTo, t)
+                        copied = records.count
+                        return .replace(index: index, from: rangeFrom, to: rangeTo, records: records)
                     }
                     try await s.acknowledged(replaced)
+                    step.copied += UInt64(copied)
+                    repairCounts.withLock { $0.copied += UInt64(copied) }
                 }
+                step.records += UInt64(compared)
+                repairCounts.withLock { $0.records += UInt64(compared) }
                 guard more, let last else { break }
                 from = last + [0]
             }
             // Its missed note goes: the peer's replica equals this one as of the walk's end.
             _ = try engine.write { t in try t.delete(Self.missedCatalogue, Self.missedKey(target, index)) }
-            walked.append(.ok)
+            step.indexes += 1
+            step.next = index
+            repairCounts.withLock { $0.indexes += 1 }
         }
-        return .statuses(walked, transaction: 0)
+        step.next = nil
+        return step
     }
+
+    /// What this server's repair walks have done since it started (for the metrics).
+    public var repairTotals: RepairStep { repairCounts.withLock { $0 } }
+    private let repairCounts = Mutex(RepairStep())
 
     /// Makes a stream entry from what `body` reads, numbering it in the same engine critical
     /// section (a transaction that changes nothing), and fills it.

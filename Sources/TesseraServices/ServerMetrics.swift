@@ -1,5 +1,6 @@
 // Prometheus metrics of one server: requests and latencies per operation, failures per
-// status, commit groups, log usage, node-cache hits and misses, bytes read and written.
+// status, commit groups, log usage, node-cache hits and misses, bytes read and written,
+// and what its repair walks did.
 import Prometheus
 import TesseraCore
 import TesseraEngine
@@ -21,6 +22,9 @@ public final class ServerMetrics: RequestHandler {
     private let cacheResident: Gauge
     private let ioWritten: Gauge
     private let ioRead: Gauge
+    private let repairIndexes: Gauge
+    private let repairRecords: Gauge
+    private let repairCopied: Gauge
 
     /// Counts what `handler` answers; the engine and IO figures come from `node` (the one
     /// `handler` serves, itself or behind the replication).
@@ -48,6 +52,9 @@ public final class ServerMetrics: RequestHandler {
         cacheResident = r.makeGauge(descriptor: metric("tessera_node_cache_bytes", "Bytes held by the node cache."))
         ioWritten = r.makeGauge(descriptor: metric("tessera_io_bytes_written", "Bytes written by IOS requests since start."))
         ioRead = r.makeGauge(descriptor: metric("tessera_io_bytes_read", "Bytes read by IOS requests since start."))
+        repairIndexes = r.makeGauge(descriptor: metric("tessera_repair_indexes_walked", "Indexes this server walked for repairs of their other replica, since start."))
+        repairRecords = r.makeGauge(descriptor: metric("tessera_repair_records_compared", "Records this server's repair walks compared, since start."))
+        repairCopied = r.makeGauge(descriptor: metric("tessera_repair_records_copied", "Records this server's repair walks copied to the other replica, since start."))
     }
 
     public func handleImmediately(_ request: Request) -> Response? {
@@ -101,6 +108,12 @@ public final class ServerMetrics: RequestHandler {
         if let io = node.io {
             ioWritten.set(Double(io.bytesWritten))
             ioRead.set(Double(io.bytesRead))
+        }
+        if let replicated = inner as? ReplicatedNode {
+            let t = replicated.repairTotals
+            repairIndexes.set(Double(t.indexes))
+            repairRecords.set(Double(t.records))
+            repairCopied.set(Double(t.copied))
         }
         return registry.emitToBuffer()
     }

@@ -117,25 +117,32 @@ extension ClusterState {
     }
 
     /// Repairs server `id` (admitted under `session`) in the background, once at a time:
-    /// asks every other server to walk the indexes it heads with `id` in their chain, then
-    /// makes `id` online. Waits while a server that shares chains with it is not online (the
-    /// data it missed is there only). A repair cut short is started again on the next poll.
+    /// has every other server walk the indexes it heads with `id` in their chain, a step of
+    /// `repairStep` indexes at a time, keeping the progress in etcd after each step (a new
+    /// holder goes on from there), then makes `id` online. Waits while a server that shares
+    /// chains with it is not online (the data it missed is there only). A repair cut short
+    /// is taken up again on the next poll.
     private func startRepair(of id: Int, session: UInt64, _ config: ClusterConfig, _ detector: DetectorBox) {
         guard detector.repairing.withLock({ $0.insert(id).inserted }) else { return }
         Task {
             defer { _ = detector.repairing.withLock { $0.remove(id) } }
             guard let (m, _) = try? await reader.map(), m.servers.allSatisfy({ $0.id == id || $0.state == .online }) else { return }
-            let start = ContinuousClock.now
-            var chunks = 0
-            var indexes = 0
-            for server in config.servers where server.id != id {
+            var p = RepairProgress(server: id, session: session, mapVersion: m.version, now: wallClockNanoseconds())
+            if let kv = try? await etcd.get(keys.repair(id)), let kept = decodeJSON(RepairProgress.self, kv.value),
+                kept.session == session, kept.mapVersion == m.version, kept.done == nil {
+                p = kept
+                logger.notice("repair of server \(id): going on from \(kept.indexes) indexes walked (\(kept.walked.count) servers done)")
+            }
+            for server in config.servers where server.id != id && !p.walked.contains(server.id) {
                 do {
-                    let client = try await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(2), defaultDeadline: .seconds(3600))
-                    let r = await client.handle(.repair(target: id))
-                    await client.close()
-                    guard case .statuses(let walked, _) = try r.unwrap() else { throw TesseraError(.io, "malformed reply to REPAIR") }
-                    indexes += walked.filter { $0 == .ok }.count
-                    chunks += walked.filter { $0 == .conflict }.count
+                    let client = try await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(2), defaultDeadline: .seconds(600))
+                    do {
+                        try await walk(server.id, repairing: id, through: client, &p)
+                        await client.close()
+                    } catch {
+                        await client.close()
+                        throw error
+                    }
                 } catch {
                     logger.warning("repair of server \(id): server \(server.id): \(error); trying again")
                     return
@@ -145,9 +152,32 @@ extension ClusterState {
                 let next = FailureDetector.repaired(now, server: id, session: session, wallNow: wallClockNanoseconds()),
                 let r = try? await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))]), r.succeeded
             else { return }
-            logger.notice("repair: server \(id) is online (map version \(next.version)): \(indexes) indexes walked, \(chunks) chunks copied, in \(ContinuousClock.now - start)")
+            p.done = wallClockNanoseconds()
+            _ = try? await etcd.put(keys.repair(id), encodeJSON(p))
+            logger.notice("repair: server \(id) is online (map version \(next.version)): \(p.indexes) indexes walked, \(p.records) records compared, \(p.copied) copied, \(Int(p.rate)) records/s")
         }
     }
+
+    /// Has `walker` walk every index it heads with `id` in its chain, from where `p` says
+    /// it stopped, keeping `p` in etcd after each step.
+    private func walk(_ walker: Int, repairing id: Int, through client: RPCClient, _ p: inout RepairProgress) async throws {
+        var after = p.walker == walker ? p.after.flatMap(Fid.init) : nil
+        repeat {
+            guard case .repaired(let step) = try await client.handle(.repair(target: id, after: after, limit: Self.repairStep)).unwrap() else {
+                throw TesseraError(.io, "malformed reply to REPAIR")
+            }
+            p.indexes += step.indexes
+            p.records += step.records
+            p.copied += step.copied
+            (p.walker, p.after, p.updated) = (walker, step.next?.description, wallClockNanoseconds())
+            after = step.next
+            if after == nil { (p.walked, p.walker, p.after) = (p.walked + [walker], nil, nil) }
+            _ = try await etcd.put(keys.repair(id), encodeJSON(p))
+        } while after != nil
+    }
+
+    /// Indexes a REPAIR request walks before the progress is kept.
+    static let repairStep = 64
 }
 
 /// The HA role's detector, shared by the role's turns, and the servers being repaired.

@@ -90,6 +90,21 @@ public struct FailureDetector: Sendable {
         return next
     }
 
+    /// The map with online server `server` made `repairing` under the session it holds, to
+    /// have its replicas walked again (`tessera repair --id`). Nil unless it is online with
+    /// a session and every other server is online: with one that is not, the server may be
+    /// the only member of some chain, which `repairing` would leave with none.
+    public static func repairAgain(_ map: ClusterMap, server: Int, wallNow: UInt64) -> ClusterMap? {
+        guard let i = map.servers.firstIndex(where: { $0.id == server }), map.servers[i].state == .online, map.servers[i].session != nil,
+            map.servers.allSatisfy({ $0.id == server || $0.state == .online })
+        else { return nil }
+        var next = map
+        next.version = map.version + 1
+        next.servers[i].state = .repairing
+        next.servers[i].since = wallNow
+        return next
+    }
+
     /// The first map of a cluster: every server of the cluster file online, version 1.
     public static func initialMap(servers: [(id: Int, address: String)], wallNow: UInt64) -> ClusterMap {
         ClusterMap(version: 1, servers: servers.sorted { $0.id < $1.id }.map { .init(id: $0.id, address: $0.address, state: .online, since: wallNow) })

@@ -66,6 +66,47 @@ public struct RoleHolder: Sendable, Codable, Equatable {
     }
 }
 
+/// The progress of one server's repair, at `repairs/<id>` (decimal id): written by the HA
+/// holder after every step, read by the next holder to go on where it stopped, and by
+/// `tessera status` and `tessera repair`. Kept when done, until the server's next repair.
+public struct RepairProgress: Sendable, Codable, Equatable {
+    /// The server repaired, and the session it was made `repairing` under: a repair of
+    /// another session (it restarted meanwhile) starts over.
+    public var server: Int
+    public var session: UInt64
+    /// The map version the repair started under: a repair cut short goes on only under the
+    /// same map (any change of a member's state can move heads, so it starts over).
+    public var mapVersion: UInt64
+    /// Servers whose walks are finished, the one walking now, and where it is: the last
+    /// index it walked (`Fid` text).
+    public var walked: [Int] = []
+    public var walker: Int?
+    public var after: String?
+    /// Totals: indexes walked, records compared, records copied.
+    public var indexes = 0
+    public var records: UInt64 = 0
+    public var copied: UInt64 = 0
+    /// Wall-clock nanoseconds: when it started, when a step last ended, and when it was
+    /// done (nil while it runs).
+    public var started: UInt64
+    public var updated: UInt64
+    public var done: UInt64?
+
+    public init(server: Int, session: UInt64, mapVersion: UInt64, now: UInt64) {
+        self.server = server
+        self.session = session
+        self.mapVersion = mapVersion
+        started = now
+        updated = now
+    }
+
+    /// Records compared per second so far.
+    public var rate: Double {
+        let seconds = Double((done ?? updated) &- started) / 1e9
+        return seconds > 0 ? Double(records) / seconds : 0
+    }
+}
+
 /// Key names of one cluster.
 public struct StateKeys: Sendable {
     public let prefix: String
@@ -77,6 +118,8 @@ public struct StateKeys: Sendable {
     public var map: String { prefix + "map" }
     public var roles: String { prefix + "roles/" }
     public func role(_ name: String) -> String { roles + name }
+    public var repairs: String { prefix + "repairs/" }
+    public func repair(_ server: Int) -> String { repairs + String(server) }
 
     /// The roles held in a cluster: one process at a time each.
     public static let haRole = "ha"

@@ -32,6 +32,11 @@ public struct StateReader: Sendable {
         }
     }
 
+    /// The progress of every repair kept, running or done.
+    public func repairs() async throws -> [RepairProgress] {
+        try await etcd.range(prefix: keys.repairs).kvs.compactMap { decodeJSON(RepairProgress.self, $0.value) }.sorted { $0.server < $1.server }
+    }
+
     /// The holder of every role by name, with the session (lease) it holds it under.
     public func roles() async throws -> [String: (session: UInt64, holder: RoleHolder)] {
         var out: [String: (UInt64, RoleHolder)] = [:]

@@ -12,6 +12,7 @@ struct StatusView {
     var map: ClusterMap?
     var sessions: [(lease: UInt64, info: SessionInfo)] = []
     var roles: [String: (session: UInt64, holder: RoleHolder)] = [:]
+    var repairs: [RepairProgress] = []
     var error: String?
 
     static func read(_ config: ClusterConfig) async throws -> StatusView {
@@ -27,6 +28,7 @@ struct StatusView {
             v.map = try await reader.map()?.map
             v.sessions = try await reader.sessions()
             v.roles = try await reader.roles()
+            v.repairs = try await reader.repairs()
         } catch {
             v.error = "\(error)"
         }
@@ -54,6 +56,25 @@ struct StatusView {
             let lease = String(session, radix: 16)
             Swift.print(bytes ? "role=\(name) session=\(lease) kind=\(h.kind.rawValue) pid=\(h.pid)" : "role \(name)  held by \(h.kind.rawValue) on \(h.host) pid \(h.pid) (session \(lease))")
         }
+        for p in repairs {
+            if bytes {
+                let walker = p.walker.map { " walker=\($0)" } ?? ""
+                Swift.print("repair=\(p.server) state=\(p.done == nil ? "running" : "done") indexes=\(p.indexes) records=\(p.records) copied=\(p.copied) rate=\(Int(p.rate))\(walker)")
+            } else {
+                Swift.print(Self.describe(p))
+            }
+        }
+    }
+
+    /// One repair's progress, in words.
+    static func describe(_ p: RepairProgress) -> String {
+        let totals = "\(p.indexes) indexes walked, \(p.records) records compared, \(p.copied) copied, \(Int(p.rate)) records/s"
+        guard let done = p.done else {
+            let walker = p.walker.map { ", server \($0) walking" } ?? ""
+            return "repair of server \(p.server)  running\(walker): \(totals)"
+        }
+        let seconds = Double(done &- p.started) / 1e9
+        return "repair of server \(p.server)  done in \(String(format: "%.1f", seconds)) s: \(totals)"
     }
 
     private func duration(_ s: UInt64) -> String {

@@ -335,16 +335,36 @@ class ClusterStateTest(unittest.TestCase):
             del expected[f]["before-0"]
         check()
         c.up()
-        wait_for("server 1 repaired and online", lambda: c.map_states().get(1) == "online", 60)
+        self.repair_wait()
+        self.assertEqual(c.map_states().get(1), "online")
         self.assertIn("repair: server 1 is online", "".join(c.log(n) for n in ["server-0", "server-2", "gateway", "mount"]))
+        done = self.repairs()[1]
+        self.assertEqual(done["state"], "done")
+        self.assertGreaterEqual(int(done["indexes"]), 8, "server 1 holds 2 of every 3 pairs' indexes")
+        self.assertGreater(int(done["copied"]), 0, "what server 1 missed was copied")
+        # Walked again with every server online: the replicas are equal, nothing is copied.
+        r = subprocess.run([TESSERA, "repair", "--dir", c.state, "--id", "1", "--wait", "--timeout", "120"], capture_output=True, text=True, timeout=180)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        again = self.repairs()[1]
+        self.assertEqual((again["state"], again["copied"]), ("done", "0"), "replicas differ after repair")
+        self.assertGreaterEqual(int(again["records"]), int(done["records"]))
         c.kill("server-2")
         put("while-2-down")
         check()
         r = subprocess.run([TESSERA, "index", "get", "--dir", c.state, fids[0], "before-0"], capture_output=True, text=True, timeout=120)
         self.assertNotEqual(r.returncode, 0, "a deleted key came back")
         c.up()
-        wait_for("server 2 repaired and online", lambda: c.map_states().get(2) == "online", 60)
+        self.repair_wait()
+        self.assertEqual(c.map_states().get(2), "online")
         check()
+
+    def repair_wait(self):
+        r = subprocess.run([TESSERA, "repair", "--dir", self.c.state, "--wait", "--timeout", "120"], capture_output=True, text=True, timeout=180)
+        self.assertEqual(r.returncode, 0, f"tessera repair --wait: {r.stdout} {r.stderr}")
+
+    def repairs(self):
+        """The repairs `tessera status --bytes` shows, by server id."""
+        return {int(l["repair"]): l for l in self.c.status() if "repair" in l}
 
     def test_one_sweeper_and_one_ha_holder_among_many_and_a_takeover(self):
         c = self.c

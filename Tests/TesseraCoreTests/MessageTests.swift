@@ -13,11 +13,21 @@ import TesseraCore
         .read(cob: fid, offset: 4096, length: 65536), .free(cob: fid, offset: 0, length: .max, syncWait: false),
         .create(cobs: [fid, Fid(hi: 5, lo: 6)], syncWait: true), .create(cobs: [], syncWait: false),
         .sync(transactions: [1, 2, 3]),
+        .cas(index: fid, key: [1], expected: nil, value: [2], syncWait: true), .cas(index: fid, key: [], expected: [3], value: nil, syncWait: false),
+        .routed(mapVersion: 7, request: .get(index: fid, keys: [[1]])),
+        .replicate(source: 2, epoch: 3, seq: 4, mapVersion: 5, entries: [
+            .change(index: fid, deletes: [[1]], puts: [Record(key: [2], value: [3])]), .createIndex(fid), .dropIndex(fid),
+            .compare(index: fid, from: [], to: [9], count: 3, digest: [UInt8](repeating: 1, count: 32)),
+            .replace(index: fid, from: [1], to: nil, records: [Record(key: [1], value: [])]),
+        ]),
+        .repair(target: 2, after: nil, limit: 64), .repair(target: 0, after: fid, limit: 1),
     ]
     static let responses: [Response] = [
         .statuses([.ok, .exists, .notFound], transaction: 42), .values([[1], nil, []]),
         .records([[Record(key: [1], value: [2])], []]), .fids([fid]), .data([1, 2, 3]), .done,
         .failure(.checksum, "unit 3 of cob 1:2 failed its checksum"),
+        .cas(.conflict, current: [4], transaction: 9), .cas(.ok, current: nil, transaction: 0),
+        .repaired(RepairStep(indexes: 3, records: 3000, copied: 1000, next: fid)), .repaired(RepairStep()),
     ]
 
     @Test func requestsRoundTrip() throws {

@@ -93,11 +93,11 @@ public enum Request: Sendable, Equatable {
     /// Entries of the stream from server `source`, the head of their indexes' chains, to
     /// another member: numbered `seq`, `seq + 1`, … within `epoch`, applied in that order.
     case replicate(source: Int, epoch: UInt64, seq: UInt64, mapVersion: UInt64, entries: [StreamEntry])
-    /// From the repair leader to a head: walk every index this server heads with server
-    /// `target` as its other member, making `target`'s replica equal to this one's
-    /// (REPLICATION.md, "Repair"). Answered `.statuses` with the indexes walked and the
-    /// chunks that differed, as `[ok]` once done.
-    case repair(target: Int)
+    /// From the repair leader to a head: walk, in fid order after `after`, up to `limit` of
+    /// the indexes this server heads with server `target` as its other member, making
+    /// `target`'s replicas equal to this one's (REPLICATION.md, "Repair"). Answered
+    /// `.repaired` with what was walked and where to go on.
+    case repair(target: Int, after: Fid?, limit: Int)
     // IOS
     case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
     case read(cob: Fid, offset: UInt64, length: UInt32)
@@ -172,11 +172,13 @@ public enum Response: Sendable, Equatable {
     case statistics(ServerStatistics)
     /// CAS: `.ok`, or `.conflict` with the value stored (nil: absent).
     case cas(Status, current: [UInt8]?, transaction: UInt64)
+    /// REPAIR: one step of a repair walk.
+    case repaired(RepairStep)
     /// The whole request failed.
     case failure(Status, String)
 
     enum Kind: UInt16 {
-        case statuses = 1, values, records, fids, data, done, failure, statistics, cas
+        case statuses = 1, values, records, fids, data, done, failure, statistics, cas, repaired
     }
 }
 
@@ -233,8 +235,11 @@ extension Request {
             w.u64(seq)
             w.u64(version)
             w.array(entries) { $1.encode(into: &$0) }
-        case .repair(let target):
+        case .repair(let target, let after, let limit):
             w.u32(UInt32(truncatingIfNeeded: target))
+            w.bool(after != nil)
+            w.fid(after ?? Fid(hi: 0, lo: 0))
+            w.u32(UInt32(clamping: limit))
         case .write(let cob, let offset, let data, let syncWait):
             w.fid(cob)
             w.u64(offset)
@@ -327,7 +332,10 @@ extension Request {
                 source: Int(try r.u32("source server")), epoch: try r.u64("epoch"), seq: try r.u64("sequence number"), mapVersion: try r.u64("map version"),
                 entries: try r.array("entries", minimumSize: 2) { try StreamEntry.decode(&$0) })
         case .repair:
-            request = .repair(target: Int(try r.u32("target server")))
+            let target = Int(try r.u32("target server"))
+            let hasAfter = try r.bool("has-after flag")
+            let after = try r.fid("index to walk after")
+            request = .repair(target: target, after: hasAfter ? after : nil, limit: Int(try r.u32("index limit")))
         case .statistics:
             request = .statistics
         }
@@ -365,6 +373,13 @@ extension Response {
             w.u16(Kind.statistics.rawValue)
             for v in [s.dataBytes, s.dataFreeBytes, s.logBytes, s.logUsedBytes, s.groupsLogged] { w.u64(v) }
             w.u32(s.maxValue)
+        case .repaired(let step):
+            w.u16(Kind.repaired.rawValue)
+            w.u32(UInt32(clamping: step.indexes))
+            w.u64(step.records)
+            w.u64(step.copied)
+            w.bool(step.next != nil)
+            w.fid(step.next ?? Fid(hi: 0, lo: 0))
         case .cas(let status, let current, let tx):
             w.u16(Kind.cas.rawValue)
             w.u16(status.rawValue)
@@ -410,6 +425,11 @@ extension Response {
                 maxValue: r.remaining > 0 ? try r.u32("largest value") : 0))
         case .failure: response = .failure(try status(&r), try r.string("message"))
         case .cas: response = .cas(try status(&r), current: try r.optionalBlob("current value"), transaction: try r.u64("transaction"))
+        case .repaired:
+            let (indexes, records, copied) = (Int(try r.u32("indexes walked")), try r.u64("records compared"), try r.u64("records copied"))
+            let hasNext = try r.bool("has-next flag")
+            let next = try r.fid("index walked last")
+            response = .repaired(RepairStep(indexes: indexes, records: records, copied: copied, next: hasNext ? next : nil))
         }
         try r.finish("response")
         return response
@@ -418,6 +438,25 @@ extension Response {
 
 /// A server's usage, as STATISTICS reports it (docs/WIRE.md): five u64 in this order, then
 /// a u32, the largest record value its catalogues accept (absent from older servers: 0).
+/// What one REPAIR request walked.
+public struct RepairStep: Sendable, Equatable {
+    /// Indexes walked (each compared whole, and copied where it differed).
+    public var indexes: Int
+    /// Records compared, and records sent to the target because their chunk differed.
+    public var records: UInt64
+    public var copied: UInt64
+    /// The last index walked when the step stopped at its limit (the next step goes on
+    /// after it); nil when the walk is done.
+    public var next: Fid?
+
+    public init(indexes: Int = 0, records: UInt64 = 0, copied: UInt64 = 0, next: Fid? = nil) {
+        self.indexes = indexes
+        self.records = records
+        self.copied = copied
+        self.next = next
+    }
+}
+
 public struct ServerStatistics: Sendable, Equatable {
     public var dataBytes: UInt64
     public var dataFreeBytes: UInt64
