@@ -66,11 +66,13 @@ public struct FailureDetector: Sendable {
         // Every server back at once (all were killed, or the power went) and none online:
         // no replica can be repaired from another, so each takes its place again, the heads
         // of before heading again (their `onlineSince` is kept). Changes in flight at the
-        // crash may be on one replica only (REPLICATION.md, "Failure cases").
-        if changed, !next.servers.contains(where: { $0.state == .online }),
-            next.servers.allSatisfy({ $0.state == .repairing && present[$0.id] != nil })
+        // crash may be on one replica only (REPLICATION.md, "Failure cases"). A replaced
+        // server holds nothing: it stays repairing, to be repaired from the others.
+        let kept = next.servers.filter { $0.replaced != true }
+        if changed, !next.servers.contains(where: { $0.state == .online }), !kept.isEmpty,
+            kept.allSatisfy({ $0.state == .repairing && present[$0.id] != nil })
         {
-            for i in next.servers.indices { next.servers[i].state = .online }
+            for i in next.servers.indices where next.servers[i].replaced != true { next.servers[i].state = .online }
         }
         guard changed else { return nil }
         next.version = map.version + 1
@@ -86,6 +88,20 @@ public struct FailureDetector: Sendable {
         next.version = map.version + 1
         next.servers[i].state = .online
         next.servers[i].onlineSince = next.version
+        next.servers[i].since = wallNow
+        next.servers[i].replaced = nil
+        return next
+    }
+
+    /// The map with server `server` failed and marked replaced (`tessera replace`, before
+    /// its blank images serve): it comes back `repairing` and is online only once repaired.
+    public static func replacing(_ map: ClusterMap, server: Int, wallNow: UInt64) -> ClusterMap? {
+        guard let i = map.servers.firstIndex(where: { $0.id == server }) else { return nil }
+        var next = map
+        next.version = map.version + 1
+        next.servers[i].state = .failed
+        next.servers[i].session = nil
+        next.servers[i].replaced = true
         next.servers[i].since = wallNow
         return next
     }

@@ -1,7 +1,7 @@
 // What a tool sees of index repair in etcd (REPLICATION.md, "Repair"): which servers still
 // need one, and the request to walk an online server's replicas again. The HA role holder
 // runs every repair (ClusterState+Map.swift); a tool only reads, or marks a server
-// `repairing` for it to pick up.
+// `repairing` (or replaced) for it to pick up.
 import TesseraClient
 import TesseraCore
 import TesseraEtcd
@@ -38,6 +38,21 @@ extension StateReader {
             if s.state != .online || (s.session != nil && s.session != live.session) { pending.append(s.id) }
         }
         return RepairView(map: m, pending: pending, absent: absent, progress: try await repairs())
+    }
+
+    /// Marks server `id` replaced and failed in the map, before blank images of it start
+    /// (`tessera replace`). Refused while a process of that server holds a session.
+    public func markReplaced(_ id: Int) async throws -> UInt64 {
+        guard let (m, revision) = try await map() else { throw TesseraError(.notFound, "etcd has no cluster map yet") }
+        if let (lease, info) = try await sessions().first(where: { $0.info.kind == .server && $0.info.server == id }) {
+            throw TesseraError(.exists, "server \(id) is running (pid \(info.pid) on \(info.host), session \(String(lease, radix: 16))): stop it before replacing it")
+        }
+        guard let next = FailureDetector.replacing(m, server: id, wallNow: wallClockNanoseconds()) else {
+            throw TesseraError(.invalidArgument, "the cluster map has no server \(id)")
+        }
+        let r = try await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))])
+        guard r.succeeded else { throw TesseraError(.conflict, "the cluster map changed meanwhile: try again") }
+        return next.version
     }
 
     /// Makes online server `id` `repairing`, so the HA role walks its replicas again.

@@ -27,6 +27,24 @@ struct StateOption: ParsableArguments, LocalStateFolder {
     }
 }
 
+extension StateOption {
+    /// Returns once `server`, started from this folder, answers; throws if its process
+    /// exits first or it does not answer within 30 s.
+    func waitUntilAnswering(_ server: ClusterConfig.Server, _ config: ClusterConfig) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            if let c = try? await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(1)) {
+                await c.close()
+                return
+            }
+            guard runningPid(server.id) != nil, ContinuousClock.now < deadline else {
+                throw TesseraError(.io, "server \(server.id) did not start; see \(logFile(server.id))")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}
+
 struct Up: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start a local three-server cluster (formatting its images on first run), and mount it on MOUNTPOINT if given.")
@@ -77,19 +95,7 @@ struct Up: AsyncParsableCommand {
             try state.spawn(["server", "--config", state.configPath, "--id", String(server.id)], log: state.logFile(server.id), pidFile: state.pidFile(server.id))
         }
         // Ready when every server answers.
-        for server in config.servers {
-            let deadline = ContinuousClock.now + .seconds(30)
-            while true {
-                if let c = try? await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(1)) {
-                    await c.close()
-                    break
-                }
-                guard state.runningPid(server.id) != nil, ContinuousClock.now < deadline else {
-                    throw TesseraError(.io, "server \(server.id) did not start; see \(state.logFile(server.id))")
-                }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
+        for server in config.servers { try await state.waitUntilAnswering(server, config) }
         // With --s3 stdout carries only lines a shell can eval.
         let say: (String) -> Void = s3 == nil ? { print("tessera: " + $0) } : { printError($0) }
         say("cluster of \(config.servers.count) servers up in \(dir)")

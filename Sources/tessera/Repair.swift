@@ -1,7 +1,9 @@
 // `tessera repair`: shows the index repairs the HA role runs, starts one for an online
-// server (--id), and waits for them to finish (--wait). REPLICATION.md, "Repair".
+// server (--id), and waits for them to finish (--wait); `tessera replace`: a blank server
+// in the place of a lost one. REPLICATION.md, "Repair".
 import ArgumentParser
 import Foundation
+import TesseraConfig
 import TesseraCore
 import TesseraEtcd
 import TesseraLocal
@@ -78,5 +80,39 @@ struct Repair: AsyncParsableCommand {
         }
         for id in v.absent { print("server \(id) has no session: it is repaired when it comes back") }
         for p in v.progress { print(StatusView.describe(p)) }
+    }
+}
+
+struct Replace: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Put a blank server in the place of one whose images are lost: formats new images for --id and starts it; the HA role then repairs it.",
+        discussion: "The server must be stopped and its images gone (remove them first). It is marked replaced in the cluster map, so it serves nothing until a repair has copied every index replica it holds; `tessera repair --wait` waits for that. Object data on it is not rebuilt by this.")
+
+    @OptionGroup var state: StateOption
+    @Option(help: "The server to replace.") var id: Int
+
+    func run() async throws {
+        let config = try state.config()
+        guard let settings = config.state else { throw ValidationError("the cluster file has no [state]: replace needs the cluster state service") }
+        guard let server = config.servers.first(where: { $0.id == id }) else { throw ValidationError("the cluster file has no server \(id)") }
+        if let pid = state.runningPid(id) { throw ValidationError("server \(id) is running (pid \(pid)): stop it before replacing it") }
+        let left = [server.metaPath, server.dataPath].filter { FileManager.default.fileExists(atPath: $0) }
+        guard left.isEmpty else {
+            throw ValidationError("server \(id) still has images (\(left.joined(separator: ", "))): replace formats new ones; remove these first")
+        }
+        try await state.startEtcd(config)
+        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(5), logger: quietLogger)
+        do {
+            let version = try await StateReader(etcd: etcd, keys: StateKeys(settings)).markReplaced(id)
+            await etcd.close()
+            print("server \(id) is replaced in cluster map version \(version)")
+        } catch {
+            await etcd.close()
+            throw error
+        }
+        try runChild(tesseraExecutable, ["mkfs", "--config", state.configPath, "--id", String(id)])
+        try state.spawn(["server", "--config", state.configPath, "--id", String(id)], log: state.logFile(id), pidFile: state.pidFile(id))
+        try await state.waitUntilAnswering(server, config)
+        print("server \(id) started on blank images at \(server.address): the HA role repairs it (tessera repair --wait)")
     }
 }

@@ -314,17 +314,11 @@ class ClusterStateTest(unittest.TestCase):
         fids = [f"7a:{i:x}" for i in range(12)]  # spread over the three pairs of servers
         expected = {f: {} for f in fids}
 
-        def put(period, n=20):
-            for f in fids:
-                pairs = {f"{period}-{k}": f"{f}/{period}/{k}" for k in range(n)}
-                self.index("put", f, *[x for kv in pairs.items() for x in kv])
-                expected[f].update(pairs)
+        def put(period):
+            self.put_records(expected, period)
 
         def check():
-            for f in fids:
-                keys = sorted(expected[f])
-                got = self.index("get", f, *keys).splitlines()
-                self.assertEqual(got, [expected[f][k] for k in keys], f"index {f}")
+            self.check_records(expected)
 
         put("before")
         c.kill("server-1")
@@ -357,6 +351,44 @@ class ClusterStateTest(unittest.TestCase):
         self.repair_wait()
         self.assertEqual(c.map_states().get(2), "online")
         check()
+
+    def test_a_replaced_server_is_repaired_and_then_holds_every_record(self):
+        """`tessera replace`: a server whose images are lost is put back blank, repaired from
+        its peers, and then each of the others is failed in turn: every record reads back,
+        the indexes they shared with the replaced server served by it alone."""
+        c = self.c
+        expected = {f"7b:{i:x}": {} for i in range(12)}
+        self.put_records(expected, "before")
+        c.kill("server-2")
+        self.put_records(expected, "while-2-down")
+        for name in os.listdir(os.path.join(c.state, "server-2")):
+            os.unlink(os.path.join(c.state, "server-2", name))
+        r = subprocess.run([TESSERA, "replace", "--dir", c.state, "--id", "2"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.repair_wait()
+        self.assertEqual(c.map_states().get(2), "online")
+        done = self.repairs()[2]
+        self.assertGreaterEqual(int(done["copied"]), 8 * 40 * 2 // 3, "the blank server got its replicas' records")
+        for other in ["server-0", "server-1"]:
+            c.kill(other)
+            self.check_records(expected)  # waits for the map to fail it, then reads
+            self.put_records(expected, f"while-{other}-down")
+            c.up()
+            self.repair_wait()
+        self.check_records(expected)
+
+    def put_records(self, expected, period, n=20):
+        """Puts `n` records named by `period` into each index of `expected` (fid: {key: value})."""
+        for f in expected:
+            pairs = {f"{period}-{k}": f"{f}/{period}/{k}" for k in range(n)}
+            self.index("put", f, *[x for kv in pairs.items() for x in kv])
+            expected[f].update(pairs)
+
+    def check_records(self, expected):
+        for f in expected:
+            keys = sorted(expected[f])
+            got = self.index("get", f, *keys).splitlines()
+            self.assertEqual(got, [expected[f][k] for k in keys], f"index {f}")
 
     def repair_wait(self):
         r = subprocess.run([TESSERA, "repair", "--dir", self.c.state, "--wait", "--timeout", "120"], capture_output=True, text=True, timeout=180)

@@ -28,6 +28,9 @@ public struct ClusterMap: Sendable, Equatable, Codable {
         /// The map version that made it `online`: of the two online replicas of an index,
         /// the one online longer is the head (REPLICATION.md). Nil counts as 0.
         public var onlineSince: UInt64?
+        /// Given blank images by `tessera replace`: it holds nothing until a repair has
+        /// copied its replicas, so it is never made online any other way. Nil: false.
+        public var replaced: Bool?
 
         public init(id: Int, address: String, state: ServerState, since: UInt64, session: UInt64? = nil, onlineSince: UInt64? = nil) {
             self.id = id
