@@ -238,7 +238,7 @@ extension Request {
         case .repair(let target, let after, let limit):
             w.u32(UInt32(truncatingIfNeeded: target))
             w.bool(after != nil)
-            w.fid(after ?? Fid(hi: 0, lo: 0))
+            if let after { w.fid(after) }
             w.u32(UInt32(clamping: limit))
         case .write(let cob, let offset, let data, let syncWait):
             w.fid(cob)
@@ -333,9 +333,8 @@ extension Request {
                 entries: try r.array("entries", minimumSize: 2) { try StreamEntry.decode(&$0) })
         case .repair:
             let target = Int(try r.u32("target server"))
-            let hasAfter = try r.bool("has-after flag")
-            let after = try r.fid("index to walk after")
-            request = .repair(target: target, after: hasAfter ? after : nil, limit: Int(try r.u32("index limit")))
+            let after: Fid? = try r.bool("after presence") ? try r.fid("index to walk after") : nil
+            request = .repair(target: target, after: after, limit: Int(try r.u32("index limit")))
         case .statistics:
             request = .statistics
         }
@@ -379,7 +378,7 @@ extension Response {
             w.u64(step.records)
             w.u64(step.copied)
             w.bool(step.next != nil)
-            w.fid(step.next ?? Fid(hi: 0, lo: 0))
+            if let next = step.next { w.fid(next) }
         case .cas(let status, let current, let tx):
             w.u16(Kind.cas.rawValue)
             w.u16(status.rawValue)
@@ -427,9 +426,8 @@ extension Response {
         case .cas: response = .cas(try status(&r), current: try r.optionalBlob("current value"), transaction: try r.u64("transaction"))
         case .repaired:
             let (indexes, records, copied) = (Int(try r.u32("indexes walked")), try r.u64("records compared"), try r.u64("records copied"))
-            let hasNext = try r.bool("has-next flag")
-            let next = try r.fid("index walked last")
-            response = .repaired(RepairStep(indexes: indexes, records: records, copied: copied, next: hasNext ? next : nil))
+            let next: Fid? = try r.bool("next presence") ? try r.fid("index walked last") : nil
+            response = .repaired(RepairStep(indexes: indexes, records: records, copied: copied, next: next))
         }
         try r.finish("response")
         return response
