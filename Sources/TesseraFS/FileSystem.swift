@@ -571,8 +571,10 @@ public final class FileSystem: Sendable {
         return made ?? nil
     }
 
+    /// With `exclusive` (O_EXCL) a regular file is always made by a create-only put, even
+    /// when the cache knows the name absent: someone else may have made it since.
     private func newEntry(
-        parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64 = 0, target: [UInt8] = [], caller: Caller
+        parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64 = 0, target: [UInt8] = [], caller: Caller, exclusive: Bool = false
     ) async throws -> Inode {
         try checkWritable()
         let p = try inode(parent)
@@ -586,7 +588,7 @@ public final class FileSystem: Sendable {
             // time; other types look first.
             let known = await cachedFind(key)
             if let known { guard case .none = known else { throw FSError(EEXIST) } }
-            let behind = known != nil
+            let behind = known != nil && !(exclusive && type == .regular)
             async let found = behind ? Found.none : findStored(key)
             if type != .regular && !behind {
                 guard case .none = try await found else { throw FSError(EEXIST) }
@@ -606,7 +608,11 @@ public final class FileSystem: Sendable {
                 let st = try await cluster.put(bucket.objects, [Record(key: key, value: storedRecord(i).encode())], mode: .createOnly)
                 let existing = try await found
                 try await parentStored
-                if st[0] == .exists { throw FSError(EEXIST) }
+                if st[0] == .exists {
+                    // Made elsewhere since the cache learnt it absent, or since a lookup.
+                    names.withLock { $0.clear() }
+                    throw FSError(EEXIST)
+                }
                 if case .directory = existing {
                     try await cluster.delete(bucket.objects, [key])
                     throw FSError(EEXIST)
@@ -628,9 +634,11 @@ public final class FileSystem: Sendable {
         try newEntryNow(parent: parent, name: name, mode: FileType.directory.rawValue | (mode & 0o7777), caller: caller).map { attributes($0.0) }
     }
 
-    /// `create` done at once when the cache knows the name absent, else nil.
+    /// `create` done at once when the cache knows the name absent, else nil. Never for
+    /// O_EXCL: only the index's create-only put can say no one else made the name
+    /// meanwhile (another mount, a gateway).
     public func createNow(_ parent: UInt64, _ name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) throws -> (Attributes, UInt64)? {
-        guard let (i, h) = try newEntryNow(parent: parent, name: name, mode: FileType.regular.rawValue | (mode & 0o7777), caller: caller, opening: flags), let h else { return nil }
+        guard flags & O_EXCL == 0, let (i, h) = try newEntryNow(parent: parent, name: name, mode: FileType.regular.rawValue | (mode & 0o7777), caller: caller, opening: flags), let h else { return nil }
         return (attributes(i), h)
     }
 
@@ -654,7 +662,7 @@ public final class FileSystem: Sendable {
 
     /// Creates and opens a regular file. Returns its attributes and a handle.
     public func create(_ parent: UInt64, _ name: [UInt8], mode: UInt32, flags: Int32, caller: Caller) async throws -> (Attributes, UInt64) {
-        let i = try await newEntry(parent: parent, name: name, mode: FileType.regular.rawValue | (mode & 0o7777), caller: caller)
+        let i = try await newEntry(parent: parent, name: name, mode: FileType.regular.rawValue | (mode & 0o7777), caller: caller, exclusive: flags & O_EXCL != 0)
         let (h, _) = try await open(i.ino, flags: flags & ~O_TRUNC, fresh: true)
         return (attributes(i), h)
     }

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -112,6 +113,7 @@ class LocalCluster:
         p = subprocess.Popen([TESSERA, "gateway", "--config", os.path.join(self.state, "cluster.toml"), "--listen", f"127.0.0.1:{port}"],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp, f"gateway-{port}.log"), "w"))
         self.extra.append((p, None))
+        p.port = port
         return p
 
     def start_extra_mount(self):
@@ -414,6 +416,81 @@ class ClusterStateTest(unittest.TestCase):
             wait_for(f"another process to hold {name}",
                      lambda: int(c.roles().get(name, {}).get("pid", holder)) != holder, TTL + 2)
             print(f"{name} taken over {time.time() - t:.1f} s after its holder was killed (ttl {TTL} s)")
+
+
+class RacesTest(unittest.TestCase):
+    """Create-only decisions are taken once, at the head of the index's chain
+    (docs/REPLICATION.md), whichever process asks: two gateways creating one bucket, or two
+    mounts creating one name with O_EXCL, get one winner."""
+
+    def setUp(self):
+        self.c = LocalCluster(memory="16M")
+
+    def tearDown(self):
+        self.c.close()
+
+    @staticmethod
+    def race(*calls):
+        """Runs the calls at once; returns what each returned, or the exception it raised."""
+        results = [None] * len(calls)
+        start = threading.Barrier(len(calls))
+
+        def run(i):
+            start.wait()
+            try:
+                results[i] = calls[i]()
+            except Exception as e:  # noqa: BLE001 - the result under test
+                results[i] = e
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        return results
+
+    def test_two_gateways_creating_one_bucket_one_wins(self):
+        c = self.c
+        config = os.path.join(c.state, "cluster.toml")
+        with open(config, "a") as f:
+            f.write('\n[[s3.credentials]]\naccess_key = "RACERTWO"\nsecret_key = "racer-two-secret"\n')
+        clients = []
+        for key, secret in [(c.env["AWS_ACCESS_KEY_ID"], c.env["AWS_SECRET_ACCESS_KEY"]), ("RACERTWO", "racer-two-secret")]:
+            port = c.start_extra_gateway().port
+            wait_for(f"the gateway on port {port}", lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30)
+            clients.append(boto3.client(
+                "s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=key, aws_secret_access_key=secret,
+                region_name=c.env["AWS_DEFAULT_REGION"], config=Config(signature_version="s3v4", retries={"max_attempts": 1})))
+        for n in range(20):
+            name = f"race-{n}"
+            results = self.race(*[lambda s3=s3: s3.create_bucket(Bucket=name) for s3 in clients])
+            won = [r for r in results if isinstance(r, dict)]
+            lost = [r for r in results if not isinstance(r, dict)]
+            self.assertEqual(len(won), 1, f"bucket {name}: {results}")
+            self.assertEqual(lost[0].response["Error"]["Code"], "BucketAlreadyExists", f"bucket {name}: {lost[0]}")
+            owner = 0 if results[0] is won[0] else 1
+            clients[owner].put_object(Bucket=name, Key="k", Body=b"v")  # the winner owns it
+            with self.assertRaises(Exception):
+                clients[1 - owner].put_object(Bucket=name, Key="k", Body=b"w")
+
+    def test_two_mounts_creating_one_name_with_o_excl_one_wins(self):
+        c = self.c
+        c.start_extra_mount()
+        other = c.extra[-1][1]
+
+        def create(mnt, name):
+            fd = os.open(os.path.join(mnt, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.write(fd, mnt.encode())
+            os.close(fd)
+            return mnt
+        for n in range(20):
+            name = f"excl-{n}"
+            results = self.race(lambda: create(c.mnt, name), lambda: create(other, name))
+            won = [r for r in results if isinstance(r, str)]
+            lost = [r for r in results if not isinstance(r, str)]
+            self.assertEqual(len(won), 1, f"{name}: {results}")
+            self.assertIsInstance(lost[0], FileExistsError, f"{name}: {lost[0]}")
+            for mnt in [c.mnt, other]:
+                wait_for(f"{name} in {mnt} to read the winner's bytes", lambda: open(os.path.join(mnt, name), "rb").read() == won[0].encode(), 10)
 
 
 class EtcdMissingTest(unittest.TestCase):
