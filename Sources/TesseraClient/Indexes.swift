@@ -124,10 +124,11 @@ extension Cluster {
     }
 
     /// Compare-and-put: if `key`'s value is `expected` (nil: absent), makes it `value` (nil:
-    /// deletes it). Returns whether it did, and if not, the value stored (nil: absent). Sent
-    /// again after a lost answer, it counts as done if the value stored is `value`.
-    public func compareAndPut(_ fid: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, sync: Bool = false) async throws -> (done: Bool, current: [UInt8]?) {
-        let (r, retried) = try await routed(fid, .cas(index: fid, key: key, expected: expected, value: value, syncWait: sync), read: false)
+    /// deletes it) and puts `also` in the same transaction. Returns whether it did, and if
+    /// not, the value stored (nil: absent). Sent again after a lost answer, it counts as done
+    /// if the value stored is `value`.
+    public func compareAndPut(_ fid: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, also: [Record] = [], sync: Bool = false) async throws -> (done: Bool, current: [UInt8]?) {
+        let (r, retried) = try await routed(fid, .cas(index: fid, key: key, expected: expected, value: value, also: also, syncWait: sync), read: false)
         guard case .cas(let status, let current, _) = try r.unwrap() else { throw TesseraError(.io, "index \(fid): malformed reply to a compare-and-put") }
         switch status {
         case .ok: return (true, nil)

@@ -298,18 +298,30 @@ public final class S3Store: Sendable {
 
     /// Switches entry `key` to `record` under the key's lock, running `alsoUnderLock` after
     /// the switch, then lets go of the old data: freed, or one link fewer for a hard link.
+    /// The switch is a compare-and-put on the entry as read, so a gateway or mount that
+    /// switched it meanwhile (the lock is this process's only) is seen, and its object is
+    /// the one let go of: no two writers both free one object and leak the other's.
     private func replace(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord, alsoUnderLock: () async throws -> Void)
         async throws
     {
+        let keyBytes = Array(key.utf8)
         let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
-            let old = try await entry(bucket, key)
-            var record = record
-            if record.posix == nil, let old { record.posix = try await resolve(bucket, old).posix }
-            if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
             try checkOwned(record.fid)
-            try await cluster.put(bucket.objects, [Record(key: Array(key.utf8), value: record.encode()), stamp.next()], sync: true)
-            try await alsoUnderLock()
-            return old
+            var stored = try await cluster.get(bucket.objects, [keyBytes])[0]
+            while true {
+                let old = try stored.map(ObjectRecord.decode)
+                var record = record
+                if record.posix == nil, let old { record.posix = try await resolve(bucket, old).posix }
+                // A note for an entry someone else then replaced stays for the sweeper,
+                // which frees only what no entry refers to.
+                if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+                let (done, current) = try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: stored, value: record.encode(), also: [stamp.next()], sync: true)
+                if done {
+                    try await alsoUnderLock()
+                    return old
+                }
+                stored = current
+            }
         }
         var done = [record.fid]
         if let old, old.fid != record.fid {
@@ -326,11 +338,18 @@ public final class S3Store: Sendable {
     /// Removes object `key`; false if there was none.
     @discardableResult
     public func deleteObject(_ bucketName: String, _ bucket: BucketRecord, _ key: String) async throws -> Bool {
+        let keyBytes = Array(key.utf8)
         let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
-            guard let old = try await entry(bucket, key) else { return nil }
-            if old.inode == nil { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
-            try await cluster.update(bucket.objects, deleting: [Array(key.utf8)], putting: [stamp.next()], sync: true)
-            return old
+            // A compare-and-delete, as `replace` does: what is let go of is what was there.
+            var stored = try await cluster.get(bucket.objects, [keyBytes])[0]
+            while let bytes = stored {
+                let old = try ObjectRecord.decode(bytes)
+                if old.inode == nil { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+                let (done, current) = try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: bytes, value: nil, also: [stamp.next()], sync: true)
+                if done { return old }
+                stored = current
+            }
+            return nil
         }
         guard let old else { return false }
         if let ino = old.inode {

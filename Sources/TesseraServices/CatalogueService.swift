@@ -31,7 +31,7 @@ public struct CatalogueService: Sendable {
     private func needsWait(_ request: Request) -> Bool {
         switch request {
         case .createIndexes, .dropIndexes: return true
-        case .put(_, _, _, let syncWait), .delete(_, _, let syncWait), .update(_, _, _, let syncWait), .cas(_, _, _, _, let syncWait): return syncWait
+        case .put(_, _, _, let syncWait), .delete(_, _, let syncWait), .update(_, _, _, let syncWait), .cas(_, _, _, _, _, let syncWait): return syncWait
         default: return false
         }
     }
@@ -68,7 +68,7 @@ public struct CatalogueService: Sendable {
     /// Records and payload bytes of a PUT, DEL, UPDATE or CAS.
     static func size(of request: Request) -> (operations: Int, payload: Int) {
         switch request {
-        case .cas(_, let key, _, let value, _): return (1, key.count + (value?.count ?? 0))
+        case .cas(_, let key, _, let value, let also, _): return (1 + also.count, key.count + (value?.count ?? 0) + also.reduce(0) { $0 + $1.key.count + $1.value.count })
         case .createIndexes(let f), .dropIndexes(let f): return (f.count, 0)
         case .put(_, let records, _, _): return (records.count, records.reduce(0) { $0 + $1.key.count + $1.value.count })
         case .delete(_, let keys, _): return (keys.count, 0)
@@ -119,18 +119,22 @@ public struct CatalogueService: Sendable {
         case .delete(let index, let keys, _):
             let statuses = try apply(request, t)
             return (.statuses(statuses, transaction: 0), .change(index: index, deletes: zip(keys, statuses).filter { $0.1 == .ok }.map(\.0), puts: []))
-        case .cas(let index, let key, let expected, let value, _):
-            guard key.count <= limits.maxKey, (value?.count ?? 0) <= limits.maxValue else {
+        case .cas(let index, let key, let expected, let value, let also, _):
+            guard key.count <= limits.maxKey, (value?.count ?? 0) <= limits.maxValue,
+                also.allSatisfy({ $0.key.count <= limits.maxKey && $0.value.count <= limits.maxValue })
+            else {
                 return (.cas(.tooLarge, current: nil, transaction: 0), .change(index: index, deletes: [], puts: []))
             }
+            guard also.allSatisfy({ $0.key != key }) else { throw TesseraError(.invalidArgument, "a compare-and-put also puts its own key") }
             let current = try t.get(index, key)
             guard current == expected else { return (.cas(.conflict, current: current, transaction: 0), .change(index: index, deletes: [], puts: [])) }
+            for r in also { _ = try t.put(index, r.key, r.value) }
             if let value {
                 _ = try t.put(index, key, value)
-                return (.cas(.ok, current: nil, transaction: 0), .change(index: index, deletes: [], puts: [Record(key: key, value: value)]))
+                return (.cas(.ok, current: nil, transaction: 0), .change(index: index, deletes: [], puts: also + [Record(key: key, value: value)]))
             }
             _ = try t.delete(index, key)
-            return (.cas(.ok, current: nil, transaction: 0), .change(index: index, deletes: current == nil ? [] : [key], puts: []))
+            return (.cas(.ok, current: nil, transaction: 0), .change(index: index, deletes: current == nil ? [] : [key], puts: also))
         default:
             throw TesseraError(.invalidArgument, "not an index change: \(request.opcode)")
         }
@@ -235,7 +239,7 @@ public struct CatalogueService: Sendable {
         let fids: [Fid]
         switch request {
         case .createIndexes(let f), .dropIndexes(let f): fids = f
-        case .get(let index, _), .put(let index, _, _, _), .delete(let index, _, _), .next(let index, _, _, _), .update(let index, _, _, _), .cas(let index, _, _, _, _): fids = [index]
+        case .get(let index, _), .put(let index, _, _, _), .delete(let index, _, _), .next(let index, _, _, _), .update(let index, _, _, _), .cas(let index, _, _, _, _, _): fids = [index]
         default: fids = []
         }
         if let f = fids.first(where: { $0.hi == CatalogueService.reservedHi }) {
@@ -246,7 +250,7 @@ public struct CatalogueService: Sendable {
     /// Answers requests that need no wait for LOGGED without suspending; nil for the others.
     public func handleImmediately(_ request: Request) -> Response? {
         switch request {
-        case .put(_, _, _, true), .delete(_, _, true), .update(_, _, _, true), .cas(_, _, _, _, true), .createIndexes, .dropIndexes: return nil
+        case .put(_, _, _, true), .delete(_, _, true), .update(_, _, _, true), .cas(_, _, _, _, _, true), .createIndexes, .dropIndexes: return nil
         case .get, .put, .delete, .update, .next, .listIndexes, .cas:
             do {
                 try refuseReserved(request)

@@ -459,7 +459,7 @@ extension Request {
     var index: Fid? {
         switch self {
         case .createIndexes(let f), .dropIndexes(let f): return f.count == 1 ? f[0] : nil
-        case .get(let i, _), .put(let i, _, _, _), .delete(let i, _, _), .next(let i, _, _, _), .update(let i, _, _, _), .cas(let i, _, _, _, _): return i
+        case .get(let i, _), .put(let i, _, _, _), .delete(let i, _, _), .next(let i, _, _, _), .update(let i, _, _, _), .cas(let i, _, _, _, _, _): return i
         default: return nil
         }
     }

@@ -472,6 +472,32 @@ class RacesTest(unittest.TestCase):
             with self.assertRaises(Exception):
                 clients[1 - owner].put_object(Bucket=name, Key="k", Body=b"w")
 
+    def test_two_gateways_overwriting_one_key_free_every_replaced_object(self):
+        """The object list's entry is switched by a compare-and-put on the entry each
+        gateway read: racing PUTs of one key each free the object they replaced, so once the
+        key is deleted the data used is back where it started (a plain put let both free the
+        same object and leak the other's)."""
+        c = self.c
+        port = c.start_extra_gateway().port
+        wait_for(f"the gateway on port {port}", lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30)
+        other = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=c.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=c.env["AWS_SECRET_ACCESS_KEY"], region_name=c.env["AWS_DEFAULT_REGION"],
+            config=Config(signature_version="s3v4", retries={"max_attempts": 1}))
+        c.s3.create_bucket(Bucket="overwrites")
+        before = c.used_bytes()
+        bodies = {}
+        for n in range(12):
+            def put(s3, tag):
+                body = random_bytes(MiB, n * 2 + tag)
+                s3.put_object(Bucket="overwrites", Key="k", Body=body)
+                bodies[tag] = body
+            results = self.race(lambda: put(c.s3, 0), lambda: put(other, 1))
+            self.assertEqual(results, [None, None])
+            self.assertIn(c.s3.get_object(Bucket="overwrites", Key="k")["Body"].read(), bodies.values())
+        c.s3.delete_object(Bucket="overwrites", Key="k")
+        wait_for("every replaced object freed", lambda: c.used_bytes() <= before, 30)
+
     def test_two_mounts_creating_one_name_with_o_excl_one_wins(self):
         c = self.c
         c.start_extra_mount()

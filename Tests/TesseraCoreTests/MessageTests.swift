@@ -13,7 +13,8 @@ import TesseraCore
         .read(cob: fid, offset: 4096, length: 65536), .free(cob: fid, offset: 0, length: .max, syncWait: false),
         .create(cobs: [fid, Fid(hi: 5, lo: 6)], syncWait: true), .create(cobs: [], syncWait: false),
         .sync(transactions: [1, 2, 3]),
-        .cas(index: fid, key: [1], expected: nil, value: [2], syncWait: true), .cas(index: fid, key: [], expected: [3], value: nil, syncWait: false),
+        .cas(index: fid, key: [1], expected: nil, value: [2], also: [], syncWait: true),
+        .cas(index: fid, key: [], expected: [3], value: nil, also: [Record(key: [4], value: [5])], syncWait: false),
         .routed(mapVersion: 7, request: .get(index: fid, keys: [[1]])),
         .replicate(source: 2, epoch: 3, seq: 4, mapVersion: 5, entries: [
             .change(index: fid, deletes: [[1]], puts: [Record(key: [2], value: [3])]), .createIndex(fid), .dropIndex(fid),

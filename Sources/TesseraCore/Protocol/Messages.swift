@@ -83,8 +83,10 @@ public enum Request: Sendable, Equatable {
     /// many keys is all or nothing.
     case update(index: Fid, deletes: [[UInt8]], puts: [Record], syncWait: Bool)
     /// Compare-and-put: if `key`'s value is `expected` (nil: absent), makes it `value` (nil:
-    /// deletes it). Answered `.cas(.ok)`, or `.cas(.conflict, current:)` with what is stored.
-    case cas(index: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, syncWait: Bool)
+    /// deletes it) and puts `also` (other keys, overwritten) in the same transaction.
+    /// Answered `.cas(.ok)`, or `.cas(.conflict, current:)` with what is stored, nothing
+    /// changed.
+    case cas(index: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, also: [Record], syncWait: Bool)
     // Replication (docs/REPLICATION.md)
     /// An index request a client routed by map version `mapVersion`: the server serves it
     /// only if its own map agrees that it is the head (changes) or the serving replica
@@ -125,7 +127,7 @@ public enum Request: Sendable, Equatable {
     public var waitsLogged: Bool {
         switch self {
         case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w), .free(_, _, _, let w), .create(_, let w),
-            .cas(_, _, _, _, let w):
+            .cas(_, _, _, _, _, let w):
             return w
         case .routed(_, let inner): return inner.waitsLogged
         default: return false
@@ -220,11 +222,15 @@ extension Request {
                 $0.blob($1.value)
             }
             w.bool(syncWait)
-        case .cas(let index, let key, let expected, let value, let syncWait):
+        case .cas(let index, let key, let expected, let value, let also, let syncWait):
             w.fid(index)
             w.blob(key)
             w.optionalBlob(expected)
             w.optionalBlob(value)
+            w.array(also) {
+                $0.blob($1.key)
+                $0.blob($1.value)
+            }
             w.bool(syncWait)
         case .routed(let version, let inner):
             w.u64(version)
@@ -322,6 +328,7 @@ extension Request {
         case .cas:
             request = .cas(
                 index: try r.fid(), key: try r.blob("key"), expected: try r.optionalBlob("expected value"), value: try r.optionalBlob("value"),
+                also: try r.array("records", minimumSize: 8) { Record(key: try $0.blob("key"), value: try $0.blob("value")) },
                 syncWait: try r.bool("sync-wait"))
         case .routed:
             guard !routed else { throw TesseraError(.invalidArgument, "a routed request inside a routed request") }
