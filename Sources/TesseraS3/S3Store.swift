@@ -166,18 +166,27 @@ public final class S3Store: Sendable {
     /// `owner` names the entry, for the pending-free record.
     public func dropLink(_ bucketName: String, _ bucket: BucketRecord, inode ino: UInt64, owner key: String) async throws {
         let index = S3Indexes.fileSystemIndex(of: bucket)
+        let inodeKey = S3Indexes.inodeKey(ino)
         let freed: ObjectRecord? = try await switchLocks.withLock(bucketName + "\u{0}inode\u{0}\(ino)") {
-            guard let v = try await cluster.get(index, [S3Indexes.inodeKey(ino)])[0] else { return nil }
-            var r = try ObjectRecord.decode(v)
-            let left = (r.links ?? 1) - 1
-            if left > 0 {
-                r.links = left
-                try await cluster.put(index, [Record(key: S3Indexes.inodeKey(ino), value: r.encode())])
-                return nil
+            // Compare-and-put on the record as read: another process dropping a link of the
+            // same inode at the same time is seen, and no drop is lost.
+            var stored = try await cluster.get(index, [inodeKey])[0]
+            while let v = stored {
+                var r = try ObjectRecord.decode(v)
+                let left = (r.links ?? 1) - 1
+                if left > 0 {
+                    r.links = left
+                    let (done, current) = try await cluster.compareAndPut(index, key: inodeKey, expected: v, value: r.encode(), sync: true)
+                    if done { return nil }
+                    stored = current
+                    continue
+                }
+                try await notePending([(r.fid, .object(bucket: bucketName, key: key))])
+                let (done, current) = try await cluster.compareAndPut(index, key: inodeKey, expected: v, value: nil, sync: true)
+                if done { return r }
+                stored = current
             }
-            try await notePending([(r.fid, .object(bucket: bucketName, key: key))])
-            try await cluster.delete(index, [S3Indexes.inodeKey(ino)], sync: true)
-            return r
+            return nil
         }
         if let freed {
             try await free(freed.fid)
