@@ -4,5 +4,5 @@ import ArgumentParser
 struct Debug: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Tools used by the test suite.", shouldDisplay: false,
-        subcommands: [CrashWriter.self, Fill.self, FreeData.self])
+        subcommands: [CrashWriter.self, Fill.self, FreeData.self, IndexLoad.self, Replicas.self])
 }
