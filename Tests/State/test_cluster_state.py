@@ -354,6 +354,47 @@ class ClusterStateTest(unittest.TestCase):
         self.assertEqual(c.map_states().get(2), "online")
         check()
 
+    def test_with_a_server_killed_names_change_everywhere_and_survive_the_next_kill(self):
+        """With one server SIGKILLed, `tessera index` put/get/del/next, S3 PUT (of names:
+        empty objects; objects with data on a failed server are the degraded-writes
+        issue's), GET and DELETE, and the mount's create, rename and unlink all succeed;
+        after a restart and `tessera repair --wait`, another server is killed and all of it
+        reads back."""
+        c = self.c
+        c.s3.create_bucket(Bucket="names")
+        expected = {f"7d:{i:x}": {} for i in range(6)}
+        self.put_records(expected, "before", n=5)
+        for i in range(10):
+            c.s3.put_object(Bucket="names", Key=f"before-{i}", Body=b"")
+            with open(os.path.join(c.mnt, f"before-{i}"), "w"):
+                pass
+        c.kill("server-1")
+        self.put_records(expected, "while-1-down", n=5)
+        for f in expected:
+            self.index("del", f, "before-0")
+            del expected[f]["before-0"]
+            got = self.index("next", f).splitlines()
+            self.assertEqual([line.split("\t")[0] for line in got], sorted(expected[f]), f"index {f}")
+        self.check_records(expected)
+        objects = {f"before-{i}" for i in range(1, 10)} | {f"while-{i}" for i in range(10)}
+        for i in range(10):
+            c.s3.put_object(Bucket="names", Key=f"while-{i}", Body=b"")
+            self.assertEqual(c.s3.get_object(Bucket="names", Key=f"before-{i}")["Body"].read(), b"")
+        c.s3.delete_object(Bucket="names", Key="before-0")
+        files = {f"before-{i}" for i in range(1, 10)} | {f"renamed-{i}" for i in range(10)}
+        for i in range(10):
+            with open(os.path.join(c.mnt, f"while-{i}"), "w"):
+                pass
+            os.rename(os.path.join(c.mnt, f"while-{i}"), os.path.join(c.mnt, f"renamed-{i}"))
+        os.unlink(os.path.join(c.mnt, "before-0"))
+        c.up()
+        self.repair_wait()
+        c.kill("server-2")
+        self.check_records(expected)
+        listed = {o["Key"] for o in c.s3.list_objects_v2(Bucket="names").get("Contents", [])}
+        self.assertEqual(listed, objects)
+        self.assertEqual(set(os.listdir(c.mnt)), files)
+
     def test_a_replaced_server_is_repaired_and_then_holds_every_record(self):
         """`tessera replace`: a server whose images are lost is put back blank, repaired from
         its peers, and then each of the others is failed in turn: every record reads back,
