@@ -10,6 +10,14 @@ extension Cluster {
     /// The servers (positions) holding index `fid`, first replica first.
     public func replicas(of fid: Fid) -> [Int] { indexReplicas(of: fid, servers: links.count) }
 
+    /// Index `fid`'s chain under the map requests are routed by now (server ids), and
+    /// that map's version.
+    public func chain(of fid: Fid) -> (chain: IndexChain, replicas: [Int], mapVersion: UInt64) {
+        let m = routingMap()
+        let ids = replicas(of: fid).map { links[$0].id }
+        return (m.chain(replicas: ids), ids, m.version)
+    }
+
     /// How long an index request is retried while its chain has no head, or the head does
     /// not answer: long enough for the map to fail a dead server (TTL + grace + a poll with
     /// the defaults) and route around it.

@@ -37,13 +37,30 @@ func parseFid(_ text: String) throws -> Fid {
 struct IndexCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "index", abstract: "Key-value access to the cluster's replicated indexes.",
-        subcommands: [List.self, Create.self, Drop.self, Put.self, Get.self, Del.self, Next.self])
+        subcommands: [List.self, Create.self, Drop.self, Put.self, Get.self, Del.self, Next.self, Where.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List indexes.")
         @OptionGroup var state: StateOption
         func run() async throws {
             for f in try await withCluster(state, { try await $0.listIndexes(limit: 100_000) }) { print(f) }
+        }
+    }
+
+    struct Where: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the servers holding an index, and its chain under the cluster map.")
+        @OptionGroup var state: StateOption
+        @Flag(help: "Print name=value fields, for scripts.") var bytes = false
+        @Argument(help: "Index fid.") var fid: String
+        func run() async throws {
+            let f = try parseFid(fid)
+            let (c, replicas, version) = try await withCluster(state) { $0.chain(of: f) }
+            let name = { (s: Int?) in s.map(String.init) ?? "none" }
+            if bytes {
+                print("replicas=\(replicas.map(String.init).joined(separator: ",")) head=\(name(c.head)) tail=\(name(c.tail)) serving=\(name(c.serving)) map=\(version)")
+            } else {
+                print("index \(f): servers \(replicas.map(String.init).joined(separator: " and ")); head \(name(c.head)), tail \(name(c.tail)), reads at \(name(c.serving)) (map version \(version))")
+            }
         }
     }
 
@@ -68,20 +85,33 @@ struct IndexCommand: AsyncParsableCommand {
     }
 
     struct Put: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Put KEY VALUE pairs into an index (made if missing).")
+        static let configuration = CommandConfiguration(abstract: "Put KEY VALUE pairs into an index (made if missing), in transactions of up to 4000 records.")
         @OptionGroup var state: StateOption
         @Flag(help: "Refuse keys that exist already.") var createOnly = false
         @Argument(help: "Index fid.") var fid: String
-        @Argument(help: "KEY VALUE pairs.") var pairs: [String]
+        @Argument(help: "KEY VALUE pairs, or - to read KEY<tab>VALUE lines from standard input.") var pairs: [String]
         func validate() throws {
-            guard !pairs.isEmpty, pairs.count % 2 == 0 else { throw ValidationError("give KEY VALUE pairs") }
+            guard pairs == ["-"] || (!pairs.isEmpty && pairs.count % 2 == 0) else { throw ValidationError("give KEY VALUE pairs, or -") }
         }
         func run() async throws {
             let f = try parseFid(fid)
-            let records = stride(from: 0, to: pairs.count, by: 2).map { Record(key: Array(pairs[$0].utf8), value: Array(pairs[$0 + 1].utf8)) }
+            var records: [Record] = []
+            if pairs == ["-"] {
+                for (n, line) in String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n").enumerated() {
+                    guard let tab = line.firstIndex(of: "\t") else { throw ValidationError("line \(n + 1) of standard input has no tab between key and value") }
+                    records.append(Record(key: Array(line[..<tab].utf8), value: Array(line[line.index(after: tab)...].utf8)))
+                }
+            } else {
+                records = stride(from: 0, to: pairs.count, by: 2).map { Record(key: Array(pairs[$0].utf8), value: Array(pairs[$0 + 1].utf8)) }
+            }
+            // A request is one transaction, of at most 4096 records: more go in several.
             let statuses = try await withCluster(state) { c in
                 try await c.createIndex(f)
-                return try await c.put(f, records, mode: createOnly ? .createOnly : .overwrite, sync: true)
+                var out: [TesseraCore.Status] = []
+                for start in stride(from: 0, to: records.count, by: 4000) {
+                    out += try await c.put(f, Array(records[start..<min(records.count, start + 4000)]), mode: createOnly ? .createOnly : .overwrite, sync: true)
+                }
+                return out
             }
             try reportFailures(zip(records, statuses).filter { $0.1 != .ok }.map { "\(String(decoding: $0.0.key, as: UTF8.self)): \($0.1)" })
         }

@@ -103,7 +103,18 @@ struct Replace: AsyncParsableCommand {
         try await state.startEtcd(config)
         let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(5), logger: quietLogger)
         do {
-            let version = try await StateReader(etcd: etcd, keys: StateKeys(settings)).markReplaced(id)
+            // A server killed moments ago still has its session until its lease ends.
+            let reader = StateReader(etcd: etcd, keys: StateKeys(settings))
+            let deadline = ContinuousClock.now + settings.ttl * 2
+            var version: UInt64 = 0
+            while true {
+                do {
+                    version = try await reader.markReplaced(id)
+                    break
+                } catch let e as TesseraError where e.code == .exists && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+            }
             await etcd.close()
             print("server \(id) is replaced in cluster map version \(version)")
         } catch {
