@@ -56,9 +56,13 @@ extension Cluster {
                 switch r {
                 case .failure(.staleMap, let message):
                     last = message
-                case .failure(let status, let message) where [.closed, .timedOut].contains(status):
+                case .failure(.closed, let message) where read && m.version == 0:
+                    // Only a server that is gone: a slow tail may still be applying changes
+                    // the head has, unanswered, and a read must not go back after one.
                     last = "server \(target): \(message)"
                     continue
+                case .failure(let status, let message) where [.closed, .timedOut].contains(status):
+                    last = "server \(target): \(message)"
                 default:
                     return (r, sent > 1)
                 }
@@ -132,15 +136,18 @@ extension Cluster {
     }
 
     /// Compare-and-put: if `key`'s value is `expected` (nil: absent), makes it `value` (nil:
-    /// deletes it) and puts `also` in the same transaction. Returns whether it did, and if
-    /// not, the value stored (nil: absent). Sent again after a lost answer, it counts as done
-    /// if the value stored is `value`.
-    public func compareAndPut(_ fid: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, also: [Record] = [], sync: Bool = false) async throws -> (done: Bool, current: [UInt8]?) {
+    /// deletes it) and puts `also` in the same transaction. Sent again after a lost answer
+    /// and then refused, it is done if the value stored is `value` (values should be unique
+    /// to their writer), and of unknown outcome if not: the first may have taken effect and
+    /// been changed since. A caller must not decide again from the value then stored as if
+    /// its change had not been made.
+    public func compareAndPut(_ fid: Fid, key: [UInt8], expected: [UInt8]?, value: [UInt8]?, also: [Record] = [], sync: Bool = false) async throws -> CASOutcome {
         let (r, retried) = try await routed(fid, .cas(index: fid, key: key, expected: expected, value: value, also: also, syncWait: sync), read: false)
         guard case .cas(let status, let current, _) = try r.unwrap() else { throw TesseraError(.io, "index \(fid): malformed reply to a compare-and-put") }
         switch status {
-        case .ok: return (true, nil)
-        case .conflict: return (retried && current == value, current)
+        case .ok: return .done
+        case .conflict where retried: return current == value ? .done : .unknown(current: current)
+        case .conflict: return .conflict(current: current)
         default: throw TesseraError(status.code ?? .io, "index \(fid): compare-and-put: \(status)")
         }
     }
@@ -173,4 +180,14 @@ extension Cluster {
         else { throw TesseraError(.io, "index \(fid): malformed NEXT reply") }
         return r
     }
+}
+
+/// What a compare-and-put did.
+public enum CASOutcome: Sendable, Equatable {
+    case done
+    /// Not done: the value stored did not match (nil: absent).
+    case conflict(current: [UInt8]?)
+    /// Sent again after a lost answer and refused: it may or may not have taken effect;
+    /// `current` is what is stored now.
+    case unknown(current: [UInt8]?)
 }

@@ -170,21 +170,18 @@ public final class S3Store: Sendable {
         let freed: ObjectRecord? = try await switchLocks.withLock(bucketName + "\u{0}inode\u{0}\(ino)") {
             // Compare-and-put on the record as read: another process dropping a link of the
             // same inode at the same time is seen, and no drop is lost.
+            // One of unknown outcome is not made again (a second drop could free data a link
+            // still names): at worst the count stays one too high and the data outlives it.
             var stored = try await cluster.get(index, [inodeKey])[0]
             while let v = stored {
                 var r = try ObjectRecord.decode(v)
                 let left = (r.links ?? 1) - 1
-                if left > 0 {
-                    r.links = left
-                    let (done, current) = try await cluster.compareAndPut(index, key: inodeKey, expected: v, value: r.encode(), sync: true)
-                    if done { return nil }
-                    stored = current
-                    continue
+                if left > 0 { r.links = left } else { try await notePending([(r.fid, .object(bucket: bucketName, key: key))]) }
+                switch try await cluster.compareAndPut(index, key: inodeKey, expected: v, value: left > 0 ? r.encode() : nil, sync: true) {
+                case .done: return left > 0 ? nil : r
+                case .conflict(let current): stored = current
+                case .unknown: return nil
                 }
-                try await notePending([(r.fid, .object(bucket: bucketName, key: key))])
-                let (done, current) = try await cluster.compareAndPut(index, key: inodeKey, expected: v, value: nil, sync: true)
-                if done { return r }
-                stored = current
             }
             return nil
         }
@@ -314,7 +311,7 @@ public final class S3Store: Sendable {
         async throws
     {
         let keyBytes = Array(key.utf8)
-        let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
+        let switched: Switched = try await switchLocks.withLock(bucketName + "/" + key) {
             try checkOwned(record.fid)
             var stored = try await cluster.get(bucket.objects, [keyBytes])[0]
             while true {
@@ -324,14 +321,21 @@ public final class S3Store: Sendable {
                 // A note for an entry someone else then replaced stays for the sweeper,
                 // which frees only what no entry refers to.
                 if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
-                let (done, current) = try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: stored, value: record.encode(), also: [stamp.next()], sync: true)
-                if done {
+                switch try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: stored, value: record.encode(), also: [stamp.next()], sync: true) {
+                case .done:
                     try await alsoUnderLock()
-                    return old
+                    return .switched(from: old)
+                case .conflict(let current):
+                    stored = current
+                case .unknown:
+                    try await alsoUnderLock()
+                    return .uncertain
                 }
-                stored = current
             }
         }
+        // Maybe made and then replaced by another writer (who freed it), maybe never made:
+        // both objects stay noted, for the sweeper to free whichever no entry refers to.
+        guard case .switched(let old) = switched else { return }
         var done = [record.fid]
         if let old, old.fid != record.fid {
             if let ino = old.inode {
@@ -348,18 +352,21 @@ public final class S3Store: Sendable {
     @discardableResult
     public func deleteObject(_ bucketName: String, _ bucket: BucketRecord, _ key: String) async throws -> Bool {
         let keyBytes = Array(key.utf8)
-        let old: ObjectRecord? = try await switchLocks.withLock(bucketName + "/" + key) {
+        let switched: Switched = try await switchLocks.withLock(bucketName + "/" + key) {
             // A compare-and-delete, as `replace` does: what is let go of is what was there.
             var stored = try await cluster.get(bucket.objects, [keyBytes])[0]
             while let bytes = stored {
                 let old = try ObjectRecord.decode(bytes)
                 if old.inode == nil { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
-                let (done, current) = try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: bytes, value: nil, also: [stamp.next()], sync: true)
-                if done { return old }
-                stored = current
+                switch try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: bytes, value: nil, also: [stamp.next()], sync: true) {
+                case .done: return .switched(from: old)
+                case .conflict(let current): stored = current
+                case .unknown: return .uncertain  // the note stays, for the sweeper
+                }
             }
-            return nil
+            return .switched(from: nil)
         }
+        guard case .switched(let old) = switched else { return true }
         guard let old else { return false }
         if let ino = old.inode {
             try await dropLink(bucketName, bucket, inode: ino, owner: key)
@@ -729,4 +736,12 @@ public final class S3Store: Sendable {
             return try v.map { try PartRecord.decode($0, number: number).fid } == fid
         }
     }
+}
+
+/// How a compare-and-put loop on an object-list entry ended.
+private enum Switched {
+    /// Done: the entry was `from` before (nil: absent).
+    case switched(from: ObjectRecord?)
+    /// Sent again after a lost answer and refused: it may or may not have been made.
+    case uncertain
 }

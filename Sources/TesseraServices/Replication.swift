@@ -183,8 +183,8 @@ public final class ReplicatedNode: RequestHandler {
             } catch { return Response(error) }
         case .replicate(let source, let epoch, let seq, let version, let entries):
             return applyStream(source: source, epoch: epoch, seq: seq, version: version, entries: entries)
-        case .repair(let target, let after, let limit):
-            do { return .repaired(try await repair(to: target, after: after, limit: limit)) } catch { return Response(error) }
+        case .repair(let target, let version, let after, let limit):
+            do { return .repaired(try await repair(to: target, under: version, after: after, limit: limit)) } catch { return Response(error) }
         default:
             if let refused = refuseUnrouted(request) { return refused }
             return await node.handle(request)
@@ -347,19 +347,24 @@ public final class ReplicatedNode: RequestHandler {
 
     /// Records a repair walk compares (and copies) at a time.
     static let repairChunk = 1000
+    /// Records after which a REPAIR step ends (at the end of an index).
+    static let repairStepRecords: UInt64 = 100_000
 
     /// Walks, in fid order after `after`, up to `limit` of the indexes this server heads
     /// with `target` as its other member: each in key-order chunks sent down the stream
     /// among the changes, a `compare` of each chunk and a `replace` where it differs. A walk
-    /// is idempotent, so a step cut short is simply walked again.
-    private func repair(to target: Int, after: Fid?, limit: Int) async throws -> RepairStep {
+    /// is idempotent, so a step cut short is simply walked again. Under map `version` only:
+    /// a walker whose map lags would not see `target` in its chains and walk nothing.
+    /// A step also ends after an index once `repairStepRecords` were compared.
+    private func repair(to target: Int, under version: UInt64, after: Fid?, limit: Int) async throws -> RepairStep {
         let engine = node.catalogues.engine
+        let m = try await agreed(version)
         var step = RepairStep()
         let indexes = try engine.catalogues().filter { index in index.hi != CatalogueService.reservedHi && after.map { index > $0 } ?? true }.sorted()
         for index in indexes {
-            let c = chain(index, in: currentMap)
+            let c = chain(index, in: m)
             guard c.head == settings.me, c.tail == target else { continue }
-            if step.indexes == max(limit, 1) { return step }
+            if step.indexes == max(limit, 1) || step.records >= Self.repairStepRecords { return step }
             let s = stream(to: target)
             // The index first, so an empty one exists there too.
             try await s.acknowledged(try reserved(s) { _ in .createIndex(index) })

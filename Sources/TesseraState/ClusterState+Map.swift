@@ -135,7 +135,7 @@ extension ClusterState {
             }
             for server in config.servers where server.id != id && !p.walked.contains(server.id) {
                 do {
-                    let client = try await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(2), defaultDeadline: .seconds(600))
+                    let client = try await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(2), defaultDeadline: .seconds(3600))
                     do {
                         try await walk(server.id, repairing: id, through: client, &p)
                         await client.close()
@@ -148,12 +148,14 @@ extension ClusterState {
                     return
                 }
             }
-            guard let (now, revision) = try? await reader.map(),
-                let next = FailureDetector.repaired(now, server: id, session: session, wallNow: wallClockNanoseconds()),
-                let r = try? await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next))]), r.succeeded
-            else { return }
+            // Walked under the map it was started under: if that changed meanwhile, heads may
+            // have moved, and the next poll starts again.
             p.done = wallClockNanoseconds()
-            _ = try? await etcd.put(keys.repair(id), encodeJSON(p))
+            guard let (now, revision) = try? await reader.map(), now.version == p.mapVersion,
+                let next = FailureDetector.repaired(now, server: id, session: session, wallNow: p.done!),
+                let r = try? await etcd.txn(if: [.modRevision(keys.map, equals: revision)], then: [.put(keys.map, encodeJSON(next)), .put(keys.repair(id), encodeJSON(p))]),
+                r.succeeded
+            else { return }
             logger.notice("repair: server \(id) is online (map version \(next.version)): \(p.indexes) indexes walked, \(p.records) records compared, \(p.copied) copied, \(Int(p.rate)) records/s")
         }
     }
@@ -163,7 +165,7 @@ extension ClusterState {
     private func walk(_ walker: Int, repairing id: Int, through client: RPCClient, _ p: inout RepairProgress) async throws {
         var after = p.walker == walker ? p.after.flatMap(Fid.init) : nil
         repeat {
-            guard case .repaired(let step) = try await client.handle(.repair(target: id, after: after, limit: Self.repairStep)).unwrap() else {
+            guard case .repaired(let step) = try await client.handle(.repair(target: id, mapVersion: p.mapVersion, after: after, limit: Self.repairStep)).unwrap() else {
                 throw TesseraError(.io, "malformed reply to REPAIR")
             }
             p.indexes += step.indexes

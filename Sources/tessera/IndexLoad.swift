@@ -84,9 +84,14 @@ struct IndexLoad: AsyncParsableCommand {
                         (e.op, e.k, e.v, e.exp) = ("cas", key, "\(count + 1)|\(client):\(n)", current.map { String(decoding: $0, as: UTF8.self) })
                         e.t = monotonicNanoseconds()
                         write(e)
-                        let (done, stored) = try await cluster.compareAndPut(f, key: Array(key.utf8), expected: current, value: Array(e.v!.utf8), sync: true)
-                        outcome.r = done ? "ok" : "conflict"
-                        outcome.cur = stored.map { String(decoding: $0, as: UTF8.self) }
+                        switch try await cluster.compareAndPut(f, key: Array(key.utf8), expected: current, value: Array(e.v!.utf8), sync: true) {
+                        case .done: outcome.r = "ok"
+                        case .conflict(let stored):
+                            outcome.r = "conflict"
+                            outcome.cur = stored.map { String(decoding: $0, as: UTF8.self) }
+                        case .unknown:
+                            (outcome.r, outcome.msg) = ("error", "sent again after a lost answer: outcome unknown")
+                        }
                     } else {
                         let key = "p/\(Int.random(in: 0..<8, using: &rng))"
                         if roll < 9 {

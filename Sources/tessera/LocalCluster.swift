@@ -5,8 +5,10 @@ import Foundation
 import TesseraClient
 import TesseraConfig
 import TesseraCore
+import TesseraEtcd
 import TesseraLocal
 import TesseraRPC
+import TesseraState
 
 /// `--dir STATE`, else `$TESSERA_HOME`, else `~/.local/share/tessera`.
 struct StateOption: ParsableArguments, LocalStateFolder {
@@ -28,19 +30,40 @@ struct StateOption: ParsableArguments, LocalStateFolder {
 }
 
 extension StateOption {
-    /// Returns once `server`, started from this folder, answers; throws if its process
-    /// exits first or it does not answer within 30 s.
+    /// Returns once `server`, started from this folder, answers, and with a state service
+    /// once its process holds its session there (so what reads the sessions next, such as
+    /// `tessera repair --wait`, sees this run of it); throws if its process exits first or
+    /// either takes more than 30 s.
     func waitUntilAnswering(_ server: ClusterConfig.Server, _ config: ClusterConfig) async throws {
         let deadline = ContinuousClock.now + .seconds(30)
+        func check() throws -> pid_t {
+            guard let pid = runningPid(server.id), ContinuousClock.now < deadline else {
+                throw TesseraError(.io, "server \(server.id) did not start; see \(logFile(server.id))")
+            }
+            return pid
+        }
         while true {
             if let c = try? await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(1)) {
                 await c.close()
-                return
+                break
             }
-            guard runningPid(server.id) != nil, ContinuousClock.now < deadline else {
-                throw TesseraError(.io, "server \(server.id) did not start; see \(logFile(server.id))")
-            }
+            _ = try check()
             try await Task.sleep(for: .milliseconds(50))
+        }
+        guard let settings = config.state else { return }
+        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(2), logger: quietLogger)
+        let reader = StateReader(etcd: etcd, keys: StateKeys(settings))
+        do {
+            while true {
+                let pid = try check()
+                let sessions = (try? await reader.sessions()) ?? []
+                if sessions.contains(where: { $0.info.kind == .server && $0.info.server == server.id && $0.info.pid == pid }) { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            await etcd.close()
+        } catch {
+            await etcd.close()
+            throw error
         }
     }
 }

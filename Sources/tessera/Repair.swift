@@ -111,7 +111,7 @@ struct Replace: AsyncParsableCommand {
                 do {
                     version = try await reader.markReplaced(id)
                     break
-                } catch let e as TesseraError where e.code == .exists && ContinuousClock.now < deadline {
+                } catch let e as TesseraError where [.exists, .conflict].contains(e.code) && ContinuousClock.now < deadline {
                     try await Task.sleep(for: .milliseconds(200))
                 }
             }

@@ -30,7 +30,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_cluster_state import LocalCluster, TESSERA, wait_for, GRACE  # noqa: E402
+from test_cluster_state import LocalCluster, TESSERA, GRACE, TTL  # noqa: E402
 
 KILLS = int(os.environ.get("KILLS", "30"))
 CLIENTS = 3
@@ -80,8 +80,8 @@ class ConvergenceTest(unittest.TestCase):
             kills += 1
             # Sometimes back before the map fails it (a restart: repaired, as it stopped
             # uncleanly), sometimes after (failed, then repaired).
-            down = self.rng.uniform(0, 2.5 * GRACE)
-            failed += down > GRACE
+            down = self.rng.uniform(0, 2 * (TTL + GRACE))
+            failed += down > TTL + GRACE
             time.sleep(down)
             if self.rng.random() < 0.25:
                 live = [p for p, _ in self.clients if p.poll() is None]
@@ -95,7 +95,7 @@ class ConvergenceTest(unittest.TestCase):
             p.kill()
             p.wait()
         self.repair_wait()
-        print(f"convergence: {kills} server kills ({failed} down longer than the grace), {client_kills} client kills, "
+        print(f"convergence: {kills} server kills ({failed} down longer than TTL + grace, so failed in the map), {client_kills} client kills, "
               f"in {time.time() - t0:.0f} s")
         ops = self.read_logs()
         unknown = sum(1 for op in ops if op["r"] in (None, "error"))

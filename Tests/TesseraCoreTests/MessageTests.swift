@@ -21,7 +21,7 @@ import TesseraCore
             .compare(index: fid, from: [], to: [9], count: 3, digest: [UInt8](repeating: 1, count: 32)),
             .replace(index: fid, from: [1], to: nil, records: [Record(key: [1], value: [])]),
         ]),
-        .repair(target: 2, after: nil, limit: 64), .repair(target: 0, after: fid, limit: 1),
+        .repair(target: 2, mapVersion: 9, after: nil, limit: 64), .repair(target: 0, mapVersion: 1, after: fid, limit: 1),
     ]
     static let responses: [Response] = [
         .statuses([.ok, .exists, .notFound], transaction: 42), .values([[1], nil, []]),

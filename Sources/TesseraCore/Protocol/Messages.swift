@@ -97,9 +97,10 @@ public enum Request: Sendable, Equatable {
     case replicate(source: Int, epoch: UInt64, seq: UInt64, mapVersion: UInt64, entries: [StreamEntry])
     /// From the repair leader to a head: walk, in fid order after `after`, up to `limit` of
     /// the indexes this server heads with server `target` as its other member, making
-    /// `target`'s replicas equal to this one's (REPLICATION.md, "Repair"). Answered
+    /// `target`'s replicas equal to this one's (REPLICATION.md, "Repair"), under map
+    /// `mapVersion` (refused `staleMap` if this server's map is not that one). Answered
     /// `.repaired` with what was walked and where to go on.
-    case repair(target: Int, after: Fid?, limit: Int)
+    case repair(target: Int, mapVersion: UInt64, after: Fid?, limit: Int)
     // IOS
     case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
     case read(cob: Fid, offset: UInt64, length: UInt32)
@@ -241,8 +242,9 @@ extension Request {
             w.u64(seq)
             w.u64(version)
             w.array(entries) { $1.encode(into: &$0) }
-        case .repair(let target, let after, let limit):
+        case .repair(let target, let version, let after, let limit):
             w.u32(UInt32(truncatingIfNeeded: target))
+            w.u64(version)
             w.bool(after != nil)
             if let after { w.fid(after) }
             w.u32(UInt32(clamping: limit))
@@ -340,8 +342,9 @@ extension Request {
                 entries: try r.array("entries", minimumSize: 2) { try StreamEntry.decode(&$0) })
         case .repair:
             let target = Int(try r.u32("target server"))
+            let version = try r.u64("map version")
             let after: Fid? = try r.bool("after presence") ? try r.fid("index to walk after") : nil
-            request = .repair(target: target, after: after, limit: Int(try r.u32("index limit")))
+            request = .repair(target: target, mapVersion: version, after: after, limit: Int(try r.u32("index limit")))
         case .statistics:
             request = .statistics
         }
