@@ -105,7 +105,7 @@ let package = Package(
         // the mount daemon) and its ports, as `tessera up` and the benchmarks run them.
         .target(
             name: "TesseraLocal",
-            dependencies: ["TesseraCore", "TesseraConfig", "TesseraEtcd", "TesseraState", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CTesseraSupport", "TesseraCore", "TesseraConfig", "TesseraEtcd", "TesseraState", .product(name: "Logging", package: "swift-log")]
         ),
         // SQLite, only as the baseline of `tessera bench engine`.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
@@ -150,12 +150,12 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TesseraStateTests", dependencies: ["TesseraState", "TesseraClient", "TesseraConfig", "TesseraEtcd"]),
-        .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "TesseraState", "tessera"]),
-        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "tessera"]),
+        .testTarget(name: "TesseraClientTests", dependencies: ["TesseraClient", "TesseraConfig", "TesseraCore", "TesseraState", "TesseraLocal", "tessera"]),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraEngine", "TesseraLocal", "tessera"]),
         .testTarget(
             name: "TesseraRPCTests",
             dependencies: [
-                "TesseraRPC", "TesseraServices", "TesseraEngine", "tessera",
+                "TesseraRPC", "TesseraServices", "TesseraEngine", "TesseraLocal", "tessera",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),

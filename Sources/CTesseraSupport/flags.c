@@ -14,3 +14,15 @@ int tessera_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, byt
 int tessera_keep_freed_blocks(int bytes) {
     return mallopt(M_MMAP_THRESHOLD, bytes) == 1 && mallopt(M_TRIM_THRESHOLD, bytes) == 1;
 }
+
+// posix_spawn's GNU extensions, for TesseraLocal's ChildProcess.
+#include <spawn.h>
+#include <unistd.h>
+
+int tessera_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int tessera_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+short tessera_spawn_setsid_flag(void) { return POSIX_SPAWN_SETSID; }

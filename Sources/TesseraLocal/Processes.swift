@@ -23,35 +23,17 @@ public func withIPv4Address(_ host: String, _ port: Int, _ body: (UnsafePointer<
     return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
 }
 
-/// Runs a system tool, its output on our stderr; returns its exit status. posix_spawn and
-/// waitpid, not Foundation's Process: a tool that daemonizes (bindfs, a mount helper)
-/// leaves a child Process.waitUntilExit can miss.
+/// Runs a system tool, its output on our stderr; returns its exit status (or 128 + the
+/// signal that ended it). A tool that daemonizes (bindfs, a mount helper) leaves a child;
+/// only the tool itself is waited for.
 public func runTool(_ path: String, _ args: [String]) throws -> Int32 {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO)
-    let argv = ([path] + args).map { strdup($0) } + [nil]
-    defer { for a in argv { free(a) } }
-    var pid: pid_t = 0
-    let r = posix_spawn(&pid, path, &actions, nil, argv, environ)
-    guard r == 0 else { throw TesseraError(.io, "cannot run \(path): \(String(cString: strerror(r)))") }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 {
-        guard errno == EINTR else { throw TesseraError(.io, "waiting for \(path): \(String(cString: strerror(errno)))") }
-    }
-    // WIFEXITED / WEXITSTATUS, which Swift does not import.
-    return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+    try ChildProcess(path, args, stdin: .inherit, stdout: .descriptor(STDERR_FILENO)).wait().status
 }
 
+/// Runs `path ARGS` (a `tessera` command) with its output dropped; throws unless it exits 0.
 public func runChild(_ path: String, _ args: [String]) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    p.standardOutput = FileHandle.nullDevice
-    try p.run()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw TesseraError(.io, "tessera \(args.joined(separator: " ")) failed (exit \(p.terminationStatus))") }
+    let status = try ChildProcess(path, args, stdout: .null).wait().status
+    guard status == 0 else { throw TesseraError(.io, "tessera \(args.joined(separator: " ")) failed (exit \(status))") }
 }
 
 /// Loopback ports free now, for processes started later (a cluster file names their

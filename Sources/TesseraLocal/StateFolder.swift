@@ -63,24 +63,13 @@ extension LocalStateFolder {
         return matching(cmd.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }) ? pid : nil
     }
 
-    /// Starts `tessera ARGS` in the background, its stderr appended to `log`, its pid in
-    /// `pidFile`. Returns once the child runs the program (its command line is the one
-    /// given), so `runningPid` recognises it from then on: Foundation's `Process.run`
-    /// returns before the child's exec, while `/proc/PID/cmdline` is still empty (seen in a
-    /// third of the launches on a loaded machine, where `up` then took a gateway starting
-    /// for one that had died).
+    /// Starts `tessera ARGS` in the background, in a session of its own, its stderr
+    /// appended to `log`, its pid in `pidFile`. Returns once the child runs the program
+    /// (its command line is the one given), so `runningPid` recognises it from then on
+    /// (`/proc/PID/cmdline` is empty until the exec; with Foundation's Process that was
+    /// seen in a third of the launches on a loaded machine).
     public func spawn(executable: String = tesseraExecutable, _ args: [String], log: String, pidFile: String) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = args
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = FileHandle.nullDevice
-        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        handle.seekToEndOfFile()
-        p.standardError = handle
-        try p.run()
-        let pid = p.processIdentifier
+        let pid = try ChildProcess(executable, args, stdout: .null, stderr: .file(log), newSession: true).pid
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline, kill(pid, 0) == 0 {
             let cmd = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()

@@ -131,30 +131,18 @@ struct Mount: AsyncParsableCommand {
 
     /// Starts `tessera mount … -f` detached and waits until the mount is there.
     private func daemonize(configPath: String, target: String, log: String?) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tesseraExecutable)
-        p.arguments = ["mount", "--config", configPath, "-f"] + o.flatMap { ["-o", $0] } + [bucket, mountpoint]
         var env = ProcessInfo.processInfo.environment
         env["TESSERA_MOUNT_DAEMON"] = "1"
-        p.environment = env
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = FileHandle.nullDevice
-        if let log {
-            if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            h.seekToEndOfFile()
-            p.standardError = h
-        } else {
-            p.standardError = FileHandle.nullDevice
-        }
-        try p.run()
+        let p = try ChildProcess(
+            tesseraExecutable, ["mount", "--config", configPath, "-f"] + o.flatMap { ["-o", $0] } + [bucket, mountpoint],
+            stdout: .null, stderr: log.map { .file($0) } ?? .null, environment: env, newSession: true)
         let deadline = Date().addingTimeInterval(60)
         while !isFuseMount(target) {
-            if !p.isRunning {
-                throw TesseraError(.io, "the mount daemon exited with status \(p.terminationStatus)\(log.map { "; see \($0)" } ?? " (run with -f to see why)")")
+            if let ended = p.termination() {
+                throw TesseraError(.io, "the mount daemon exited with status \(ended.status)\(log.map { "; see \($0)" } ?? " (run with -f to see why)")")
             }
             guard Date() < deadline else {
-                kill(p.processIdentifier, SIGTERM)
+                p.signal(SIGTERM)
                 throw TesseraError(.timedOut, "\(target) was not mounted within a minute")
             }
             usleep(20_000)

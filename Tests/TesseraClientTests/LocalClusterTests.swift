@@ -4,11 +4,12 @@
 // replica's server down, index GET and NEXT still answer. A deleted object reads as not
 // found, never zeros; one whose CREATE a server missed still reads whole.
 import Foundation
-import Testing
 import TesseraClient
 import TesseraConfig
 import TesseraCore
+import TesseraLocal
 import TesseraState
+import Testing
 
 func tesseraBinary() -> String {
     if let path = ProcessInfo.processInfo.environment["TESSERA_BIN"] { return path }
@@ -18,18 +19,9 @@ func tesseraBinary() -> String {
 /// Runs `tessera ARGS`; returns exit status and stdout.
 @discardableResult
 func tessera(_ args: [String], stdin: String? = nil) throws -> (Int32, Data) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: tesseraBinary())
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    let err = FileHandle(forWritingAtPath: "/dev/null")!
-    p.standardError = err
-    if let stdin { p.standardInput = FileHandle(forReadingAtPath: stdin) }
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, data)
+    let p = try ChildProcess(tesseraBinary(), args, stdin: stdin.map { .file($0) } ?? .null, stdout: .pipe, stderr: .null)
+    let data = Data(p.readOutput())
+    return (p.wait().status, data)
 }
 
 /// A `tessera up` cluster in a temporary state folder; `tessera down` and removal on release,

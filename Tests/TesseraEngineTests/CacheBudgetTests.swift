@@ -4,21 +4,16 @@
 import Foundation
 import Testing
 import TesseraEngine
+import TesseraLocal
 
 @Suite struct CacheBudgetTests {
     @Test func tinyCacheLargeTree() throws {
         let dir = TemporaryDirectory()
         let path = try makeImage(dir, size: 256 << 20, pageSize: 4096, logSize: 4 << 20)
         let budget = 2 << 20
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: tesseraBinary())
-        child.arguments = ["debug", "fill", path, "--records", "100000", "--value-size", "500", "--cache", String(budget)]
-        let out = Pipe()
-        child.standardOutput = out
-        try child.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        child.waitUntilExit()
-        #expect(child.terminationStatus == 0, "fill failed: every record must read back correctly")
+        let child = try ChildProcess(tesseraBinary(), ["debug", "fill", path, "--records", "100000", "--value-size", "500", "--cache", String(budget)], stdout: .pipe)
+        let data = child.readOutput()
+        #expect(child.wait() == .exit(0), "fill failed: every record must read back correctly")
         var figures: [String: Int] = [:]
         for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
             let parts = line.split(separator: " ")

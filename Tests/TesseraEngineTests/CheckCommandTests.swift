@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 import TesseraEngine
+import TesseraLocal
 
 @Suite struct CheckCommandTests {
     struct Run {
@@ -10,16 +11,9 @@ import TesseraEngine
     }
 
     static func tessera(_ args: [String]) throws -> Run {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tesseraBinary())
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Run(status: p.terminationStatus, output: String(decoding: data, as: UTF8.self))
+        let p = try ChildProcess(tesseraBinary(), args, stdout: .pipe, stderr: .stdout)
+        let data = p.readOutput()
+        return Run(status: p.wait().status, output: String(decoding: data, as: UTF8.self))
     }
 
     static func patch(_ path: String, at offset: Int, _ bytes: [UInt8]) throws {

@@ -2,9 +2,10 @@
 // SIGKILLed at random moments; every reported transaction must survive, none may be half
 // visible, and audit() must pass.
 import Foundation
-import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraLocal
+import Testing
 
 /// The `tessera` binary built next to the test bundle.
 func tesseraBinary() -> String {
@@ -14,19 +15,41 @@ func tesseraBinary() -> String {
 }
 
 /// Collects a child's standard output lines on a background thread.
+/// Collects what a child writes to its stdout pipe, on a thread of its own that reads it
+/// to its end (no dispatch source: see ChildProcess.swift).
 final class LineCollector: @unchecked Sendable {
     // SAFETY: `buffer` is touched only under `lock`.
     private let lock = NSLock()
     private var buffer = Data()
-    init(_ handle: FileHandle) {
-        handle.readabilityHandler = { [self] h in
-            let data = h.availableData
-            lock.lock()
-            buffer.append(data)
-            lock.unlock()
-            if data.isEmpty { h.readabilityHandler = nil }
+    private let done = NSCondition()
+    private var finished = false
+
+    init(_ fd: Int32) {
+        Thread.detachNewThread { [self] in
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                lock.lock()
+                buffer.append(contentsOf: chunk[0..<n])
+                lock.unlock()
+            }
+            close(fd)
+            done.lock()
+            finished = true
+            done.broadcast()
+            done.unlock()
         }
     }
+
+    /// Waits until the pipe has ended (every writer gone).
+    func waitForEnd() {
+        done.lock()
+        while !finished { done.wait() }
+        done.unlock()
+    }
+
     var lines: [String] {
         lock.lock()
         defer { lock.unlock() }
@@ -42,22 +65,17 @@ final class LineCollector: @unchecked Sendable {
         var reported = Set<Int>()
         let kills = 50
         for round in 0..<kills {
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: tesseraBinary())
-            child.arguments = ["debug", "crash-writer", path, "--start", String(round * 1_000_000), "--threads", "4"]
-            let out = Pipe()
-            child.standardOutput = out
-            child.standardError = FileHandle.nullDevice
-            try child.run()
-            let collector = LineCollector(out.fileHandleForReading)
+            let child = try ChildProcess(
+                tesseraBinary(), ["debug", "crash-writer", path, "--start", String(round * 1_000_000), "--threads", "4"], stdout: .pipe, stderr: .null)
+            let collector = LineCollector(child.output!)
             // Kill at a random moment after the first report, so recovery and work overlap.
             let deadline = Date().addingTimeInterval(20)
             while collector.lines.isEmpty && child.isRunning && Date() < deadline { usleep(2000) }
             usleep(UInt32.random(in: 0...150_000, using: &rng))
-            kill(child.processIdentifier, SIGKILL)
-            child.waitUntilExit()
-            #expect(child.terminationReason == .uncaughtSignal, "round \(round): crash-writer exited by itself (\(child.terminationStatus))")
-            usleep(20_000)
+            child.signal(SIGKILL)
+            let ended = child.wait()
+            #expect(ended == .signal(SIGKILL), "round \(round): crash-writer exited by itself (\(ended))")
+            collector.waitForEnd()
             for line in collector.lines where line.hasPrefix("L ") { reported.insert(Int(line.dropFirst(2))!) }
             let engine = try Engine.open(path: path, options: options(cacheBytes: 4 << 20))
             defer { try? engine.close() }

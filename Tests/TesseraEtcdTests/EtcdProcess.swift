@@ -11,11 +11,11 @@ final class EtcdProcess: @unchecked Sendable {
     /// The client port of the last `start`.
     private(set) var clientPort: Int
     let peerPort: Int
-    private var process: Process?
+    private var process: ChildProcess?
     private(set) var paused = false
 
     var endpoint: String { "127.0.0.1:\(clientPort)" }
-    var pid: Int32? { process?.processIdentifier }
+    var pid: Int32? { process?.pid }
 
     /// A fresh data folder and two free ports; call `start()`.
     init() throws {
@@ -30,25 +30,16 @@ final class EtcdProcess: @unchecked Sendable {
     func start(clientPort port: Int? = nil) async throws {
         precondition(process == nil, "etcd is already running")
         if let port { clientPort = port }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/etcd")
         let peer = "http://127.0.0.1:\(peerPort)", client = "http://127.0.0.1:\(clientPort)"
         // Short heartbeats make startup quick and let leases of 1 s exist (etcd's minimum
         // TTL is 1.5 election timeouts).
-        p.arguments = [
+        let arguments = [
             "--name", "t", "--data-dir", dir.appendingPathComponent("data").path,
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "t=\(peer)",
             "--heartbeat-interval", "50", "--election-timeout", "250", "--logger", "zap", "--log-level", "warn",
         ]
-        let log = dir.appendingPathComponent("etcd.log")
-        if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
-        let handle = try FileHandle(forWritingTo: log)
-        handle.seekToEndOfFile()
-        p.standardOutput = handle
-        p.standardError = handle
-        try p.run()
-        process = p
+        process = try ChildProcess("/usr/bin/etcd", arguments, stdout: .file(dir.appendingPathComponent("etcd.log").path), stderr: .stdout)
         try await waitUntilServing()
     }
 
@@ -72,14 +63,13 @@ final class EtcdProcess: @unchecked Sendable {
     /// Stops etcd (SIGTERM, then SIGKILL after 5 s) and waits for it to exit.
     func stop() {
         guard let p = process else { return }
-        let pid = p.processIdentifier
-        if paused { kill(pid, SIGCONT) }
+        if paused { p.signal(SIGCONT) }
         paused = false
-        kill(pid, SIGTERM)
+        p.signal(SIGTERM)
         let deadline = Date().addingTimeInterval(5)
         while p.isRunning, Date() < deadline { usleep(10_000) }
-        if p.isRunning { kill(pid, SIGKILL) }
-        p.waitUntilExit()
+        if p.isRunning { p.signal(SIGKILL) }
+        p.wait()
         process = nil
     }
 

@@ -5,6 +5,7 @@ import Foundation
 import NIOPosix
 import Testing
 import TesseraCore
+import TesseraLocal
 import TesseraRPC
 
 /// A loopback socket bound to a port the kernel picked, listening; the port is this
@@ -43,7 +44,7 @@ final class ProcessCluster: @unchecked Sendable {
     let dir: String
     let ports: [Int]
     private let sockets: [CInt]
-    var processes: [Process?]
+    var processes: [ChildProcess?]
 
     init(servers: Int = 3) throws {
         var template = Array((NSTemporaryDirectory() + "/tessera-cluster-XXXXXX").utf8CString)
@@ -70,26 +71,13 @@ final class ProcessCluster: @unchecked Sendable {
     }
 
     func run(_ args: [String]) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tesseraBinary())
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
+        try ChildProcess(tesseraBinary(), args, stdout: .null, stderr: .null).wait().status
     }
 
     func start(_ i: Int) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tesseraBinary())
-        p.arguments = ["server", "--config", dir + "/cluster.toml", "--id", String(i), "--cache", "16M", "--listen-fd", "0"]
-        p.standardInput = FileHandle(fileDescriptor: sockets[i], closeOnDealloc: false)
-        p.standardOutput = FileHandle.nullDevice
-        _ = FileManager.default.createFile(atPath: log(i), contents: nil)
-        p.standardError = FileHandle(forWritingAtPath: log(i))
-        try p.run()
-        processes[i] = p
+        processes[i] = try ChildProcess(
+            tesseraBinary(), ["server", "--config", dir + "/cluster.toml", "--id", String(i), "--cache", "16M", "--listen-fd", "0"],
+            stdin: .descriptor(sockets[i]), stdout: .null, stderr: .file(log(i)))
     }
 
     func log(_ i: Int) -> String { dir + "/server-\(i).log" }
@@ -111,8 +99,8 @@ final class ProcessCluster: @unchecked Sendable {
 
     func stop(_ i: Int, signal: Int32) {
         guard let p = processes[i] else { return }
-        kill(p.processIdentifier, signal)
-        p.waitUntilExit()
+        p.signal(signal)
+        p.wait()
         processes[i] = nil
     }
 

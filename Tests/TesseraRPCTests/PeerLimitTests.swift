@@ -25,7 +25,7 @@ func residentBytes(_ pid: pid_t) -> Int {
         let cluster = try ProcessCluster()
         try cluster.start(0)
         let probe = try await cluster.connect(0)
-        let pid = try #require(cluster.processes[0]).processIdentifier
+        let pid = try #require(cluster.processes[0]).pid
         let before = residentBytes(pid)
         let chunk = [UInt8](repeating: 0x55, count: 1 << 20)
         var peers: [RawPeer] = []

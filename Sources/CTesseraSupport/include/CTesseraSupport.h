@@ -31,4 +31,15 @@ int tessera_set_mmap_threshold(int bytes);
 /// Keeps freed blocks up to `bytes` in the heap for reuse (M_MMAP_THRESHOLD and
 /// M_TRIM_THRESHOLD both at `bytes`); returns 1 on success.
 int tessera_keep_freed_blocks(int bytes);
+
+#include <spawn.h>
+
+/// pipe2(fds, O_CLOEXEC).
+int tessera_pipe_cloexec(int fds[2]);
+
+/// posix_spawn_file_actions_addclosefrom_np: the child closes every descriptor from `from` up.
+int tessera_spawn_close_from(posix_spawn_file_actions_t *actions, int from);
+
+/// POSIX_SPAWN_SETSID: the child starts a session of its own.
+short tessera_spawn_setsid_flag(void);
 #endif
