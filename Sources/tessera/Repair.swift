@@ -38,12 +38,21 @@ struct Repair: AsyncParsableCommand {
             let version = try await reader.repairAgain(id)
             print("server \(id) is repairing (map version \(version)): the HA role walks its replicas")
         }
-        var view = try await reader.repairView()
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        var view: RepairView
+        while true {
+            do {
+                view = try await reader.repairView()
+                break
+            } catch let e as TesseraError where e.code == .notFound && wait && ContinuousClock.now < deadline {
+                // A cluster just started: its first HA holder has not written the map yet.
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
         guard wait else {
             printView(view)
             return
         }
-        let deadline = ContinuousClock.now + .seconds(timeout)
         var said = ""
         while !view.isDone {
             let line = progressLine(view)
