@@ -526,6 +526,10 @@ final class ReplicationStream: Sendable {
         /// What the peer answered for `compare` entries, until `outcome` takes it.
         var outcomes: [UInt64: Status] = [:]
         var sending = false
+        /// The connection to the peer and its epoch, kept between bursts while no sender
+        /// runs (a new connection, and its handshake, per change cost a round trip each).
+        var connection: (any RequestHandler & PeerConnection)?
+        var epoch = UInt64.random(in: 1...UInt64.max)
 
         func wasDropped(_ seq: UInt64) -> Bool { dropped.contains { $0.contains(seq) } }
     }
@@ -595,8 +599,10 @@ final class ReplicationStream: Sendable {
     /// Sends filled entries in order until none is left, reconnecting (a new epoch) after a
     /// failure; releases every waiter with `.closed` if the peer is failed in the map.
     private func send() async {
-        var connection: (any RequestHandler & PeerConnection)?
-        var epoch = UInt64.random(in: 1...UInt64.max)
+        var (connection, epoch) = state.withLock { s in
+            defer { s.connection = nil }
+            return (s.connection, s.epoch)
+        }
         var delay = Duration.milliseconds(10)
         while true {
             let next = state.withLock { s -> (UInt64, [(StreamEntry, UInt64)])? in
@@ -607,15 +613,14 @@ final class ReplicationStream: Sendable {
                     n += 1
                 }
                 if out.isEmpty {
-                    s.sending = false
+                    // The connection stays for the next burst, handed over in the same
+                    // critical section that lets the next sender start.
+                    (s.connection, s.epoch, s.sending) = (connection, epoch, false)
                     return nil
                 }
                 return (s.done + 1, out)
             }
-            guard let (first, batch) = next else {
-                await connection?.close()
-                return
-            }
+            guard let (first, batch) = next else { return }
             if peerFailed() {
                 releaseAll(TesseraError(.closed, "server \(peer) is failed in the cluster map"))
                 await connection?.close()
