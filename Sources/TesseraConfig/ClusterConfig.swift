@@ -28,6 +28,7 @@
 //   [s3]                          # optional: the S3 gateway
 //   region = "us-east-1"
 //   public_read = ["www"]         # buckets anyone may read without signing
+//   domain = "s3.example.com"     # virtual-hosted style too: Host BUCKET.s3.example.com
 //   max_connections = 4096        # open connections at most; more are closed at accept
 //   max_new_connections = 256     # of them, at most this many that sent no request yet
 //   head_timeout = "10s"          # a new connection's first request head is complete by then
@@ -89,6 +90,9 @@ public struct ClusterConfig: Sendable, Equatable {
         /// Access key id → secret access key.
         public var credentials: [String: String] = [:]
         public var publicRead: Set<String> = []
+        /// Host names under which a request's bucket is in the Host header (virtual-hosted
+        /// style: `BUCKET.DOMAIN`) beside path style; empty: path style only.
+        public var domains: [String] = []
         /// The gateway's bounds on connections (HTTPServer.swift, "Connection limits").
         public var limits = GatewayLimits()
 
@@ -196,11 +200,24 @@ public struct ClusterConfig: Sendable, Equatable {
     private struct RawS3: Codable {
         var region: String?
         var public_read: [String]?
+        var domain: RawDomains?
         var credentials: [RawCredential]?
         var max_connections: Int?
         var max_new_connections: Int?
         var head_timeout: RawDuration?
         var idle_timeout: RawDuration?
+    }
+    /// `domain = "NAME"` or `domain = ["NAME", ...]`.
+    private struct RawDomains: Codable {
+        var names: [String]
+        init(from decoder: Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let one = try? c.decode(String.self) { names = [one] } else { names = try c.decode([String].self) }
+        }
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.singleValueContainer()
+            try c.encode(names)
+        }
     }
     private struct RawState: Codable {
         var endpoints: [String]
@@ -301,6 +318,10 @@ public struct ClusterConfig: Sendable, Equatable {
         if let r = raw.s3 {
             s3.region = r.region ?? s3.region
             s3.publicRead = Set(r.public_read ?? [])
+            s3.domains = r.domain?.names ?? []
+            for d in s3.domains where d.isEmpty || d.hasPrefix(".") || d.hasSuffix(".") || d.contains("/") || d.contains(":") {
+                throw bad("s3.domain '\(d)' is not a host name (example: \"s3.example.com\")")
+            }
             if let n = r.max_connections {
                 guard n >= 1 else { throw bad("s3.max_connections must be at least 1") }
                 s3.limits.maxConnections = n

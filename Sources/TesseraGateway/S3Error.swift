@@ -1,6 +1,7 @@
 // S3's error replies: an HTTP status and an XML body naming the error code.
 import NIOHTTP1
 import TesseraCore
+import TesseraS3
 
 struct S3Error: Error {
     var status: HTTPResponseStatus
@@ -29,6 +30,16 @@ struct S3Error: Error {
     static func notImplemented(_ what: String) -> S3Error { S3Error(.notImplemented, "NotImplemented", "\(what) is not implemented") }
     static let invalidRange = S3Error(.rangeNotSatisfiable, "InvalidRange", "The requested range is not satisfiable")
     static let preconditionFailed = S3Error(.preconditionFailed, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+
+    /// A conditional write that did not hold.
+    init(_ failure: S3Store.ConditionFailure, key: String) {
+        switch failure {
+        case .preconditionFailed: self = .preconditionFailed
+        case .noSuchKey: self = .noSuchKey(key)
+        case .conflict:
+            self.init(.conflict, "ConditionalRequestConflict", "A conflicting operation occurred. If using PutObject you can retry the request. If using multipart upload you should initiate another CompleteMultipartUpload request.")
+        }
+    }
 
     /// The S3 error for an error from the layers below.
     static func from(_ error: Error) -> S3Error {

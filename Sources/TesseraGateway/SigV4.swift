@@ -108,11 +108,14 @@ public enum SigV4 {
             signedHeaders = try q("X-Amz-SignedHeaders").split(separator: ";").map(String.init)
             signature = try q("X-Amz-Signature")
             amzDate = try q("X-Amz-Date")
-            guard let expires = Int(try q("X-Amz-Expires")), (1...604_800).contains(expires) else {
-                throw SigV4Error(kind: .malformed, message: "X-Amz-Expires must be 1 to 604800 seconds")
+            // Out of range is refused as S3 refuses it: AccessDenied (403), like an expired URL.
+            guard let expires = Int(try q("X-Amz-Expires")) else { throw SigV4Error(kind: .malformed, message: "X-Amz-Expires must be a number of seconds") }
+            guard expires >= 0 else { throw SigV4Error(kind: .expired, message: "X-Amz-Expires must be non-negative") }
+            guard expires <= 604_800 else {
+                throw SigV4Error(kind: .expired, message: "X-Amz-Expires must be less than a week (in seconds) that is; the given X-Amz-Expires must be less than 604800 seconds")
             }
             guard let t = parseAmzDate(amzDate) else { throw SigV4Error(kind: .malformed, message: "bad X-Amz-Date '\(amzDate)'") }
-            guard now.timeIntervalSince(t) <= Double(expires) else { throw SigV4Error(kind: .expired, message: "Request has expired") }
+            guard expires > 0, now.timeIntervalSince(t) <= Double(expires) else { throw SigV4Error(kind: .expired, message: "Request has expired") }
             guard t.timeIntervalSince(now) <= 900 else { throw SigV4Error(kind: .skewed, message: "X-Amz-Date is in the future") }
             payloadHash = header("x-amz-content-sha256") ?? "UNSIGNED-PAYLOAD"
         } else {

@@ -27,10 +27,21 @@ struct XMLWriter {
     mutating func open(_ name: String, xmlns: Bool = false) {
         text += xmlns ? "<\(name) xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">" : "<\(name)>"
     }
+    /// An element with attributes (values escaped).
+    mutating func open(_ name: String, attributes: [(String, String)]) {
+        text += "<\(name)" + attributes.map { " \($0.0)=\"\(Self.escape($0.1))\"" }.joined() + ">"
+    }
     /// Escaped text inside the element that is open.
     mutating func text(_ value: String) { text += Self.escape(value) }
     mutating func close(_ name: String) { text += "</\(name)>" }
     mutating func element(_ name: String, _ value: String) { text += "<\(name)>\(Self.escape(value))</\(name)>" }
+    /// S3's Owner element: an access key is both the ID and the display name here.
+    mutating func owner(_ id: String) {
+        self.element("Owner") { w in
+            w.element("ID", id)
+            w.element("DisplayName", id)
+        }
+    }
     mutating func element(_ name: String, _ body: (inout XMLWriter) -> Void) {
         open(name)
         body(&self)

@@ -129,15 +129,59 @@ public final class S3Store: Sendable {
         return out
     }
 
-    /// Deletes empty bucket `name`, whose record the caller looked up. Throws `.notEmpty`.
+    /// Deletes bucket `name`, whose record the caller looked up, if it has no objects; its
+    /// uploads in progress are aborted (their parts freed) first, as S3 does. Throws
+    /// `.notEmpty`.
     public func deleteBucket(_ name: String, _ b: BucketRecord) async throws {
-        let objects = try await cluster.next(b.objects, from: [[0x01]], limit: 1)[0]
-        let uploads = try await cluster.next(b.uploads, from: [nil], limit: 1)[0]
-        guard objects.isEmpty && uploads.isEmpty else { throw TesseraError(.notEmpty, "bucket '\(name)' is not empty") }
+        func empty() async throws -> Bool { try await cluster.next(b.objects, from: [[0x01]], limit: 1)[0].isEmpty }
+        guard try await empty() else { throw TesseraError(.notEmpty, "bucket '\(name)' is not empty") }
+        while true {
+            let (uploads, _) = try await listUploads(b, prefix: "", keyMarker: nil, idMarker: nil, limit: 1000)
+            if uploads.isEmpty { break }
+            for u in uploads { try await abortUpload(name, b, u.key, u.id, u.record) }
+        }
+        // An object put while the uploads went keeps the bucket.
+        guard try await empty() else { throw TesseraError(.notEmpty, "bucket '\(name)' is not empty") }
         try await cluster.delete(S3Indexes.buckets, [Array(name.utf8)], sync: true)
         _ = try? await cluster.dropIndex(b.objects)
         _ = try? await cluster.dropIndex(b.uploads)
         _ = try? await cluster.dropIndex(S3Indexes.fileSystemIndex(of: b))
+    }
+
+    /// Changes bucket `name`'s record by `change`, by a compare-and-put on the record as
+    /// read (so a change made meanwhile by another gateway is kept). Nil: no such bucket.
+    public func updateBucket(_ name: String, _ change: (inout BucketRecord) throws -> Void) async throws -> BucketRecord? {
+        try await update(S3Indexes.buckets, Array(name.utf8), decode: BucketRecord.decode, encode: { $0.encode() }, change)
+    }
+
+    /// Changes object `key`'s record by `change` (the inode's record for a hard link), by a
+    /// compare-and-put on the record as read. Nil: no such object.
+    public func updateObject(_ bucket: BucketRecord, _ key: String, _ change: (inout ObjectRecord) throws -> Void) async throws -> ObjectRecord? {
+        guard let entry = try await entry(bucket, key) else { return nil }
+        if let ino = entry.inode {
+            return try await update(S3Indexes.fileSystemIndex(of: bucket), S3Indexes.inodeKey(ino), decode: ObjectRecord.decode, encode: { $0.encode() }, change)
+        }
+        return try await update(bucket.objects, Array(key.utf8), decode: ObjectRecord.decode, encode: { $0.encode() }, change)
+    }
+
+    /// A compare-and-put loop: reads the record, changes it, and puts it if it is still what
+    /// was read, else goes again from what is there. `change` is the same however often it
+    /// runs, so one of unknown outcome is simply made again.
+    private func update<T>(_ index: Fid, _ key: [UInt8], decode: ([UInt8]) throws -> T, encode: (T) -> [UInt8], _ change: (inout T) throws -> Void)
+        async throws -> T?
+    {
+        var stored = try await cluster.get(index, [key])[0]
+        while let v = stored {
+            var record = try decode(v)
+            try change(&record)
+            let bytes = encode(record)
+            if bytes == v { return record }
+            switch try await cluster.compareAndPut(index, key: key, expected: v, value: bytes, sync: true) {
+            case .done: return record
+            case .conflict(let current), .unknown(let current): stored = current
+            }
+        }
+        return nil
     }
 
     // MARK: Objects
@@ -298,8 +342,38 @@ public final class S3Store: Sendable {
     /// Makes `record` (whose data `newObject(for: .object(bucket, key))` wrote) the object
     /// `key`, then frees the object it replaces. A file's POSIX attributes (owner, mode,
     /// inode number, xattrs) stay with the key.
-    public func commit(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord) async throws {
-        try await replace(bucketName, bucket, key, record) {}
+    public func commit(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord, condition: WriteCondition = .none) async throws {
+        try await replace(bucketName, bucket, key, record, condition: condition) {}
+    }
+
+    /// A condition on the object a write replaces (S3's conditional writes), checked on the
+    /// entry the compare-and-put replaces, so it holds across gateways and mounts.
+    public enum WriteCondition: Sendable, Equatable {
+        case none
+        /// `If-None-Match: *`: only if there is no object.
+        case absent
+        /// `If-Match`: only if the object's ETag is this one (without quotes).
+        case etag(String)
+
+        func check(_ current: ObjectRecord?) throws(ConditionFailure) {
+            switch self {
+            case .none: return
+            case .absent: if current != nil { throw .preconditionFailed }
+            case .etag(let tag):
+                guard let current else { throw .noSuchKey }
+                if current.etag != tag { throw .preconditionFailed }
+            }
+        }
+    }
+
+    public enum ConditionFailure: Error, Sendable, Equatable {
+        /// The object is not as the condition asks.
+        case preconditionFailed
+        /// `If-Match` on a key with no object.
+        case noSuchKey
+        /// The write was sent again after a lost answer and refused: whether it was made is
+        /// not known, and it may have been replaced since.
+        case conflict
     }
 
     /// Switches entry `key` to `record` under the key's lock, running `alsoUnderLock` after
@@ -307,17 +381,21 @@ public final class S3Store: Sendable {
     /// The switch is a compare-and-put on the entry as read, so a gateway or mount that
     /// switched it meanwhile (the lock is this process's only) is seen, and its object is
     /// the one let go of: no two writers both free one object and leak the other's.
-    private func replace(_ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord, alsoUnderLock: () async throws -> Void)
-        async throws
-    {
+    private func replace(
+        _ bucketName: String, _ bucket: BucketRecord, _ key: String, _ record: ObjectRecord, condition: WriteCondition = .none,
+        alsoUnderLock: () async throws -> Void
+    ) async throws {
         let keyBytes = Array(key.utf8)
         let switched: Switched = try await switchLocks.withLock(bucketName + "/" + key) {
             try checkOwned(record.fid)
             var stored = try await cluster.get(bucket.objects, [keyBytes])[0]
             while true {
                 let old = try stored.map(ObjectRecord.decode)
+                var current = old
+                if let old { current = try await resolve(bucket, old) }
+                try condition.check(current)
                 var record = record
-                if record.posix == nil, let old { record.posix = try await resolve(bucket, old).posix }
+                if record.posix == nil, let current { record.posix = current.posix }
                 // A note for an entry someone else then replaced stays for the sweeper,
                 // which frees only what no entry refers to.
                 if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
@@ -327,7 +405,13 @@ public final class S3Store: Sendable {
                     return .switched(from: old)
                 case .conflict(let current):
                     stored = current
-                case .unknown:
+                case .unknown(let now):
+                    // Made, if the entry holds this object now: it replaced `old`.
+                    if let now, (try? ObjectRecord.decode(now))?.fid == record.fid {
+                        try await alsoUnderLock()
+                        return .switched(from: old)
+                    }
+                    if condition != .none { throw ConditionFailure.conflict }
                     try await alsoUnderLock()
                     return .uncertain
                 }
@@ -576,7 +660,8 @@ public final class S3Store: Sendable {
         return out
     }
 
-    func allParts(_ fid: Fid) async throws -> [PartRecord] {
+    /// Every part of upload (or multipart object) `fid`, in order.
+    public func allParts(_ fid: Fid) async throws -> [PartRecord] {
         var out: [PartRecord] = []
         while true {
             let batch = try await partRecords(fid, after: out.last?.number ?? 0, limit: 1000)
@@ -595,7 +680,7 @@ public final class S3Store: Sendable {
     /// and the upload's other parts are freed.
     public func completeUpload(
         _ bucketName: String, _ bucket: BucketRecord, _ key: String, _ id: String, _ upload: UploadRecord, parts wanted: [(number: Int, etag: String)],
-        attributes extra: [Attribute] = []
+        condition: WriteCondition = .none, attributes extra: ([PartRecord]) throws -> [Attribute] = { _ in [] }
     ) async throws -> ObjectRecord {
         let stored = try await allParts(upload.fid)
         let byNumber = Dictionary(stored.map { ($0.number, $0) }, uniquingKeysWith: { a, _ in a })
@@ -608,6 +693,10 @@ public final class S3Store: Sendable {
         }
         guard !chosen.isEmpty else { throw CompletionError.invalidPart(0) }
         for p in chosen.dropLast() where p.size < Self.minimumPartSize { throw CompletionError.entityTooSmall(p.number) }
+        let more = try extra(chosen)
+        // Checked now too, so a completion refused by its condition keeps every part (the
+        // upload can be completed again); the switch checks it again on what it replaces.
+        if condition != .none { try condition.check(try await object(bucket, key)) }
         // Parts not chosen go first, so the object never reads through them.
         let chosenNumbers = Set(chosen.map(\.number))
         let unchosen = stored.filter { !chosenNumbers.contains($0.number) }
@@ -618,8 +707,8 @@ public final class S3Store: Sendable {
         for p in chosen { md5s += p.md5 }
         let record = ObjectRecord(
             fid: upload.fid, size: chosen.reduce(0) { $0 + $1.size }, modified: Self.now(), etag: hex(md5Digest(md5s)) + "-\(chosen.count)",
-            parts: chosen.count, attributes: upload.attributes + extra)
-        try await replace(bucketName, bucket, key, record) {
+            parts: chosen.count, attributes: upload.attributes + more)
+        try await replace(bucketName, bucket, key, record, condition: condition) {
             try await cluster.delete(bucket.uploads, [Self.uploadKey(key, id)], sync: true)
         }
         return record

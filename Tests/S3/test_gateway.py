@@ -104,9 +104,8 @@ class TestBuckets(unittest.TestCase):
         names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
         self.assertIn("alpha-bucket", names)
         s3.head_bucket(Bucket="alpha-bucket")
-        with self.assertRaises(botocore.exceptions.ClientError) as e:
-            s3.create_bucket(Bucket="alpha-bucket")
-        self.assertEqual(e.exception.response["Error"]["Code"], "BucketAlreadyOwnedByYou")
+        # Again, by its owner, in us-east-1: 200, as S3 answers (Tests/S3/test_conformance.py).
+        s3.create_bucket(Bucket="alpha-bucket")
         s3.put_object(Bucket="alpha-bucket", Key="k", Body=b"x")
         with self.assertRaises(botocore.exceptions.ClientError) as e:
             s3.delete_bucket(Bucket="alpha-bucket")
@@ -162,7 +161,8 @@ class TestObjects(unittest.TestCase):
             self.assertEqual(subprocess.run(["cmp", src, back]).returncode, 0)
             head = self.s3.head_object(Bucket="objects", Key="big")
             self.assertEqual(head["ContentLength"], 200 * MiB)
-            self.assertTrue(head["ETag"].endswith('-%d"' % head["PartsCount"]))
+            parts = self.s3.head_object(Bucket="objects", Key="big", PartNumber=1)["PartsCount"]
+            self.assertTrue(head["ETag"].endswith('-%d"' % parts))
         finally:
             shutil.rmtree(d)
 

@@ -4,6 +4,7 @@
 import CTesseraSupport
 import Foundation
 import NIOCore
+import NIOHTTP1
 import Testing
 import TesseraCore
 @testable import TesseraGateway
@@ -28,6 +29,83 @@ import TesseraCore
             #expect(tessera_crc32(tessera_crc32(0, a, a.count), b, b.count) == whole)
             #expect(tessera_crc64nvme(tessera_crc64nvme(0, a, a.count), b, b.count) == whole64)
         }
+    }
+}
+
+/// Multipart checksums: CRCs of parts combined into the CRC of the whole, for every
+/// algorithm and cut, against the CRC computed over the whole.
+@Suite struct CRCCombineTests {
+    @Test(arguments: [ChecksumAlgorithm.crc32, .crc32c, .crc64nvme])
+    func combinedEqualsWhole(_ algorithm: ChecksumAlgorithm) {
+        let bytes = (0..<5000).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }
+        func crc(_ b: ArraySlice<UInt8>) -> String {
+            var c = RunningChecksum(algorithm)
+            Array(b).withUnsafeBytes { c.update($0) }
+            return c.finish()
+        }
+        let whole = crc(bytes[...])
+        for cuts in [[0], [1], [4999], [1, 2], [100, 2500, 4000], [0, 0, 5000]] {
+            var parts: [(checksum: String, size: UInt64)] = []
+            var from = 0
+            for c in cuts + [bytes.count] {
+                parts.append((crc(bytes[from..<c]), UInt64(c - from)))
+                from = c
+            }
+            #expect(algorithm.multipart(parts, type: .fullObject) == whole, "cuts \(cuts)")
+        }
+    }
+
+    @Test func compositeIsTheChecksumOfTheChecksums() {
+        let a = RunningChecksum(.sha256)
+        let parts = [(checksum: a.finish(), size: UInt64(0)), (checksum: a.finish(), size: UInt64(0))]
+        var c = RunningChecksum(.sha256)
+        let raw = Data(base64Encoded: a.finish())!
+        (raw + raw).withUnsafeBytes { c.update($0) }
+        #expect(ChecksumAlgorithm.sha256.multipart(parts, type: .composite) == c.finish() + "-2")
+        #expect(ChecksumAlgorithm.sha256.multipart(parts, type: .fullObject) == nil)
+        #expect(ChecksumAlgorithm.crc32.multipart([("not base64!", 1)], type: .fullObject) == nil)
+    }
+}
+
+/// Which operation a request is: served ones resolve, every other subresource is 501.
+@Suite struct OperationTests {
+    func op(_ m: HTTPMethod, _ bucket: Bool, _ key: Bool, _ q: String) -> Result<S3Operation, S3Operation.Failure> {
+        let query = q.split(separator: "&").map { p in
+            let kv = p.split(separator: "=", maxSplits: 1)
+            return (String(kv[0]), kv.count > 1 ? String(kv[1]) : "")
+        }
+        return Result { () throws(S3Operation.Failure) in try S3Operation.resolve(m, bucket: bucket, key: key, query: query) }
+    }
+
+    @Test func served() {
+        #expect(op(.GET, false, false, "") == .success(.listBuckets))
+        #expect(op(.GET, true, false, "prefix=a&max-keys=2") == .success(.listObjects))
+        #expect(op(.GET, true, false, "list-type=2") == .success(.listObjectsV2))
+        #expect(op(.GET, true, false, "versions&key-marker=a") == .success(.listObjectVersions))
+        #expect(op(.GET, true, false, "uploads") == .success(.listMultipartUploads))
+        #expect(op(.PUT, true, false, "acl") == .success(.putBucketAcl))
+        #expect(op(.POST, true, false, "delete") == .success(.deleteObjects))
+        #expect(op(.GET, true, true, "versionId=null") == .success(.getObject))
+        #expect(op(.GET, true, true, "partNumber=2") == .success(.getObject))
+        #expect(op(.GET, true, true, "attributes") == .success(.getObjectAttributes))
+        #expect(op(.PUT, true, true, "partNumber=1&uploadId=x") == .success(.uploadPart))
+        #expect(op(.POST, true, true, "uploads") == .success(.createMultipartUpload))
+        #expect(op(.DELETE, true, true, "uploadId=x") == .success(.abortMultipartUpload))
+    }
+
+    @Test func unservedAreNotImplemented() {
+        for (m, bucket, key, q) in [
+            (HTTPMethod.GET, true, false, "policy"), (.GET, true, false, "acl&versioning"), (.PUT, true, false, "versioning"),
+            (.DELETE, true, false, "tagging"), (.POST, true, false, ""), (.GET, true, true, "tagging"), (.PUT, true, true, "retention"),
+            (.POST, true, true, "restore"), (.HEAD, true, true, "acl"), (.GET, false, false, "acl"),
+        ] {
+            guard case .failure(.notImplemented) = op(m, bucket, key, q) else {
+                Issue.record("\(m) bucket=\(bucket) key=\(key) ?\(q) is \(op(m, bucket, key, q)), not NotImplemented")
+                continue
+            }
+        }
+        #expect(op(.PATCH, true, true, "") == .failure(.methodNotAllowed))
+        #expect(op(.PUT, false, false, "") == .failure(.methodNotAllowed))
     }
 }
 
