@@ -180,6 +180,21 @@ extension Cluster {
         else { throw TesseraError(.io, "index \(fid): malformed NEXT reply") }
         return r
     }
+
+    /// Up to `limit` records of index `fid` in key order from `start` (the first key if
+    /// nil), asking again after the last record of each answer (a server answers at most
+    /// 10,000 records a request) until `limit` are read or the index ends.
+    public func records(_ fid: Fid, from start: [UInt8]?, excludeStart: Bool = false, limit: Int) async throws -> [Record] {
+        var out: [Record] = []
+        var (from, exclude) = (start, excludeStart)
+        while out.count < limit {
+            let batch = try await next(fid, from: [from], limit: limit - out.count, excludeStart: exclude)[0]
+            out += batch
+            guard let last = batch.last else { break }
+            (from, exclude) = (last.key, true)
+        }
+        return out
+    }
 }
 
 /// What a compare-and-put did.

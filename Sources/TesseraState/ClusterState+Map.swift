@@ -14,10 +14,7 @@ extension ClusterState {
     /// The map as stored, read once without a session (for one-shot commands); nil if etcd
     /// does not answer within a second or has none.
     public static func fetchMap(_ settings: ClusterConfig.State) async -> ClusterMap? {
-        guard let etcd = try? EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(1), logger: quietLogger) else { return nil }
-        let m = try? await StateReader(etcd: etcd, keys: StateKeys(settings)).map()
-        await etcd.close()
-        return m?.map
+        try? await StateReader.with(settings, requestTimeout: .seconds(1)) { try await $0.map()?.map }
     }
 
     /// Has `cluster` read the map from etcd whenever a server says its map is stale.

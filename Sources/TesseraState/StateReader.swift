@@ -3,6 +3,7 @@
 // commands make their own.
 import Logging
 import TesseraClient
+import TesseraConfig
 import TesseraCore
 import TesseraEtcd
 
@@ -45,6 +46,24 @@ public struct StateReader: Sendable {
             out[String(kv.key.dropFirst(keys.roles.count))] = (UInt64(bitPattern: kv.lease), h)
         }
         return out
+    }
+}
+
+extension StateReader {
+    /// Runs `body` with a reader on an etcd client of its own (no session), and closes the
+    /// client however `body` ends: for one-shot commands.
+    public static func with<R>(_ settings: ClusterConfig.State, requestTimeout: Duration = .seconds(2), _ body: (StateReader) async throws -> R)
+        async throws -> R
+    {
+        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: requestTimeout, logger: quietLogger)
+        do {
+            let r = try await body(StateReader(etcd: etcd, keys: StateKeys(settings)))
+            await etcd.close()
+            return r
+        } catch {
+            await etcd.close()
+            throw error
+        }
     }
 }
 

@@ -151,20 +151,8 @@ struct IndexCommand: AsyncParsableCommand {
         @Argument(help: "Start key.") var start: String?
         func run() async throws {
             let f = try parseFid(fid)
-            // A server answers at most 10,000 records a request: ask again after the last
-            // until `n` are printed or the index ends.
-            try await withCluster(state) { c in
-                var from = start.map { Array($0.utf8) }
-                var exclude = excludeStart
-                var left = n
-                while left > 0 {
-                    let batch = try await c.next(f, from: [from], limit: left, excludeStart: exclude)[0]
-                    for r in batch { print("\(String(decoding: r.key, as: UTF8.self))\t\(String(decoding: r.value, as: UTF8.self))") }
-                    left -= batch.count
-                    guard let last = batch.last else { break }
-                    (from, exclude) = (last.key, true)
-                }
-            }
+            let records = try await withCluster(state) { try await $0.records(f, from: start.map { Array($0.utf8) }, excludeStart: excludeStart, limit: n) }
+            for r in records { print("\(String(decoding: r.key, as: UTF8.self))\t\(String(decoding: r.value, as: UTF8.self))") }
         }
     }
 }

@@ -153,7 +153,8 @@ struct Replicas: AsyncParsableCommand {
             // Each index once: from its first replica's list.
             for index in try await listIndexes(clients[id]!) where indexReplicas(of: index, servers: ids.count).first == position {
                 let holders = indexReplicas(of: index, servers: ids.count).map { ids[$0] }
-                let copies = try await holders.asyncMap { try await records(index, clients[$0]!) }
+                var copies: [[Record]] = []
+                for h in holders { copies.append(try await records(index, clients[h]!)) }
                 compared += 1
                 if let other = copies.dropFirst().first, other != copies[0] {
                     differ += 1
@@ -184,13 +185,5 @@ struct Replicas: AsyncParsableCommand {
             out += batch
             if batch.count < 1000 { return out }
         }
-    }
-}
-
-extension Array {
-    fileprivate func asyncMap<T>(_ body: (Element) async throws -> T) async rethrows -> [T] {
-        var out: [T] = []
-        for e in self { out.append(try await body(e)) }
-        return out
     }
 }

@@ -30,40 +30,38 @@ struct StateOption: ParsableArguments, LocalStateFolder {
 }
 
 extension StateOption {
-    /// Returns once `server`, started from this folder, answers, and with a state service
-    /// once its process holds its session there (so what reads the sessions next, such as
-    /// `tessera repair --wait`, sees this run of it); throws if its process exits first or
-    /// either takes more than 30 s.
-    func waitUntilAnswering(_ server: ClusterConfig.Server, _ config: ClusterConfig) async throws {
+    /// Returns once `servers`, started from this folder, answer, and with a state service
+    /// once their processes hold their sessions there (so what reads the sessions next,
+    /// such as `tessera repair --wait`, sees this run of them); throws if a process exits
+    /// first or either takes more than 30 s.
+    func waitUntilAnswering(_ servers: [ClusterConfig.Server], _ config: ClusterConfig) async throws {
         let deadline = ContinuousClock.now + .seconds(30)
-        func check() throws -> pid_t {
+        func check(_ server: ClusterConfig.Server) throws -> pid_t {
             guard let pid = runningPid(server.id), ContinuousClock.now < deadline else {
                 throw TesseraError(.io, "server \(server.id) did not start; see \(logFile(server.id))")
             }
             return pid
         }
-        while true {
-            if let c = try? await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(1)) {
-                await c.close()
-                break
-            }
-            _ = try check()
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        guard let settings = config.state else { return }
-        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(2), logger: quietLogger)
-        let reader = StateReader(etcd: etcd, keys: StateKeys(settings))
-        do {
+        for server in servers {
             while true {
-                let pid = try check()
-                let sessions = (try? await reader.sessions()) ?? []
-                if sessions.contains(where: { $0.info.kind == .server && $0.info.server == server.id && $0.info.pid == pid }) { break }
+                if let c = try? await RPCClient.connect(host: server.address.host, port: server.address.port, secret: config.secret, connectTimeout: .seconds(1)) {
+                    await c.close()
+                    break
+                }
+                _ = try check(server)
                 try await Task.sleep(for: .milliseconds(50))
             }
-            await etcd.close()
-        } catch {
-            await etcd.close()
-            throw error
+        }
+        guard let settings = config.state else { return }
+        try await StateReader.with(settings) { reader in
+            for server in servers {
+                while true {
+                    let pid = try check(server)
+                    let sessions = (try? await reader.sessions()) ?? []
+                    if sessions.contains(where: { $0.info.kind == .server && $0.info.server == server.id && $0.info.pid == pid }) { break }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
         }
     }
 }
@@ -118,7 +116,7 @@ struct Up: AsyncParsableCommand {
             try state.spawn(["server", "--config", state.configPath, "--id", String(server.id)], log: state.logFile(server.id), pidFile: state.pidFile(server.id))
         }
         // Ready when every server answers.
-        for server in config.servers { try await state.waitUntilAnswering(server, config) }
+        try await state.waitUntilAnswering(config.servers, config)
         // With --s3 stdout carries only lines a shell can eval.
         let say: (String) -> Void = s3 == nil ? { print("tessera: " + $0) } : { printError($0) }
         say("cluster of \(config.servers.count) servers up in \(dir)")

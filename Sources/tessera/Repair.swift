@@ -22,15 +22,7 @@ struct Repair: AsyncParsableCommand {
     func run() async throws {
         let config = try state.config()
         guard let settings = config.state else { throw ValidationError("the cluster file has no [state]: repair needs the cluster state service") }
-        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(5), logger: quietLogger)
-        let reader = StateReader(etcd: etcd, keys: StateKeys(settings))
-        do {
-            try await run(reader)
-            await etcd.close()
-        } catch {
-            await etcd.close()
-            throw error
-        }
+        try await StateReader.with(settings, requestTimeout: .seconds(5)) { try await run($0) }
     }
 
     private func run(_ reader: StateReader) async throws {
@@ -110,29 +102,21 @@ struct Replace: AsyncParsableCommand {
             throw ValidationError("server \(id) still has images (\(left.joined(separator: ", "))): replace formats new ones; remove these first")
         }
         try await state.startEtcd(config)
-        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(5), logger: quietLogger)
-        do {
-            // A server killed moments ago still has its session until its lease ends.
-            let reader = StateReader(etcd: etcd, keys: StateKeys(settings))
+        // A server killed moments ago still has its session until its lease ends.
+        let version = try await StateReader.with(settings, requestTimeout: .seconds(5)) { reader in
             let deadline = ContinuousClock.now + settings.ttl * 2
-            var version: UInt64 = 0
             while true {
                 do {
-                    version = try await reader.markReplaced(id)
-                    break
+                    return try await reader.markReplaced(id)
                 } catch let e as TesseraError where [.exists, .conflict].contains(e.code) && ContinuousClock.now < deadline {
                     try await Task.sleep(for: .milliseconds(200))
                 }
             }
-            await etcd.close()
-            print("server \(id) is replaced in cluster map version \(version)")
-        } catch {
-            await etcd.close()
-            throw error
         }
+        print("server \(id) is replaced in cluster map version \(version)")
         try runChild(tesseraExecutable, ["mkfs", "--config", state.configPath, "--id", String(id)])
         try state.spawn(["server", "--config", state.configPath, "--id", String(id)], log: state.logFile(id), pidFile: state.pidFile(id))
-        try await state.waitUntilAnswering(server, config)
+        try await state.waitUntilAnswering([server], config)
         print("server \(id) started on blank images at \(server.address): the HA role repairs it (tessera repair --wait)")
     }
 }

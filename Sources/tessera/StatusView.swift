@@ -22,17 +22,16 @@ struct StatusView {
             return v
         }
         v.endpoints = settings.endpoints
-        let etcd = try EtcdClient(endpoints: settings.endpoints, requestTimeout: .seconds(2), logger: quietLogger)
-        let reader = StateReader(etcd: etcd, keys: StateKeys(settings))
         do {
-            v.map = try await reader.map()?.map
-            v.sessions = try await reader.sessions()
-            v.roles = try await reader.roles()
-            v.repairs = try await reader.repairs()
+            try await StateReader.with(settings) { reader in
+                v.map = try await reader.map()?.map
+                v.sessions = try await reader.sessions()
+                v.roles = try await reader.roles()
+                v.repairs = try await reader.repairs()
+            }
         } catch {
             v.error = "\(error)"
         }
-        await etcd.close()
         return v
     }
 
