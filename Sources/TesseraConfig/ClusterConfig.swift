@@ -319,7 +319,8 @@ public struct ClusterConfig: Sendable, Equatable {
             s3.region = r.region ?? s3.region
             s3.publicRead = Set(r.public_read ?? [])
             s3.domains = r.domain?.names ?? []
-            for d in s3.domains where d.isEmpty || d.hasPrefix(".") || d.hasSuffix(".") || d.contains("/") || d.contains(":") {
+            let hostCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
+            for d in s3.domains where d.isEmpty || d.hasPrefix(".") || d.hasSuffix(".") || !d.allSatisfy(hostCharacters.contains) {
                 throw bad("s3.domain '\(d)' is not a host name (example: \"s3.example.com\")")
             }
             if let n = r.max_connections {

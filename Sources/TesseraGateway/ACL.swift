@@ -12,6 +12,11 @@ enum CannedACL: String {
     /// The attribute an object's ACL is kept in.
     static let attribute = "x-amz-acl"
 
+    /// The attributes of a Grantee element of type `type`.
+    private static func grantee(_ type: String) -> [(String, String)] {
+        [("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"), ("xsi:type", type)]
+    }
+
     /// The group anyone is in.
     static let allUsers = "http://acs.amazonaws.com/groups/global/AllUsers"
 
@@ -80,7 +85,7 @@ enum CannedACL: String {
         w.owner(owner)
         w.element("AccessControlList") { w in
             w.element("Grant") { w in
-                w.open("Grantee", attributes: [("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"), ("xsi:type", "CanonicalUser")])
+                w.open("Grantee", attributes: Self.grantee("CanonicalUser"))
                 w.element("ID", owner)
                 w.element("DisplayName", owner)
                 w.close("Grantee")
@@ -88,7 +93,7 @@ enum CannedACL: String {
             }
             if self == .publicRead {
                 w.element("Grant") { w in
-                    w.open("Grantee", attributes: [("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"), ("xsi:type", "Group")])
+                    w.open("Grantee", attributes: Self.grantee("Group"))
                     w.element("URI", Self.allUsers)
                     w.close("Grantee")
                     w.element("Permission", "READ")

@@ -29,6 +29,11 @@ enum ChecksumType: String {
 
     static let attribute = "x-amz-checksum-type"
 
+    /// The type of a stored object's checksum.
+    static func of(_ attributes: [(name: String, value: String)]) -> String {
+        attributes.first { $0.name == attribute }?.value ?? ChecksumType.fullObject.rawValue
+    }
+
     /// The type an upload with `algorithm` gets when it names none, and whether it may
     /// have `self`: CRC64NVME is full-object only; SHA-1 and SHA-256 composite only.
     static func `default`(for algorithm: ChecksumAlgorithm) -> ChecksumType { algorithm == .crc64nvme ? .fullObject : .composite }
@@ -144,6 +149,13 @@ struct CRCCombiner {
             k += 1
         }
         return multiply(shift, a) ^ b
+    }
+}
+
+extension XMLWriter {
+    /// One element (ChecksumCRC32, …) per checksum among `attributes`.
+    mutating func checksums(_ attributes: [(name: String, value: String)]) {
+        for a in attributes { if let alg = ChecksumAlgorithm(header: a.name) { element(alg.element, a.value) } }
     }
 }
 

@@ -19,10 +19,7 @@ extension S3Gateway {
         }
         var after: String? = nil
         if let token = r.query("continuation-token") {
-            guard let d = Data(base64Encoded: token), let s = String(data: d, encoding: .utf8), !s.isEmpty else {
-                throw S3Error.invalidArgument("The continuation token provided is incorrect")
-            }
-            after = s
+            after = try Self.continuation(token)
         }
         let mine = try await store.listBuckets().filter { b in
             b.record.owner == key && b.name.hasPrefix(prefix) && (after.map { $0.utf8.lexicographicallyPrecedes(b.name.utf8) } ?? true)

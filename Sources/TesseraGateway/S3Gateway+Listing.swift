@@ -44,10 +44,7 @@ extension S3Gateway {
         var after: String?
         if v2 {
             if let token = r.query("continuation-token") {
-                guard let d = Data(base64Encoded: token), let s = String(data: d, encoding: .utf8) else {
-                    throw S3Error.invalidArgument("The continuation token provided is incorrect")
-                }
-                after = s
+                after = try Self.continuation(token)
             } else {
                 after = r.query("start-after")
             }

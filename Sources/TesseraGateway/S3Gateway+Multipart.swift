@@ -85,7 +85,9 @@ extension S3Gateway {
             if let sent = r.header(algorithm.header), sent != value {
                 throw S3Error.badDigest("The \(algorithm.rawValue.uppercased()) you specified did not match the calculated checksum.")
             }
-            return [(algorithm.header, value)]
+            // An upload made before types were kept has none in its attributes.
+            let typed = upload.attributes.contains { $0.name == ChecksumType.attribute }
+            return [(algorithm.header, value)] + (typed ? [] : [(ChecksumType.attribute, type.rawValue)])
         }
         let record: ObjectRecord
         do {
@@ -116,8 +118,8 @@ extension S3Gateway {
 
     func listParts(_ r: HTTPRequest, _ bucketName: String, _ b: BucketRecord, _ key: String, _ id: String) async throws -> HTTPResponse {
         guard let upload = try await store.upload(b, key, id) else { throw S3Error.noSuchUpload() }
-        let marker = r.query("part-number-marker").flatMap(Int.init) ?? 0
-        let maxParts = min(r.query("max-parts").flatMap(Int.init) ?? 1000, 1000)
+        let (marker, maxParts) = try Self.partPage(
+            marker: r.query("part-number-marker"), max: r.query("max-parts"), markerName: "part-number-marker", maxName: "max-parts")
         let parts = try await store.partRecords(upload.fid, after: marker, limit: maxParts + 1)
         let shown = parts.prefix(maxParts)
         var w = XMLWriter()
@@ -140,9 +142,7 @@ extension S3Gateway {
                 w.element("LastModified", isoDate(date(ns: p.modified)))
                 w.element("ETag", "\"\(p.etag)\"")
                 w.element("Size", String(p.size))
-                for a in p.attributes {
-                    if let alg = ChecksumAlgorithm(header: a.name) { w.element(alg.element, a.value) }
-                }
+                w.checksums(p.attributes)
             }
         }
         w.close("ListPartsResult")
@@ -150,7 +150,9 @@ extension S3Gateway {
     }
 
     func listUploads(_ r: HTTPRequest, _ bucketName: String, _ b: BucketRecord) async throws -> HTTPResponse {
-        let maxUploads = min(r.query("max-uploads").flatMap(Int.init) ?? 1000, 1000)
+        guard let maxUploads = Int(r.query("max-uploads") ?? "1000").map({ min($0, 1000) }), maxUploads >= 0 else {
+            throw S3Error.invalidArgument("max-uploads must be a non-negative integer")
+        }
         let prefix = r.query("prefix") ?? ""
         let keyMarker = r.query("key-marker").flatMap { $0.isEmpty ? nil : $0 }
         let idMarker = r.query("upload-id-marker").flatMap { $0.isEmpty ? nil : $0 }

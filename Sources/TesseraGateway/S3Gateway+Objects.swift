@@ -34,14 +34,16 @@ extension S3Gateway {
         return out
     }
 
-    /// Object `key`, if `caller` may read it: the bucket's owner may; anyone may read
-    /// every object of a public-read bucket, and a public-read object of any bucket. To a
-    /// caller who may not list the bucket, a missing key is AccessDenied, as in S3.
+    /// Object `key`, if `caller` may read it: the bucket's owner may, anyone may read a
+    /// public-read object, and every object of a bucket the configuration names public
+    /// (`[s3] public_read`). A bucket's public-read ACL lets anyone list it, as in S3, not
+    /// read its private objects. To a caller who may not list the bucket, a missing key is
+    /// AccessDenied, as in S3.
     func readableObject(_ caller: Caller, _ bucketName: String, _ key: String) async throws -> (BucketRecord, ObjectRecord) {
         let b = try await existingBucket(bucketName, caller)
-        let mayList = caller.accessKey == b.owner || publicRead(bucketName, b)
-        guard let o = try await store.object(b, key) else { throw mayList ? S3Error.noSuchKey(key) : S3Error.accessDenied() }
-        guard mayList || CannedACL(object: o.attributes) == .publicRead else { throw S3Error.accessDenied() }
+        let mayReadAll = caller.accessKey == b.owner || settings.publicRead.contains(bucketName)
+        guard let o = try await store.object(b, key) else { throw mayReadAll || publicRead(bucketName, b) ? S3Error.noSuchKey(key) : S3Error.accessDenied() }
+        guard mayReadAll || CannedACL(object: o.attributes) == .publicRead else { throw S3Error.accessDenied() }
         return (b, o)
     }
 
@@ -69,7 +71,7 @@ extension S3Gateway {
     static func checksumHeaders(_ o: ObjectRecord) -> [(String, String)] {
         var out: [(String, String)] = []
         for a in o.attributes where ChecksumAlgorithm(header: a.name) != nil { out.append((a.name, a.value)) }
-        if !out.isEmpty { out.append(("x-amz-checksum-type", o.attribute(ChecksumType.attribute) ?? ChecksumType.fullObject.rawValue)) }
+        if !out.isEmpty { out.append(("x-amz-checksum-type", ChecksumType.of(o.attributes))) }
         return out
     }
 
@@ -79,7 +81,7 @@ extension S3Gateway {
         let modified = date(ns: o.modified)
         let modifiedSecond = Date(timeIntervalSince1970: modified.timeIntervalSince1970.rounded(.down))
         var headers: [(String, String)] = [("ETag", etag), ("Last-Modified", httpDate(modified)), ("Accept-Ranges", "bytes")]
-        if r.query("versionId") != nil { headers.append(("x-amz-version-id", "null")) }
+        headers += Self.versionHeader(r)
         for a in o.attributes where Self.storedHeaders.contains(a.name) || a.name.hasPrefix("x-amz-meta-") { headers.append((a.name, a.value)) }
 
         // Conditions, in RFC 7232's order.
@@ -291,14 +293,16 @@ extension S3Gateway {
 
     /// Makes `record`, which `writer` wrote, object `key` if `condition` holds; else frees
     /// it and answers as S3 does (412, 404, or 409 when a write sent again after a lost
-    /// answer leaves it unknown whether it was made: its object is left to the sweeper).
+    /// answer leaves it unknown whether it was made before another replaced it).
     func commit(_ bucketName: String, _ b: BucketRecord, _ key: String, _ record: ObjectRecord, condition: S3Store.WriteCondition, writer: ObjectWriter)
         async throws
     {
         do {
             try await store.commit(bucketName, b, key, record, condition: condition)
         } catch let e as S3Store.ConditionFailure {
-            if e != .conflict { await store.abandon(writer) }
+            // Not made, or (409) made and then replaced by another writer, who freed it:
+            // either way no entry refers to this object.
+            await store.abandon(writer)
             throw S3Error(e, key: key)
         }
     }
@@ -321,7 +325,7 @@ extension S3Gateway {
 
     /// CopyObject and UploadPartCopy: the source's bytes (or a range of them) streamed into
     /// a new object.
-    func copy(_ r: HTTPRequest, _ caller: Caller, _ b: BucketRecord, into dest: Destination) async throws -> HTTPResponse {
+    func copy(_ r: HTTPRequest, _ caller: Caller, _ b: BucketRecord, into dest: Destination, condition: S3Store.WriteCondition) async throws -> HTTPResponse {
         // BUCKET/KEY, percent-encoded, then `?versionId=V` maybe (a `?` in a key is encoded).
         let header = Substring(r.header("x-amz-copy-source")!)
         let q = header.firstIndex(of: "?")
@@ -397,11 +401,11 @@ extension S3Gateway {
             var attrs = replace ? try attributes(of: r) : src.attributes
             attrs.removeAll { ChecksumAlgorithm(header: $0.name) != nil || $0.name == ChecksumType.attribute }
             let record = ObjectRecord(fid: writer.fid, size: writer.size, modified: now, etag: hex(digest), attributes: acl.applied(to: attrs) + checksum)
-            try await commit(bucketName, b, key, record, condition: .none, writer: writer)
+            try await commit(bucketName, b, key, record, condition: condition, writer: writer)
             w.open("CopyObjectResult", xmlns: true)
             w.element("LastModified", isoDate(date(ns: now)))
             w.element("ETag", "\"\(record.etag)\"")
-            for (name, value) in checksum { if let a = ChecksumAlgorithm(header: name) { w.element(a.element, value) } }
+            w.checksums(checksum)
             w.close("CopyObjectResult")
         case .part(let upload, let n):
             let part = PartRecord(number: n, fid: writer.fid, size: writer.size, modified: now, md5: digest, attributes: checksum)
@@ -409,7 +413,7 @@ extension S3Gateway {
             w.open("CopyPartResult", xmlns: true)
             w.element("LastModified", isoDate(date(ns: now)))
             w.element("ETag", "\"\(part.etag)\"")
-            for (name, value) in checksum { if let a = ChecksumAlgorithm(header: name) { w.element(a.element, value) } }
+            w.checksums(checksum)
             w.close("CopyPartResult")
         }
         return .xml(.ok, w)
@@ -467,25 +471,16 @@ extension S3Gateway {
         let known: Set<String> = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
         guard !names.isEmpty else { throw S3Error.invalidArgument("x-amz-object-attributes must name at least one of ETag, Checksum, ObjectParts, StorageClass, ObjectSize") }
         if let bad = names.subtracting(known).first { throw S3Error.invalidArgument("Invalid attribute name specified: \(bad)") }
-        var maxParts = 1000
-        if let m = r.header("x-amz-max-parts") {
-            guard let n = Int(m), n >= 0 else { throw S3Error.invalidArgument("x-amz-max-parts must be a non-negative integer") }
-            maxParts = min(n, 1000)
-        }
-        var marker = 0
-        if let m = r.header("x-amz-part-number-marker") {
-            guard let n = Int(m), n >= 0 else { throw S3Error.invalidArgument("x-amz-part-number-marker must be a non-negative integer") }
-            marker = n
-        }
+        let (marker, maxParts) = try Self.partPage(
+            marker: r.header("x-amz-part-number-marker"), max: r.header("x-amz-max-parts"), markerName: "x-amz-part-number-marker", maxName: "x-amz-max-parts")
         let (_, o) = try await readableObject(caller, bucketName, key)
         var w = XMLWriter()
         w.open("GetObjectAttributesResponse", xmlns: true)
         if names.contains("ETag") { w.element("ETag", o.etag) }
-        let checksums = o.attributes.compactMap { a in ChecksumAlgorithm(header: a.name).map { ($0, a.value) } }
-        if names.contains("Checksum"), !checksums.isEmpty {
+        if names.contains("Checksum"), o.attributes.contains(where: { ChecksumAlgorithm(header: $0.name) != nil }) {
             w.element("Checksum") { w in
-                for (alg, value) in checksums { w.element(alg.element, value) }
-                w.element("ChecksumType", o.attribute(ChecksumType.attribute) ?? ChecksumType.fullObject.rawValue)
+                w.checksums(o.attributes)
+                w.element("ChecksumType", ChecksumType.of(o.attributes))
             }
         }
         if names.contains("ObjectParts"), o.multipart {
@@ -501,7 +496,7 @@ extension S3Gateway {
                     w.element("Part") { w in
                         w.element("PartNumber", String(p.number))
                         w.element("Size", String(p.size))
-                        for a in p.attributes { if let alg = ChecksumAlgorithm(header: a.name) { w.element(alg.element, a.value) } }
+                        w.checksums(p.attributes)
                     }
                 }
             }
@@ -509,8 +504,7 @@ extension S3Gateway {
         if names.contains("StorageClass") { w.element("StorageClass", "STANDARD") }
         if names.contains("ObjectSize") { w.element("ObjectSize", String(o.size)) }
         w.close("GetObjectAttributesResponse")
-        var headers = [("Last-Modified", httpDate(date(ns: o.modified)))]
-        if r.query("versionId") != nil { headers.append(("x-amz-version-id", "null")) }
+        let headers = [("Last-Modified", httpDate(date(ns: o.modified)))] + Self.versionHeader(r)
         return .xml(.ok, w, headers: headers)
     }
 

@@ -63,8 +63,8 @@ public final class S3Gateway: HTTPHandler {
         let path = r.path.dropFirst()
         if let host = r.header("host")?.lowercased() {
             let name = host.hasPrefix("[") ? host : String(host.split(separator: ":", maxSplits: 1).first ?? "")
-            for d in settings.domains where name.hasSuffix("." + d.lowercased()) {
-                let bucket = String(name.dropLast(d.utf8.count + 1))
+            for d in settings.domains where name.hasSuffix("." + d.lowercased()) && name.utf8.count > d.utf8.count + 1 {
+                let bucket = String(decoding: name.utf8.dropLast(d.utf8.count + 1), as: UTF8.self)
                 return (bucket, path.isEmpty ? nil : String(path))
             }
         }
@@ -183,7 +183,7 @@ public final class S3Gateway: HTTPHandler {
         case .getObjectAcl: return try await getObjectAcl(caller, bucketName, key)
         case .putObjectAcl: return try await putObjectAcl(r, caller, bucketName, key, body, cont)
         case .listParts:
-            let b = try await authorizedBucket(bucketName, caller, write: false)
+            let b = try await authorizedBucket(bucketName, caller, write: true)
             return try await listParts(r, bucketName, b, key, r.query("uploadId") ?? "")
         case .uploadPart:
             _ = try requireCaller(caller)
@@ -192,14 +192,14 @@ public final class S3Gateway: HTTPHandler {
                 throw S3Error.invalidArgument("Part number must be an integer between 1 and 10000, inclusive")
             }
             guard let upload = try await store.upload(b, key, r.query("uploadId") ?? "") else { throw S3Error.noSuchUpload() }
-            if r.header("x-amz-copy-source") != nil { return try await copy(r, caller, b, into: .part(upload, n)) }
+            if r.header("x-amz-copy-source") != nil { return try await copy(r, caller, b, into: .part(upload, n), condition: .none) }
             try await cont()
             return try await uploadPart(r, caller, upload, n, body)
         case .putObject:
             _ = try requireCaller(caller)
             let b = try await authorizedBucket(bucketName, caller, write: true)
-            if r.header("x-amz-copy-source") != nil { return try await copy(r, caller, b, into: .object(bucketName, key)) }
             let condition = try writeCondition(r)
+            if r.header("x-amz-copy-source") != nil { return try await copy(r, caller, b, into: .object(bucketName, key), condition: condition) }
             let acl = try CannedACL(objectHeaders: r)
             try await cont()
             return try await putObject(r, caller, bucketName, b, key, body, condition: condition, acl: acl)
@@ -207,7 +207,7 @@ public final class S3Gateway: HTTPHandler {
             _ = try requireCaller(caller)
             let b = try await authorizedBucket(bucketName, caller, write: true)
             try await store.deleteObject(bucketName, b, key)
-            return HTTPResponse(.noContent, headers: r.query("versionId") != nil ? [("x-amz-version-id", "null")] : [])
+            return HTTPResponse(.noContent, headers: Self.versionHeader(r))
         case .abortMultipartUpload:
             _ = try requireCaller(caller)
             let b = try await authorizedBucket(bucketName, caller, write: true)
@@ -227,6 +227,27 @@ public final class S3Gateway: HTTPHandler {
         default: throw S3Error.notImplemented("\(op) on an object")
         }
     }
+
+    /// The page of parts a request asks for: after `marker` (0 to 10000), at most `max`
+    /// (0 to 1000; default 1000). Out of range or not a number: InvalidArgument.
+    static func partPage(marker: String?, max: String?, markerName: String, maxName: String) throws -> (marker: Int, max: Int) {
+        guard let m = Int(marker ?? "0"), (0...S3Store.maxPartNumber).contains(m) else {
+            throw S3Error.invalidArgument("\(markerName) must be an integer from 0 to \(S3Store.maxPartNumber)")
+        }
+        guard let n = Int(max ?? "1000"), n >= 0 else { throw S3Error.invalidArgument("\(maxName) must be a non-negative integer") }
+        return (m, min(n, 1000))
+    }
+
+    /// A continuation token: the last name of the page before, base64.
+    static func continuation(_ token: String) throws -> String {
+        guard let d = Data(base64Encoded: token), let s = String(data: d, encoding: .utf8), !s.isEmpty else {
+            throw S3Error.invalidArgument("The continuation token provided is incorrect")
+        }
+        return s
+    }
+
+    /// `x-amz-version-id: null` for a request that named the version.
+    static func versionHeader(_ r: HTTPRequest) -> [(String, String)] { r.query("versionId") != nil ? [("x-amz-version-id", "null")] : [] }
 
     /// S3's conditional writes: `If-None-Match: *` (only if there is no object) and
     /// `If-Match: ETAG` (only if the object is that one).

@@ -112,7 +112,7 @@ public enum SigV4 {
             guard let expires = Int(try q("X-Amz-Expires")) else { throw SigV4Error(kind: .malformed, message: "X-Amz-Expires must be a number of seconds") }
             guard expires >= 0 else { throw SigV4Error(kind: .expired, message: "X-Amz-Expires must be non-negative") }
             guard expires <= 604_800 else {
-                throw SigV4Error(kind: .expired, message: "X-Amz-Expires must be less than a week (in seconds) that is; the given X-Amz-Expires must be less than 604800 seconds")
+                throw SigV4Error(kind: .expired, message: "X-Amz-Expires must be less than a week (in seconds); that is, the given X-Amz-Expires must be less than 604800 seconds")
             }
             guard let t = parseAmzDate(amzDate) else { throw SigV4Error(kind: .malformed, message: "bad X-Amz-Date '\(amzDate)'") }
             guard expires > 0, now.timeIntervalSince(t) <= Double(expires) else { throw SigV4Error(kind: .expired, message: "Request has expired") }

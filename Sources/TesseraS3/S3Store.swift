@@ -114,19 +114,11 @@ public final class S3Store: Sendable {
     }
 
     public func listBuckets() async throws -> [(name: String, record: BucketRecord)] {
-        var out: [(String, BucketRecord)] = []
-        var from: [UInt8]? = nil
         do {
-            while true {
-                let batch = try await cluster.next(S3Indexes.buckets, from: [from], limit: 1000, excludeStart: from != nil)[0]
-                for r in batch { out.append((String(decoding: r.key, as: UTF8.self), try BucketRecord.decode(r.value))) }
-                guard batch.count == 1000 else { break }
-                from = batch.last!.key
-            }
+            return try await cluster.records(S3Indexes.buckets, from: nil, limit: .max).map { (String(decoding: $0.key, as: UTF8.self), try BucketRecord.decode($0.value)) }
         } catch let e as TesseraError where e.code == .notFound {
             return []
         }
-        return out
     }
 
     /// Deletes bucket `name`, whose record the caller looked up, if it has no objects; its

@@ -279,6 +279,15 @@ class TestAttributes(unittest.TestCase):
         with self.assertRaises(botocore.exceptions.ClientError) as e:
             s3.get_object_attributes(Bucket="attrs", Key="absent", ObjectAttributes=["ETag"])
         self.assertEqual(code_of(e), "NoSuchKey")
+        # Markers and limits out of range are refused, never trusted.
+        for headers in [{"x-amz-part-number-marker": "4294967296"}, {"x-amz-part-number-marker": "-1"}, {"x-amz-max-parts": "-2"}]:
+            status, body, _ = raw("GET", "/attrs/multi", "attributes", headers=dict(headers, **{"x-amz-object-attributes": "ObjectParts"}))
+            self.assertEqual((status, error_code(body)), (400, "InvalidArgument"), headers)
+        live = s3.create_multipart_upload(Bucket="attrs", Key="live")["UploadId"]
+        for query in ["part-number-marker=4294967296", "part-number-marker=-3", "max-parts=-2", "max-parts=x"]:
+            status, body, _ = raw("GET", "/attrs/live", f"uploadId={live}&{query}")
+            self.assertEqual((status, error_code(body)), (400, "InvalidArgument"), query)
+        s3.abort_multipart_upload(Bucket="attrs", Key="live", UploadId=live)
 
 
 class TestACL(unittest.TestCase):
@@ -296,7 +305,13 @@ class TestACL(unittest.TestCase):
         self.assertIn(("Group", "http://acs.amazonaws.com/groups/global/AllUsers", "READ"),
                       [(g["Grantee"]["Type"], g["Grantee"].get("URI"), g["Permission"]) for g in grants])
         self.assertEqual([o["Key"] for o in anon.list_objects_v2(Bucket="acl-bucket")["Contents"]], ["k"])
-        self.assertEqual(anon.get_object(Bucket="acl-bucket", Key="k")["Body"].read(), b"v")
+        # A bucket's READ is listing, as in S3: its private objects stay private.
+        with self.assertRaises(botocore.exceptions.ClientError) as e:
+            anon.get_object(Bucket="acl-bucket", Key="k")
+        self.assertEqual(code_of(e), "AccessDenied")
+        with self.assertRaises(botocore.exceptions.ClientError) as e:
+            anon.get_object(Bucket="acl-bucket", Key="absent")
+        self.assertEqual(code_of(e), "NoSuchKey")
         with self.assertRaises(botocore.exceptions.ClientError) as e:
             anon.put_object(Bucket="acl-bucket", Key="k2", Body=b"no")
         self.assertEqual(code_of(e), "AccessDenied")
@@ -305,7 +320,7 @@ class TestACL(unittest.TestCase):
         s3.put_bucket_acl(Bucket="acl-bucket", AccessControlPolicy={
             "Owner": owner, "Grants": [{"Grantee": {"Type": "CanonicalUser", "ID": owner["ID"]}, "Permission": "FULL_CONTROL"}]})
         with self.assertRaises(botocore.exceptions.ClientError) as e:
-            anon.get_object(Bucket="acl-bucket", Key="k")
+            anon.list_objects_v2(Bucket="acl-bucket")
         self.assertEqual(code_of(e), "AccessDenied")
         with self.assertRaises(botocore.exceptions.ClientError) as e:
             s3.put_bucket_acl(Bucket="acl-bucket", AccessControlPolicy={
@@ -414,6 +429,18 @@ class TestConditionalWrites(unittest.TestCase):
         with self.assertRaises(botocore.exceptions.ClientError) as e:
             s3.put_object(Bucket="cond-writes", Key="absent", Body=b"x", IfMatch=first["ETag"])
         self.assertEqual(code_of(e), "NoSuchKey")
+
+    def test_copy_if_none_match(self):
+        s3 = cluster.client()
+        s3.create_bucket(Bucket="cond-copy")
+        s3.put_object(Bucket="cond-copy", Key="src", Body=b"s")
+        s3.put_object(Bucket="cond-copy", Key="dst", Body=b"d")
+        with self.assertRaises(botocore.exceptions.ClientError) as e:
+            s3.copy_object(Bucket="cond-copy", Key="dst", CopySource="cond-copy/src", IfNoneMatch="*")
+        self.assertEqual(code_of(e), "PreconditionFailed")
+        self.assertEqual(s3.get_object(Bucket="cond-copy", Key="dst")["Body"].read(), b"d")
+        s3.copy_object(Bucket="cond-copy", Key="new", CopySource="cond-copy/src", IfNoneMatch="*")
+        self.assertEqual(s3.get_object(Bucket="cond-copy", Key="new")["Body"].read(), b"s")
 
     def test_complete_multipart_if_none_match(self):
         s3 = cluster.client()
