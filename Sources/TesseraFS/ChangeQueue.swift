@@ -13,7 +13,8 @@
 // `cp -a` met the timer in the middle of their file's copy, and the close then waited for
 // that UPDATE before sending its own.) Reads of names from the store first wait until
 // nothing is queued (`drained`), so the store never shows the mount an older state than
-// its own. `fsync` sends its entry with sync-wait, which makes every change queued before
+// its own; a create-only put of a name (O_EXCL) waits only for the changes queued of that
+// name and the names under it (`settled`). `fsync` sends its entry with sync-wait, which makes every change queued before
 // it durable on the same replicas, or drains the queue and SYNCs when it has no entry to
 // send.
 //
@@ -57,6 +58,8 @@ final class ChangeQueue: Sendable {
         var tooLarge = false
         /// When it was queued (changes written behind are held until they are `hold` old).
         var since: Duration
+        /// Its place in the queue's order, from 1 (set as it is queued).
+        var seq: UInt64 = 0
         var keys: Int { deletes.count + puts.count }
     }
 
@@ -68,6 +71,22 @@ final class ChangeQueue: Sendable {
         var armed = false
         var idle: [CheckedContinuation<Void, Never>] = []
         var failure: Error?
+        /// The last submission queued, and the last whose batch is answered: batches go one
+        /// at a time in queue order, so every submission up to `answered` is.
+        var queuedSeq: UInt64 = 0
+        var answered: UInt64 = 0
+        /// Each key of a submission not yet answered, with the last such submission.
+        var lastTouch: [[UInt8]: UInt64] = [:]
+        /// Callers of `settled`, each with the submission it waits for.
+        var settling: [(seq: UInt64, c: CheckedContinuation<Void, Never>)] = []
+
+        /// Numbers `sub` and notes its keys; call under the lock as it is queued.
+        mutating func number(_ sub: inout Submission) {
+            queuedSeq += 1
+            sub.seq = queuedSeq
+            for k in sub.deletes { lastTouch[k] = queuedSeq }
+            for r in sub.puts { lastTouch[r.key] = queuedSeq }
+        }
     }
     private let state = Mutex(State())
 
@@ -94,12 +113,13 @@ final class ChangeQueue: Sendable {
     /// sent, the caller sends its UPDATE itself (no task hop), with the changes held behind
     /// it.
     func submit(deleting deletes: [[UInt8]], putting puts: [Record], sync: Bool) async throws {
-        let own = Submission(deletes: deletes, puts: puts, sync: sync, since: clock.now())
+        var own = Submission(deletes: deletes, puts: puts, sync: sync, since: clock.now())
         let held = state.withLock { s -> [Submission]? in
             guard !s.running else { return nil }
             // Held changes all fit in one UPDATE with this one (else a task sends them).
             guard s.queued.reduce(own.keys, { $0 + $1.keys }) <= Self.batchKeys || s.queued.isEmpty else { return nil }
             s.running = true
+            s.number(&own)
             defer { s.queued = [] }
             return s.queued
         }
@@ -121,6 +141,7 @@ final class ChangeQueue: Sendable {
             outcome = error
             await finish(subs.dropLast(), error)
         }
+        answered(through: own.seq)
         carryOn()
         if let outcome { throw outcome }
     }
@@ -130,7 +151,9 @@ final class ChangeQueue: Sendable {
     func submitBehind(deleting deletes: [[UInt8]], putting puts: [Record], after: (@Sendable () async -> Void)?, lost: @escaping @Sendable (Error) -> Void) {
         let now = clock.now()
         let arm = state.withLock { s -> Bool in
-            s.queued.append(Submission(deletes: deletes, puts: puts, sync: false, waiter: nil, after: after, lost: lost, since: now))
+            var sub = Submission(deletes: deletes, puts: puts, sync: false, waiter: nil, after: after, lost: lost, since: now)
+            s.number(&sub)
+            s.queued.append(sub)
             guard !s.running, !s.armed else { return false }
             s.armed = true
             return true
@@ -167,6 +190,8 @@ final class ChangeQueue: Sendable {
 
     private func enqueue(_ submission: Submission) {
         let start = state.withLock { s -> Bool in
+            var submission = submission
+            s.number(&submission)
             s.queued.append(submission)
             let idle = !s.running
             s.running = true
@@ -189,6 +214,37 @@ final class ChangeQueue: Sendable {
             if now { c.resume() }
             if start { spawn { await self.run() } }
         }
+    }
+
+    /// Returns once every change queued before the call of `key`, or of a key under it
+    /// (`key` + "/" + …), is in the store (or failed); held changes go out now. Changes of
+    /// other names are not waited for.
+    func settled(_ key: [UInt8]) async {
+        let under = key + [0x2F]
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let (now, start) = state.withLock { s -> (Bool, Bool) in
+                let last = s.lastTouch.lazy.filter { $0.key == key || $0.key.starts(with: under) }.map(\.value).max()
+                guard let last, last > s.answered else { return (true, false) }
+                s.settling.append((last, c))
+                if s.running { return (false, false) }
+                s.running = true
+                return (false, true)
+            }
+            if now { c.resume() }
+            if start { spawn { await self.run() } }
+        }
+    }
+
+    /// Every submission through `seq` is answered: forgets their keys and wakes who waits.
+    private func answered(through seq: UInt64) {
+        let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.answered = max(s.answered, seq)
+            s.lastTouch = s.lastTouch.filter { $0.value > s.answered }
+            let ready = s.settling.filter { $0.seq <= s.answered }.map(\.c)
+            s.settling.removeAll { $0.seq <= s.answered }
+            return ready
+        }
+        for c in ready { c.resume() }
     }
 
     /// The failure of a change written behind since the last call, if any.
@@ -267,6 +323,7 @@ final class ChangeQueue: Sendable {
             } catch {
                 await finish(subs[...], error)
             }
+            answered(through: subs[subs.count - 1].seq)
         }
     }
 

@@ -287,9 +287,10 @@ public final class FileSystem: Sendable {
         return found
     }
 
-    /// `find` from the store, never from the name cache.
-    func findStored(_ key: [UInt8]) async throws -> Found {
-        await changes.drained()
+    /// `find` from the store, never from the name cache, once this mount's queued changes
+    /// are in it: all of them, or with `settlingOnly` those of `key` and the names under it.
+    func findStored(_ key: [UInt8], settlingOnly: Bool = false) async throws -> Found {
+        if settlingOnly { await changes.settled(key) } else { await changes.drained() }
         let dirKey = key + [0x2F]
         let firsts = try await cluster.next(bucket.objects, from: [key, dirKey], limit: 1)
         if let d = firsts[1].first, d.key.starts(with: dirKey) {
@@ -589,7 +590,10 @@ public final class FileSystem: Sendable {
             let known = await cachedFind(key)
             if let known { guard case .none = known else { throw FSError(EEXIST) } }
             let behind = known != nil && !(exclusive && type == .regular)
-            async let found = behind ? Found.none : findStored(key)
+            // O_EXCL of a name known absent waits only for this mount's queued changes of
+            // that name (a removal must land before the create-only put), not the whole queue.
+            let settleName = known != nil && !behind
+            async let found = behind ? Found.none : findStored(key, settlingOnly: settleName)
             if type != .regular && !behind {
                 guard case .none = try await found else { throw FSError(EEXIST) }
             }
@@ -603,11 +607,9 @@ public final class FileSystem: Sendable {
                 storeRecordsBehind([i, p], deleting: [], putting: [], then: nil)
             } else if type == .regular {
                 // A removal of this key still queued goes first.
-                await changes.drained()
-                async let parentStored: Void = storeRecords([p])
+                if settleName { await changes.settled(key) } else { await changes.drained() }
                 let st = try await cluster.put(bucket.objects, [Record(key: key, value: storedRecord(i).encode())], mode: .createOnly)
                 let existing = try await found
-                try await parentStored
                 if st[0] == .exists {
                     // Made elsewhere since the cache learnt it absent, or since a lookup.
                     names.withLock { $0.clear() }
@@ -617,6 +619,8 @@ public final class FileSystem: Sendable {
                     try await cluster.delete(bucket.objects, [key])
                     throw FSError(EEXIST)
                 }
+                // The parent's times are written behind, as for any create the cache answers.
+                storeRecordsBehind([p], deleting: [], putting: [], then: nil)
             } else {
                 try await storeRecords([i, p])
             }

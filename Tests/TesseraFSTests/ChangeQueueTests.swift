@@ -80,6 +80,33 @@ import TesseraCore
         await cluster.stop()
     }
 
+    @Test func settledWaitsForTheChangesOfOneNameOnly() async throws {
+        let cluster = try await InProcessCluster()
+        let (client, _) = try await cluster.mount(bucket: "queue-settled")
+        let index = Fid(hi: 0x5445_5354_0000_0004, lo: 13)
+        try await client.createIndex(index)
+        let clock = TestClock()
+        // Changes held 10 s unless a waited change, a drain or `settled` takes them.
+        let queue = ChangeQueue(cluster: client, index: index, hold: .seconds(10), clock: clock)
+        await queue.settled(k("nothing"))  // nothing queued of it: at once
+        try await client.put(index, [r("d/x", "1"), r("f", "1")])
+        queue.submitBehind(deleting: [k("d/x")], putting: [], after: nil, lost: { _ in })  // rm of a name under d
+        queue.submitBehind(deleting: [k("f")], putting: [], after: nil, lost: { _ in })
+        try await clock.waitForSleeper(until: .seconds(10))
+        #expect(try await client.get(index, [k("d/x"), k("f")]) == [k("1"), k("1")], "held")
+        // Settling `d` sends what is queued (in order, so the removal of f goes too), and
+        // returns once the removal under `d` is in the store.
+        await queue.settled(k("d"))
+        #expect(try await client.get(index, [k("d/x")]) == [nil])
+        await queue.drained()
+        #expect(try await client.get(index, [k("f")]) == [nil])
+        // Answered changes are forgotten: settling them again returns at once.
+        await queue.settled(k("d"))
+        await queue.settled(k("f"))
+        await client.close()
+        await cluster.stop()
+    }
+
     @Test func aChangeThatCannotBeStoredIsReportedOnce() async throws {
         let cluster = try await InProcessCluster()
         let (client, _) = try await cluster.mount(bucket: "queue-lost")
