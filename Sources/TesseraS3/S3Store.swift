@@ -113,6 +113,20 @@ public final class S3Store: Sendable {
         return record
     }
 
+    /// The owner a mount gives the buckets it makes when the cluster file has no access
+    /// key (a cluster made by hand, or by `tessera up` before it always made one).
+    public static let keylessOwner = "tessera"
+
+    /// Gives every bucket owned by `old` to `new` (by a compare-and-put each); returns
+    /// their names.
+    public func transferBuckets(from old: String, to new: String) async throws -> [String] {
+        var moved: [String] = []
+        for b in try await listBuckets() where b.record.owner == old {
+            if try await updateBucket(b.name, { if $0.owner == old { $0.owner = new } })?.owner == new { moved.append(b.name) }
+        }
+        return moved
+    }
+
     public func listBuckets() async throws -> [(name: String, record: BucketRecord)] {
         do {
             return try await cluster.records(S3Indexes.buckets, from: nil, limit: .max).map { (String(decoding: $0.key, as: UTF8.self), try BucketRecord.decode($0.value)) }

@@ -29,6 +29,17 @@ struct Gateway: AsyncParsableCommand {
         let cluster = try Cluster(config: cfg)
         ClusterState.follow(cluster, cfg.state)
         let store = state.ownerStore(cluster)
+        // Buckets a mount made before the cluster had an access key go to its first key, so
+        // the user who ran `tessera up DIR` and then `tessera up --s3 …` can use them.
+        let firstKey = cfg.s3.credentials.keys.sorted()[0]
+        if cfg.s3.credentials[S3Store.keylessOwner] == nil {
+            do {
+                let moved = try await store.transferBuckets(from: S3Store.keylessOwner, to: firstKey)
+                if !moved.isEmpty { logger.notice("buckets \(moved.joined(separator: ", ")), made by a mount without an access key, are now owned by \(firstKey)") }
+            } catch {
+                logger.warning("could not give buckets made without an access key to \(firstKey) (the next start tries again): \(error)")
+            }
+        }
         let gateway = S3Gateway(store: store, settings: cfg.s3)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {

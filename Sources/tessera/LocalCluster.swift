@@ -98,7 +98,9 @@ struct Up: AsyncParsableCommand {
             try writeClusterFile()
         }
         var config = try state.config()
-        if s3 != nil && config.s3.credentials.isEmpty {
+        // The access key is made with the cluster, --s3 or not: the bucket a mount makes is
+        // owned by it, so the gateway started later (`up --s3`) can use it.
+        if config.s3.credentials.isEmpty {
             try addCredentials()
             config = try state.config()
         }
@@ -173,7 +175,7 @@ struct Up: AsyncParsableCommand {
         let key = "TSR" + String((0..<17).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] })
         let secret = (0..<20).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
         let text = try String(contentsOfFile: state.configPath, encoding: .utf8)
-        let added = "\n# Written by `tessera up --s3`: the gateway's access key.\n[[s3.credentials]]\naccess_key = \"\(key)\"\nsecret_key = \"\(secret)\"\n"
+        let added = "\n# Written by `tessera up`: the S3 access key, owner of the buckets mounts make.\n[[s3.credentials]]\naccess_key = \"\(key)\"\nsecret_key = \"\(secret)\"\n"
         try (text + added).write(toFile: state.configPath, atomically: true, encoding: .utf8)
         chmod(state.configPath, 0o600)
     }

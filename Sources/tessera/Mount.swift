@@ -108,7 +108,7 @@ struct Mount: AsyncParsableCommand {
         let cluster = try Cluster(config: cfg, loop: RPCLoop())
         ClusterState.follow(cluster, cfg.state)
         let store = state.ownerStore(cluster)
-        let owner = cfg.s3.credentials.keys.sorted().first ?? "tessera"
+        let owner = cfg.s3.credentials.keys.sorted().first ?? S3Store.keylessOwner
         let fs: FileSystem
         do { fs = try await FileSystem(store: store, bucket: bucket, owner: owner, options: parsed.fs) } catch {
             await state.close()

@@ -655,5 +655,70 @@ class MountTest(unittest.TestCase):
             os.unlink(installed)
 
 
+class UpOrderTest(unittest.TestCase):
+    """The README's two commands in either order: `tessera up DIR MNT` then `tessera up --s3
+    ADDR DIR MNT`: the bucket the mount made is usable through S3 with the key `up` prints.
+    Also a cluster whose mount made its bucket before the cluster had a key (as `up` did
+    before it always made one): the gateway gives the bucket to the key."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="tessera-order-")
+        self.state = os.path.join(self.tmp, "state")
+        self.mnt = os.path.join(self.tmp, "mnt")
+
+    def tearDown(self):
+        subprocess.run([TESSERA, "down", "--dir", self.state], capture_output=True, timeout=180)
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt])
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def up(self, *extra):
+        r = subprocess.run([TESSERA, "up", "--dir", self.state, "--data-size", "2G", *extra, self.mnt], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
+
+    def client(self, env):
+        return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"],
+                            config=Config(retries={"max_attempts": 1}))
+
+    def check_bucket_usable(self):
+        with open(os.path.join(self.mnt, "made-by-mount.txt"), "w") as f:
+            f.write("mount")
+        s3 = self.client(self.up("--s3", f"127.0.0.1:{free_port()}"))
+        self.assertEqual(s3.get_object(Bucket=BUCKET, Key="made-by-mount.txt")["Body"].read(), b"mount")
+        s3.put_object(Bucket=BUCKET, Key="made-by-s3.txt", Body=b"s3")
+        self.assertIn(BUCKET, [b["Name"] for b in s3.list_buckets()["Buckets"]])
+        with open(os.path.join(self.mnt, "made-by-s3.txt")) as f:
+            self.assertEqual(f.read(), "s3")
+
+    def test_mount_first_then_s3(self):
+        self.up()
+        self.check_bucket_usable()
+
+    def test_bucket_made_before_the_cluster_had_a_key(self):
+        # The cluster up, then its file without [[s3.credentials]] (as `up` without --s3
+        # wrote one before), and a mount makes the bucket from that file: owner "tessera".
+        r = subprocess.run([TESSERA, "up", "--dir", self.state, "--data-size", "2G"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        config = os.path.join(self.state, "cluster.toml")
+        with open(config) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(text[:text.index("\n# Written by `tessera up`: the S3 access key")] + "\n")
+        os.makedirs(self.mnt)
+        subprocess.run([TESSERA, "mount", "--config", config, BUCKET, self.mnt], check=True, capture_output=True, timeout=60)
+        wait_until(lambda: is_mounted(self.mnt), "the keyless mount", 60)
+        with open(os.path.join(self.mnt, "made-keyless.txt"), "w") as f:
+            f.write("keyless")
+        subprocess.run(["fusermount3", "-u", self.mnt], check=True)
+        wait_until(lambda: not is_mounted(self.mnt), "the unmount", 60)
+        s3 = self.client(self.up("--s3", f"127.0.0.1:{free_port()}"))
+        self.assertEqual(s3.get_object(Bucket=BUCKET, Key="made-keyless.txt")["Body"].read(), b"keyless")
+        s3.put_object(Bucket=BUCKET, Key="made-by-s3.txt", Body=b"s3")
+        with open(os.path.join(self.mnt, "made-by-s3.txt")) as f:
+            self.assertEqual(f.read(), "s3")
+
+
 if __name__ == "__main__":
     unittest.main()
