@@ -142,12 +142,12 @@ extension S3Gateway {
         return HTTPResponse(status, headers: headers, body: .stream(length: length) { write in
             do {
                 try await store.reading(o) { reader in
-                    // Reads go straight into reply buffers, three in flight: the next chunks
+                    // Reads go straight into reply buffers, `readAhead` in flight: the next chunks
                     // are fetched while this one is sent.
                     var pending: [Task<ByteBuffer, Error>] = []
                     var next = from + UInt64(first.readableBytes)
                     func refill() {
-                        while pending.count < 3 && next < end {
+                        while pending.count < Self.readAhead && next < end {
                             let (a, n) = (next, Int(min(chunk - next % chunk, end - next)))
                             pending.append(Task { try await Self.fetch(reader, at: a, count: n) })
                             next += UInt64(n)
@@ -167,6 +167,9 @@ extension S3Gateway {
             }
         })
     }
+
+    /// Parity groups a GET reads ahead of the one being sent.
+    static let readAhead = 3
 
     /// Bytes [at, at + count) of the object, read straight into a reply buffer.
     private static func fetch(_ reader: ObjectReader, at a: UInt64, count n: Int) async throws -> ByteBuffer {
@@ -211,7 +214,23 @@ extension S3Gateway {
 
     /// Streams the request body into `writer`, verifying every digest the client sent.
     /// Returns the MD5 and the checksum attribute (if any).
+    /// Where a body goes: a new object, or memory (a small object kept in its record).
+    enum BodyTarget {
+        case object(ObjectWriter)
+        /// At most this many bytes, else EntityTooLarge.
+        case memory(limit: Int)
+    }
+
     func receive(_ r: HTTPRequest, _ caller: Caller, _ body: RequestBody, into writer: ObjectWriter) async throws -> (md5: [UInt8], checksum: Attribute?) {
+        let (md5, checksum, _) = try await receive(r, caller, body, into: .object(writer))
+        return (md5, checksum)
+    }
+
+    /// Streams the request body into `target`, verifying every digest the client sent.
+    /// Returns the MD5, the checksum attribute (if any), and the bytes kept in memory.
+    func receive(_ r: HTTPRequest, _ caller: Caller, _ body: RequestBody, into target: BodyTarget) async throws
+        -> (md5: [UInt8], checksum: Attribute?, bytes: [UInt8])
+    {
         let contentHash = r.header("x-amz-content-sha256") ?? "UNSIGNED-PAYLOAD"
         let chunked = contentHash.hasPrefix("STREAMING-")
         var decoder: AWSChunkedDecoder? = nil
@@ -237,14 +256,19 @@ extension S3Gateway {
         if algorithm == nil, let t = r.header("x-amz-trailer") { algorithm = ChecksumAlgorithm(header: t.lowercased().trimmingCharacters(in: .whitespaces)) }
         if algorithm == nil, let a = r.header("x-amz-sdk-checksum-algorithm") { algorithm = ChecksumAlgorithm(rawValue: a.lowercased()) }
         var digests = BodyDigests(payloadHash: payloadHashed, checksum: algorithm)
-        let maxSize: UInt64 = 5 << 40
+        var maxSize: UInt64 = 5 << 40
+        var kept: [UInt8] = []
+        if case .memory(let limit) = target { maxSize = UInt64(limit) }
         do {
             while let buffer = try await body.next() {
                 let pieces: [ByteBuffer]
                 if decoder != nil { pieces = try decoder!.feed(buffer) } else { pieces = [buffer] }
                 for piece in pieces {
                     piece.withUnsafeReadableBytes { digests.update($0) }
-                    try await writer.write(piece.readableBytesView)
+                    switch target {
+                    case .object(let writer): try await writer.write(piece.readableBytesView)
+                    case .memory: if UInt64(digests.count) <= maxSize { kept += piece.readableBytesView }
+                    }
                 }
                 guard UInt64(digests.count) <= maxSize else { throw S3Error(.badRequest, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size.") }
             }
@@ -268,10 +292,10 @@ extension S3Gateway {
             if let expected, let checksum, expected != checksum {
                 throw S3Error.badDigest("The \(algorithm!.rawValue.uppercased()) you specified did not match the calculated checksum.")
             }
-            _ = try await writer.finish()
-            return (md5, algorithm.flatMap { a in checksum.map { (a.header, $0) } })
+            if case .object(let writer) = target { _ = try await writer.finish() }
+            return (md5, algorithm.flatMap { a in checksum.map { (a.header, $0) } }, kept)
         } catch {
-            await store.abandon(writer)
+            if case .object(let writer) = target { await store.abandon(writer) }
             throw error
         }
     }
@@ -281,11 +305,40 @@ extension S3Gateway {
         acl: CannedACL?
     ) async throws -> HTTPResponse {
         var attrs = (acl ?? .private).applied(to: try attributes(of: r))
-        let writer = try await store.newObject(for: .object(bucket: bucketName, key: key))
-        let (md5, checksum) = try await receive(r, caller, body, into: writer)
-        if let checksum { attrs.append(checksum) }
-        let record = ObjectRecord(fid: writer.fid, size: writer.size, modified: S3Store.now(), etag: hex(md5), attributes: attrs)
-        try await commit(bucketName, b, key, record, condition: condition, writer: writer)
+        let record: ObjectRecord
+        // A small object is kept in its entry: one compare-and-put, no data object to write,
+        // note pending or free (its length declared: Content-Length, or the decoded length
+        // of an aws-chunked body).
+        let declared = r.header("x-amz-decoded-content-length").flatMap(Int.init) ?? (r.header("transfer-encoding") == nil ? r.header("content-length").flatMap(Int.init) : nil)
+        if let declared, declared <= S3Store.inlineLimit {
+            let (md5, checksum, bytes) = try await receive(r, caller, body, into: .memory(limit: S3Store.inlineLimit))
+            if let checksum { attrs.append(checksum) }
+            let inline = ObjectRecord(
+                fid: S3Indexes.newDataFid(), size: UInt64(bytes.count), modified: S3Store.now(), etag: hex(md5), attributes: attrs, inline: bytes)
+            if try await store.fitsInRecord(inline) {
+                record = inline
+                do { try await store.commit(bucketName, b, key, record, condition: condition) } catch let e as S3Store.ConditionFailure { throw S3Error(e, key: key) }
+            } else {
+                // Too large with its attributes for a record of this cluster: an object after all.
+                let writer = try await store.newObject(for: .object(bucket: bucketName, key: key))
+                do {
+                    try await writer.write(bytes)
+                    _ = try await writer.finish()
+                } catch {
+                    await store.abandon(writer)
+                    throw error
+                }
+                record = ObjectRecord(fid: writer.fid, size: inline.size, modified: inline.modified, etag: inline.etag, attributes: attrs)
+                try await commit(bucketName, b, key, record, condition: condition, writer: writer)
+            }
+        } else {
+            let writer = try await store.newObject(for: .object(bucket: bucketName, key: key))
+            let (md5, checksum) = try await receive(r, caller, body, into: writer)
+            if let checksum { attrs.append(checksum) }
+            record = ObjectRecord(fid: writer.fid, size: writer.size, modified: S3Store.now(), etag: hex(md5), attributes: attrs)
+            try await commit(bucketName, b, key, record, condition: condition, writer: writer)
+        }
+        let checksum = record.attributes.first { ChecksumAlgorithm(header: $0.name) != nil }
         var headers = [("ETag", "\"\(record.etag)\"")]
         if let checksum { headers += [(checksum.name, checksum.value), ("x-amz-checksum-type", ChecksumType.fullObject.rawValue)] }
         return HTTPResponse(.ok, headers: headers)

@@ -40,6 +40,27 @@ public final class S3Store: Sendable {
     /// This process's change stamp, written with each object list change (ChangeStamps.swift).
     public let stamp = ChangeStamp()
 
+    /// PUT bodies up to this size are kept in the object's entry (`ObjectRecord.inline`),
+    /// as the mount keeps small files: no data object to write, note pending or free.
+    public static let inlineLimit = 4096
+
+    /// The servers' largest record value, asked once (0: unknown, nothing is inlined).
+    private let maxRecord = Mutex<Int?>(nil)
+
+    /// Whether `record` fits in a record of every server of this cluster.
+    public func fitsInRecord(_ record: ObjectRecord) async throws -> Bool {
+        let known = maxRecord.withLock { $0 }
+        let limit: Int
+        if let known {
+            limit = known
+        } else {
+            let limits = await cluster.statistics().compactMap { $0.stats?.maxValue }
+            limit = limits.count == cluster.layout.servers && !limits.contains(0) ? Int(limits.min() ?? 0) : 0
+            if limit > 0 { maxRecord.withLock { $0 = limit } }
+        }
+        return record.encode().count + 64 <= limit
+    }
+
     /// The smallest part of a multipart upload other than the last (S3's limit).
     public static let minimumPartSize: UInt64 = 5 << 20
     public static let maxPartNumber = 10_000
@@ -361,6 +382,12 @@ public final class S3Store: Sendable {
         /// `If-Match`: only if the object's ETag is this one (without quotes).
         case etag(String)
 
+        /// Whether checking it needs the entry read first (an absent one cannot be assumed).
+        var needsEntry: Bool {
+            if case .etag = self { return true }
+            return false
+        }
+
         func check(_ current: ObjectRecord?) throws(ConditionFailure) {
             switch self {
             case .none: return
@@ -394,7 +421,9 @@ public final class S3Store: Sendable {
         let keyBytes = Array(key.utf8)
         let switched: Switched = try await switchLocks.withLock(bucketName + "/" + key) {
             try checkOwned(record.fid)
-            var stored = try await cluster.get(bucket.objects, [keyBytes])[0]
+            // Most PUTs make a new key: the first compare-and-put expects none, and one that
+            // finds an entry gets it back to go again from, as a read would have.
+            var stored = condition.needsEntry ? try await cluster.get(bucket.objects, [keyBytes])[0] : nil
             while true {
                 let old = try stored.map(ObjectRecord.decode)
                 var current = old
@@ -404,7 +433,7 @@ public final class S3Store: Sendable {
                 if record.posix == nil, let current { record.posix = current.posix }
                 // A note for an entry someone else then replaced stays for the sweeper,
                 // which frees only what no entry refers to.
-                if let old, old.inode == nil, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+                if let old, old.inode == nil, old.objectHoldsData, old.fid != record.fid { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
                 switch try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: stored, value: record.encode(), also: [stamp.next()], sync: true) {
                 case .done:
                     try await alsoUnderLock()
@@ -426,11 +455,11 @@ public final class S3Store: Sendable {
         // Maybe made and then replaced by another writer (who freed it), maybe never made:
         // both objects stay noted, for the sweeper to free whichever no entry refers to.
         guard case .switched(let old) = switched else { return }
-        var done = [record.fid]
+        var done = record.objectHoldsData ? [record.fid] : []
         if let old, old.fid != record.fid {
             if let ino = old.inode {
                 try await dropLink(bucketName, bucket, inode: ino, owner: key)
-            } else {
+            } else if old.objectHoldsData {
                 try await free(old.fid)
                 done.append(old.fid)
             }
@@ -447,7 +476,7 @@ public final class S3Store: Sendable {
             var stored = try await cluster.get(bucket.objects, [keyBytes])[0]
             while let bytes = stored {
                 let old = try ObjectRecord.decode(bytes)
-                if old.inode == nil { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
+                if old.inode == nil && old.objectHoldsData { try await notePending([(old.fid, .object(bucket: bucketName, key: key))]) }
                 switch try await cluster.compareAndPut(bucket.objects, key: keyBytes, expected: bytes, value: nil, also: [stamp.next()], sync: true) {
                 case .done: return .switched(from: old)
                 case .conflict(let current): stored = current
@@ -462,6 +491,7 @@ public final class S3Store: Sendable {
             try await dropLink(bucketName, bucket, inode: ino, owner: key)
             return true
         }
+        guard old.objectHoldsData else { return true }  // its bytes were in the entry
         try await free(old.fid)
         await dropPending([old.fid])
         return true

@@ -412,6 +412,31 @@ class TestBucketsMore(unittest.TestCase):
         self.assertLessEqual(cluster.used_bytes(), before)
 
 
+class TestSmallObjects(unittest.TestCase):
+    def test_small_objects_live_in_their_entries(self):
+        """Bodies up to 4 KiB are kept in the object's entry: no data is written for them,
+        they read back (also ranges and copies), and overwriting or deleting them changes no
+        data; a larger one takes data."""
+        s3 = cluster.client()
+        s3.create_bucket(Bucket="small-objects")
+        before = cluster.used_bytes()
+        bodies = {f"s{i}": random_bytes(n, 100 + i) for i, n in enumerate([0, 1, 100, 4095, 4096])}
+        for k, b in bodies.items():
+            s3.put_object(Bucket="small-objects", Key=k, Body=b, ChecksumAlgorithm="CRC32")
+        self.assertEqual(cluster.used_bytes(), before, "small bodies wrote data")
+        for k, b in bodies.items():
+            self.assertEqual(s3.get_object(Bucket="small-objects", Key=k)["Body"].read(), b, k)
+        self.assertEqual(s3.get_object(Bucket="small-objects", Key="s4", Range="bytes=10-19")["Body"].read(), bodies["s4"][10:20])
+        s3.put_object(Bucket="small-objects", Key="s2", Body=b"again")
+        s3.delete_object(Bucket="small-objects", Key="s1")
+        self.assertEqual(s3.get_object(Bucket="small-objects", Key="s2")["Body"].read(), b"again")
+        self.assertEqual(cluster.used_bytes(), before, "overwrites and deletes of small objects changed data")
+        s3.put_object(Bucket="small-objects", Key="big", Body=random_bytes(4097, 99))
+        self.assertGreater(cluster.used_bytes(), before, "a body over 4 KiB wrote no data")
+        s3.copy_object(Bucket="small-objects", Key="copy", CopySource="small-objects/s3")
+        self.assertEqual(s3.get_object(Bucket="small-objects", Key="copy")["Body"].read(), bodies["s3"])
+
+
 class TestConditionalWrites(unittest.TestCase):
     def test_put_if_none_match_and_if_match(self):
         s3 = cluster.client()
