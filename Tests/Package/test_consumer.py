@@ -81,6 +81,9 @@ class TestConsumerPackage(unittest.TestCase):
         with open(os.path.join(consumer, "Sources", "Consumer", "main.swift"), "w") as f:
             f.write(MAIN)
         env_free = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+        # SwiftPM leaves lock files in the temporary folder: this test's own, removed with it.
+        env_free["TMPDIR"] = os.path.join(self.tmp, "tmp")
+        os.makedirs(env_free["TMPDIR"])
         r = subprocess.run([SWIFT, "build"], cwd=consumer, capture_output=True, text=True, timeout=900, env=env_free)
         self.assertEqual(r.returncode, 0, f"swift build of the consumer failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
         out = self.run_ok([os.path.join(consumer, ".build", "debug", "Consumer"), os.path.join(self.tmp, "meta.img")], consumer)
