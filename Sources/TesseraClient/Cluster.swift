@@ -129,6 +129,13 @@ public final class Cluster: Sendable {
         }
     }
 
+    /// The largest record value every answering server takes (the smallest of their
+    /// limits); 0 if none answers or one does not say (it then takes nothing inlined).
+    public func maxRecordValue() async -> Int {
+        let limits = await statistics().compactMap { $0.stats?.maxValue }
+        return limits.contains(0) ? 0 : Int(limits.min() ?? 0)
+    }
+
     /// Usage of every server, nil for one that does not answer.
     public func statistics() async -> [(id: Int, address: Endpoint, stats: ServerStatistics?, error: String?)] {
         await withTaskGroup(of: (Int, ServerStatistics?, String?).self) { group in

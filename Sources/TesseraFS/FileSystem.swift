@@ -181,8 +181,7 @@ public final class FileSystem: Sendable {
         }
         guard let b else { throw TesseraError(.notFound, "bucket '\(bucketName)' vanished while being made") }
         bucket = b
-        let limits = await store.cluster.statistics().compactMap { $0.stats?.maxValue }
-        maxRecord = limits.contains(0) ? 0 : Int(limits.min() ?? 0)
+        maxRecord = await store.cluster.maxRecordValue()
         inlineLimit = min(options.inlineLimit, max(0, maxRecord - 512))
         changes = ChangeQueue(cluster: store.cluster, index: b.objects)
         fsIndex = S3Indexes.fileSystemIndex(of: b)

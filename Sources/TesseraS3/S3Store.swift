@@ -54,8 +54,7 @@ public final class S3Store: Sendable {
         if let known {
             limit = known
         } else {
-            let limits = await cluster.statistics().compactMap { $0.stats?.maxValue }
-            limit = limits.count == cluster.layout.servers && !limits.contains(0) ? Int(limits.min() ?? 0) : 0
+            limit = await cluster.maxRecordValue()
             if limit > 0 { maxRecord.withLock { $0 = limit } }
         }
         return record.encode().count + 64 <= limit
