@@ -63,10 +63,14 @@ public final class Cluster: Sendable {
         apply(m)
     }
 
-    /// Why server `server` (a position) must not be asked anything, if the map says so.
-    func refusal(_ server: Int) -> TesseraError? {
+    /// Why server `server` (a position) must not be asked anything, if the map says so:
+    /// it is failed, or, for a READ of object data, not online (REPLICATION.md, "Object
+    /// data").
+    func refusal(_ server: Int, reading: Bool = false) -> TesseraError? {
         let id = links[server].id
-        guard let (state, version) = currentMap.withLock({ m in m.flatMap { m in m.server(id).map { ($0.state, m.version) } } }), state == .failed else { return nil }
+        guard let (state, version) = currentMap.withLock({ m in m.flatMap { m in m.server(id).map { ($0.state, m.version) } } }),
+            state == .failed || (reading && state != .online)
+        else { return nil }
         return TesseraError(.closed, "server \(id) at \(links[server].endpoint) is \(state.rawValue) in the cluster map (version \(version))")
     }
 
@@ -75,7 +79,7 @@ public final class Cluster: Sendable {
     /// Sends `request` to server `server` (a position in the id-sorted server list). A server
     /// that cannot be reached, or that the cluster map says failed, answers `.closed`.
     func call(_ server: Int, _ request: Request) async -> Response {
-        if let refused = refusal(server) { return Response(refused) }
+        if let refused = refusal(server, reading: request.opcode == .read) { return Response(refused) }
         let client: RPCClient
         do { client = try await links[server].client() } catch { return Response(error) }
         let response = await client.handle(request)
@@ -95,7 +99,7 @@ public final class Cluster: Sendable {
     /// Sends READ `request` to server `server`, its data going straight into `destination`
     /// (see `RPCClient.call(_:dataInto:)`); `.done` when it is filled.
     func read(_ server: Int, _ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response {
-        if let refused = refusal(server) { return Response(refused) }
+        if let refused = refusal(server, reading: true) { return Response(refused) }
         let client: RPCClient
         do { client = try await links[server].client() } catch { return Response(error) }
         let response = await client.call(request, dataInto: destination)
@@ -116,16 +120,35 @@ public final class Cluster: Sendable {
     /// Makes every change this client made so far durable: each server it wrote to waits
     /// until those transactions are LOGGED and flushes its data image. Servers in
     /// `skipping` are left out (a sync-wait request the caller sends them covers them).
+    /// A server the map has failed is skipped: what it took and did not log is rebuilt by
+    /// its repair before it serves again (REPLICATION.md, "Object data"); one that does not
+    /// answer is tried again until it does or the map fails it.
     public func sync(skipping: [Int] = []) async throws {
         let pending = unsynced.withLock { $0 }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (server, tx) in pending.enumerated() where tx > 0 && !skipping.contains(server) {
-                group.addTask { _ = try await self.call(server, .sync(transactions: [tx])).unwrap() }
+                group.addTask { try await self.sync(server, tx) }
             }
             try await group.waitForAll()
         }
         unsynced.withLock { state in
             for (server, tx) in pending.enumerated() where state[server] == tx { state[server] = 0 }
+        }
+    }
+
+    /// SYNC of transaction `tx` at server `server`, as `sync()` says.
+    private func sync(_ server: Int, _ tx: UInt64) async throws {
+        let deadline = ContinuousClock.now + Self.routingWindow
+        while true {
+            let m = currentMap.withLock { $0 }
+            if dataState(server, in: m) == .failed { return }
+            let r = await call(server, .sync(transactions: [tx]))
+            guard case .failure(let status, let message) = r, Self.retried(status, m), ContinuousClock.now < deadline else {
+                _ = try r.unwrap()
+                return
+            }
+            logger.debug("SYNC at server \(links[server].id): \(message); trying again")
+            await waitForMap(after: m)
         }
     }
 

@@ -75,7 +75,7 @@ extension Cluster {
     }
 
     /// Returns when the map is newer than `version`, or after `within`.
-    private func newerMap(than version: UInt64, within: Duration) async {
+    func newerMap(than version: UInt64, within: Duration) async {
         let until = ContinuousClock.now + within
         while ContinuousClock.now < until {
             if routingMap().version > version { return }

@@ -51,7 +51,7 @@ extension Cluster {
                     for r in responses {
                         switch r {
                         case .statuses(let st, _) where st.allSatisfy({ $0 == .ok || $0 == .exists }): continue
-                        case .failure(let status, let m) where status == .closed || status == .timedOut:
+                        case .failure(let status, let m) where [.closed, .timedOut, .staleMap].contains(status):
                             return "server \(self.links[s].id): \(m)"
                         case .failure(let status, let m):
                             throw TesseraError(status.code ?? .io, "creating object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "") on server \(self.links[s].id): \(m)")
@@ -127,11 +127,7 @@ extension Cluster {
         let endWhole = (offset + length) / gs
         if firstWhole < endWhole {
             // Every unit of those groups sits in one contiguous cob range on each server.
-            let from = layout.cobOffset(group: firstWhole)
-            let to = layout.cobOffset(group: endWhole)
-            try await onEveryServer { s in
-                _ = try await self.call(s, .free(cob: object, offset: from, length: to - from, syncWait: false)).unwrap()
-            }
+            try await freeEverywhere(object, layout.cobOffset(group: firstWhole)..<layout.cobOffset(group: endWhole))
         }
         // The partial groups at either end are rewritten with zeros: each is less than a
         // group, so one write per end.
@@ -145,31 +141,36 @@ extension Cluster {
         for (a, b) in edges { try await write(object, at: a, [UInt8](repeating: 0, count: Int(b - a)), size: size) }
     }
 
-    /// Frees every unit of the object on every server.
+    /// Frees every unit of the object on every server (but failed ones: their repair
+    /// deletes it there).
     public func delete(_ object: Fid) async throws {
-        try await onEveryServer { s in
-            _ = try await self.call(s, .free(cob: object, offset: 0, length: Cluster.maxObjectOffset, syncWait: false)).unwrap()
-        }
+        try await freeEverywhere(object, 0..<Cluster.maxObjectOffset)
     }
 
     /// Frees every unit of each of `objects` on every server: one pipeline of FREE requests
     /// per server (one write and one wake-up for all of them, not one per object). Throws
     /// the first failure; an object may then be freed on some servers only, which a later
     /// free of it finishes.
+    /// With a server not online, or a pipeline that fails, each object is deleted on its
+    /// own (`delete(_:)`: skipped, locked or retried as the map says).
     public func delete(_ objects: [Fid]) async throws {
-        guard objects.count > 1 else {
-            if let o = objects.first { try await delete(o) }
+        let m = currentMap.withLock { $0 }
+        guard objects.count > 1, links.indices.allSatisfy({ dataState($0, in: m) == .online }) else {
+            for o in objects { try await delete(o) }
             return
         }
-        let requests = objects.map { Request.free(cob: $0, offset: 0, length: Cluster.maxObjectOffset, syncWait: false) }
-        try await onEveryServer { s in
-            if let refused = self.refusal(s) { throw refused }
-            let client = try await self.links[s].client()
-            let responses = await client.pipeline(requests)
-            for (request, r) in zip(requests, responses) {
-                await self.noted(s, request, r, from: client)
-                _ = try r.unwrap()
+        let requests = objects.map { routedData(.free(cob: $0, offset: 0, length: Cluster.maxObjectOffset, syncWait: false), m) }
+        do {
+            try await onEveryServer { s in
+                let client = try await self.links[s].client()
+                let responses = await client.pipeline(requests)
+                for (request, r) in zip(requests, responses) {
+                    await self.noted(s, request, r, from: client)
+                    _ = try r.unwrap()
+                }
             }
+        } catch let e as TesseraError where [.closed, .timedOut, .staleMap].contains(e.code) {
+            for o in objects { try await delete(o) }
         }
     }
 
@@ -256,19 +257,7 @@ extension Cluster {
             if parityExtent > 0 {
                 for p in 0..<layout.parityUnits { writes.append((n + p, parity[p])) }
             }
-            let offset = layout.cobOffset(group: g)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for w in writes {
-                    let server = layout.server(group: g, unit: w.unit)
-                    group.addTask {
-                        let r = await self.call(server, .write(cob: object, offset: offset, data: w.bytes, syncWait: false))
-                        if case .failure(let status, let message) = r {
-                            throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(w.unit) on server \(self.links[server].id): \(message)")
-                        }
-                    }
-                }
-                try await group.waitForAll()
-            }
+            try await send(object, group: g, writes.map { ($0.unit, 0, $0.bytes) }, stripeAt: 0, stripes: data + parity, syncWait: false)
         }
     }
 
@@ -296,29 +285,17 @@ extension Cluster {
                 ? stripes[piece.unit] : Array(stripes[piece.unit][(piece.range.lowerBound - stripe.lowerBound)..<(piece.range.upperBound - stripe.lowerBound)])
             return (unit: piece.unit, at: piece.range.lowerBound, bytes: bytes)
         }
-        for (p, bytes) in code.encode(stripes).enumerated() {
+        let parity = code.encode(stripes)
+        for (p, bytes) in parity.enumerated() {
             writes.append((n + p, stripe.lowerBound, bytes))
         }
-        return GroupWrite(group: g, writes: writes)
+        return GroupWrite(group: g, writes: writes, stripeAt: stripe.lowerBound, stripes: stripes + parity)
     }
 
     /// Sends the unit writes of `w` to object `object`.
     public func write(_ object: Fid, _ w: GroupWrite, syncWait: Bool = false) async throws {
-        let g = w.group
-        let offset = layout.cobOffset(group: g)
-        try await groupLocks.withLock(GroupKey(object: object, group: g)) {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for (unit, at, bytes) in w.writes {
-                    let server = layout.server(group: g, unit: unit)
-                    group.addTask {
-                        let r = await self.call(server, .write(cob: object, offset: offset + UInt64(at), data: bytes, syncWait: syncWait))
-                        if case .failure(let status, let message) = r {
-                            throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(unit) on server \(self.links[server].id): \(message)")
-                        }
-                    }
-                }
-                try await group.waitForAll()
-            }
+        try await groupLocks.withLock(GroupKey(object: object, group: w.group)) {
+            try await send(object, group: w.group, w.writes, stripeAt: w.stripeAt, stripes: w.stripes, syncWait: syncWait)
         }
     }
 
@@ -478,4 +455,8 @@ final class ByteSink: @unchecked Sendable {
 public struct GroupWrite: Sendable {
     public let group: UInt64
     let writes: [(unit: Int, at: Int, bytes: [UInt8])]
+    /// Every unit's content over the stripe the writes cover (data units, then parity),
+    /// from unit offset `stripeAt`: what a repairing server's unit is written with.
+    let stripeAt: Int
+    let stripes: [[UInt8]]
 }

@@ -411,6 +411,79 @@ public final class IOService: @unchecked Sendable {
         return holes
     }
 
+    // MARK: What a cob holds (for repair: REPLICATION.md, "Object data")
+
+    /// Up to `limit` cobs that exist, in fid order after `after`.
+    public func cobs(after: Fid?, limit: Int) throws -> [Fid] {
+        var out: [Fid] = []
+        var cursor = after?.bytes
+        while out.count < limit {
+            let batch = try engine.scan(IOService.cobsFid, from: cursor, inclusive: cursor == nil, limit: 256)
+            // 16-byte keys only: not the migration marker.
+            for (k, _) in batch where k.count == 16 && out.count < limit {
+                if let f = Fid(bytes: k) { out.append(f) }
+            }
+            guard batch.count == 256, let last = batch.last?.key else { break }
+            cursor = last
+        }
+        return out
+    }
+
+    /// Up to `limit` mapped ranges of `cob` that start at or after `from`, in offset order,
+    /// adjacent extents merged; `notFound` if the cob does not exist.
+    public func mappedRanges(cob: Fid, from: UInt64, limit: Int) throws -> [ByteRange] {
+        guard try exists(cob) else { throw notFound(cob) }
+        let bs = UInt64(blockSize)
+        var out: [ByteRange] = []
+        var cursor = mapKey(cob, from)
+        var inclusive = true
+        scanning: while true {
+            let batch = try engine.scan(IOService.mapFid, from: cursor, inclusive: inclusive, limit: 64)
+            for (k, v) in batch {
+                guard Array(k[0..<min(16, k.count)]) == cob.bytes else { break scanning }
+                let e = try decodeExtent(k, v)
+                let length = UInt64(e.crcs.count) * bs
+                if let last = out.last, last.end == e.offset {
+                    out[out.count - 1].length += length
+                } else {
+                    guard out.count < limit else { break scanning }
+                    out.append(ByteRange(offset: e.offset, length: length))
+                }
+            }
+            guard let last = batch.last?.key, batch.count == 64 else { break }
+            cursor = last
+            inclusive = false
+        }
+        return out
+    }
+
+    /// Whether `cob` exists, and the CRC32C of each block of [offset, offset + length)
+    /// (block-aligned), a hole's being that of a zero block: what the cob holds there,
+    /// compared without reading it.
+    public func blockChecksums(cob: Fid, offset: UInt64, length: Int) throws -> (exists: Bool, crcs: [UInt32]) {
+        let bs = UInt64(blockSize)
+        guard offset % bs == 0, length % blockSize == 0 else {
+            throw TesseraError(.invalidArgument, "CHECKSUMS of bytes \(offset)+\(length): not whole \(blockSize)-byte blocks")
+        }
+        try checkRange(offset, UInt64(length))
+        let count = length / blockSize
+        guard count <= 1 << 16 else { throw TesseraError(.tooLarge, "CHECKSUMS of \(count) blocks; at most 65536") }
+        var crcs = [UInt32](repeating: zeroBlockCRC, count: count)
+        for e in try extents(nil, cob: cob, from: offset, to: offset + UInt64(length)) {
+            for (i, crc) in e.crcs.enumerated() {
+                let at = e.offset + UInt64(i) * bs
+                guard at >= offset, at < offset + UInt64(length) else { continue }
+                crcs[Int((at - offset) / bs)] = crc
+            }
+        }
+        return (try exists(cob), crcs)
+    }
+
+    /// The CRC32C of a block of zeros.
+    var zeroBlockCRC: UInt32 {
+        [UInt8](repeating: 0, count: blockSize).withUnsafeBytes { CRC32C.checksum($0) }
+    }
+
     // MARK: Free
 
     /// Frees `length` bytes at `offset`: whole blocks are unmapped (and read as holes), the

@@ -129,6 +129,11 @@ public final class ReplicatedNode: RequestHandler {
         switch request {
         case .replicate(let source, let epoch, let seq, let version, let entries):
             return applyStream(source: source, epoch: epoch, seq: seq, version: version, entries: entries)
+        case .routed(let version, let inner) where inner.isObjectData:
+            // A newer map than ours: `handle` waits for our watch to catch up.
+            guard version <= mapVersion else { return nil }
+            if let refused = dataRefusal(inner, routedBy: version) { return Response(refused) }
+            return node.handleImmediately(inner)
         case .routed: return nil
         default:
             if let refused = refuseUnrouted(request) { return refused }
@@ -159,11 +164,16 @@ public final class ReplicatedNode: RequestHandler {
     }
 
     public func read(_ request: Request, into destination: UnsafeMutableRawBufferPointer) async -> Response? {
-        await node.read(request, into: destination)
+        if let refused = dataRefusal(request, routedBy: nil) { return Response(refused) }
+        return await node.read(request, into: destination)
     }
 
     public func handle(_ request: Request) async -> Response {
         switch request {
+        case .routed(let version, let inner) where inner.isObjectData:
+            do { _ = try await agreed(version) } catch { return Response(error) }
+            if let refused = dataRefusal(inner, routedBy: version) { return Response(refused) }
+            return await node.handle(inner)
         case .routed(let version, let inner):
             do { return try await routed(version, inner) } catch { return Response(error) }
         case .sync(let transactions) where transactions.isEmpty:
@@ -192,14 +202,60 @@ public final class ReplicatedNode: RequestHandler {
     }
 
     /// With a state service, index changes must come routed: one sent straight to a
-    /// replica would bypass its chain.
+    /// replica would bypass its chain. Object data requests this server must not serve now
+    /// are refused too (`dataRefusal`).
     private func refuseUnrouted(_ request: Request) -> Response? {
         guard !settings.isStatic else { return nil }
+        if let refused = dataRefusal(request, routedBy: nil) { return Response(refused) }
         switch request {
         case .createIndexes, .dropIndexes, .put, .delete, .update, .cas:
             return .failure(.invalidArgument, "index changes must be routed through the index's chain (docs/REPLICATION.md)")
         default: return nil
         }
+    }
+
+    // MARK: Object data (REPLICATION.md, "Object data")
+
+    /// Why this server must not serve object data request `request` now, routed by map
+    /// version `version` (nil: sent plain), if it must not:
+    /// - a READ, unless this server is `online` under the session it holds: a server that
+    ///   restarted, or is being repaired, may hold units a crash or a failure left stale;
+    /// - a WRITE, FREE or CREATE while it is not admitted, or routed by another map version
+    ///   than ours (a writer that thinks a server failed must not skip it once it is back);
+    /// - a WRITE or FREE while it is `repairing`, unless its sender holds the lock of the
+    ///   range here, so the repair never sees half a group write.
+    func dataRefusal(_ request: Request, routedBy version: UInt64?) -> TesseraError? {
+        guard !settings.isStatic, request.isObjectData else { return nil }
+        let m = currentMap
+        if let refused = notAdmitted(m) { return refused }
+        let state = m.server(settings.me)?.state ?? .online
+        let range: Range<UInt64>
+        let owner: UInt64
+        switch request {
+        case .read:
+            guard state == .online else {
+                return TesseraError(.staleMap, "server \(settings.me) is \(state.rawValue) in map version \(m.version): it serves no object data until it is online")
+            }
+            return nil
+        case .write(_, let offset, let data, _, let lock):
+            guard offset <= IOService.maxOffset else { return nil }  // the IO service refuses it
+            range = offset..<(offset + UInt64(data.count))
+            owner = lock
+        case .free(_, let offset, let length, _, let lock):
+            guard offset <= IOService.maxOffset else { return nil }
+            range = offset..<(offset + min(length, IOService.maxOffset - offset))
+            owner = lock
+        default:
+            range = 0..<0
+            owner = 0
+        }
+        if let version, version != m.version {
+            return TesseraError(.staleMap, "server \(settings.me) has map version \(m.version), the write was routed by version \(version)")
+        }
+        if state == .repairing, let cob = request.cob, !range.isEmpty, !node.locks.holds(cob, range, owner: owner) {
+            return TesseraError(.staleMap, "server \(settings.me) is repairing (map version \(m.version)): a write here must hold the lock of its range")
+        }
+        return nil
     }
 
     // MARK: Routed requests
@@ -481,6 +537,22 @@ extension Request {
         switch self {
         case .createIndexes, .dropIndexes: return true
         default: return false
+        }
+    }
+
+    /// An IOS request that reads or changes a cob's data or existence.
+    var isObjectData: Bool {
+        switch self {
+        case .write, .read, .free, .create: return true
+        default: return false
+        }
+    }
+
+    /// The cob a WRITE, READ or FREE is about.
+    var cob: Fid? {
+        switch self {
+        case .write(let c, _, _, _, _), .read(let c, _, _), .free(let c, _, _, _, _): return c
+        default: return nil
         }
     }
 

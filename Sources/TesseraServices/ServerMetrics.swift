@@ -87,8 +87,10 @@ public final class ServerMetrics: RequestHandler {
         return response
     }
 
+    /// A routed request counts as the operation it carries.
     private func record(_ request: Request, _ response: Response, _ elapsed: Duration) {
-        let op = request.opcode
+        var op = request.opcode
+        if case .routed(_, let inner) = request { op = inner.opcode }
         requests[Int(op.rawValue)]?.increment()
         latencies[Int(op.rawValue)]?.record(elapsed)
         if case .failure(let status, _) = response {

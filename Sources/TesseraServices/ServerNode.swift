@@ -7,6 +7,8 @@ import TesseraEngine
 public struct ServerNode: RequestHandler {
     public let catalogues: CatalogueService
     public let io: IOService?
+    /// Range locks of writers and of this server's repair (REPLICATION.md, "Object data").
+    public let locks = UnitLocks()
     /// The largest READ: its reply must fit in one frame.
     public static let maxRead = Frame.maxBody - 64
 
@@ -69,14 +71,19 @@ public struct ServerNode: RequestHandler {
     private func handleIOImmediately(_ request: Request) -> Response? {
         do {
             switch request {
-            case .write(let cob, let offset, let bytes, false) where bytes.count <= Self.immediateWriteLimit:
+            case .write(let cob, let offset, let bytes, false, _) where bytes.count <= Self.immediateWriteLimit:
                 let tx = try ios().write(cob: cob, offset: offset, bytes: bytes)
                 return .statuses([.ok], transaction: tx.group)
-            case .free(let cob, let offset, let length, false):
+            case .free(let cob, let offset, let length, false, _):
                 let tx = try ios().free(cob: cob, offset: offset, length: length)
                 return .statuses([.ok], transaction: tx.group)
             case .create(let cobs, false):
                 return try create(cobs)
+            case .lock(let cob, let offset, let length, let owner):
+                return locks.tryLock(cob, try Self.range(offset, length), owner: owner) ? .done : nil
+            case .unlock(let cob, let owner):
+                locks.unlock(cob, owner: owner)
+                return .done
             default:
                 return nil
             }
@@ -110,7 +117,7 @@ public struct ServerNode: RequestHandler {
                 return try await catalogues.handle(request)
             case .routed, .replicate, .repair:
                 throw TesseraError(.invalidArgument, "this server does not replicate indexes (no ReplicatedNode): \(request.opcode)")
-            case .write(let cob, let offset, let bytes, let syncWait):
+            case .write(let cob, let offset, let bytes, let syncWait, _):
                 let io = try ios()
                 let tx = try await ServerNode.offload { try io.write(cob: cob, offset: offset, bytes: bytes) }
                 if syncWait { try await catalogues.engine.waitLogged(tx) }
@@ -121,10 +128,23 @@ public struct ServerNode: RequestHandler {
                 }
                 let io = try ios()
                 return .data(try await ServerNode.offload { try io.read(cob: cob, offset: offset, length: Int(length)) })
-            case .free(let cob, let offset, let length, let syncWait):
+            case .free(let cob, let offset, let length, let syncWait, _):
                 let tx = try ios().free(cob: cob, offset: offset, length: length)
                 if syncWait { try await catalogues.engine.waitLogged(tx) }
                 return .statuses([.ok], transaction: tx.group)
+            case .lock(let cob, let offset, let length, let owner):
+                try await locks.lock(cob, try Self.range(offset, length), owner: owner)
+                return .done
+            case .unlock(let cob, let owner):
+                locks.unlock(cob, owner: owner)
+                return .done
+            case .cobs(let after, let limit):
+                return .fids(try ios().cobs(after: after, limit: min(Int(limit), Self.maxListed)))
+            case .extents(let cob, let from, let limit):
+                return .ranges(try ios().mappedRanges(cob: cob, from: from, limit: min(Int(limit), Self.maxListed)))
+            case .checksums(let cob, let offset, let length):
+                let (exists, crcs) = try ios().blockChecksums(cob: cob, offset: offset, length: Int(length))
+                return .checksums(exists: exists, crcs: crcs)
             case .create(let cobs, let syncWait):
                 let r = try create(cobs)
                 if syncWait, case .statuses(_, let tx) = r { try await catalogues.engine.waitLogged(TxId(group: tx)) }
@@ -147,6 +167,17 @@ public struct ServerNode: RequestHandler {
         } catch {
             return Response(error)
         }
+    }
+
+    /// Cobs or ranges one COBS or EXTENTS request lists at most.
+    static let maxListed = 10_000
+
+    /// Bytes [offset, offset + length) of a cob, checked against the largest cob offset.
+    static func range(_ offset: UInt64, _ length: UInt64) throws -> Range<UInt64> {
+        guard offset <= IOService.maxOffset, length <= IOService.maxOffset - offset else {
+            throw TesseraError(.invalidArgument, "bytes \(offset)+\(length) lie beyond the largest cob offset (2^60)")
+        }
+        return offset..<(offset + length)
     }
 
     private func create(_ cobs: [Fid]) throws -> Response {

@@ -145,6 +145,12 @@ extension ClusterState {
                     return
                 }
             }
+            if p.data?.done == nil {
+                do { try await repairData(of: id, config, &p) } catch {
+                    logger.warning("repair of server \(id): object data: \(error); trying again")
+                    return
+                }
+            }
             // Walked under the map it was started under: if that changed meanwhile, heads may
             // have moved, and the next poll starts again.
             p.done = wallClockNanoseconds()
@@ -173,6 +179,40 @@ extension ClusterState {
             if after == nil { (p.walked, p.walker, p.after) = (p.walked + [walker], nil, nil) }
             _ = try await etcd.put(keys.repair(id), encodeJSON(p))
         } while after != nil
+    }
+
+    /// Repairs the object data of server `id` once its indexes are walked (REPLICATION.md,
+    /// "Object data"), from the first object (a repair cut short starts it again: it reads
+    /// everything, and writes only what differs), keeping the totals in `p` and in etcd.
+    private func repairData(of id: Int, _ config: ClusterConfig, _ p: inout RepairProgress) async throws {
+        guard let (m, _) = try await reader.map(), m.version == p.mapVersion else {
+            throw TesseraError(.staleMap, "the cluster map changed since the repair started")
+        }
+        let cluster = try Cluster(config: config, logger: logger)
+        cluster.apply(m)
+        defer { Task { await cluster.close() } }
+        let started = wallClockNanoseconds()
+        p.data = RepairProgress.DataProgress(now: started)
+        let kept = Mutex(p)
+        let totals = try await cluster.repairData(of: id) { t in
+            let now = kept.withLock { p -> RepairProgress in
+                p.data = Self.dataProgress(t, started: started, now: wallClockNanoseconds())
+                return p
+            }
+            _ = try? await self.etcd.put(self.keys.repair(id), encodeJSON(now))
+        }
+        p = kept.withLock { $0 }
+        var data = Self.dataProgress(totals, started: started, now: wallClockNanoseconds())
+        data.done = data.updated
+        p.data = data
+        _ = try await etcd.put(keys.repair(id), encodeJSON(p))
+        logger.notice("repair of server \(id): object data: \(totals.objects) objects, \(totals.groups) groups compared, \(totals.units) units rewritten, \(totals.cobs) objects made or deleted, \(totals.bytesRead) bytes read, \(totals.bytesWritten) written")
+    }
+
+    private static func dataProgress(_ t: DataRepairTotals, started: UInt64, now: UInt64) -> RepairProgress.DataProgress {
+        var d = RepairProgress.DataProgress(now: started)
+        (d.objects, d.groups, d.units, d.cobs, d.bytesRead, d.bytesWritten, d.updated) = (t.objects, t.groups, t.units, t.cobs, t.bytesRead, t.bytesWritten, now)
+        return d
     }
 
     /// Indexes a REPAIR request walks before the progress is kept.

@@ -91,6 +91,35 @@ public struct RepairProgress: Sendable, Codable, Equatable {
     public var started: UInt64
     public var updated: UInt64
     public var done: UInt64?
+    /// The object data's repair, once the indexes are walked (nil until it starts).
+    public var data: DataProgress?
+
+    /// Where a repair of object data stands (REPLICATION.md, "Object data").
+    public struct DataProgress: Sendable, Codable, Equatable {
+        /// Objects looked at, parity groups compared, units rewritten on the server, cobs
+        /// made or deleted there, bytes read from the others and written to it.
+        public var objects: UInt64 = 0
+        public var groups: UInt64 = 0
+        public var units: UInt64 = 0
+        public var cobs: UInt64 = 0
+        public var bytesRead: UInt64 = 0
+        public var bytesWritten: UInt64 = 0
+        /// Wall-clock nanoseconds: started, last updated, done (nil while it runs).
+        public var started: UInt64
+        public var updated: UInt64
+        public var done: UInt64?
+
+        public init(now: UInt64) {
+            started = now
+            updated = now
+        }
+
+        /// Bytes read per second so far.
+        public var rate: Double {
+            let seconds = Double((done ?? updated) &- started) / 1e9
+            return seconds > 0 ? Double(bytesRead) / seconds : 0
+        }
+    }
 
     public init(server: Int, session: UInt64, mapVersion: UInt64, now: UInt64) {
         self.server = server

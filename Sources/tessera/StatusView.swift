@@ -58,7 +58,10 @@ struct StatusView {
         for p in repairs {
             if bytes {
                 let walker = p.walker.map { " walker=\($0)" } ?? ""
-                Swift.print("repair=\(p.server) state=\(p.done == nil ? "running" : "done") indexes=\(p.indexes) records=\(p.records) copied=\(p.copied) rate=\(Int(p.rate))\(walker)")
+                let data = p.data.map {
+                    " data=\($0.done == nil ? "running" : "done") objects=\($0.objects) groups=\($0.groups) units=\($0.units) data_read=\($0.bytesRead) data_written=\($0.bytesWritten) data_rate=\(Int($0.rate))"
+                } ?? ""
+                Swift.print("repair=\(p.server) state=\(p.done == nil ? "running" : "done") indexes=\(p.indexes) records=\(p.records) copied=\(p.copied) rate=\(Int(p.rate))\(walker)\(data)")
             } else {
                 Swift.print(Self.describe(p))
             }
@@ -67,7 +70,11 @@ struct StatusView {
 
     /// One repair's progress, in words.
     static func describe(_ p: RepairProgress) -> String {
-        let totals = "\(p.indexes) indexes walked, \(p.records) records compared, \(p.copied) copied, \(Int(p.rate)) records/s"
+        var totals = "\(p.indexes) indexes walked, \(p.records) records compared, \(p.copied) copied, \(Int(p.rate)) records/s"
+        if let d = p.data {
+            totals += "; object data\(d.done == nil ? " (running)" : ""): \(d.objects) objects, \(d.groups) groups compared, \(d.units) units rewritten, "
+                + "\(d.bytesRead >> 20) MiB read, \(d.bytesWritten >> 20) MiB written, \(Int(d.rate) >> 20) MiB/s"
+        }
         guard let done = p.done else {
             let walker = p.walker.map { ", server \($0) walking" } ?? ""
             return "repair of server \(p.server)  running\(walker): \(totals)"

@@ -102,14 +102,31 @@ public enum Request: Sendable, Equatable {
     /// `.repaired` with what was walked and where to go on.
     case repair(target: Int, mapVersion: UInt64, after: Fid?, limit: Int)
     // IOS
-    case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool)
+    /// `lock`: the owner of a LOCK that covers the range, which a server being repaired
+    /// requires (REPLICATION.md, "Object data"); 0 for none.
+    case write(cob: Fid, offset: UInt64, data: [UInt8], syncWait: Bool, lock: UInt64 = 0)
     case read(cob: Fid, offset: UInt64, length: UInt32)
     /// A FREE of the whole range [0, 2^60) deletes the cob (a READ of it then fails
-    /// `notFound`); a smaller one keeps it, its range reading as a hole.
-    case free(cob: Fid, offset: UInt64, length: UInt64, syncWait: Bool)
+    /// `notFound`); a smaller one keeps it, its range reading as a hole. `lock` as for WRITE.
+    case free(cob: Fid, offset: UInt64, length: UInt64, syncWait: Bool, lock: UInt64 = 0)
     /// Makes each cob exist (a READ of it reads holes as zeros, not `notFound`); one that
     /// exists stays as it is. Statuses: one per cob, `.ok` (made) or `.exists`.
     case create(cobs: [Fid], syncWait: Bool)
+    /// Takes, for `owner` (a number its sender chose at random), the lock of bytes
+    /// [offset, offset + length) of `cob` at this server, waiting while another owner holds
+    /// an overlapping range; answered `.done` once held (held until UNLOCK, or for 30 s),
+    /// `busy` if not granted within 30 s.
+    case lock(cob: Fid, offset: UInt64, length: UInt64, owner: UInt64)
+    /// Gives back every range of `cob` that `owner` holds. `.done`.
+    case unlock(cob: Fid, owner: UInt64)
+    /// Up to `limit` cobs that exist here, in fid order after `after`. `.fids`.
+    case cobs(after: Fid?, limit: UInt32)
+    /// Up to `limit` mapped ranges of `cob` that start at or after `from`, in offset order.
+    /// `.ranges`; a cob that does not exist fails `notFound`.
+    case extents(cob: Fid, from: UInt64, limit: UInt32)
+    /// The CRC32C of each block of bytes [offset, offset + length) of `cob` (block-aligned),
+    /// a hole's being that of a zero block. `.checksums`.
+    case checksums(cob: Fid, offset: UInt64, length: UInt32)
     // STATISTICS: image and log usage, for `tessera status`
     case statistics
     // SYNC
@@ -119,7 +136,7 @@ public enum Request: Sendable, Equatable {
     public enum Opcode: UInt16, Sendable, CaseIterable {
         case createIndexes = 1, dropIndexes, listIndexes, get, put, delete, next, update, cas
         case routed = 50, replicate, repair
-        case write = 20, read, free, create
+        case write = 20, read, free, create, lock, unlock, cobs, extents, checksums
         case sync = 30
         case statistics = 40
     }
@@ -127,7 +144,7 @@ public enum Request: Sendable, Equatable {
     /// The request asks for its reply to wait until its transaction is LOGGED.
     public var waitsLogged: Bool {
         switch self {
-        case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w), .free(_, _, _, let w), .create(_, let w),
+        case .put(_, _, _, let w), .delete(_, _, let w), .update(_, _, _, let w), .write(_, _, _, let w, _), .free(_, _, _, let w, _), .create(_, let w),
             .cas(_, _, _, _, _, let w):
             return w
         case .routed(_, let inner): return inner.waitsLogged
@@ -153,6 +170,11 @@ public enum Request: Sendable, Equatable {
         case .read: return .read
         case .free: return .free
         case .create: return .create
+        case .lock: return .lock
+        case .unlock: return .unlock
+        case .cobs: return .cobs
+        case .extents: return .extents
+        case .checksums: return .checksums
         case .sync: return .sync
         case .statistics: return .statistics
         }
@@ -177,11 +199,15 @@ public enum Response: Sendable, Equatable {
     case cas(Status, current: [UInt8]?, transaction: UInt64)
     /// REPAIR: one step of a repair walk.
     case repaired(RepairStep)
+    /// EXTENTS: mapped byte ranges.
+    case ranges([ByteRange])
+    /// CHECKSUMS: whether the cob exists, and one CRC32C per block.
+    case checksums(exists: Bool, crcs: [UInt32])
     /// The whole request failed.
     case failure(Status, String)
 
     enum Kind: UInt16 {
-        case statuses = 1, values, records, fids, data, done, failure, statistics, cas, repaired
+        case statuses = 1, values, records, fids, data, done, failure, statistics, cas, repaired, ranges, checksums
     }
 }
 
@@ -248,23 +274,45 @@ extension Request {
             w.bool(after != nil)
             if let after { w.fid(after) }
             w.u32(UInt32(clamping: limit))
-        case .write(let cob, let offset, let data, let syncWait):
+        case .write(let cob, let offset, let data, let syncWait, let lock):
             w.fid(cob)
             w.u64(offset)
             w.blob(data)
             w.bool(syncWait)
+            w.u64(lock)
         case .read(let cob, let offset, let length):
             w.fid(cob)
             w.u64(offset)
             w.u32(length)
-        case .free(let cob, let offset, let length, let syncWait):
+        case .free(let cob, let offset, let length, let syncWait, let lock):
             w.fid(cob)
             w.u64(offset)
             w.u64(length)
             w.bool(syncWait)
+            w.u64(lock)
         case .create(let cobs, let syncWait):
             w.array(cobs) { $0.fid($1) }
             w.bool(syncWait)
+        case .lock(let cob, let offset, let length, let owner):
+            w.fid(cob)
+            w.u64(offset)
+            w.u64(length)
+            w.u64(owner)
+        case .unlock(let cob, let owner):
+            w.fid(cob)
+            w.u64(owner)
+        case .cobs(let after, let limit):
+            w.bool(after != nil)
+            if let after { w.fid(after) }
+            w.u32(limit)
+        case .extents(let cob, let from, let limit):
+            w.fid(cob)
+            w.u64(from)
+            w.u32(limit)
+        case .checksums(let cob, let offset, let length):
+            w.fid(cob)
+            w.u64(offset)
+            w.u32(length)
         case .sync(let transactions):
             w.array(transactions) { $0.u64($1) }
         case .statistics:
@@ -318,13 +366,24 @@ extension Request {
             let puts = try r.array("records", minimumSize: 8) { Record(key: try $0.blob("key"), value: try $0.blob("value")) }
             request = .update(index: index, deletes: deletes, puts: puts, syncWait: try r.bool("sync-wait"))
         case .write:
-            request = .write(cob: try r.fid(), offset: try r.u64("offset"), data: try r.blob("data"), syncWait: try r.bool("sync-wait"))
+            request = .write(cob: try r.fid(), offset: try r.u64("offset"), data: try r.blob("data"), syncWait: try r.bool("sync-wait"), lock: try r.u64("lock owner"))
         case .read:
             request = .read(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u32("length"))
         case .free:
-            request = .free(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u64("length"), syncWait: try r.bool("sync-wait"))
+            request = .free(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u64("length"), syncWait: try r.bool("sync-wait"), lock: try r.u64("lock owner"))
         case .create:
             request = .create(cobs: try r.array("cobs", minimumSize: 16) { try $0.fid() }, syncWait: try r.bool("sync-wait"))
+        case .lock:
+            request = .lock(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u64("length"), owner: try r.u64("lock owner"))
+        case .unlock:
+            request = .unlock(cob: try r.fid(), owner: try r.u64("lock owner"))
+        case .cobs:
+            let after: Fid? = try r.bool("after presence") ? try r.fid("cob to list after") : nil
+            request = .cobs(after: after, limit: try r.u32("limit"))
+        case .extents:
+            request = .extents(cob: try r.fid(), from: try r.u64("offset"), limit: try r.u32("limit"))
+        case .checksums:
+            request = .checksums(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u32("length"))
         case .sync:
             request = .sync(transactions: try r.array("transactions", minimumSize: 8) { try $0.u64() })
         case .cas:
@@ -389,6 +448,16 @@ extension Response {
             w.u64(step.copied)
             w.bool(step.next != nil)
             if let next = step.next { w.fid(next) }
+        case .ranges(let ranges):
+            w.u16(Kind.ranges.rawValue)
+            w.array(ranges) {
+                $0.u64($1.offset)
+                $0.u64($1.length)
+            }
+        case .checksums(let exists, let crcs):
+            w.u16(Kind.checksums.rawValue)
+            w.bool(exists)
+            w.array(crcs) { $0.u32($1) }
         case .cas(let status, let current, let tx):
             w.u16(Kind.cas.rawValue)
             w.u16(status.rawValue)
@@ -438,10 +507,25 @@ extension Response {
             let (indexes, records, copied) = (Int(try r.u32("indexes walked")), try r.u64("records compared"), try r.u64("records copied"))
             let next: Fid? = try r.bool("next presence") ? try r.fid("index walked last") : nil
             response = .repaired(RepairStep(indexes: indexes, records: records, copied: copied, next: next))
+        case .ranges:
+            response = .ranges(try r.array("ranges", minimumSize: 16) { ByteRange(offset: try $0.u64("offset"), length: try $0.u64("length")) })
+        case .checksums:
+            response = .checksums(exists: try r.bool("existence"), crcs: try r.array("checksums", minimumSize: 4) { try $0.u32("checksum") })
         }
         try r.finish("response")
         return response
     }
+}
+
+/// Bytes [offset, offset + length) of a cob.
+public struct ByteRange: Sendable, Equatable {
+    public var offset: UInt64
+    public var length: UInt64
+    public init(offset: UInt64, length: UInt64) {
+        self.offset = offset
+        self.length = length
+    }
+    public var end: UInt64 { offset + length }
 }
 
 /// A server's usage, as STATISTICS reports it (docs/WIRE.md): five u64 in this order, then

@@ -1,0 +1,215 @@
+// The repair of one server's object data (REPLICATION.md, "Object data", "Repair"): every
+// unit it holds is made equal to what the other units of its group imply, for every
+// object any server holds. Run by the repair leader once the server's indexes are walked,
+// while every other server is online; the server is `repairing`, so writers hold its
+// lock of a unit's range for their whole group write, and the walk takes the same lock
+// while it reads the group and writes the unit.
+import Synchronization
+import TesseraCore
+
+/// What a data repair has done so far.
+public struct DataRepairTotals: Sendable, Equatable {
+    /// Objects (cobs) looked at, parity groups compared, units rewritten (or freed) on the
+    /// repaired server, cobs made or deleted there.
+    public var objects: UInt64 = 0
+    public var groups: UInt64 = 0
+    public var units: UInt64 = 0
+    public var cobs: UInt64 = 0
+    /// Bytes read from the other servers, and written to the repaired one.
+    public var bytesRead: UInt64 = 0
+    public var bytesWritten: UInt64 = 0
+
+    public init() {}
+
+    mutating func add(_ o: DataRepairTotals) {
+        objects += o.objects
+        groups += o.groups
+        units += o.units
+        cobs += o.cobs
+        bytesRead += o.bytesRead
+        bytesWritten += o.bytesWritten
+    }
+}
+
+extension Cluster {
+    /// Objects repaired at once.
+    static let repairParallelism = 8
+    /// Cobs asked of each server per COBS request.
+    static let repairCobPage = 1000
+
+    /// Repairs the object data of server `id` (see the top of this file), calling
+    /// `progress` with the totals after each batch of objects. Throws if a server cannot be
+    /// reached or the map changes under it (the leader starts again later).
+    public func repairData(of id: Int, progress: @Sendable (DataRepairTotals) async -> Void = { _ in }) async throws -> DataRepairTotals {
+        guard let target = links.firstIndex(where: { $0.id == id }) else { throw TesseraError(.invalidArgument, "the cluster has no server \(id)") }
+        guard layout.parityUnits > 0 else {
+            throw TesseraError(.invalidArgument, "a layout without parity units cannot rebuild a server's data")
+        }
+        var totals = DataRepairTotals()
+        var cursor: Fid? = nil
+        var finished = false
+        while !finished {
+            let (batch, next) = try await cobsAfter(cursor)
+            (cursor, finished) = (next, next == nil)
+            try await withThrowingTaskGroup(of: DataRepairTotals.self) { group in
+                var queue = batch[...]
+                func startNext() {
+                    guard let cob = queue.popFirst() else { return }
+                    group.addTask { try await self.repairObject(cob, on: target) }
+                }
+                for _ in 0..<Self.repairParallelism { startNext() }
+                while let t = try await group.next() {
+                    totals.add(t)
+                    startNext()
+                }
+            }
+            await progress(totals)
+        }
+        return totals
+    }
+
+    /// The next cobs in fid order after `after`, merged over every server (paged so that
+    /// no server's cob is passed over), and where to go on (nil: done).
+    private func cobsAfter(_ after: Fid?) async throws -> (cobs: [Fid], next: Fid?) {
+        let pages = try await withThrowingTaskGroup(of: (Int, [Fid]).self) { group in
+            for s in links.indices {
+                group.addTask {
+                    guard case .fids(let f) = try await self.call(s, .cobs(after: after, limit: UInt32(Self.repairCobPage))).unwrap() else {
+                        throw TesseraError(.io, "server \(self.links[s].id): malformed reply to COBS")
+                    }
+                    return (s, f)
+                }
+            }
+            var out: [(Int, [Fid])] = []
+            for try await p in group { out.append(p) }
+            return out
+        }
+        // A full page may have more after it: go only as far as the smallest full page's
+        // last cob, and on from there.
+        let bound = pages.filter { $0.1.count >= Self.repairCobPage }.compactMap { $0.1.last }.min()
+        var all = Set<Fid>()
+        for (_, f) in pages { for c in f where bound == nil || c <= bound! { all.insert(c) } }
+        return (all.sorted(), bound)
+    }
+
+    /// Repairs every unit of `cob` on server position `target`.
+    private func repairObject(_ cob: Fid, on target: Int) async throws -> DataRepairTotals {
+        var t = DataRepairTotals()
+        t.objects = 1
+        // Where each server has data of it, and which servers have it at all.
+        var present = Set<Int>()
+        var groups = Set<UInt64>()
+        let u = UInt64(layout.unitSize)
+        for s in links.indices {
+            var from: UInt64 = 0
+            while true {
+                let r = await call(s, .extents(cob: cob, from: from, limit: UInt32(Self.repairCobPage)))
+                if case .failure(.notFound, _) = r { break }
+                guard case .ranges(let ranges) = try r.unwrap() else { throw TesseraError(.io, "server \(links[s].id): malformed reply to EXTENTS") }
+                present.insert(s)
+                for range in ranges where range.length > 0 {
+                    for g in (range.offset / u)...((range.end - 1) / u) { groups.insert(g) }
+                }
+                guard ranges.count >= Self.repairCobPage, let last = ranges.last else { break }
+                from = last.end
+            }
+        }
+        let others = present.subtracting([target])
+        if others.isEmpty {
+            // Only the repaired server has it: deleted while it was away.
+            if present.contains(target) {
+                try await freeOn(target, cob, 0..<Cluster.maxObjectOffset)
+                t.cobs += 1
+            }
+            return t
+        }
+        if !present.contains(target) {
+            _ = try await call(target, .create(cobs: [cob], syncWait: false)).unwrap()
+            t.cobs += 1
+        }
+        for g in groups.sorted() {
+            guard let unit = (0..<layout.width).first(where: { layout.server(group: g, unit: $0) == target }) else { continue }
+            t.add(try await repairUnit(cob, group: g, unit: unit, on: target))
+        }
+        return t
+    }
+
+    /// Makes unit `unit` of group `g` of `cob` on server position `target` what the group's
+    /// other units imply, under its lock there.
+    private func repairUnit(_ cob: Fid, group g: UInt64, unit: Int, on target: Int) async throws -> DataRepairTotals {
+        var t = DataRepairTotals()
+        t.groups = 1
+        let size = layout.unitSize
+        let offset = layout.cobOffset(group: g)
+        let owner = UInt64.random(in: 1...UInt64.max)
+        let m = currentMap.withLock { $0 }
+        let done: DataRepairTotals? = try await withLocks(cob, at: [target], range: offset..<(offset + UInt64(size)), owner: owner) {
+            // The other units as they are now (a cob a server lacks reads as zeros there: it
+            // holds no unit of this group).
+            var units = [[UInt8]?](repeating: nil, count: layout.width)
+            try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+                for v in 0..<layout.width where v != unit {
+                    let server = layout.server(group: g, unit: v)
+                    group.addTask {
+                        switch await self.call(server, .read(cob: cob, offset: offset, length: UInt32(size))) {
+                        case .data(let bytes) where bytes.count == size: return (v, bytes)
+                        case .failure(.notFound, _): return (v, [UInt8](repeating: 0, count: size))
+                        case .failure(let status, let message):
+                            throw TesseraError(status.code ?? .io, "repair of object \(cob) group \(g): unit \(v) on server \(self.links[server].id): \(message)")
+                        default: throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply from server \(self.links[server].id)")
+                        }
+                    }
+                }
+                for try await (v, bytes) in group { units[v] = bytes }
+            }
+            var r = DataRepairTotals()
+            r.bytesRead = UInt64(size * (layout.width - 1))
+            let n = layout.dataUnits
+            let wanted: [UInt8]
+            if unit < n {
+                wanted = try code.reconstruct(units)[unit]
+            } else {
+                wanted = code.encode(units[0..<n].map { $0! })[unit - n]
+            }
+            // Compare block by block with what the server holds, without reading it.
+            guard case .checksums(_, let held) = try await call(target, .checksums(cob: cob, offset: offset, length: UInt32(size))).unwrap(),
+                held.count == size / 4096
+            else { throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS") }
+            let used = (Self.usedLength(wanted) + 4095) & ~4095
+            let zero = [UInt8](repeating: 0, count: 4096).withUnsafeBytes { CRC32C.checksum($0) }
+            let differs = wanted.withUnsafeBytes { w in
+                (0..<held.count).filter { b in
+                    let crc = b * 4096 < used ? CRC32C.checksum(UnsafeRawBufferPointer(rebasing: w[(b * 4096)..<((b + 1) * 4096)])) : zero
+                    return crc != held[b]
+                }
+            }
+            guard let first = differs.first, let last = differs.last else { return r }
+            r.units = 1
+            // The differing blocks that hold data are written; past the data, freed.
+            let writeEnd = min((last + 1) * 4096, used)
+            if first * 4096 < writeEnd {
+                let bytes = Array(wanted[(first * 4096)..<writeEnd])
+                _ = try await call(target, routedData(.write(cob: cob, offset: offset + UInt64(first * 4096), data: bytes, syncWait: false, lock: owner), m)).unwrap()
+                r.bytesWritten = UInt64(bytes.count)
+            }
+            if (last + 1) * 4096 > used {
+                let from = offset + UInt64(max(used, first * 4096))
+                _ = try await call(target, routedData(.free(cob: cob, offset: from, length: offset + UInt64(size) - from, syncWait: false, lock: owner), m)).unwrap()
+            }
+            return r
+        }
+        guard let done else { throw TesseraError(.busy, "repair of object \(cob) group \(g): the lock at server \(links[target].id) could not be taken") }
+        t.add(done)
+        return t
+    }
+
+    /// Frees `range` of `cob` on server position `target`, under its lock there.
+    private func freeOn(_ target: Int, _ cob: Fid, _ range: Range<UInt64>) async throws {
+        let owner = UInt64.random(in: 1...UInt64.max)
+        let m = currentMap.withLock { $0 }
+        let r = try await withLocks(cob, at: [target], range: range, owner: owner) {
+            try await self.call(target, self.routedData(.free(cob: cob, offset: range.lowerBound, length: UInt64(range.count), syncWait: false, lock: owner), m)).unwrap()
+        }
+        guard r != nil else { throw TesseraError(.busy, "repair of object \(cob): the lock at server \(links[target].id) could not be taken") }
+    }
+}

@@ -1,0 +1,185 @@
+// How object writes reach their servers under the cluster map (REPLICATION.md, "Object
+// data"):
+//
+// - a unit on a `failed` server is skipped; a group with more than K of its units on
+//   failed servers is refused before anything is sent, naming them;
+// - a unit on a `repairing` server is written whole (over the stripe the change covers)
+//   under that server's lock of the unit's range, taken before any unit of the group is
+//   sent and given back after the last is answered, so its repair never reads half a write;
+// - a server that does not answer is tried again until it answers or the map fails it
+//   (`routingWindow`), a server that says the map is stale once a newer map has come;
+// - every write and free is routed by the map version, so a server that knows a newer map
+//   refuses a writer that would skip a server which is back.
+//
+// Without a state service (no map) every server counts as online and nothing is skipped.
+import TesseraCore
+
+extension Cluster {
+    /// What the map says of server `server` (a position) for object data.
+    func dataState(_ server: Int, in m: ClusterMap?) -> ClusterMap.ServerState {
+        m?.server(links[server].id)?.state ?? .online
+    }
+
+    /// `request` routed by the map `m` (sent as it is without one).
+    func routedData(_ request: Request, _ m: ClusterMap?) -> Request {
+        guard let m else { return request }
+        return .routed(mapVersion: m.version, request: request)
+    }
+
+    /// Sends the unit writes of one group change: `writes` (unit, offset in the unit,
+    /// bytes), where every unit's content over the stripe the change covers is `stripes`
+    /// (data units then parity, starting at unit offset `stripeAt`). See the top of this file.
+    func send(_ object: Fid, group g: UInt64, _ writes: [(unit: Int, at: Int, bytes: [UInt8])], stripeAt: Int, stripes: [[UInt8]], syncWait: Bool) async throws {
+        let offset = layout.cobOffset(group: g)
+        let servers = (0..<layout.width).map { layout.server(group: g, unit: $0) }
+        var done = Set<Int>()
+        let deadline = ContinuousClock.now + Self.routingWindow
+        var last = ""
+        while true {
+            let m = currentMap.withLock { $0 }
+            let states = servers.map { dataState($0, in: m) }
+            let failed = states.indices.filter { states[$0] == .failed }
+            guard failed.count <= layout.parityUnits else {
+                let names = failed.map { "server \(links[servers[$0]].id)" }.joined(separator: ", ")
+                throw TesseraError(.closed, "object \(object) group \(g) cannot be written: \(names) failed in the cluster map (version \(m?.version ?? 0)); a group survives at most \(layout.parityUnits)")
+            }
+            let repairing = states.indices.filter { states[$0] == .repairing && !stripes[$0].isEmpty }
+            var sends = writes.filter { !done.contains($0.unit) && states[$0.unit] == .online && !$0.bytes.isEmpty }
+            // A repairing server's unit goes whole with every attempt: an earlier attempt may
+            // have been read half done by its repair.
+            if !sends.isEmpty || repairing.contains(where: { !done.contains($0) }) {
+                sends += repairing.map { (unit: $0, at: stripeAt, bytes: stripes[$0]) }
+            }
+            guard !sends.isEmpty else { return }
+            let owner = repairing.isEmpty ? 0 : UInt64.random(in: 1...UInt64.max)
+            let unitSize = UInt64(layout.unitSize)
+            let outcome = try await withLocks(object, at: repairing.map { servers[$0] }, range: offset..<(offset + unitSize), owner: owner) {
+                await withTaskGroup(of: (Int, Response).self) { group in
+                    for w in sends {
+                        let request = Request.write(cob: object, offset: offset + UInt64(w.at), data: w.bytes, syncWait: syncWait, lock: repairing.contains(w.unit) ? owner : 0)
+                        group.addTask { (w.unit, await self.call(servers[w.unit], self.routedData(request, m))) }
+                    }
+                    var out: [(Int, Response)] = []
+                    for await r in group { out.append(r) }
+                    return out
+                }
+            }
+            var retry = false
+            for (unit, r) in outcome ?? [] {
+                switch r {
+                case .statuses: done.insert(unit)
+                case .failure(let status, let message) where Self.retried(status, m):
+                    last = "unit \(unit) on server \(links[servers[unit]].id): \(message)"
+                    retry = true
+                case .failure(let status, let message):
+                    throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(unit) on server \(links[servers[unit]].id): \(message)")
+                default:
+                    throw TesseraError(.io, "object \(object) group \(g) unit \(unit): unexpected reply \(r)")
+                }
+            }
+            if outcome == nil { retry = true }
+            if !retry { return }
+            guard ContinuousClock.now < deadline else { throw TesseraError(.closed, "object \(object) group \(g): \(last)") }
+            await waitForMap(after: m)
+        }
+    }
+
+    /// Sends FREE of cob range `range` of `object` to every server that is not failed (a
+    /// failed one is repaired later), under the lock of the range at repairing ones, routed
+    /// by the map; retries as `send` does.
+    func freeEverywhere(_ object: Fid, _ range: Range<UInt64>) async throws {
+        var done = Set<Int>()
+        let deadline = ContinuousClock.now + Self.routingWindow
+        var last = ""
+        while true {
+            let m = currentMap.withLock { $0 }
+            let todo = links.indices.filter { !done.contains($0) && dataState($0, in: m) != .failed }
+            guard !todo.isEmpty else { return }
+            let failures = await withTaskGroup(of: (Int, Response).self) { group in
+                for s in todo {
+                    group.addTask {
+                        let repairing = self.dataState(s, in: m) == .repairing
+                        let owner = repairing ? UInt64.random(in: 1...UInt64.max) : 0
+                        let request = Request.free(cob: object, offset: range.lowerBound, length: UInt64(range.count), syncWait: false, lock: owner)
+                        do {
+                            let r = try await self.withLocks(object, at: repairing ? [s] : [], range: range, owner: owner) {
+                                await self.call(s, self.routedData(request, m))
+                            }
+                            return (s, r ?? .failure(.busy, "its lock could not be taken"))
+                        } catch {
+                            return (s, Response(error))
+                        }
+                    }
+                }
+                var out: [(Int, Response)] = []
+                for await r in group { out.append(r) }
+                return out
+            }
+            var retry = false
+            for (s, r) in failures {
+                switch r {
+                case .statuses: done.insert(s)
+                case .failure(let status, let message) where Self.retried(status, m):
+                    last = "server \(links[s].id): \(message)"
+                    retry = true
+                case .failure(let status, let message):
+                    throw TesseraError(status.code ?? .io, "freeing object \(object) on server \(links[s].id): \(message)")
+                default:
+                    throw TesseraError(.io, "freeing object \(object) on server \(links[s].id): unexpected reply \(r)")
+                }
+            }
+            if !retry { return }
+            guard ContinuousClock.now < deadline else { throw TesseraError(.closed, "freeing object \(object): \(last)") }
+            await waitForMap(after: m)
+        }
+    }
+
+    /// Whether a write refused with `status` under map `m` is sent again: a server that
+    /// does not answer, until the map fails it (never without a map, which never would),
+    /// a stale map, a lock another writer holds.
+    static func retried(_ status: Status, _ m: ClusterMap?) -> Bool {
+        switch status {
+        case .closed, .timedOut: return m != nil
+        case .staleMap, .busy: return true
+        default: return false
+        }
+    }
+
+    /// Runs `body` holding the lock of `range` of `object` at each of `servers` for `owner`,
+    /// and gives them back after; nil (body not run) if a lock could not be taken because
+    /// a server did not answer or stayed busy. Any other refusal throws.
+    func withLocks<R>(_ object: Fid, at servers: [Int], range: Range<UInt64>, owner: UInt64, _ body: () async throws -> R) async throws -> R? {
+        guard !servers.isEmpty else { return try await body() }
+        var held: [Int] = []
+        defer {
+            let taken = held
+            if !taken.isEmpty {
+                Task { for s in taken { _ = await self.call(s, .unlock(cob: object, owner: owner)) } }
+            }
+        }
+        for s in servers {
+            switch await call(s, .lock(cob: object, offset: range.lowerBound, length: UInt64(range.count), owner: owner)) {
+            case .done: held.append(s)
+            case .failure(let status, _) where [.closed, .timedOut, .busy].contains(status): return nil
+            case .failure(let status, let message): throw TesseraError(status.code ?? .io, "locking object \(object) on server \(links[s].id): \(message)")
+            default: throw TesseraError(.io, "locking object \(object) on server \(links[s].id): unexpected reply")
+            }
+        }
+        let result = try await body()
+        // Given back before returning: the repair waits for it.
+        for s in held { _ = await call(s, .unlock(cob: object, owner: owner)) }
+        held = []
+        return result
+    }
+
+    /// Returns once the map is newer than `m`, reading it again if none came within a
+    /// quarter of a second; at once without a state service (a pause instead).
+    func waitForMap(after m: ClusterMap?) async {
+        guard let m else {
+            try? await Task.sleep(for: .milliseconds(250))
+            return
+        }
+        await newerMap(than: m.version, within: .milliseconds(250))
+        if routingMap().version == m.version { await refreshMap() }
+    }
+}
