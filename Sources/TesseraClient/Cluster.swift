@@ -16,12 +16,15 @@ public final class Cluster: Sendable {
     /// Per server, the newest transaction this client made there and has not synced yet.
     private let unsynced: Mutex<[UInt64]>
     private let degraded = Atomic<UInt64>(0)
+    let healed = Atomic<UInt64>(0)
     /// The newest cluster map seen (nil: none yet, every server counts as online).
     let currentMap = Mutex<ClusterMap?>(nil)
     private let mapSource = Mutex<(@Sendable () async -> ClusterMap?)?>(nil)
 
     /// Units rebuilt from parity because a server was down or a checksum failed.
     public var degradedReads: UInt64 { degraded.load(ordering: .relaxed) }
+    /// Units rewritten in place because their blocks failed their checksum on a read.
+    public var healedUnits: UInt64 { healed.load(ordering: .relaxed) }
 
     /// The thread every connection is on, if one was asked for (`RPCLoop`); a task that
     /// prefers this executor makes its round trips without thread hops.
@@ -177,9 +180,12 @@ public final class Cluster: Sendable {
         }
     }
 
-    func noteDegraded(_ what: String) {
+    /// Counts a degraded read; logged as a warning unless `expected` (every unit missing
+    /// was on a server the map says is down or being repaired, which the map's own
+    /// changes already log).
+    func noteDegraded(_ what: String, expected: Bool = false) {
         degraded.add(1, ordering: .relaxed)
-        logger.warning("degraded read: \(what)")
+        if expected { logger.debug("degraded read: \(what)") } else { logger.warning("degraded read: \(what)") }
     }
 }
 

@@ -98,7 +98,8 @@ extension Cluster {
         t.objects = 1
         // Where each server has data of it, and which servers have it at all.
         var present = Set<Int>()
-        var groups = Set<UInt64>()
+        // Per group with data on some server: how far into its units that data reaches.
+        var groups: [UInt64: Int] = [:]
         let u = UInt64(layout.unitSize)
         for s in links.indices {
             var from: UInt64 = 0
@@ -108,7 +109,10 @@ extension Cluster {
                 guard case .ranges(let ranges) = try r.unwrap() else { throw TesseraError(.io, "server \(links[s].id): malformed reply to EXTENTS") }
                 present.insert(s)
                 for range in ranges where range.length > 0 {
-                    for g in (range.offset / u)...((range.end - 1) / u) { groups.insert(g) }
+                    for g in (range.offset / u)...((range.end - 1) / u) {
+                        let reach = Int(min(range.end, (g + 1) * u) - g * u)
+                        groups[g] = max(groups[g] ?? 0, reach)
+                    }
                 }
                 guard ranges.count >= Self.repairCobPage, let last = ranges.last else { break }
                 from = last.end
@@ -127,23 +131,24 @@ extension Cluster {
             _ = try await call(target, .create(cobs: [cob], syncWait: false)).unwrap()
             t.cobs += 1
         }
-        for g in groups.sorted() {
+        for (g, reach) in groups.sorted(by: { $0.key < $1.key }) {
             guard let unit = (0..<layout.width).first(where: { layout.server(group: g, unit: $0) == target }) else { continue }
-            t.add(try await repairUnit(cob, group: g, unit: unit, on: target))
+            t.add(try await repairUnit(cob, group: g, unit: unit, reach: (reach + 4095) & ~4095, on: target))
         }
         return t
     }
 
     /// Makes unit `unit` of group `g` of `cob` on server position `target` what the group's
-    /// other units imply, under its lock there.
-    private func repairUnit(_ cob: Fid, group g: UInt64, unit: Int, on target: Int) async throws -> DataRepairTotals {
+    /// other units imply, under its lock there. No server holds data of the group past
+    /// `reach` bytes into its unit (a multiple of 4 KiB): only that much is read.
+    private func repairUnit(_ cob: Fid, group g: UInt64, unit: Int, reach: Int, on target: Int) async throws -> DataRepairTotals {
         var t = DataRepairTotals()
         t.groups = 1
-        let size = layout.unitSize
+        let size = reach
         let offset = layout.cobOffset(group: g)
         let owner = UInt64.random(in: 1...UInt64.max)
         let m = currentMap.withLock { $0 }
-        let done: DataRepairTotals? = try await withLocks(cob, at: [target], range: offset..<(offset + UInt64(size)), owner: owner) {
+        let done: DataRepairTotals? = try await withLocks(cob, at: [target], range: offset..<(offset + UInt64(layout.unitSize)), owner: owner) {
             // The other units as they are now (a cob a server lacks reads as zeros there: it
             // holds no unit of this group).
             var units = [[UInt8]?](repeating: nil, count: layout.width)
@@ -171,9 +176,11 @@ extension Cluster {
             } else {
                 wanted = code.encode(units[0..<n].map { $0! })[unit - n]
             }
-            // Compare block by block with what the server holds, without reading it.
-            guard case .checksums(_, let held) = try await call(target, .checksums(cob: cob, offset: offset, length: UInt32(size))).unwrap(),
-                held.count == size / 4096
+            // Compare block by block with what the server holds, without reading it: the
+            // whole unit (past `reach` it should hold nothing).
+            let unitSize = layout.unitSize
+            guard case .checksums(_, let held) = try await call(target, .checksums(cob: cob, offset: offset, length: UInt32(unitSize))).unwrap(),
+                held.count == unitSize / 4096
             else { throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS") }
             let used = (Self.usedLength(wanted) + 4095) & ~4095
             let zero = [UInt8](repeating: 0, count: 4096).withUnsafeBytes { CRC32C.checksum($0) }
@@ -194,7 +201,7 @@ extension Cluster {
             }
             if (last + 1) * 4096 > used {
                 let from = offset + UInt64(max(used, first * 4096))
-                _ = try await call(target, routedData(.free(cob: cob, offset: from, length: offset + UInt64(size) - from, syncWait: false, lock: owner), m)).unwrap()
+                _ = try await call(target, routedData(.free(cob: cob, offset: from, length: offset + UInt64(unitSize) - from, syncWait: false, lock: owner), m)).unwrap()
             }
             return r
         }

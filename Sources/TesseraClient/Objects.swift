@@ -332,14 +332,38 @@ extension Cluster {
             return ok
         }
         if allRead { return }
-        let all = try await readUnits(object, g, size: size).flatMap { $0 }
+        var corrupt: [Int] = []
+        let all = try await readUnits(object, g, size: size, corrupt: &corrupt).flatMap { $0 }
         sink.put(Array(all[from..<to]), at: at)
+        if !corrupt.isEmpty { try await heal(object, g, size: size) }
+    }
+
+    /// Rewrites in place the units of group `g` whose blocks failed their checksum, with what
+    /// parity rebuilds (a self-healing read: REPLICATION.md, "Object data"), under the group's
+    /// lock, after reading the group again there (a writer may have replaced them).
+    private func heal(_ object: Fid, _ g: UInt64, size: UInt64?) async throws {
+        try await groupLocks.withLock(GroupKey(object: object, group: g)) {
+            var corrupt: [Int] = []
+            let data = try await readUnits(object, g, size: size, corrupt: &corrupt)
+            guard !corrupt.isEmpty else { return }
+            let units = data + code.encode(data)
+            try await send(object, group: g, corrupt.map { ($0, 0, units[$0]) }, stripeAt: 0, stripes: units, syncWait: false)
+            healed.add(UInt64(corrupt.count), ordering: .relaxed)
+            logger.warning("object \(object) group \(g): unit(s) \(corrupt.map(String.init).joined(separator: ", ")) failed their checksum; rebuilt from parity and rewritten")
+        }
     }
 
     /// All N data units of group `g`, rebuilt from parity where a unit cannot be read. With
     /// `size`, a data unit wholly at or past it that its server says does not exist is
     /// zeros (the top of this file), if some other unit of the group was read.
     private func readUnits(_ object: Fid, _ g: UInt64, size: UInt64?) async throws -> [[UInt8]] {
+        var corrupt: [Int] = []
+        return try await readUnits(object, g, size: size, corrupt: &corrupt)
+    }
+
+    /// `readUnits`, putting in `corrupt` the units whose server answered that a block
+    /// failed its checksum.
+    private func readUnits(_ object: Fid, _ g: UInt64, size: UInt64?, corrupt: inout [Int]) async throws -> [[UInt8]] {
         let u = layout.unitSize
         let offset = layout.cobOffset(group: g)
         let width = layout.width
@@ -349,6 +373,8 @@ extension Cluster {
         // Units taken as zeros: past the end of the data, and not on their servers.
         var pastEnd: Set<Int> = []
         var problems: [String] = []
+        // A unit failed on a server the map calls online (not one it says is down).
+        var unexpected = false
         // Servers that said the cob does not exist: freed, never written, or (if the others
         // have it) a CREATE the server missed while down.
         var absent: [Int] = []
@@ -367,6 +393,7 @@ extension Cluster {
                 case .data(let bytes) where bytes.count == u: units[unit] = bytes
                 case .failure(let status, let m):
                     let server = links[layout.server(group: g, unit: unit)].id
+                    if status == .checksum { corrupt.append(unit) }
                     if status == .notFound {
                         absent.append(server)
                         if let size, unit < n, layout.objectOffset(group: g, unit: unit, offsetInUnit: 0) >= size {
@@ -376,6 +403,7 @@ extension Cluster {
                         }
                     }
                     problems.append("unit \(unit) on server \(server): \(m)")
+                    if refusal(layout.server(group: g, unit: unit), reading: true) == nil { unexpected = true }
                 default: problems.append("unit \(unit): malformed reply")
                 }
             }
@@ -400,7 +428,7 @@ extension Cluster {
             if !units[0..<n].contains(where: { $0 == nil }) { return units[0..<n].map { $0! } }
             let rebuilt: [[UInt8]]
             do { rebuilt = try code.reconstruct(units) } catch { throw unreadable("cannot be rebuilt") }
-            noteDegraded("object \(object) group \(g) rebuilt from parity (\(problems.joined(separator: "; ")))")
+            noteDegraded("object \(object) group \(g) rebuilt from parity (\(problems.joined(separator: "; ")))", expected: !unexpected)
             return Array(rebuilt[0..<n])
         }
         return units[0..<n].map { $0! }

@@ -39,7 +39,9 @@ public struct TesseraError: Error, CustomStringConvertible, Sendable, Equatable 
         case .io, .corrupt, .checksum, .internalError: return osErrno ?? EIO
         case .tooLarge: return E2BIG
         case .unsupportedVersion: return EPROTO
-        case .closed: return ESHUTDOWN
+        // A server that cannot be reached, or more servers down than the layout tolerates:
+        // an I/O error, as a local disk that failed gives (docs/SEMANTICS.md, tenet 8).
+        case .closed: return EIO
         case .timedOut: return ETIMEDOUT
         case .notEmpty: return ENOTEMPTY
         case .busy: return EBUSY

@@ -46,7 +46,9 @@ public final class RPCClient: RequestHandler, PeerConnection {
                 .connect(host: host, port: port).get()
         } catch {
             ready.fail(error)
-            throw TesseraError(.io, "cannot connect to \(host):\(port): \(error)")
+            // Refused, unreachable, timed out: the server is not there (`closed`, which
+            // callers wait out or route around), not a failed request.
+            throw TesseraError(.closed, "cannot connect to \(host):\(port): \(error)")
         }
         do { try await ready.futureResult.get() } catch {
             try? await channel.close()
@@ -337,14 +339,16 @@ final class ClientConnectionHandler: ChannelInboundHandler, RemovableChannelHand
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
-        ready?.fail(TesseraError(.io, "the server closed the connection during the handshake"))
+        ready?.fail(TesseraError(.closed, "the server closed the connection during the handshake"))
         ready = nil
         failAll(.failure(.closed, "the connection closed"))
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        failAll(.failure(.io, "connection error: \(error)"))
+        // A socket error (reset, broken pipe): the connection is gone, and with it the
+        // answers of what was sent on it, as when it closes.
+        failAll(.failure(.closed, "connection error: \(error)"))
         ready?.fail(error)
         ready = nil
         context.close(promise: nil)

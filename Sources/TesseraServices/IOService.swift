@@ -68,6 +68,16 @@ public final class IOService: @unchecked Sendable {
 
     public private(set) var bytesWritten: UInt64 = 0
     public private(set) var bytesRead: UInt64 = 0
+    /// Blocks a read found failing their CRC32C, and how many of them a write has replaced
+    /// since (a client's self-healing read, a scrub or a repair rewriting them).
+    public private(set) var checksumFailures: UInt64 = 0
+    public private(set) var blocksHealed: UInt64 = 0
+    /// The blocks (cob, offset) that failed and are not rewritten yet; bounded.
+    private var badBlocks: Set<BadBlock> = []
+    private struct BadBlock: Hashable {
+        let cob: Fid
+        let offset: UInt64
+    }
 
     /// The service over an engine and a data image. First use creates the catalogues (all
     /// blocks free); every later open returns pending-free blocks, all LOGGED by then.
@@ -257,6 +267,7 @@ public final class IOService: @unchecked Sendable {
             return freed
         }
         queuePending(freed, tx)
+        noteRewritten(cob, first, last)
         return tx
     }
 
@@ -397,6 +408,7 @@ public final class IOService: @unchecked Sendable {
             try data.read(block: e.block + UInt64(firstBlock), into: target)
             for i in 0..<n where CRC32C.checksum(UnsafeRawBufferPointer(rebasing: target[(i * blockSize)..<((i + 1) * blockSize)])) != e.crcs[firstBlock + i] {
                 let at = blocksAt + UInt64(i) * bs
+                noteBad(cob, at)
                 throw TesseraError(.checksum, "cob \(cob) bytes \(at)..<\(at + bs): block \(e.block + UInt64(firstBlock + i)) of the data image failed its CRC32C check")
             }
             if let scratch {
@@ -482,6 +494,25 @@ public final class IOService: @unchecked Sendable {
     /// The CRC32C of a block of zeros.
     var zeroBlockCRC: UInt32 {
         [UInt8](repeating: 0, count: blockSize).withUnsafeBytes { CRC32C.checksum($0) }
+    }
+
+    /// Counts a block that failed its checksum, remembered until a write replaces it.
+    private func noteBad(_ cob: Fid, _ offset: UInt64) {
+        lock.withLock {
+            if badBlocks.count < 100_000, badBlocks.insert(BadBlock(cob: cob, offset: offset)).inserted { checksumFailures += 1 }
+        }
+    }
+
+    /// Counts the remembered bad blocks of `cob` in [from, to) that a write just replaced.
+    private func noteRewritten(_ cob: Fid, _ from: UInt64, _ to: UInt64) {
+        lock.withLock {
+            guard !badBlocks.isEmpty else { return }
+            var at = from
+            while at < to {
+                if badBlocks.remove(BadBlock(cob: cob, offset: at)) != nil { blocksHealed += 1 }
+                at += UInt64(blockSize)
+            }
+        }
     }
 
     // MARK: Free

@@ -22,6 +22,8 @@ public final class ServerMetrics: RequestHandler {
     private let cacheResident: Gauge
     private let ioWritten: Gauge
     private let ioRead: Gauge
+    private let checksumFailures: Gauge
+    private let blocksHealed: Gauge
     private let repairIndexes: Gauge
     private let repairRecords: Gauge
     private let repairCopied: Gauge
@@ -52,6 +54,8 @@ public final class ServerMetrics: RequestHandler {
         cacheResident = r.makeGauge(descriptor: metric("tessera_node_cache_bytes", "Bytes held by the node cache."))
         ioWritten = r.makeGauge(descriptor: metric("tessera_io_bytes_written", "Bytes written by IOS requests since start."))
         ioRead = r.makeGauge(descriptor: metric("tessera_io_bytes_read", "Bytes read by IOS requests since start."))
+        checksumFailures = r.makeGauge(descriptor: metric("tessera_io_checksum_failures", "Data blocks a read found failing their CRC32C, since start."))
+        blocksHealed = r.makeGauge(descriptor: metric("tessera_io_blocks_healed", "Of those blocks, the ones a write has replaced since (rebuilt from parity by a read, a scrub or a repair)."))
         repairIndexes = r.makeGauge(descriptor: metric("tessera_repair_indexes_walked", "Indexes this server walked for repairs of their other replica, since start."))
         repairRecords = r.makeGauge(descriptor: metric("tessera_repair_records_compared", "Records this server's repair walks compared, since start."))
         repairCopied = r.makeGauge(descriptor: metric("tessera_repair_records_copied", "Records this server's repair walks copied to the other replica, since start."))
@@ -110,6 +114,8 @@ public final class ServerMetrics: RequestHandler {
         if let io = node.io {
             ioWritten.set(Double(io.bytesWritten))
             ioRead.set(Double(io.bytesRead))
+            checksumFailures.set(Double(io.checksumFailures))
+            blocksHealed.set(Double(io.blocksHealed))
         }
         if let replicated = inner as? ReplicatedNode {
             let t = replicated.repairTotals
