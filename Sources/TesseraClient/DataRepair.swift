@@ -15,6 +15,9 @@ public struct DataRepairTotals: Sendable, Equatable {
     public var groups: UInt64 = 0
     public var units: UInt64 = 0
     public var cobs: UInt64 = 0
+    /// Groups whose unit could not be rebuilt: too many of their other units failed their
+    /// checksums.
+    public var unreadable: UInt64 = 0
     /// Bytes read from the other servers, and written to the repaired one.
     public var bytesRead: UInt64 = 0
     public var bytesWritten: UInt64 = 0
@@ -26,6 +29,7 @@ public struct DataRepairTotals: Sendable, Equatable {
         groups += o.groups
         units += o.units
         cobs += o.cobs
+        unreadable += o.unreadable
         bytesRead += o.bytesRead
         bytesWritten += o.bytesWritten
     }
@@ -46,23 +50,8 @@ extension Cluster {
             throw TesseraError(.invalidArgument, "a layout without parity units cannot rebuild a server's data")
         }
         var totals = DataRepairTotals()
-        var cursor: Fid? = nil
-        var finished = false
-        while !finished {
-            let (batch, next) = try await cobsAfter(cursor)
-            (cursor, finished) = (next, next == nil)
-            try await withThrowingTaskGroup(of: DataRepairTotals.self) { group in
-                var queue = batch[...]
-                func startNext() {
-                    guard let cob = queue.popFirst() else { return }
-                    group.addTask { try await self.repairObject(cob, on: target) }
-                }
-                for _ in 0..<Self.repairParallelism { startNext() }
-                while let t = try await group.next() {
-                    totals.add(t)
-                    startNext()
-                }
-            }
+        try await forEveryCob({ try await self.repairObject($0, on: target) }) { page in
+            for t in page { totals.add(t) }
             await progress(totals)
         }
         return totals
@@ -70,7 +59,7 @@ extension Cluster {
 
     /// The next cobs in fid order after `after`, merged over every server (paged so that
     /// no server's cob is passed over), and where to go on (nil: done).
-    private func cobsAfter(_ after: Fid?) async throws -> (cobs: [Fid], next: Fid?) {
+    func cobsAfter(_ after: Fid?) async throws -> (cobs: [Fid], next: Fid?) {
         let pages = try await withThrowingTaskGroup(of: (Int, [Fid]).self) { group in
             for s in links.indices {
                 group.addTask {
@@ -92,13 +81,36 @@ extension Cluster {
         return (all.sorted(), bound)
     }
 
-    /// Repairs every unit of `cob` on server position `target`.
-    private func repairObject(_ cob: Fid, on target: Int) async throws -> DataRepairTotals {
-        var t = DataRepairTotals()
-        t.objects = 1
-        // Where each server has data of it, and which servers have it at all.
+    /// Every cob of the cluster, in fid order, `repairParallelism` at a time through `body`;
+    /// `after` is called with the results of each page of cobs, in order.
+    func forEveryCob<T: Sendable>(_ body: @escaping @Sendable (Fid) async throws -> T, after: ([T]) async throws -> Void) async throws {
+        var cursor: Fid? = nil
+        var finished = false
+        while !finished {
+            let (batch, next) = try await cobsAfter(cursor)
+            (cursor, finished) = (next, next == nil)
+            let results = try await withThrowingTaskGroup(of: T.self) { group in
+                var queue = batch[...]
+                var out: [T] = []
+                func startNext() {
+                    guard let cob = queue.popFirst() else { return }
+                    group.addTask { try await body(cob) }
+                }
+                for _ in 0..<Self.repairParallelism { startNext() }
+                while let t = try await group.next() {
+                    out.append(t)
+                    startNext()
+                }
+                return out
+            }
+            try await after(results)
+        }
+    }
+
+    /// Where `cob` lies: the servers (positions) that have it, and per group with data on
+    /// some server, how far into its units that data reaches (bytes).
+    func placement(of cob: Fid) async throws -> (present: Set<Int>, groups: [UInt64: Int]) {
         var present = Set<Int>()
-        // Per group with data on some server: how far into its units that data reaches.
         var groups: [UInt64: Int] = [:]
         let u = UInt64(layout.unitSize)
         for s in links.indices {
@@ -118,6 +130,14 @@ extension Cluster {
                 from = last.end
             }
         }
+        return (present, groups)
+    }
+
+    /// Repairs every unit of `cob` on server position `target`.
+    private func repairObject(_ cob: Fid, on target: Int) async throws -> DataRepairTotals {
+        var t = DataRepairTotals()
+        t.objects = 1
+        let (present, groups) = try await placement(of: cob)
         let others = present.subtracting([target])
         if others.isEmpty {
             // Only the repaired server has it: deleted while it was away.
@@ -152,34 +172,39 @@ extension Cluster {
             // The other units as they are now (a cob a server lacks reads as zeros there: it
             // holds no unit of this group).
             var units = [[UInt8]?](repeating: nil, count: layout.width)
-            try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+            var bad: [String] = []
+            try await withThrowingTaskGroup(of: (Int, [UInt8]?).self) { group in
                 for v in 0..<layout.width where v != unit {
                     let server = layout.server(group: g, unit: v)
                     group.addTask {
                         switch await self.call(server, .read(cob: cob, offset: offset, length: UInt32(size))) {
                         case .data(let bytes) where bytes.count == size: return (v, bytes)
                         case .failure(.notFound, _): return (v, [UInt8](repeating: 0, count: size))
+                        case .failure(.checksum, _): return (v, nil)  // gone bad there: rebuilt when that server's turn comes
                         case .failure(let status, let message):
                             throw TesseraError(status.code ?? .io, "repair of object \(cob) group \(g): unit \(v) on server \(self.links[server].id): \(message)")
                         default: throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply from server \(self.links[server].id)")
                         }
                     }
                 }
-                for try await (v, bytes) in group { units[v] = bytes }
+                for try await (v, bytes) in group {
+                    units[v] = bytes
+                    if bytes == nil { bad.append("unit \(v) on server \(self.links[layout.server(group: g, unit: v)].id)") }
+                }
             }
             var r = DataRepairTotals()
             r.bytesRead = UInt64(size * (layout.width - 1))
-            let n = layout.dataUnits
-            let wanted: [UInt8]
-            if unit < n {
-                wanted = try code.reconstruct(units)[unit]
-            } else {
-                wanted = code.encode(units[0..<n].map { $0! })[unit - n]
+            guard units.compactMap({ $0 }).count >= layout.dataUnits else {
+                // Too few good units to rebuild this one from: left as it is, and said so.
+                r.unreadable = 1
+                logger.error("repair of object \(cob) group \(g) on server \(links[target].id): cannot be rebuilt, \(bad.joined(separator: ", ")) failed their checksums")
+                return r
             }
-            // Compare block by block with what the server holds, without reading it: the
-            // whole unit (past `reach` it should hold nothing).
+            let wanted = try code.reconstruct(units)[unit]
+            // Compare block by block with what the server holds, read and checked there (not
+            // sent): the whole unit (past `reach` it should hold nothing).
             let unitSize = layout.unitSize
-            guard case .checksums(_, let held) = try await call(target, .checksums(cob: cob, offset: offset, length: UInt32(unitSize))).unwrap(),
+            guard case .checksums(_, let held) = try await call(target, .checksums(cob: cob, offset: offset, length: UInt32(unitSize), verify: true)).unwrap(),
                 held.count == unitSize / 4096
             else { throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS") }
             let used = (Self.usedLength(wanted) + 4095) & ~4095

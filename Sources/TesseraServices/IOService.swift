@@ -471,8 +471,9 @@ public final class IOService: @unchecked Sendable {
 
     /// Whether `cob` exists, and the CRC32C of each block of [offset, offset + length)
     /// (block-aligned), a hole's being that of a zero block: what the cob holds there,
-    /// compared without reading it.
-    public func blockChecksums(cob: Fid, offset: UInt64, length: Int) throws -> (exists: Bool, crcs: [UInt32]) {
+    /// compared without sending it. With `verify` each block is read from the data image and
+    /// its CRC computed: a block that no longer matches the map shows with what it holds.
+    public func blockChecksums(cob: Fid, offset: UInt64, length: Int, verify: Bool = false) throws -> (exists: Bool, crcs: [UInt32]) {
         let bs = UInt64(blockSize)
         guard offset % bs == 0, length % blockSize == 0 else {
             throw TesseraError(.invalidArgument, "CHECKSUMS of bytes \(offset)+\(length): not whole \(blockSize)-byte blocks")
@@ -481,11 +482,19 @@ public final class IOService: @unchecked Sendable {
         let count = length / blockSize
         guard count <= 1 << 16 else { throw TesseraError(.tooLarge, "CHECKSUMS of \(count) blocks; at most 65536") }
         var crcs = [UInt32](repeating: zeroBlockCRC, count: count)
+        let buffer = verify ? UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: DataFile.directAlignment) : nil
+        defer { buffer?.deallocate() }
         for e in try extents(nil, cob: cob, from: offset, to: offset + UInt64(length)) {
             for (i, crc) in e.crcs.enumerated() {
                 let at = e.offset + UInt64(i) * bs
                 guard at >= offset, at < offset + UInt64(length) else { continue }
-                crcs[Int((at - offset) / bs)] = crc
+                var got = crc
+                if let buffer {
+                    try data.read(block: e.block + UInt64(i), into: buffer)
+                    got = CRC32C.checksum(UnsafeRawBufferPointer(buffer))
+                    if got != crc { noteBad(cob, at) }
+                }
+                crcs[Int((at - offset) / bs)] = got
             }
         }
         return (try exists(cob), crcs)

@@ -40,6 +40,9 @@ public final class ReplicatedNode: RequestHandler {
     /// This server's session while valid (nil: lapsed or not yet taken); nil-returning
     /// always for a cluster without a state service, where sessions are not checked.
     private let session: @Sendable () -> UInt64?
+    /// Whether this process has ever held a session (a lapsed one renewed since is still
+    /// this process: its units are as current as they were).
+    private let heldSession: @Sendable (UInt64) -> Bool
     private let streams = Mutex<[Int: ReplicationStream]>([:])
     /// Connections to peers for SYNC, opened on demand.
     private let links = Mutex<[Int: any RequestHandler & PeerConnection]>([:])
@@ -52,10 +55,14 @@ public final class ReplicatedNode: RequestHandler {
     public static let missedCatalogue = Fid(hi: CatalogueService.reservedHi, lo: 0x4D49_5353)
 
     /// Makes the `missed` catalogue if the image has none yet.
-    public init(node: ServerNode, settings: ReplicationSettings, session: @escaping @Sendable () -> UInt64? = { nil }, connect: @escaping PeerConnector) throws {
+    public init(
+        node: ServerNode, settings: ReplicationSettings, session: @escaping @Sendable () -> UInt64? = { nil },
+        heldSession: @escaping @Sendable (UInt64) -> Bool = { _ in false }, connect: @escaping PeerConnector
+    ) throws {
         self.node = node
         self.settings = settings
         self.session = session
+        self.heldSession = heldSession
         self.connect = connect
         map = Mutex(ClusterMap.everyoneOnline(settings.servers))
         let engine = node.catalogues.engine
@@ -227,8 +234,16 @@ public final class ReplicatedNode: RequestHandler {
     func dataRefusal(_ request: Request, routedBy version: UInt64?) -> TesseraError? {
         guard !settings.isStatic, request.isObjectData else { return nil }
         let m = currentMap
-        if let refused = notAdmitted(m) { return refused }
-        let state = m.server(settings.me)?.state ?? .online
+        guard let entry = m.server(settings.me), entry.state != .failed else {
+            return TesseraError(.staleMap, "server \(settings.me) is failed in map version \(m.version)")
+        }
+        // Unlike an index, a unit needs no valid session to be served: only this process
+        // must be the one the map admitted (a restarted one may hold stale units). A lapsed
+        // session renewed since is this process still (etcd down for everyone, say).
+        if let admitted = entry.session, admitted != session(), !heldSession(admitted) {
+            return TesseraError(.staleMap, "server \(settings.me) restarted: map version \(m.version) has not admitted it yet")
+        }
+        let state = entry.state
         let range: Range<UInt64>
         let owner: UInt64
         switch request {

@@ -142,8 +142,9 @@ public struct ServerNode: RequestHandler {
                 return .fids(try ios().cobs(after: after, limit: min(Int(limit), Self.maxListed)))
             case .extents(let cob, let from, let limit):
                 return .ranges(try ios().mappedRanges(cob: cob, from: from, limit: min(Int(limit), Self.maxListed)))
-            case .checksums(let cob, let offset, let length):
-                let (exists, crcs) = try ios().blockChecksums(cob: cob, offset: offset, length: Int(length))
+            case .checksums(let cob, let offset, let length, let verify):
+                let io = try ios()
+                let (exists, crcs) = try await ServerNode.offload { try io.blockChecksums(cob: cob, offset: offset, length: Int(length), verify: verify) }
                 return .checksums(exists: exists, crcs: crcs)
             case .create(let cobs, let syncWait):
                 let r = try create(cobs)

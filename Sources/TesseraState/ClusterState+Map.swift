@@ -95,7 +95,7 @@ extension ClusterState {
         for (lease, info) in try await reader.sessions() where info.kind == .server {
             guard let id = info.server, info.started >= started[id, default: 0] else { continue }
             started[id] = info.started
-            present[id] = FailureDetector.Present(session: lease, stoppedCleanly: info.stoppedCleanly ?? false)
+            present[id] = FailureDetector.Present(session: lease, stoppedCleanly: info.stoppedCleanly ?? false, process: info.process)
         }
         let now = ContinuousClock.now
         let wall = wallClockNanoseconds()

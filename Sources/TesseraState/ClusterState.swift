@@ -23,6 +23,8 @@ public final class ClusterState: SessionRegistry {
         /// The session this process acts under: the last one etcd confirmed, kept while etcd
         /// cannot be reached (no one can sweep then either).
         var acting: UInt64
+        /// Every session this process has acted under.
+        var held: Set<UInt64> = []
         /// Renewals queued or running: owners wait (`current` is nil) until none is left.
         var renewing = 0
         /// The last renewal queued: each waits for the one before, so they run in order.
@@ -44,7 +46,9 @@ public final class ClusterState: SessionRegistry {
         self.info = info
         self.session = session
         self.logger = logger
-        state = Mutex(State(acting: acting))
+        var initial = State(acting: acting)
+        initial.held = [acting]
+        state = Mutex(initial)
     }
 
     /// Connects to the cluster's etcd, checks that it is one, and takes a session describing
@@ -89,6 +93,10 @@ public final class ClusterState: SessionRegistry {
     // MARK: SessionRegistry
 
     public var current: UInt64? { state.withLock { $0.renewing > 0 ? nil : $0.acting } }
+
+    /// Whether this process has ever acted under session `lease` (it may have lapsed and
+    /// been renewed since: the process, and what it holds in memory, are the same).
+    public func held(_ lease: UInt64) -> Bool { state.withLock { $0.held.contains(lease) } }
 
     public func owner() async throws -> UInt64 {
         while true {
@@ -160,6 +168,7 @@ public final class ClusterState: SessionRegistry {
         try? await etcd.revokeLease(lease)
         state.withLock { s in
             s.acting = new
+            s.held.insert(new)
             s.renewing -= 1
         }
     }

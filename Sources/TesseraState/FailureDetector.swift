@@ -15,9 +15,12 @@ public struct FailureDetector: Sendable {
     public struct Present: Sendable, Equatable {
         public var session: UInt64
         public var stoppedCleanly: Bool
-        public init(session: UInt64, stoppedCleanly: Bool) {
+        /// The process holding it (`SessionInfo.process`), if it says.
+        public var process: UInt64?
+        public init(session: UInt64, stoppedCleanly: Bool, process: UInt64? = nil) {
             self.session = session
             self.stoppedCleanly = stoppedCleanly
+            self.process = process
         }
     }
 
@@ -26,8 +29,10 @@ public struct FailureDetector: Sendable {
     ///   now is given the whole grace period from now: a new role holder does not know how
     ///   long it has been gone);
     /// - a failed server with a session again becomes `repairing` under that session;
-    /// - an online server with a new session stays online under it if its last run stopped
-    ///   cleanly, and becomes `repairing` if not (it may have lost what it acknowledged);
+    /// - an online server with a new session stays online under it if it is the same
+    ///   process (its session lapsed while etcd was away and was renewed) or its last run
+    ///   stopped cleanly, and becomes `repairing` if not (it may have lost what it
+    ///   acknowledged);
     /// - the map notes the session of every server it admits.
     public mutating func step(map: ClusterMap, present: [Int: Present], now: ContinuousClock.Instant, wallNow: UInt64) -> ClusterMap? {
         var next = map
@@ -39,17 +44,21 @@ public struct FailureDetector: Sendable {
                 case .failed:
                     next.servers[i].state = .repairing
                     next.servers[i].session = p.session
+                    next.servers[i].process = p.process
                     next.servers[i].since = wallNow
                     changed = true
                 case .online where server.session != p.session:
+                    let sameProcess = server.process != nil && server.process == p.process
                     next.servers[i].session = p.session
-                    if server.session != nil && !p.stoppedCleanly {
+                    next.servers[i].process = p.process
+                    if server.session != nil && !p.stoppedCleanly && !sameProcess {
                         next.servers[i].state = .repairing
                         next.servers[i].since = wallNow
                     }
                     changed = true
                 case .repairing where server.session != p.session:
                     next.servers[i].session = p.session
+                    next.servers[i].process = p.process
                     changed = true
                 default: break
                 }
@@ -110,14 +119,18 @@ public struct FailureDetector: Sendable {
     /// have its replicas walked again (`tessera repair --id`). Nil unless it is online with
     /// a session and every other server is online: with one that is not, the server may be
     /// the only member of some chain, which `repairing` would leave with none.
-    public static func repairAgain(_ map: ClusterMap, server: Int, wallNow: UInt64) -> ClusterMap? {
-        guard let i = map.servers.firstIndex(where: { $0.id == server }), map.servers[i].state == .online, map.servers[i].session != nil,
+    /// `session`: the one the server runs under now, for a map that admitted it whatever
+    /// its session (a cluster's first map names none).
+    public static func repairAgain(_ map: ClusterMap, server: Int, session: UInt64? = nil, wallNow: UInt64) -> ClusterMap? {
+        guard let i = map.servers.firstIndex(where: { $0.id == server }), map.servers[i].state == .online,
+            let admitted = map.servers[i].session ?? session,
             map.servers.allSatisfy({ $0.id == server || $0.state == .online })
         else { return nil }
         var next = map
         next.version = map.version + 1
         next.servers[i].state = .repairing
         next.servers[i].since = wallNow
+        next.servers[i].session = admitted
         return next
     }
 

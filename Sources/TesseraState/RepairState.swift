@@ -60,7 +60,8 @@ extension StateReader {
     public func repairAgain(_ id: Int) async throws -> UInt64 {
         guard let (m, revision) = try await map() else { throw TesseraError(.notFound, "etcd has no cluster map yet") }
         guard let s = m.server(id) else { throw TesseraError(.invalidArgument, "the cluster map has no server \(id)") }
-        guard let next = FailureDetector.repairAgain(m, server: id, wallNow: wallClockNanoseconds()) else {
+        let running = try await sessions().filter { $0.info.kind == .server && $0.info.server == id }.max { $0.info.started < $1.info.started }?.lease
+        guard let next = FailureDetector.repairAgain(m, server: id, session: running, wallNow: wallClockNanoseconds()) else {
             let others = m.servers.filter { $0.id != id && $0.state != .online }.map { "server \($0.id) is \($0.state.rawValue)" }
             let why = s.state != .online ? "server \(id) is \(s.state.rawValue)" : others.isEmpty ? "server \(id) has no session in the map" : others.joined(separator: ", ")
             throw TesseraError(.invalidArgument, "cannot repair server \(id) again: \(why) (every server must be online)")

@@ -38,6 +38,9 @@ public struct SessionInfo: Sendable, Codable, Equatable {
     /// applied by its peer and everything logged. A server back after a clean stop keeps
     /// its place in the map; any other is repaired first (REPLICATION.md, "Repair").
     public var stoppedCleanly: Bool?
+    /// A number drawn as the process starts, the same in every session it takes (a session
+    /// renewed after etcd was away is the same process): nil from builds before it.
+    public var process: UInt64?
 
     public init(kind: ProcessKind, serves: String, server: Int? = nil, stoppedCleanly: Bool? = nil) {
         self.kind = kind
@@ -50,6 +53,7 @@ public struct SessionInfo: Sendable, Codable, Equatable {
         self.serves = serves
         self.server = server
         self.stoppedCleanly = stoppedCleanly
+        process = UInt64.random(in: 1...UInt64.max)
     }
 }
 

@@ -131,59 +131,9 @@ struct Replicas: AsyncParsableCommand {
     @OptionGroup var state: StateOption
 
     func run() async throws {
-        let config = try state.config()
-        let ids = config.servers.map(\.id).sorted()
-        var clients: [Int: RPCClient] = [:]
-        for s in config.servers {
-            clients[s.id] = try await RPCClient.connect(host: s.address.host, port: s.address.port, secret: config.secret, connectTimeout: .seconds(5), defaultDeadline: .seconds(60))
-        }
-        do {
-            try await compare(ids, clients)
-            for c in clients.values { await c.close() }
-        } catch {
-            for c in clients.values { await c.close() }
-            throw error
-        }
-    }
-
-    private func compare(_ ids: [Int], _ clients: [Int: RPCClient]) async throws {
-        var differ = 0
-        var compared = 0
-        for (position, id) in ids.enumerated() {
-            // Each index once: from its first replica's list.
-            for index in try await listIndexes(clients[id]!) where indexReplicas(of: index, servers: ids.count).first == position {
-                let holders = indexReplicas(of: index, servers: ids.count).map { ids[$0] }
-                var copies: [[Record]] = []
-                for h in holders { copies.append(try await records(index, clients[h]!)) }
-                compared += 1
-                if let other = copies.dropFirst().first, other != copies[0] {
-                    differ += 1
-                    let a = Set(copies[0].map { "\(String(decoding: $0.key, as: UTF8.self))=\(String(decoding: $0.value, as: UTF8.self))" })
-                    let b = Set(other.map { "\(String(decoding: $0.key, as: UTF8.self))=\(String(decoding: $0.value, as: UTF8.self))" })
-                    print("index \(index): server \(holders[0]) has \(copies[0].count) records, server \(holders[1]) \(other.count); only on \(holders[0]): \(a.subtracting(b).sorted().prefix(5)); only on \(holders[1]): \(b.subtracting(a).sorted().prefix(5))")
-                }
-            }
-        }
-        print("\(compared) indexes compared, \(differ) differ")
-        if differ > 0 { throw ExitCode(1) }
-    }
-
-    private func listIndexes(_ c: RPCClient) async throws -> [Fid] {
-        var out: [Fid] = []
-        while true {
-            guard case .fids(let batch) = try await c.handle(.listIndexes(after: out.last, limit: 1000)).unwrap() else { throw TesseraError(.io, "malformed reply") }
-            out += batch
-            if batch.count < 1000 { return out }
-        }
-    }
-
-    private func records(_ index: Fid, _ c: RPCClient) async throws -> [Record] {
-        var out: [Record] = []
-        while true {
-            let r = try await c.handle(.next(index: index, starts: [out.last?.key], limit: 1000, excludeStart: !out.isEmpty)).unwrap()
-            guard case .records(let lists) = r, let batch = lists.first else { throw TesseraError(.io, "malformed reply") }
-            out += batch
-            if batch.count < 1000 { return out }
-        }
+        let (compared, differing) = try await withCluster(state) { try await $0.compareIndexReplicas() }
+        for d in differing { print(d) }
+        print("\(compared) indexes compared, \(differing.count) differ")
+        if !differing.isEmpty { throw ExitCode(1) }
     }
 }

@@ -10,7 +10,7 @@ struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Tessera: a FUSE-mounted object file system over its own distributed object store.",
-        subcommands: [Mkfs.self, Check.self, Server.self, Gateway.self, Mount.self, Up.self, Fsx.self, Down.self, Status.self, Repair.self, Replace.self, IndexCommand.self, ObjectCommand.self, Bench.self, Debug.self])
+        subcommands: [Mkfs.self, Check.self, Server.self, Gateway.self, Mount.self, Up.self, Fsx.self, Down.self, Status.self, Repair.self, Replace.self, Fsck.self, Scrub.self, IndexCommand.self, ObjectCommand.self, Bench.self, Debug.self])
 }
 
 /// Exit status: 0 success, 1 failure, 2 usage error (ARCHITECTURE.md, "Command line").

@@ -42,7 +42,7 @@ struct Server: AsyncParsableCommand {
             let secret = cluster.secret
             replicated = try ReplicatedNode(
                 node: node, settings: ReplicationSettings(me: me.id, servers: cluster.servers.map(\.id), isStatic: cluster.state == nil),
-                session: { session.current }
+                session: { session.current }, heldSession: { session.state?.held($0) ?? false }
             ) { peer in
                 guard let address = peers[peer] else { throw TesseraError(.notFound, "no server \(peer) in the cluster file") }
                 return try await RPCClient.connect(host: address.host, port: address.port, secret: secret, connectTimeout: .seconds(2))

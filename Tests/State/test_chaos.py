@@ -36,6 +36,7 @@ class S3Worker(threading.Thread):
         super().__init__()
         self.c, self.n, self.rng, self.stop = c, n, rng, stop
         self.acked = {}     # key -> sha256 hex or DELETED
+        self.history = {}   # key -> [(time, value, outcome)] of every write sent
         self.possible = {}  # key -> set of values an unanswered write may have left
         self.ops = self.unknown = 0
         self.errors = []
@@ -55,19 +56,27 @@ class S3Worker(threading.Thread):
                     body = self.body()
                     value = hashlib.sha256(body).hexdigest()
                     self.possible.setdefault(key, set()).add(value)
+                    self.history.setdefault(key, []).append([time.time(), value, "sent"])
                     self.c.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
                     self.acked[key], self.possible[key] = value, set()
+                    self.history[key][-1][2] = f"acknowledged at {time.time():.3f}"
                 elif op < 0.65:
                     self.possible.setdefault(key, set()).add(DELETED)
+                    self.history.setdefault(key, []).append([time.time(), DELETED, "sent"])
                     self.c.s3.delete_object(Bucket=BUCKET, Key=key)
                     self.acked[key], self.possible[key] = DELETED, set()
+                    self.history[key][-1][2] = f"acknowledged at {time.time():.3f}"
                 elif key in self.acked and not self.possible.get(key):
                     got = self.read(key)
                     if got != self.acked[key]:
-                        self.errors.append(f"GET {key}: {got}, acknowledged {self.acked[key]}")
+                        got = got + (" (an earlier value)" if any(v == got for _, v, _ in self.history.get(key, [])) else " (never written)")
+                        self.errors.append(f"GET {key} at {time.time():.3f}: {got[:12]}, acknowledged {self.acked[key][:12]}; writes: {self.story(key)}")
             except Exception:  # noqa: BLE001 - a server, the gateway or etcd down: outcome unknown
                 self.unknown += 1
                 time.sleep(0.2)
+
+    def story(self, key):
+        return "; ".join(f"{t:.3f} {v[:12]} {o}" for t, v, o in self.history.get(key, []))
 
     def read(self, key):
         try:
@@ -82,7 +91,8 @@ class S3Worker(threading.Thread):
             allowed.add(self.acked.get(key, DELETED))
             got = self.read(key)
             if got not in allowed:
-                self.errors.append(f"{key}: stored {got}, expected one of {sorted(allowed)}")
+                known = "an earlier value" if any(v == got for _, v, _ in self.history.get(key, [])) else "never written"
+                self.errors.append(f"{key}: stored {got[:12]} ({known}), expected one of {sorted(a[:12] for a in allowed)}; writes: {self.story(key)}")
 
 
 class MountWorker(threading.Thread):
@@ -102,14 +112,14 @@ class MountWorker(threading.Thread):
         i = 0
         while not self.chaos.stop.is_set():
             i += 1
-            epoch = self.chaos.mount_epoch
+            epoch, down = self.chaos.mount_epoch, self.chaos.mount_down
             if self.kind == "cp":
                 name = f"tree-{i}"
                 r = subprocess.run(["cp", "-a", SOURCE, os.path.join(c.mnt, name)], capture_output=True, text=True)
             else:
                 name = f"fsx-{i}"
                 r = subprocess.run([TESSERA, "fsx", "-N", "1500", "-S", str(i), "--max-size", "1M", os.path.join(c.mnt, name)], capture_output=True, text=True)
-            died = epoch != self.chaos.mount_epoch or self.chaos.mount_down
+            died = down or epoch != self.chaos.mount_epoch or self.chaos.mount_down
             if r.returncode == 0:
                 self.runs += 1
                 if self.kind == "cp":
@@ -149,16 +159,23 @@ class ChaosTest(unittest.TestCase):
                 if rng.random() < 0.2:
                     victim = rng.choice(["gateway", "mount", "etcd"])
                     kills[victim] += 1
+                    print(f"chaos: {time.time():.3f} kill {victim}")
                     if victim == "mount":
                         self.mount_down = True
                         self.mount_epoch += 1
                     c.kill(victim)
                     time.sleep(rng.uniform(0, 2))
                     c.up()
-                    self.mount_down = False
+                    if victim == "mount":
+                        # A run that began while it was down may have written under the bare
+                        # mount point, which the new mount then hides.
+                        self.mount_epoch += 1
+                        self.mount_down = False
                     continue
                 kills["server"] += 1
-                c.kill(f"server-{rng.randrange(3)}")
+                victim = f"server-{rng.randrange(3)}"
+                print(f"chaos: {time.time():.3f} kill {victim}")
+                c.kill(victim)
                 time.sleep(rng.uniform(0, 2 * (TTL + GRACE)))
                 c.up()
         finally:
@@ -184,6 +201,12 @@ class ChaosTest(unittest.TestCase):
         for e in errors:
             print(f"chaos: {e}")
         if errors:
+            keep = f"/tmp/chaos-{seed}"
+            subprocess.run(["rm", "-rf", keep])
+            subprocess.run(["cp", "-a", c.state, keep], capture_output=True)
+            print(f"chaos: logs kept in {keep}")
+            with open(os.path.join(keep, "errors.txt"), "w") as f:
+                f.write("\n".join(errors) + "\n")
             for name in ["mount", "gateway"]:
                 for line in c.log(name).splitlines():
                     if " error " in line or " critical " in line:
@@ -195,8 +218,13 @@ class ChaosTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, f"tessera check of server {n}: {r.stdout[-2000:]} {r.stderr[-2000:]}")
 
     def repair_wait(self):
-        r = subprocess.run([TESSERA, "repair", "--dir", self.c.state, "--wait", "--timeout", "300"], capture_output=True, text=True, timeout=360)
-        self.assertEqual(r.returncode, 0, f"tessera repair --wait: {r.stdout} {r.stderr}")
+        r = subprocess.run([TESSERA, "repair", "--dir", self.c.state, "--wait", "--timeout", "120"], capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            keep = "/tmp/chaos-repair-failed"
+            subprocess.run(["rm", "-rf", keep])
+            subprocess.run(["cp", "-a", self.c.state, keep], capture_output=True)
+            status = subprocess.run([TESSERA, "status", "--dir", self.c.state], capture_output=True, text=True, timeout=60).stdout
+            self.fail(f"tessera repair --wait: {r.stdout} {r.stderr}; status:\n{status}\n(logs kept in {keep})")
 
 
 if __name__ == "__main__":

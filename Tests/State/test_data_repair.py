@@ -187,6 +187,47 @@ class DataRepairTest(unittest.TestCase):
         c.up()
         self.repair_wait()
 
+    def fsck(self):
+        r = subprocess.run([TESSERA, "fsck", "--dir", self.c.state], capture_output=True, text=True, timeout=300)
+        print(f"fsck: exit {r.returncode}: {r.stdout[-1500:]} {r.stderr[-500:]}")
+        return r
+
+    def test_fsck_finds_bad_blocks_and_scrub_mends_them(self):
+        """`tessera fsck` exits 0 on a clean cluster, 1 with the problems listed once blocks
+        of a data image go bad, 2 with a server down; `tessera scrub` rebuilds the bad units
+        from parity, after which fsck is clean again and every object reads back."""
+        c = self.c
+        self.before()
+        for i in range(20):
+            self.put(f"small-{i}", random_bytes(300_000, 600 + i))
+        r = self.fsck()
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("clean", r.stdout)
+        # Flip one byte in each of many blocks of server 1's data image (past its header).
+        path = os.path.join(c.state, "server-1", "data.img")
+        with open(path, "r+b") as f:
+            for block in range(1, 3000):
+                f.seek(block * 4096 + 100)
+                b = f.read(1)
+                f.seek(block * 4096 + 100)
+                f.write(bytes([b[0] ^ 0xFF]))
+        r = self.fsck()
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("failed its CRC32C check", r.stdout)
+        r = subprocess.run([TESSERA, "scrub", "--dir", c.state], capture_output=True, text=True, timeout=600)
+        print(f"scrub: exit {r.returncode}: {r.stdout[-2000:]} {r.stderr[-500:]}")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("walking server 1 again", r.stdout)
+        r = self.fsck()
+        self.assertEqual(r.returncode, 0)
+        self.fail(2)  # everything now reads with server 1's rebuilt units
+        self.check()
+        r = self.fsck()
+        self.assertEqual(r.returncode, 2, "a server down: the cluster cannot be checked")
+        self.assertIn("server 2", r.stderr)
+        c.up()
+        self.repair_wait()
+
 
 if __name__ == "__main__":
     unittest.main()

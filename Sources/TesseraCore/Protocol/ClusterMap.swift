@@ -31,6 +31,10 @@ public struct ClusterMap: Sendable, Equatable, Codable {
         /// Given blank images by `tessera replace`: it holds nothing until a repair has
         /// copied its replicas, so it is never made online any other way. Nil: false.
         public var replaced: Bool?
+        /// The process (`SessionInfo.process`) the session was admitted for: a new session
+        /// of the same process (renewed after etcd was away) keeps its place, where a new
+        /// process is repaired first. Nil: not recorded.
+        public var process: UInt64?
 
         public init(id: Int, address: String, state: ServerState, since: UInt64, session: UInt64? = nil, onlineSince: UInt64? = nil) {
             self.id = id

@@ -125,8 +125,10 @@ public enum Request: Sendable, Equatable {
     /// `.ranges`; a cob that does not exist fails `notFound`.
     case extents(cob: Fid, from: UInt64, limit: UInt32)
     /// The CRC32C of each block of bytes [offset, offset + length) of `cob` (block-aligned),
-    /// a hole's being that of a zero block. `.checksums`.
-    case checksums(cob: Fid, offset: UInt64, length: UInt32)
+    /// a hole's being that of a zero block: as stored in the extent map, or with `verify`
+    /// computed over the bytes read from the data image (a block gone bad shows there).
+    /// `.checksums`.
+    case checksums(cob: Fid, offset: UInt64, length: UInt32, verify: Bool)
     // STATISTICS: image and log usage, for `tessera status`
     case statistics
     // SYNC
@@ -309,10 +311,11 @@ extension Request {
             w.fid(cob)
             w.u64(from)
             w.u32(limit)
-        case .checksums(let cob, let offset, let length):
+        case .checksums(let cob, let offset, let length, let verify):
             w.fid(cob)
             w.u64(offset)
             w.u32(length)
+            w.bool(verify)
         case .sync(let transactions):
             w.array(transactions) { $0.u64($1) }
         case .statistics:
@@ -383,7 +386,7 @@ extension Request {
         case .extents:
             request = .extents(cob: try r.fid(), from: try r.u64("offset"), limit: try r.u32("limit"))
         case .checksums:
-            request = .checksums(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u32("length"))
+            request = .checksums(cob: try r.fid(), offset: try r.u64("offset"), length: try r.u32("length"), verify: try r.bool("verify"))
         case .sync:
             request = .sync(transactions: try r.array("transactions", minimumSize: 8) { try $0.u64() })
         case .cas:
