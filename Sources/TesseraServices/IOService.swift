@@ -71,6 +71,9 @@ public final class IOService: @unchecked Sendable {
     /// Blocks a read found failing their CRC32C, and how many of them a write has replaced
     /// since (a client's self-healing read, a scrub or a repair rewriting them).
     public private(set) var checksumFailures: UInt64 = 0
+    /// Units a repair walk checked here (CHECKSUMS with verify), and their bytes read.
+    public private(set) var unitsVerified: UInt64 = 0
+    public private(set) var bytesVerified: UInt64 = 0
     public private(set) var blocksHealed: UInt64 = 0
     /// The blocks (cob, offset) that failed and are not rewritten yet; bounded.
     private var badBlocks: Set<BadBlock> = []
@@ -495,8 +498,10 @@ public final class IOService: @unchecked Sendable {
                     if got != crc { noteBad(cob, at) }
                 }
                 crcs[Int((at - offset) / bs)] = got
+                if verify { lock.withLock { bytesVerified += bs } }
             }
         }
+        if verify { lock.withLock { unitsVerified += 1 } }
         return (try exists(cob), crcs)
     }
 

@@ -23,6 +23,8 @@ public final class ServerMetrics: RequestHandler {
     private let ioWritten: Gauge
     private let ioRead: Gauge
     private let checksumFailures: Gauge
+    private let unitsVerified: Gauge
+    private let bytesVerified: Gauge
     private let blocksHealed: Gauge
     private let repairIndexes: Gauge
     private let repairRecords: Gauge
@@ -54,6 +56,8 @@ public final class ServerMetrics: RequestHandler {
         cacheResident = r.makeGauge(descriptor: metric("tessera_node_cache_bytes", "Bytes held by the node cache."))
         ioWritten = r.makeGauge(descriptor: metric("tessera_io_bytes_written", "Bytes written by IOS requests since start."))
         ioRead = r.makeGauge(descriptor: metric("tessera_io_bytes_read", "Bytes read by IOS requests since start."))
+        unitsVerified = r.makeGauge(descriptor: metric("tessera_repair_units_verified", "Units of this server a data repair walk checked (read here, CRCs compared with their rebuilt content), since start."))
+        bytesVerified = r.makeGauge(descriptor: metric("tessera_repair_bytes_verified", "Bytes of this server's units those checks read, since start."))
         checksumFailures = r.makeGauge(descriptor: metric("tessera_io_checksum_failures", "Data blocks a read found failing their CRC32C, since start."))
         blocksHealed = r.makeGauge(descriptor: metric("tessera_io_blocks_healed", "Of those blocks, the ones a write has replaced since (rebuilt from parity by a read, a scrub or a repair)."))
         repairIndexes = r.makeGauge(descriptor: metric("tessera_repair_indexes_walked", "Indexes this server walked for repairs of their other replica, since start."))
@@ -115,6 +119,8 @@ public final class ServerMetrics: RequestHandler {
             ioWritten.set(Double(io.bytesWritten))
             ioRead.set(Double(io.bytesRead))
             checksumFailures.set(Double(io.checksumFailures))
+            unitsVerified.set(Double(io.unitsVerified))
+            bytesVerified.set(Double(io.bytesVerified))
             blocksHealed.set(Double(io.blocksHealed))
         }
         if let replicated = inner as? ReplicatedNode {

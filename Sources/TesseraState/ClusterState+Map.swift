@@ -192,17 +192,25 @@ extension ClusterState {
         cluster.apply(m)
         defer { Task { await cluster.close() } }
         let started = wallClockNanoseconds()
+        // The walk reads every other server's units of the groups this one shares: about
+        // what the others hold.
+        let stats = await cluster.statistics()
+        let estimate: UInt64? = stats.allSatisfy({ $0.stats != nil })
+            ? stats.filter { $0.id != id }.reduce(0) { $0 + ($1.stats!.dataBytes &- $1.stats!.dataFreeBytes) } : nil
         p.data = RepairProgress.DataProgress(now: started)
+        p.data?.estimate = estimate
         let kept = Mutex(p)
         let totals = try await cluster.repairData(of: id) { t in
             let now = kept.withLock { p -> RepairProgress in
                 p.data = Self.dataProgress(t, started: started, now: wallClockNanoseconds())
+                p.data?.estimate = estimate
                 return p
             }
             _ = try? await self.etcd.put(self.keys.repair(id), encodeJSON(now))
         }
         p = kept.withLock { $0 }
         var data = Self.dataProgress(totals, started: started, now: wallClockNanoseconds())
+        data.estimate = estimate
         data.done = data.updated
         p.data = data
         _ = try await etcd.put(keys.repair(id), encodeJSON(p))

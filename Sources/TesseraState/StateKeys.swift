@@ -108,6 +108,9 @@ public struct RepairProgress: Sendable, Codable, Equatable {
         public var cobs: UInt64 = 0
         public var bytesRead: UInt64 = 0
         public var bytesWritten: UInt64 = 0
+        /// About how many bytes the walk will read in all: the data the other servers hold
+        /// (nil if they did not say), for the ETA.
+        public var estimate: UInt64?
         /// Wall-clock nanoseconds: started, last updated, done (nil while it runs).
         public var started: UInt64
         public var updated: UInt64
@@ -122,6 +125,12 @@ public struct RepairProgress: Sendable, Codable, Equatable {
         public var rate: Double {
             let seconds = Double((done ?? updated) &- started) / 1e9
             return seconds > 0 ? Double(bytesRead) / seconds : 0
+        }
+
+        /// Seconds left at the rate so far, while running and once there is a rate.
+        public var eta: Int? {
+            guard done == nil, let estimate, rate > 0 else { return nil }
+            return Int(Double(estimate > bytesRead ? estimate - bytesRead : 0) / rate)
         }
     }
 

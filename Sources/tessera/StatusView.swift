@@ -59,7 +59,7 @@ struct StatusView {
             if bytes {
                 let walker = p.walker.map { " walker=\($0)" } ?? ""
                 let data = p.data.map {
-                    " data=\($0.done == nil ? "running" : "done") objects=\($0.objects) groups=\($0.groups) units=\($0.units) data_read=\($0.bytesRead) data_written=\($0.bytesWritten) data_rate=\(Int($0.rate))"
+                    " data=\($0.done == nil ? "running" : "done") objects=\($0.objects) groups=\($0.groups) units=\($0.units) data_read=\($0.bytesRead) data_written=\($0.bytesWritten) data_rate=\(Int($0.rate))\($0.eta.map { " eta=\($0)" } ?? "")"
                 } ?? ""
                 Swift.print("repair=\(p.server) state=\(p.done == nil ? "running" : "done") indexes=\(p.indexes) records=\(p.records) copied=\(p.copied) rate=\(Int(p.rate))\(walker)\(data)")
             } else {
@@ -74,6 +74,7 @@ struct StatusView {
         if let d = p.data {
             totals += "; object data\(d.done == nil ? " (running)" : ""): \(d.objects) objects, \(d.groups) groups compared, \(d.units) units rewritten, "
                 + "\(d.bytesRead >> 20) MiB read, \(d.bytesWritten >> 20) MiB written, \(Int(d.rate) >> 20) MiB/s"
+                + (d.eta.map { ", about \($0) s left" } ?? "")
         }
         guard let done = p.done else {
             let walker = p.walker.map { ", server \($0) walking" } ?? ""

@@ -127,6 +127,8 @@ class MountWorker(threading.Thread):
                     for old in self.done[:-2]:
                         if subprocess.run(["rm", "-rf", os.path.join(c.mnt, old)], capture_output=True).returncode == 0:
                             self.done.remove(old)
+                else:
+                    subprocess.run(["rm", "-f", os.path.join(c.mnt, name)], capture_output=True)
             elif not died:
                 self.errors.append(f"{self.kind} {name} failed with the mount alive: {r.stdout[-2000:]} {r.stderr[-2000:]}")
             if r.returncode != 0:
