@@ -26,4 +26,29 @@ import TesseraCore
         await client.close()
         await cluster.stop()
     }
+
+    /// Without a map nothing repairs a unit a write skipped, so a write that needs a server
+    /// that is down fails at once, naming it (REPLICATION.md, "Object data"); reads of
+    /// another object written before go on through parity.
+    @Test func aWriteNeedingADownServerFailsAtOnceNamingIt() async throws {
+        let cluster = try await InProcessCluster()
+        let client = try Cluster(config: cluster.config)
+        let object = Fid(hi: 0x5747_4944, lo: 1)
+        let other = Fid(hi: 0x5747_4944, lo: 2)
+        let group = client.layout.groupSize
+        let before = (0..<group).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try await client.write(other, at: 0, before, unwritten: true)
+        await cluster.servers[1].shutdown(drain: .seconds(1))
+        let started = ContinuousClock.now
+        do {
+            try await client.write(object, at: 0, [UInt8](repeating: 9, count: group))
+            Issue.record("a write with a unit for a down server went through without a map")
+        } catch let e as TesseraError {
+            #expect(e.code == .closed && e.message.contains("server 1"), "\(e)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(10), "it waited for a map that never changes")
+        #expect(try await client.read(other, at: 0, length: group, size: UInt64(group)) == before)
+        await client.close()
+        await cluster.stop()
+    }
 }
