@@ -8,7 +8,7 @@ import Synchronization
 import TesseraCore
 
 /// What a data repair has done so far.
-public struct DataRepairTotals: Sendable, Equatable {
+public struct DataRepairTotals: Sendable, Equatable, Codable {
     /// Objects (cobs) looked at, parity groups compared, units rewritten (or freed) on the
     /// repaired server, cobs made or deleted there.
     public var objects: UInt64 = 0

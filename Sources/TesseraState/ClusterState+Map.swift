@@ -197,30 +197,24 @@ extension ClusterState {
         let stats = await cluster.statistics()
         let estimate: UInt64? = stats.allSatisfy({ $0.stats != nil })
             ? stats.filter { $0.id != id }.reduce(0) { $0 + ($1.stats!.dataBytes &- $1.stats!.dataFreeBytes) } : nil
-        p.data = RepairProgress.DataProgress(now: started)
-        p.data?.estimate = estimate
-        let kept = Mutex(p)
+        var data = RepairProgress.DataProgress(now: started)
+        data.estimate = estimate
+        let kept = Mutex((p, data))
         let totals = try await cluster.repairData(of: id) { t in
-            let now = kept.withLock { p -> RepairProgress in
-                p.data = Self.dataProgress(t, started: started, now: wallClockNanoseconds())
-                p.data?.estimate = estimate
-                return p
+            let now = kept.withLock { kept -> RepairProgress in
+                kept.1.totals = t
+                kept.1.updated = wallClockNanoseconds()
+                kept.0.data = kept.1
+                return kept.0
             }
             _ = try? await self.etcd.put(self.keys.repair(id), encodeJSON(now))
         }
-        p = kept.withLock { $0 }
-        var data = Self.dataProgress(totals, started: started, now: wallClockNanoseconds())
-        data.estimate = estimate
+        data.totals = totals
+        data.updated = wallClockNanoseconds()
         data.done = data.updated
         p.data = data
         _ = try await etcd.put(keys.repair(id), encodeJSON(p))
         logger.notice("repair of server \(id): object data: \(totals.objects) objects, \(totals.groups) groups compared, \(totals.units) units rewritten, \(totals.cobs) objects made or deleted, \(totals.bytesRead) bytes read, \(totals.bytesWritten) written")
-    }
-
-    private static func dataProgress(_ t: DataRepairTotals, started: UInt64, now: UInt64) -> RepairProgress.DataProgress {
-        var d = RepairProgress.DataProgress(now: started)
-        (d.objects, d.groups, d.units, d.cobs, d.bytesRead, d.bytesWritten, d.updated) = (t.objects, t.groups, t.units, t.cobs, t.bytesRead, t.bytesWritten, now)
-        return d
     }
 
     /// Indexes a REPAIR request walks before the progress is kept.

@@ -102,12 +102,7 @@ public struct RepairProgress: Sendable, Codable, Equatable {
     public struct DataProgress: Sendable, Codable, Equatable {
         /// Objects looked at, parity groups compared, units rewritten on the server, cobs
         /// made or deleted there, bytes read from the others and written to it.
-        public var objects: UInt64 = 0
-        public var groups: UInt64 = 0
-        public var units: UInt64 = 0
-        public var cobs: UInt64 = 0
-        public var bytesRead: UInt64 = 0
-        public var bytesWritten: UInt64 = 0
+        public var totals = DataRepairTotals()
         /// About how many bytes the walk will read in all: the data the other servers hold
         /// (nil if they did not say), for the ETA.
         public var estimate: UInt64?
@@ -124,13 +119,13 @@ public struct RepairProgress: Sendable, Codable, Equatable {
         /// Bytes read per second so far.
         public var rate: Double {
             let seconds = Double((done ?? updated) &- started) / 1e9
-            return seconds > 0 ? Double(bytesRead) / seconds : 0
+            return seconds > 0 ? Double(totals.bytesRead) / seconds : 0
         }
 
         /// Seconds left at the rate so far, while running and once there is a rate.
         public var eta: Int? {
             guard done == nil, let estimate, rate > 0 else { return nil }
-            return Int(Double(estimate > bytesRead ? estimate - bytesRead : 0) / rate)
+            return Int(Double(estimate > totals.bytesRead ? estimate - totals.bytesRead : 0) / rate)
         }
     }
 

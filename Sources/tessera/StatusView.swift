@@ -59,7 +59,7 @@ struct StatusView {
             if bytes {
                 let walker = p.walker.map { " walker=\($0)" } ?? ""
                 let data = p.data.map {
-                    " data=\($0.done == nil ? "running" : "done") objects=\($0.objects) groups=\($0.groups) units=\($0.units) data_read=\($0.bytesRead) data_written=\($0.bytesWritten) data_rate=\(Int($0.rate))\($0.eta.map { " eta=\($0)" } ?? "")"
+                    " data=\($0.done == nil ? "running" : "done") objects=\($0.totals.objects) groups=\($0.totals.groups) units=\($0.totals.units) data_read=\($0.totals.bytesRead) data_written=\($0.totals.bytesWritten) data_rate=\(Int($0.rate))\($0.eta.map { " eta=\($0)" } ?? "")"
                 } ?? ""
                 Swift.print("repair=\(p.server) state=\(p.done == nil ? "running" : "done") indexes=\(p.indexes) records=\(p.records) copied=\(p.copied) rate=\(Int(p.rate))\(walker)\(data)")
             } else {
@@ -72,8 +72,9 @@ struct StatusView {
     static func describe(_ p: RepairProgress) -> String {
         var totals = "\(p.indexes) indexes walked, \(p.records) records compared, \(p.copied) copied, \(Int(p.rate)) records/s"
         if let d = p.data {
-            totals += "; object data\(d.done == nil ? " (running)" : ""): \(d.objects) objects, \(d.groups) groups compared, \(d.units) units rewritten, "
-                + "\(d.bytesRead >> 20) MiB read, \(d.bytesWritten >> 20) MiB written, \(Int(d.rate) >> 20) MiB/s"
+            let t = d.totals
+            totals += "; object data\(d.done == nil ? " (running)" : ""): \(t.objects) objects, \(t.groups) groups compared, \(t.units) units rewritten, "
+                + "\(t.bytesRead >> 20) MiB read, \(t.bytesWritten >> 20) MiB written, \(Int(d.rate) >> 20) MiB/s"
                 + (d.eta.map { ", about \($0) s left" } ?? "")
         }
         guard let done = p.done else {
