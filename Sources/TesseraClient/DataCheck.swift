@@ -66,14 +66,14 @@ extension Cluster {
     /// The problem of group `g` of `cob`, if it has one; its units read `length` bytes in.
     private func checkGroup(_ cob: Fid, _ g: UInt64, length: Int) async throws -> DataProblem? {
         let offset = layout.cobOffset(group: g)
-        let read = try await withThrowingTaskGroup(of: (Int, [UInt8]?).self) { group in
+        let read = try await withThrowingTaskGroup(of: (Int, [UInt8]?, Bool).self) { group in
             for u in 0..<layout.width {
                 let server = layout.server(group: g, unit: u)
                 group.addTask {
                     switch await self.call(server, .read(cob: cob, offset: offset, length: UInt32(length))) {
-                    case .data(let bytes) where bytes.count == length: return (u, bytes)
-                    case .failure(.notFound, _): return (u, [UInt8](repeating: 0, count: length))
-                    case .failure(.checksum, _): return (u, nil)
+                    case .data(let bytes) where bytes.count == length: return (u, bytes, false)
+                    case .failure(.notFound, _): return (u, [UInt8](repeating: 0, count: length), true)
+                    case .failure(.checksum, _): return (u, nil, false)
                     case .failure(let status, let message):
                         throw TesseraError(status.code ?? .io, "object \(cob) group \(g) unit \(u) on server \(self.links[server].id): \(message)")
                     default: throw TesseraError(.io, "object \(cob) group \(g): malformed reply from server \(self.links[server].id)")
@@ -81,11 +81,16 @@ extension Cluster {
                 }
             }
             var units = [[UInt8]?](repeating: nil, count: layout.width)
-            for try await (u, bytes) in group { units[u] = bytes }
-            return units
+            var absent: [Int] = []
+            for try await (u, bytes, missing) in group {
+                units[u] = bytes
+                if missing { absent.append(u) }
+            }
+            return (units, absent.sorted())
         }
+        let (units, absent) = read
         let id = { (u: Int) in self.links[self.layout.server(group: g, unit: u)].id }
-        let bad = read.indices.filter { read[$0] == nil }
+        let bad = units.indices.filter { units[$0] == nil }
         if !bad.isEmpty {
             let names = bad.map { "unit \($0) on server \(id($0))" }.joined(separator: ", ")
             let mendable = bad.count <= layout.parityUnits
@@ -93,10 +98,16 @@ extension Cluster {
                                message: "\(names) failed its CRC32C check\(mendable ? "" : "; too many to rebuild")")
         }
         let n = layout.dataUnits
-        let parity = code.encode(read[0..<n].map { $0! })
-        let wrong = (0..<layout.parityUnits).filter { parity[$0] != read[n + $0]! }
+        let parity = code.encode(units[0..<n].map { $0! })
+        let wrong = (0..<layout.parityUnits).filter { parity[$0] != units[n + $0]! }
         guard !wrong.isEmpty else { return nil }
-        return DataProblem(object: cob, group: g, servers: wrong.map { id(n + $0) },
-                           message: "parity unit(s) \(wrong.map { String(n + $0) }.joined(separator: ", ")) do not match the data units")
+        let which = "parity unit(s) \(wrong.map { String(n + $0) }.joined(separator: ", ")) do not match the data units"
+        guard absent.isEmpty else {
+            // A unit whose server lacks the cob may be the lost one, not the parity: said,
+            // and not mended (rebuilding parity from its zeros would lose the data for good).
+            let names = absent.map { "unit \($0) on server \(id($0))" }.joined(separator: ", ")
+            return DataProblem(object: cob, group: g, servers: [], message: "\(which), and \(names) is missing: not mended")
+        }
+        return DataProblem(object: cob, group: g, servers: wrong.map { id(n + $0) }, message: which)
     }
 }

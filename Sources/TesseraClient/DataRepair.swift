@@ -141,34 +141,32 @@ extension Cluster {
         let others = present.subtracting([target])
         if others.isEmpty {
             // Only the repaired server has it: deleted while it was away.
-            if present.contains(target) {
-                try await freeOn(target, cob, 0..<Cluster.maxObjectOffset)
-                t.cobs += 1
-            }
+            if present.contains(target), try await deleteIfOnlyOn(target, cob) { t.cobs += 1 }
             return t
         }
         if !present.contains(target) {
             _ = try await call(target, .create(cobs: [cob], syncWait: false)).unwrap()
             t.cobs += 1
         }
-        for (g, reach) in groups.sorted(by: { $0.key < $1.key }) {
+        for g in groups.keys.sorted() {
             guard let unit = (0..<layout.width).first(where: { layout.server(group: g, unit: $0) == target }) else { continue }
-            t.add(try await repairUnit(cob, group: g, unit: unit, reach: (reach + 4095) & ~4095, on: target))
+            t.add(try await repairUnit(cob, group: g, unit: unit, on: target))
         }
         return t
     }
 
     /// Makes unit `unit` of group `g` of `cob` on server position `target` what the group's
-    /// other units imply, under its lock there. No server holds data of the group past
-    /// `reach` bytes into its unit (a multiple of 4 KiB): only that much is read.
-    private func repairUnit(_ cob: Fid, group g: UInt64, unit: Int, reach: Int, on target: Int) async throws -> DataRepairTotals {
+    /// other units imply, under its lock there.
+    private func repairUnit(_ cob: Fid, group g: UInt64, unit: Int, on target: Int) async throws -> DataRepairTotals {
         var t = DataRepairTotals()
         t.groups = 1
-        let size = reach
         let offset = layout.cobOffset(group: g)
         let owner = UInt64.random(in: 1...UInt64.max)
         let m = currentMap.withLock { $0 }
         let done: DataRepairTotals? = try await withLocks(cob, at: [target], range: offset..<(offset + UInt64(layout.unitSize)), owner: owner) {
+            // How far the other units' data reaches, asked under the lock (a writer may have
+            // grown the group since the walk listed it): only that much is read.
+            let size = try await self.reach(cob, group: g, besides: unit)
             // The other units as they are now (a cob a server lacks reads as zeros there: it
             // holds no unit of this group).
             var units = [[UInt8]?](repeating: nil, count: layout.width)
@@ -235,13 +233,41 @@ extension Cluster {
         return t
     }
 
-    /// Frees `range` of `cob` on server position `target`, under its lock there.
-    private func freeOn(_ target: Int, _ cob: Fid, _ range: Range<UInt64>) async throws {
+    /// Bytes into group `g`'s units that the data of its units other than `unit` reaches
+    /// (whole 4 KiB blocks, at least one), from the checksums their servers keep.
+    private func reach(_ cob: Fid, group g: UInt64, besides unit: Int) async throws -> Int {
+        let offset = layout.cobOffset(group: g)
+        let size = layout.unitSize
+        let zero = [UInt8](repeating: 0, count: 4096).withUnsafeBytes { CRC32C.checksum($0) }
+        var blocks = 1
+        for v in 0..<layout.width where v != unit {
+            let server = layout.server(group: g, unit: v)
+            guard case .checksums(_, let crcs) = try await call(server, .checksums(cob: cob, offset: offset, length: UInt32(size), verify: false)).unwrap() else {
+                throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS from server \(links[server].id)")
+            }
+            if let last = crcs.lastIndex(where: { $0 != zero }) { blocks = max(blocks, last + 1) }
+        }
+        return min(blocks * 4096, size)
+    }
+
+    /// Deletes `cob` on server position `target`, under its lock there, if no other server
+    /// has it now (asked under the lock: a writer may have just made it elsewhere); whether
+    /// it did.
+    private func deleteIfOnlyOn(_ target: Int, _ cob: Fid) async throws -> Bool {
         let owner = UInt64.random(in: 1...UInt64.max)
         let m = currentMap.withLock { $0 }
-        let r = try await withLocks(cob, at: [target], range: range, owner: owner) {
-            try await self.call(target, self.routedData(.free(cob: cob, offset: range.lowerBound, length: UInt64(range.count), syncWait: false, lock: owner), m)).unwrap()
+        let range: Range<UInt64> = 0..<Cluster.maxObjectOffset
+        let r = try await withLocks(cob, at: [target], range: range, owner: owner) { () async throws -> Bool in
+            for s in links.indices where s != target {
+                let found = await call(s, .extents(cob: cob, from: 0, limit: 1))
+                if case .failure(.notFound, _) = found { continue }
+                _ = try found.unwrap()
+                return false
+            }
+            _ = try await call(target, routedData(.free(cob: cob, offset: 0, length: UInt64(range.count), syncWait: false, lock: owner), m)).unwrap()
+            return true
         }
-        guard r != nil else { throw TesseraError(.busy, "repair of object \(cob): the lock at server \(links[target].id) could not be taken") }
+        guard let r else { throw TesseraError(.busy, "repair of object \(cob): the lock at server \(links[target].id) could not be taken") }
+        return r
     }
 }

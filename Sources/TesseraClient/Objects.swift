@@ -257,6 +257,12 @@ extension Cluster {
             if parityExtent > 0 {
                 for p in 0..<layout.parityUnits { writes.append((n + p, parity[p])) }
             }
+            // A new object's group of zeros writes no block anywhere: made to exist instead,
+            // or it would read as not found.
+            if unwritten && writes.allSatisfy({ $0.bytes.allSatisfy { $0 == 0 } }) {
+                try await create(object)
+                return
+            }
             try await send(object, group: g, writes.map { ($0.unit, 0, $0.bytes) }, stripeAt: 0, stripes: data + parity, syncWait: false)
         }
     }
@@ -335,7 +341,12 @@ extension Cluster {
         var corrupt: [Int] = []
         let all = try await readUnits(object, g, size: size, corrupt: &corrupt).flatMap { $0 }
         sink.put(Array(all[from..<to]), at: at)
-        if !corrupt.isEmpty { try await heal(object, g, size: size) }
+        if !corrupt.isEmpty {
+            // The caller has its bytes: a heal that fails is logged, and the next read tries again.
+            do { try await heal(object, g, size: size) } catch {
+                logger.warning("object \(object) group \(g): unit(s) that failed their checksum were not rewritten: \(error)")
+            }
+        }
     }
 
     /// Rewrites in place the units of group `g` whose blocks failed their checksum, with what

@@ -33,6 +33,10 @@ extension Cluster {
         let offset = layout.cobOffset(group: g)
         let servers = (0..<layout.width).map { layout.server(group: g, unit: $0) }
         var done = Set<Int>()
+        // Units skipped (failed) or written whole (repairing) by an earlier attempt: a repair
+        // may have read the group half written meanwhile, so each goes whole with every later
+        // attempt, whatever its server's state now (unless failed).
+        var whole = Set<Int>()
         let deadline = ContinuousClock.now + Self.routingWindow
         var last = ""
         while true {
@@ -44,12 +48,14 @@ extension Cluster {
                 throw TesseraError(.closed, "object \(object) group \(g) cannot be written: \(names) failed in the cluster map (version \(m?.version ?? 0)); a group survives at most \(layout.parityUnits)")
             }
             let repairing = states.indices.filter { states[$0] == .repairing && !stripes[$0].isEmpty }
-            var sends = writes.filter { !done.contains($0.unit) && states[$0.unit] == .online && !$0.bytes.isEmpty }
-            // A repairing server's unit goes whole with every attempt: an earlier attempt may
-            // have been read half done by its repair.
-            if !sends.isEmpty || repairing.contains(where: { !done.contains($0) }) {
-                sends += repairing.map { (unit: $0, at: stripeAt, bytes: stripes[$0]) }
+            let wholeNow = Set(repairing).union(whole.filter { states[$0] != .failed && !stripes[$0].isEmpty })
+            var sends = writes.filter { !done.contains($0.unit) && states[$0.unit] == .online && !wholeNow.contains($0.unit) && !$0.bytes.isEmpty }
+            // Whole units go with every attempt that sends anything (see `whole`).
+            if !sends.isEmpty || wholeNow.contains(where: { !done.contains($0) }) {
+                sends += wholeNow.sorted().map { (unit: $0, at: stripeAt, bytes: stripes[$0]) }
             }
+            whole.formUnion(repairing)
+            whole.formUnion(failed)
             guard !sends.isEmpty else { return }
             let owner = repairing.isEmpty ? 0 : UInt64.random(in: 1...UInt64.max)
             let unitSize = UInt64(layout.unitSize)
@@ -89,34 +95,34 @@ extension Cluster {
     /// by the map; retries as `send` does.
     func freeEverywhere(_ object: Fid, _ range: Range<UInt64>) async throws {
         var done = Set<Int>()
+        // Servers repairing in an earlier attempt: freed again with every later one.
+        var again = Set<Int>()
         let deadline = ContinuousClock.now + Self.routingWindow
         var last = ""
         while true {
             let m = currentMap.withLock { $0 }
-            let todo = links.indices.filter { !done.contains($0) && dataState($0, in: m) != .failed }
-            guard !todo.isEmpty else { return }
-            let failures = await withTaskGroup(of: (Int, Response).self) { group in
-                for s in todo {
-                    group.addTask {
-                        let repairing = self.dataState(s, in: m) == .repairing
-                        let owner = repairing ? UInt64.random(in: 1...UInt64.max) : 0
-                        let request = Request.free(cob: object, offset: range.lowerBound, length: UInt64(range.count), syncWait: false, lock: owner)
-                        do {
-                            let r = try await self.withLocks(object, at: repairing ? [s] : [], range: range, owner: owner) {
-                                await self.call(s, self.routedData(request, m))
-                            }
-                            return (s, r ?? .failure(.busy, "its lock could not be taken"))
-                        } catch {
-                            return (s, Response(error))
-                        }
-                    }
-                }
-                var out: [(Int, Response)] = []
-                for await r in group { out.append(r) }
-                return out
+            let repairing = links.indices.filter { dataState($0, in: m) == .repairing }
+            let todo = links.indices.filter { s in
+                dataState(s, in: m) != .failed && (!done.contains(s) || repairing.contains(s) || again.contains(s))
             }
-            var retry = false
-            for (s, r) in failures {
+            guard todo.contains(where: { !done.contains($0) }) else { return }
+            again.formUnion(repairing)
+            // The locks of every repairing server first, held until every FREE is answered,
+            // as for a group write (the top of this file).
+            let owner = repairing.isEmpty ? 0 : UInt64.random(in: 1...UInt64.max)
+            let outcome = try await withLocks(object, at: repairing, range: range, owner: owner) {
+                await withTaskGroup(of: (Int, Response).self) { group in
+                    for s in todo {
+                        let request = Request.free(cob: object, offset: range.lowerBound, length: UInt64(range.count), syncWait: false, lock: repairing.contains(s) ? owner : 0)
+                        group.addTask { (s, await self.call(s, self.routedData(request, m))) }
+                    }
+                    var out: [(Int, Response)] = []
+                    for await r in group { out.append(r) }
+                    return out
+                }
+            }
+            var retry = outcome == nil
+            for (s, r) in outcome ?? [] {
                 switch r {
                 case .statuses: done.insert(s)
                 case .failure(let status, let message) where Self.retried(status, m):

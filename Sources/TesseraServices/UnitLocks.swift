@@ -17,7 +17,8 @@ public final class UnitLocks: Sendable {
     }
 
     /// How long a lock is held at most.
-    public static let hold: Duration = .seconds(30)
+    /// Longer than a request may take (the RPC deadline, 30 s): a live writer never outlasts it.
+    public static let hold: Duration = .seconds(90)
     /// How long LOCK waits for a range another owner holds.
     public static let wait: Duration = .seconds(30)
 

@@ -46,7 +46,10 @@ struct ClusterCheck {
             out.append("object \(fid) is held by the servers, but no entry, part or pending free names it")
         }
         guard let settings = config.state else { return out }
-        let alive = Set(try await StateReader.with(settings, requestTimeout: .seconds(5)) { try await $0.sessions() }.map(\.lease))
+        let alive: Set<UInt64>
+        do { alive = Set(try await StateReader.with(settings, requestTimeout: .seconds(5)) { try await $0.sessions() }.map(\.lease)) } catch {
+            throw TesseraError(.closed, "etcd cannot be reached: \(error)")
+        }
         // The sweeper frees what a gone session noted within TTL plus a sweep; allow twice
         // the sweep, and a margin, before calling it left behind.
         let overdue = settings.ttl + settings.grace + settings.sweepInterval * 2 + .seconds(30)
@@ -66,7 +69,10 @@ struct ClusterCheck {
         for s in await cluster.statistics() where s.stats == nil {
             down.append("server \(s.id) at \(s.address) does not answer (\(s.error ?? "?"))")
         }
-        if let settings = config.state, let m = await ClusterState.fetchMap(settings) {
+        if let settings = config.state {
+            guard let m = await ClusterState.fetchMap(settings) else {
+                throw TesseraError(.closed, "etcd at \(settings.endpoints.joined(separator: ", ")) cannot be reached, or holds no cluster map")
+            }
             for s in m.servers where s.state != .online { down.append("server \(s.id) is \(s.state.rawValue) in the cluster map") }
         }
         guard down.isEmpty else { throw TesseraError(.closed, down.joined(separator: "; ")) }

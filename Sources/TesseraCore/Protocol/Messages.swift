@@ -114,7 +114,7 @@ public enum Request: Sendable, Equatable {
     case create(cobs: [Fid], syncWait: Bool)
     /// Takes, for `owner` (a number its sender chose at random), the lock of bytes
     /// [offset, offset + length) of `cob` at this server, waiting while another owner holds
-    /// an overlapping range; answered `.done` once held (held until UNLOCK, or for 30 s),
+    /// an overlapping range; answered `.done` once held (held until UNLOCK, or for 90 s),
     /// `busy` if not granted within 30 s.
     case lock(cob: Fid, offset: UInt64, length: UInt64, owner: UInt64)
     /// Gives back every range of `cob` that `owner` holds. `.done`.
