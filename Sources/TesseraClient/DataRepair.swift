@@ -144,10 +144,7 @@ extension Cluster {
             if present.contains(target), try await deleteIfOnlyOn(target, cob) { t.cobs += 1 }
             return t
         }
-        if !present.contains(target) {
-            _ = try await call(target, .create(cobs: [cob], syncWait: false)).unwrap()
-            t.cobs += 1
-        }
+        if !present.contains(target), try await createIfElsewhere(target, cob) { t.cobs += 1 }
         for g in groups.keys.sorted() {
             guard let unit = (0..<layout.width).first(where: { layout.server(group: g, unit: $0) == target }) else { continue }
             t.add(try await repairUnit(cob, group: g, unit: unit, on: target))
@@ -250,6 +247,32 @@ extension Cluster {
         return min(blocks * 4096, size)
     }
 
+    /// Makes `cob` exist on server position `target`, under its lock of the whole cob there,
+    /// if another server still has it (asked under the lock: a delete may have removed it
+    /// everywhere since the walk listed it, and a CREATE after that would leave an object
+    /// nothing names); whether it did.
+    private func createIfElsewhere(_ target: Int, _ cob: Fid) async throws -> Bool {
+        let owner = UInt64.random(in: 1...UInt64.max)
+        let r = try await withLocks(cob, at: [target], range: 0..<Cluster.maxObjectOffset, owner: owner) { () async throws -> Bool in
+            guard try await heldElsewhere(cob, than: target) else { return false }
+            _ = try await call(target, .create(cobs: [cob], syncWait: false)).unwrap()
+            return true
+        }
+        guard let r else { throw TesseraError(.busy, "repair of object \(cob): the lock at server \(links[target].id) could not be taken") }
+        return r
+    }
+
+    /// Whether a server other than `target` has `cob` now.
+    private func heldElsewhere(_ cob: Fid, than target: Int) async throws -> Bool {
+        for s in links.indices where s != target {
+            let found = await call(s, .extents(cob: cob, from: 0, limit: 1))
+            if case .failure(.notFound, _) = found { continue }
+            _ = try found.unwrap()
+            return true
+        }
+        return false
+    }
+
     /// Deletes `cob` on server position `target`, under its lock there, if no other server
     /// has it now (asked under the lock: a writer may have just made it elsewhere); whether
     /// it did.
@@ -258,12 +281,7 @@ extension Cluster {
         let m = currentMap.withLock { $0 }
         let range: Range<UInt64> = 0..<Cluster.maxObjectOffset
         let r = try await withLocks(cob, at: [target], range: range, owner: owner) { () async throws -> Bool in
-            for s in links.indices where s != target {
-                let found = await call(s, .extents(cob: cob, from: 0, limit: 1))
-                if case .failure(.notFound, _) = found { continue }
-                _ = try found.unwrap()
-                return false
-            }
+            guard try await !heldElsewhere(cob, than: target) else { return false }
             _ = try await call(target, routedData(.free(cob: cob, offset: 0, length: UInt64(range.count), syncWait: false, lock: owner), m)).unwrap()
             return true
         }
