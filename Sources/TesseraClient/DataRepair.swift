@@ -38,6 +38,8 @@ public struct DataRepairTotals: Sendable, Equatable, Codable {
 extension Cluster {
     /// Objects repaired at once.
     static let repairParallelism = 8
+    /// The CRC32C of a 4 KiB block of zeros: what CHECKSUMS answers for a hole.
+    static let zeroBlockCRC = [UInt8](repeating: 0, count: 4096).withUnsafeBytes { CRC32C.checksum($0) }
     /// Cobs asked of each server per COBS request.
     static let repairCobPage = 1000
 
@@ -203,7 +205,7 @@ extension Cluster {
                 held.count == unitSize / 4096
             else { throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS") }
             let used = (Self.usedLength(wanted) + 4095) & ~4095
-            let zero = [UInt8](repeating: 0, count: 4096).withUnsafeBytes { CRC32C.checksum($0) }
+            let zero = Self.zeroBlockCRC
             let differs = wanted.withUnsafeBytes { w in
                 (0..<held.count).filter { b in
                     let crc = b * 4096 < used ? CRC32C.checksum(UnsafeRawBufferPointer(rebasing: w[(b * 4096)..<((b + 1) * 4096)])) : zero
@@ -235,7 +237,7 @@ extension Cluster {
     private func reach(_ cob: Fid, group g: UInt64, besides unit: Int) async throws -> Int {
         let offset = layout.cobOffset(group: g)
         let size = layout.unitSize
-        let zero = [UInt8](repeating: 0, count: 4096).withUnsafeBytes { CRC32C.checksum($0) }
+        let zero = Self.zeroBlockCRC
         var blocks = 1
         for v in 0..<layout.width where v != unit {
             let server = layout.server(group: g, unit: v)

@@ -59,31 +59,14 @@ extension Cluster {
             guard !sends.isEmpty else { return }
             let owner = repairing.isEmpty ? 0 : UInt64.random(in: 1...UInt64.max)
             let unitSize = UInt64(layout.unitSize)
-            let outcome = try await withLocks(object, at: repairing.map { servers[$0] }, range: offset..<(offset + unitSize), owner: owner) {
-                await withTaskGroup(of: (Int, Response).self) { group in
-                    for w in sends {
-                        let request = Request.write(cob: object, offset: offset + UInt64(w.at), data: w.bytes, syncWait: syncWait, lock: repairing.contains(w.unit) ? owner : 0)
-                        group.addTask { (w.unit, await self.call(servers[w.unit], self.routedData(request, m))) }
-                    }
-                    var out: [(Int, Response)] = []
-                    for await r in group { out.append(r) }
-                    return out
-                }
+            let requests = sends.map { w in
+                (tag: w.unit, server: servers[w.unit],
+                 request: Request.write(cob: object, offset: offset + UInt64(w.at), data: w.bytes, syncWait: syncWait, lock: repairing.contains(w.unit) ? owner : 0))
             }
-            var retry = false
-            for (unit, r) in outcome ?? [] {
-                switch r {
-                case .statuses: done.insert(unit)
-                case .failure(let status, let message) where Self.retried(status, m):
-                    last = "unit \(unit) on server \(links[servers[unit]].id): \(message)"
-                    retry = true
-                case .failure(let status, let message):
-                    throw TesseraError(status.code ?? .io, "object \(object) group \(g) unit \(unit) on server \(links[servers[unit]].id): \(message)")
-                default:
-                    throw TesseraError(.io, "object \(object) group \(g) unit \(unit): unexpected reply \(r)")
-                }
-            }
-            if outcome == nil { retry = true }
+            let (answered, retry) = try await attempt(
+                object, requests, lockAt: repairing.map { servers[$0] }, range: offset..<(offset + unitSize), owner: owner, map: m, last: &last
+            ) { "object \(object) group \(g) unit \($0) on server \(self.links[servers[$0]].id)" }
+            done.formUnion(answered)
             if !retry { return }
             guard ContinuousClock.now < deadline else { throw TesseraError(.closed, "object \(object) group \(g): \(last)") }
             await waitForMap(after: m)
@@ -110,34 +93,54 @@ extension Cluster {
             // The locks of every repairing server first, held until every FREE is answered,
             // as for a group write (the top of this file).
             let owner = repairing.isEmpty ? 0 : UInt64.random(in: 1...UInt64.max)
-            let outcome = try await withLocks(object, at: repairing, range: range, owner: owner) {
-                await withTaskGroup(of: (Int, Response).self) { group in
-                    for s in todo {
-                        let request = Request.free(cob: object, offset: range.lowerBound, length: UInt64(range.count), syncWait: false, lock: repairing.contains(s) ? owner : 0)
-                        group.addTask { (s, await self.call(s, self.routedData(request, m))) }
-                    }
-                    var out: [(Int, Response)] = []
-                    for await r in group { out.append(r) }
-                    return out
-                }
+            let requests = todo.map { s in
+                (tag: s, server: s, request: Request.free(cob: object, offset: range.lowerBound, length: UInt64(range.count), syncWait: false, lock: repairing.contains(s) ? owner : 0))
             }
-            var retry = outcome == nil
-            for (s, r) in outcome ?? [] {
-                switch r {
-                case .statuses: done.insert(s)
-                case .failure(let status, let message) where Self.retried(status, m):
-                    last = "server \(links[s].id): \(message)"
-                    retry = true
-                case .failure(let status, let message):
-                    throw TesseraError(status.code ?? .io, "freeing object \(object) on server \(links[s].id): \(message)")
-                default:
-                    throw TesseraError(.io, "freeing object \(object) on server \(links[s].id): unexpected reply \(r)")
-                }
+            let (answered, retry) = try await attempt(object, requests, lockAt: repairing, range: range, owner: owner, map: m, last: &last) {
+                "freeing object \(object) on server \(self.links[$0].id)"
             }
+            done.formUnion(answered)
             if !retry { return }
             guard ContinuousClock.now < deadline else { throw TesseraError(.closed, "freeing object \(object): \(last)") }
             await waitForMap(after: m)
         }
+    }
+
+    /// One attempt of `send` or `freeEverywhere`: `requests` (each with a tag for the caller)
+    /// sent in parallel, routed by `m`, under the locks of `range` at `lockAt` for `owner`.
+    /// Returns the tags answered, and whether to try again (a lock not taken, or a refusal
+    /// `retried` says to wait out: its reason goes to `last`); any other failure throws,
+    /// named by `name(tag)`.
+    private func attempt(
+        _ object: Fid, _ requests: [(tag: Int, server: Int, request: Request)], lockAt: [Int], range: Range<UInt64>, owner: UInt64, map m: ClusterMap?,
+        last: inout String, name: (Int) -> String
+    ) async throws -> (answered: [Int], retry: Bool) {
+        let outcome = try await withLocks(object, at: lockAt, range: range, owner: owner) {
+            await withTaskGroup(of: (Int, Response).self) { group in
+                for r in requests {
+                    group.addTask { (r.tag, await self.call(r.server, self.routedData(r.request, m))) }
+                }
+                var out: [(Int, Response)] = []
+                for await r in group { out.append(r) }
+                return out
+            }
+        }
+        guard let outcome else { return ([], true) }
+        var answered: [Int] = []
+        var retry = false
+        for (tag, r) in outcome {
+            switch r {
+            case .statuses: answered.append(tag)
+            case .failure(let status, let message) where Self.retried(status, m):
+                last = "\(name(tag)): \(message)"
+                retry = true
+            case .failure(let status, let message):
+                throw TesseraError(status.code ?? .io, "\(name(tag)): \(message)")
+            default:
+                throw TesseraError(.io, "\(name(tag)): unexpected reply \(r)")
+            }
+        }
+        return (answered, retry)
     }
 
     /// Whether a write refused with `status` under map `m` is sent again: a server that

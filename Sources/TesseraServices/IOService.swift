@@ -60,6 +60,8 @@ public final class IOService: @unchecked Sendable {
     let serverLabel: String
     /// Longest extent in blocks: its CRCs must fit in one engine value.
     let maxExtentBlocks: Int
+    /// The CRC32C of a block of zeros (what a hole reads as).
+    let zeroBlockCRC: UInt32
     private let lock = NSLock()
     /// Blocks chosen for writes whose transactions have not closed yet.
     private var reserved: [(start: UInt64, count: UInt64)] = []
@@ -96,6 +98,7 @@ public final class IOService: @unchecked Sendable {
         self.header = header
         blockSize = header.blockSize
         maxExtentBlocks = min(256, (engine.limits.maxValue - 12) / 4)
+        zeroBlockCRC = [UInt8](repeating: 0, count: header.blockSize).withUnsafeBytes { CRC32C.checksum($0) }
         let created = try engine.write { t -> Bool in
             guard try t.createCatalogue(IOService.freeFid) else { return false }
             try t.createCatalogue(IOService.mapFid)
@@ -505,10 +508,6 @@ public final class IOService: @unchecked Sendable {
         return (try exists(cob), crcs)
     }
 
-    /// The CRC32C of a block of zeros.
-    var zeroBlockCRC: UInt32 {
-        [UInt8](repeating: 0, count: blockSize).withUnsafeBytes { CRC32C.checksum($0) }
-    }
 
     /// Counts a block that failed its checksum, remembered until a write replaces it.
     private func noteBad(_ cob: Fid, _ offset: UInt64) {
