@@ -82,12 +82,19 @@ public final class Cluster: Sendable {
     /// Sends `request` to server `server` (a position in the id-sorted server list). A server
     /// that cannot be reached, or that the cluster map says failed, answers `.closed`.
     func call(_ server: Int, _ request: Request) async -> Response {
-        if let refused = refusal(server, reading: request.opcode == .read) { return Response(refused) }
+        await send(server, request).response
+    }
+
+    /// `call`, telling also whether the request left this process: it did not when this
+    /// client refused it (the map says the server failed) or no connection could be made,
+    /// so a server cannot have acted on it whatever the answer says.
+    func send(_ server: Int, _ request: Request) async -> (response: Response, sent: Bool) {
+        if let refused = refusal(server, reading: request.opcode == .read) { return (Response(refused), false) }
         let client: RPCClient
-        do { client = try await links[server].client() } catch { return Response(error) }
+        do { client = try await links[server].client() } catch { return (Response(error), false) }
         let response = await client.handle(request)
         await noted(server, request, response, from: client)
-        return response
+        return (response, true)
     }
 
     /// Notes what `response` (to `request`, from `client`, server `server`) says: the

@@ -32,11 +32,14 @@ extension Cluster {
     /// Sends `request` about index `fid` to the server its chain names (the head for a
     /// change, the serving replica for a read), routed by the map version; retries, waiting
     /// for a newer map, while the server refuses it as stale or cannot be reached. `retried`
-    /// tells whether a change was sent more than once (its first answer may have been lost).
+    /// tells whether an earlier attempt may have taken effect: one that reached a server and
+    /// whose answer was lost (the connection closed or timed out). An attempt that never
+    /// left (no connection) or that a server refused as stale (checked before anything is
+    /// decided) did not, so the answer to the last one is the whole story.
     private func routed(_ fid: Fid, _ request: Request, read: Bool) async throws -> (response: Response, retried: Bool) {
         let deadline = ContinuousClock.now + Self.routingWindow
         var last = ""
-        var sent = 0
+        var lost = false
         while true {
             let m = routingMap()
             let replicaIDs = replicas(of: fid).map { links[$0].id }
@@ -51,8 +54,7 @@ extension Cluster {
             }
             for target in targets {
                 guard let position = links.firstIndex(where: { $0.id == target }) else { continue }
-                let r = await call(position, .routed(mapVersion: m.version, request: request))
-                sent += 1
+                let (r, sent) = await send(position, .routed(mapVersion: m.version, request: request))
                 switch r {
                 case .failure(.staleMap, let message):
                     last = message
@@ -63,8 +65,9 @@ extension Cluster {
                     continue
                 case .failure(let status, let message) where [.closed, .timedOut].contains(status):
                     last = "server \(target): \(message)"
+                    lost = lost || sent
                 default:
-                    return (r, sent > 1)
+                    return (r, lost)
                 }
                 break
             }

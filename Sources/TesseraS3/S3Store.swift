@@ -423,6 +423,8 @@ public final class S3Store: Sendable {
             // Most PUTs make a new key: the first compare-and-put expects none, and one that
             // finds an entry gets it back to go again from, as a read would have.
             var stored = condition.needsEntry ? try await cluster.get(bucket.objects, [keyBytes])[0] : nil
+            // Whether `stored` was read (from a GET or a conflict) rather than guessed absent.
+            var read = condition.needsEntry
             while true {
                 let old = try stored.map(ObjectRecord.decode)
                 var current = old
@@ -438,7 +440,7 @@ public final class S3Store: Sendable {
                     try await alsoUnderLock()
                     return .switched(from: old)
                 case .conflict(let current):
-                    stored = current
+                    (stored, read) = (current, true)
                 case .unknown(let now):
                     // Made, if the entry holds this object now: it replaced `old`.
                     if let now, (try? ObjectRecord.decode(now))?.fid == record.fid {
@@ -446,6 +448,13 @@ public final class S3Store: Sendable {
                         return .switched(from: old)
                     }
                     if condition != .none { throw ConditionFailure.conflict }
+                    // Expecting an entry read after this write began, made or not it is
+                    // ordered before the writer who changed that entry since: done. Expecting
+                    // none on a guess, the entry there now may be one from before this write,
+                    // never replaced: not made, and it must not be answered as made.
+                    guard read else {
+                        throw TesseraError(.closed, "object \(key): the answer to its switch was lost and the entry is another's: whether it was made is not known")
+                    }
                     try await alsoUnderLock()
                     return .uncertain
                 }
