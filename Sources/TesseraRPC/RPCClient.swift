@@ -52,7 +52,10 @@ public final class RPCClient: RequestHandler, PeerConnection {
         }
         do { try await ready.futureResult.get() } catch {
             try? await channel.close()
-            throw error as? TesseraError ?? TesseraError(.io, "\(host):\(port): \(error)")
+            // A socket error during the handshake (a reset: the server died just after it
+            // accepted) is a server not there, as a refused connect is: `closed`, which
+            // callers wait out, not an I/O error they would report (a mount's EIO).
+            throw error as? TesseraError ?? TesseraError(.closed, "\(host):\(port): the connection broke during the handshake: \(error)")
         }
         let handler = try await channel.eventLoop.submit {
             NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ClientConnectionHandler.self), eventLoop: channel.eventLoop)
