@@ -374,8 +374,17 @@ public final class ReplicatedNode: RequestHandler {
                 alone = true
             }
         }
-        if alone || request.waitsLogged || request.changesIndexes { try await engine.waitLogged(tx) }
-        if request.waitsLogged && !alone { for id in others { try await syncPeer(id) } }
+        let logged = alone || request.waitsLogged || request.changesIndexes
+        if request.waitsLogged && !alone {
+            // Both logs at once: the peers' SYNCs go out while this server's group is logged.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for id in others { group.addTask { try await self.syncPeer(id) } }
+                if logged { try await engine.waitLogged(tx) }
+                try await group.waitForAll()
+            }
+        } else if logged {
+            try await engine.waitLogged(tx)
+        }
         return decided.response.with(transaction: tx.group)
     }
 
