@@ -35,11 +35,21 @@ public struct CommitOptions: Sendable {
 
 final class CommitPipeline: @unchecked Sendable {
     // SAFETY of @unchecked Sendable: every mutable field is touched only under `lock`,
-    // except `head`, which only the logger thread writes, and the constants.
+    // except `head`, which only the logger thread writes, `zeroedThrough`, which only the
+    // thread holding `writing` touches, and the constants.
     let file: ImageFile
     /// The image opened O_DIRECT|O_DSYNC for log writes, where the file system allows it: a
     /// record is durable when its write returns, with no separate flush of the whole file.
     private let logFile: ImageFile?
+    /// Bytes from the log's start that are written (zeroes or records). A record written
+    /// into blocks never written makes each durable write update the file's metadata too,
+    /// so on the first pass through the log (a new image, which `Engine.format` makes with
+    /// only `logZeroStep` bytes of it zeroed) the writer zeroes the log ahead of itself,
+    /// `logZeroStep` bytes at a time. The written part is always a prefix, found again at
+    /// open as the first hole.
+    private var zeroedThrough: UInt64
+    /// Log bytes zeroed at a time on the first pass.
+    static let logZeroStep: UInt64 = 4 << 20
     let geometry: Geometry
     let options: CommitOptions
     let maxRecord: Int
@@ -100,6 +110,7 @@ final class CommitPipeline: @unchecked Sendable {
         self.file = file
         self.logFile = try? ImageFile(path: file.path, lock: false, durableWrites: true, faults: faults)
         self.geometry = header.geometry
+        zeroedThrough = min(file.firstHole(from: Geometry.logOffset) - Geometry.logOffset, header.geometry.logSize)
         self.options = options
         self.header = header
         self.headerSlot = headerSlot
@@ -335,6 +346,7 @@ final class CommitPipeline: @unchecked Sendable {
         var error: TesseraError?
         do {
             try options.beforeLog?()
+            try zeroAhead(through: position + UInt64(record.count))
             if let logFile {
                 try logFile.write(record.bytes, atAbsoluteOffset: Geometry.logOffset + position)
             } else {
@@ -358,6 +370,31 @@ final class CommitPipeline: @unchecked Sendable {
         resumeAsyncWaiters()
         lock.broadcast()
         return true
+    }
+
+    /// Zeroes the log from `zeroedThrough` to past `end` (relative to the log's start), a
+    /// step more than needed, before a record is written there. Only on the first pass:
+    /// afterwards the whole log is written.
+    private func zeroAhead(through end: UInt64) throws {
+        guard end > zeroedThrough else { return }
+        let to = min(geometry.logSize, (end + Self.logZeroStep - 1) / Self.logZeroStep * Self.logZeroStep + Self.logZeroStep)
+        try Self.zero(logFile ?? file, from: Geometry.logOffset + zeroedThrough, count: to - zeroedThrough)
+        if logFile == nil { try file.flush() }
+        zeroedThrough = to
+    }
+
+    /// Writes `count` zero bytes at `offset` (both multiples of 4096, as O_DIRECT needs).
+    static func zero(_ file: ImageFile, from offset: UInt64, count: UInt64) throws {
+        let chunk = 1 << 20
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var at: UInt64 = 0
+        while at < count {
+            let n = Int(min(UInt64(chunk), count - at))
+            try file.write(UnsafeRawBufferPointer(rebasing: zeros[0..<n]), atAbsoluteOffset: offset + at)
+            at += UInt64(n)
+        }
     }
 
     /// Where a record of `length` bytes can go without overwriting unreleased records.

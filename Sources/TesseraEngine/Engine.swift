@@ -244,6 +244,9 @@ public final class Engine: @unchecked Sendable {
     /// Checks every invariant of the image (see `Store+Audit.swift`).
     public func audit() throws -> AuditReport { try read { try $0.audit() } }
 
+    /// The image's configured size and the bytes of disk it holds (it grows as written).
+    public var diskUsage: (size: UInt64, allocated: UInt64) { file.diskUsage }
+
     public var statistics: EngineStatistics {
         lock.withLock {
             EngineStatistics(

@@ -3,11 +3,13 @@
 import Glibc
 #endif
 import CTesseraSupport
+import Synchronization
 import TesseraCore
 
 /// The calls `ImageFile` makes, for fault injection.
 public enum IOCall: Sendable {
-    case read, write, flush
+    /// `grow` is the reservation of disk blocks before a write into a step not yet grown.
+    case read, write, flush, grow
 }
 
 /// Decides whether a call on an image fails: returns the errno to fail it with, or nil to let
@@ -16,13 +18,27 @@ public typealias FaultInjector = @Sendable (_ call: IOCall, _ path: String, _ of
 
 /// An open image file. Reads and writes are positional and complete (short transfers and
 /// EINTR are retried); every failure becomes a `TesseraError` naming the file and the call.
+///
+/// Images are sparse: made at their configured size with no blocks (`setLength`), they
+/// grow on disk as they are written, in steps of `growthStep` bytes. The first write into
+/// a step reserves the whole step (posix_fallocate), so a disk that is full fails that
+/// write, before any byte of it is written, with `.noSpace` naming the image; a step once
+/// grown is never given back. Steps are remembered per open file only: after a reopen, the
+/// first write into each step asks again, which costs a call and reserves nothing new.
 public final class ImageFile: @unchecked Sendable {
     // SAFETY of @unchecked Sendable: `path` is immutable; `fd` changes only in `close()`,
     // which the owner calls after every other user has stopped. The kernel serialises
-    // positional reads and writes on one descriptor.
+    // positional reads and writes on one descriptor. `grown` is a Mutex.
     public let path: String
     private(set) var fd: Int32
     private let faults: FaultInjector?
+    /// Bytes of disk reserved at a time (0: none; the file system allocates as written).
+    public let growthStep: UInt64
+    /// Steps (offset / growthStep) reserved by this open file.
+    private let grown = Mutex<Set<UInt64>>([])
+
+    /// The growth step of images (`ImageFile`): 8 MiB.
+    public static let defaultGrowthStep: UInt64 = 8 << 20
 
     /// Opens `path`. With `lock`, takes an exclusive advisory lock so that two processes
     /// never run the engine on one image at the same time.
@@ -32,10 +48,11 @@ public final class ImageFile: @unchecked Sendable {
     /// `direct`, O_DIRECT: reads and writes bypass the page cache, with the same alignment.
     public init(
         path: String, create: Bool = false, writable: Bool = true, lock: Bool = true, durableWrites: Bool = false,
-        direct: Bool = false, faults: FaultInjector? = nil
+        direct: Bool = false, growthStep: UInt64 = ImageFile.defaultGrowthStep, faults: FaultInjector? = nil
     ) throws {
         self.path = path
         self.faults = faults
+        self.growthStep = writable ? growthStep : 0
         var flags = writable ? O_RDWR : O_RDONLY
         if create { flags |= O_CREAT | O_EXCL }
         if durableWrites { flags |= tessera_direct_sync_flags() }
@@ -112,9 +129,20 @@ public final class ImageFile: @unchecked Sendable {
         return out
     }
 
-    /// Writes all of `bytes` at `offset`.
+    /// The file's length and the bytes of disk it holds (0 for either that cannot be read).
+    public var diskUsage: (size: UInt64, allocated: UInt64) { ((try? size()) ?? 0, (try? allocatedBytes()) ?? 0) }
+
+    /// Bytes of disk the file holds (its allocated blocks).
+    public func allocatedBytes() throws -> UInt64 {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw failure("fstat") }
+        return UInt64(st.st_blocks) * 512
+    }
+
+    /// Writes all of `bytes` at `offset`, growing the file's reserved blocks first.
     public func write(_ bytes: UnsafeRawBufferPointer, atAbsoluteOffset offset: UInt64) throws {
         try inject(.write, offset, "write at \(offset)")
+        if growthStep > 0 && bytes.count > 0 { try grow(offset, UInt64(bytes.count)) }
         var done = 0
         while done < bytes.count {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
@@ -139,16 +167,43 @@ public final class ImageFile: @unchecked Sendable {
         }
     }
 
-    /// Reserves disk blocks for `[offset, offset+length)` so later writes cannot hit ENOSPC.
-    public func allocate(offset: UInt64, length: UInt64) throws {
-        let r = posix_fallocate(fd, off_t(offset), off_t(length))
-        if r == EOPNOTSUPP || r == EINVAL {  // some file systems cannot; fall back to a sparse file
-            guard ftruncate(fd, off_t(offset + length)) == 0 else { throw failure("ftruncate") }
-            return
+    /// The offset of the first hole (bytes never written nor reserved-and-written) at or
+    /// after `offset`: the file's length if there is none, or if the file system does not
+    /// tell (SEEK_HOLE).
+    public func firstHole(from offset: UInt64) -> UInt64 {
+        let seekHole: Int32 = 4  // SEEK_HOLE (Linux), which Glibc's module leaves out
+        let r = lseek(fd, off_t(offset), seekHole)
+        guard r >= 0 else { return (try? size()) ?? offset }
+        return max(UInt64(r), offset)
+    }
+
+    /// Makes the file `length` bytes long without giving it blocks (a sparse file): an image
+    /// at its configured size, which grows on disk as it is written.
+    public func setLength(_ length: UInt64) throws {
+        guard ftruncate(fd, off_t(length)) == 0 else { throw failure("ftruncate to \(length) bytes") }
+    }
+
+    /// Reserves the disk blocks of every step that `[offset, offset + count)` touches and
+    /// this file has not grown yet (within the file's length).
+    private func grow(_ offset: UInt64, _ count: UInt64) throws {
+        for step in (offset / growthStep)...((offset + count - 1) / growthStep) {
+            if grown.withLock({ $0.contains(step) }) { continue }
+            let start = step * growthStep
+            let end = max(min(start + growthStep, try size()), offset + count)
+            if let injected = faults?(.grow, path, start) {
+                throw grewNot(injected, start, end - start)
+            }
+            let r = posix_fallocate(fd, off_t(start), off_t(end - start))
+            // A file system that cannot reserve allocates as it is written.
+            guard r == 0 || r == EOPNOTSUPP || r == EINVAL else { throw grewNot(r, start, end - start) }
+            _ = grown.withLock { $0.insert(step) }
         }
-        guard r == 0 else {
-            throw TesseraError(r == ENOSPC ? .noSpace : .io, "\(path): fallocate: \(String(cString: strerror(r)))", osErrno: r)
-        }
+    }
+
+    private func grewNot(_ e: Int32, _ start: UInt64, _ length: UInt64) -> TesseraError {
+        let held = (try? allocatedBytes()).map { ", holding \($0) bytes of its \((try? size()) ?? 0)" } ?? ""
+        let why = e == ENOSPC ? "the disk under it is full" : String(cString: strerror(e))
+        return TesseraError(e == ENOSPC ? .noSpace : .io, "\(path): cannot grow the image by \(length) bytes at offset \(start)\(held): \(why)", osErrno: e)
     }
 
     private func inject(_ call: IOCall, _ offset: UInt64, _ what: @autoclosure () -> String) throws {

@@ -94,15 +94,11 @@ extension Engine {
         let g = try Geometry.forImage(size: size, pageSize: pageSize, logSize: logSize)
         let file = try ImageFile(path: path, create: true)
         do {
-            try file.allocate(offset: 0, length: g.imageSize)
-            // Zeroes make the log's blocks written, so a log flush updates no file metadata.
-            let zeros = [UInt8](repeating: 0, count: 1 << 20)
-            var at: UInt64 = 0
-            while at < g.logSize {
-                let n = Int(min(UInt64(zeros.count), g.logSize - at))
-                try zeros.withUnsafeBytes { try file.write(UnsafeRawBufferPointer(rebasing: $0[0..<n]), atAbsoluteOffset: Geometry.logOffset + at) }
-                at += UInt64(n)
-            }
+            // Sparse: the image grows as it is written. The log's first step is zeroed (its
+            // blocks written, so a log write updates no file metadata); the commit pipeline
+            // zeroes the rest ahead of itself on its first pass.
+            try file.setLength(g.imageSize)
+            try CommitPipeline.zero(file, from: Geometry.logOffset, count: min(g.logSize, CommitPipeline.logZeroStep))
             try Store.formatSegment(file, g)
             var uuid = [UInt8](repeating: 0, count: 16)
             for i in uuid.indices { uuid[i] = UInt8.random(in: 0...255) }

@@ -75,7 +75,7 @@ public enum DataImage {
         let header = DataImageHeader(blockSize: 4096, blockCount: blocks - 1, uuid: uuid)
         let file = try ImageFile(path: path, create: true)
         do {
-            try file.allocate(offset: 0, length: header.imageSize)
+            try file.setLength(header.imageSize)  // sparse: grows as blocks are written
             try file.write(header.encode(), atAbsoluteOffset: 0)
             try file.flush()
         } catch {

@@ -153,10 +153,13 @@ public struct ServerNode: RequestHandler {
             case .statistics:
                 let e = catalogues.engine.statistics
                 let total = io.map { UInt64($0.header.blockCount) * UInt64($0.header.blockSize) } ?? 0
-                return .statistics(ServerStatistics(
+                var s = ServerStatistics(
                     dataBytes: total, dataFreeBytes: try io?.freeBytes() ?? 0, logBytes: e.logSize,
                     logUsedBytes: UInt64(e.logUsedBytes), groupsLogged: e.groupsLogged,
-                    maxValue: UInt32(catalogues.engine.limits.maxValue)))
+                    maxValue: UInt32(catalogues.engine.limits.maxValue))
+                (s.metaImageBytes, s.metaAllocatedBytes) = catalogues.engine.diskUsage
+                if let io { (s.dataImageBytes, s.dataAllocatedBytes) = io.data.file.diskUsage }
+                return .statistics(s)
             case .sync(let transactions):
                 // LOGGED implies the written blocks are durable: journaled in the group, or
                 // flushed before it (the beforeLog hook). Flush again for unjournaled writes

@@ -306,10 +306,13 @@ struct Status: AsyncParsableCommand {
             }
             let used = s.dataBytes - min(s.dataBytes, s.dataFreeBytes)
             if bytes {
-                print("server=\(id) address=\(address) state=up map=\(mapState) data_used=\(used) data_total=\(s.dataBytes) log_used=\(s.logUsedBytes) log_total=\(s.logBytes)")
+                print("server=\(id) address=\(address) state=up map=\(mapState) data_used=\(used) data_total=\(s.dataBytes) log_used=\(s.logUsedBytes) log_total=\(s.logBytes)"
+                    + " data_image=\(s.dataImageBytes) data_image_on_disk=\(s.dataAllocatedBytes) meta_image=\(s.metaImageBytes) meta_image_on_disk=\(s.metaAllocatedBytes)")
                 continue
             }
-            print("server \(id)  \(address)  \(mapState)  up  data \(human(used)) of \(human(s.dataBytes)) used  log \(human(s.logUsedBytes)) of \(human(s.logBytes)) used")
+            let onDisk = s.dataAllocatedBytes + s.metaAllocatedBytes, configured = s.dataImageBytes + s.metaImageBytes
+            print("server \(id)  \(address)  \(mapState)  up  data \(human(used)) of \(human(s.dataBytes)) used  log \(human(s.logUsedBytes)) of \(human(s.logBytes)) used"
+                + "  images \(human(onDisk)) of \(human(configured)) on disk")
         }
         view.print(bytes: bytes)
         if down > 0 { throw ExitCode(1) }

@@ -444,6 +444,7 @@ extension Response {
             w.u16(Kind.statistics.rawValue)
             for v in [s.dataBytes, s.dataFreeBytes, s.logBytes, s.logUsedBytes, s.groupsLogged] { w.u64(v) }
             w.u32(s.maxValue)
+            for v in [s.metaImageBytes, s.metaAllocatedBytes, s.dataImageBytes, s.dataAllocatedBytes] { w.u64(v) }
         case .repaired(let step):
             w.u16(Kind.repaired.rawValue)
             w.u32(UInt32(clamping: step.indexes))
@@ -499,11 +500,16 @@ extension Response {
         case .data: response = .data(try r.blob("data"))
         case .done: response = .done
         case .statistics:
-            response = .statistics(ServerStatistics(
+            var s = ServerStatistics(
                 dataBytes: try r.u64("data bytes"), dataFreeBytes: try r.u64("free data bytes"),
                 logBytes: try r.u64("log bytes"), logUsedBytes: try r.u64("used log bytes"),
                 groupsLogged: try r.u64("groups logged"),
-                maxValue: r.remaining > 0 ? try r.u32("largest value") : 0))
+                maxValue: r.remaining > 0 ? try r.u32("largest value") : 0)
+            if r.remaining > 0 {
+                (s.metaImageBytes, s.metaAllocatedBytes) = (try r.u64("metadata image bytes"), try r.u64("metadata image bytes on disk"))
+                (s.dataImageBytes, s.dataAllocatedBytes) = (try r.u64("data image bytes"), try r.u64("data image bytes on disk"))
+            }
+            response = .statistics(s)
         case .failure: response = .failure(try status(&r), try r.string("message"))
         case .cas: response = .cas(try status(&r), current: try r.optionalBlob("current value"), transaction: try r.u64("transaction"))
         case .repaired:
@@ -560,6 +566,12 @@ public struct ServerStatistics: Sendable, Equatable {
     public var groupsLogged: UInt64
     /// The largest record value the server's catalogues accept; 0 if not told.
     public var maxValue: UInt32
+    /// Each image's configured size and the bytes of disk it holds now (images grow as they
+    /// are written); 0 if not told.
+    public var metaImageBytes: UInt64 = 0
+    public var metaAllocatedBytes: UInt64 = 0
+    public var dataImageBytes: UInt64 = 0
+    public var dataAllocatedBytes: UInt64 = 0
 
     public init(dataBytes: UInt64, dataFreeBytes: UInt64, logBytes: UInt64, logUsedBytes: UInt64, groupsLogged: UInt64, maxValue: UInt32 = 0) {
         self.dataBytes = dataBytes
