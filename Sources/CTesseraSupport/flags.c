@@ -7,6 +7,19 @@ int tessera_direct_sync_flags(void) { return O_DIRECT | O_DSYNC; }
 
 int tessera_direct_flags(void) { return O_DIRECT; }
 
+#include <errno.h>
+
+// Reserves [offset, offset + length) of `fd` with Linux fallocate (mode 0), retrying EINTR.
+// Returns 0 or the errno. Unlike posix_fallocate, a file system that cannot reserve says
+// EOPNOTSUPP instead of having glibc write a zero byte into every block that reads as zero,
+// which would race with writes to the same blocks.
+int tessera_reserve(int fd, long long offset, long long length) {
+    while (fallocate(fd, 0, (off_t)offset, (off_t)length) != 0) {
+        if (errno != EINTR) return errno;
+    }
+    return 0;
+}
+
 #include <malloc.h>
 
 int tessera_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }

@@ -21,9 +21,10 @@ public typealias FaultInjector = @Sendable (_ call: IOCall, _ path: String, _ of
 ///
 /// Images are sparse: made at their configured size with no blocks (`setLength`), they
 /// grow on disk as they are written, in steps of `growthStep` bytes. The first write into
-/// a step reserves the whole step (posix_fallocate), so a disk that is full fails that
-/// write, before any byte of it is written, with `.noSpace` naming the image; a step once
-/// grown is never given back. Steps are remembered per open file only: after a reopen, the
+/// a step reserves the whole step (Linux fallocate; a file system that cannot reserve, such
+/// as NFSv3, allocates as written instead), so a disk that is full fails that write, before
+/// any byte of it is written, with `.noSpace` naming the image; a step once grown is never
+/// given back. Steps are remembered per open file only: after a reopen, the
 /// first write into each step asks again, which costs a call and reserves nothing new.
 public final class ImageFile: @unchecked Sendable {
     // SAFETY of @unchecked Sendable: `path` is immutable; `fd` changes only in `close()`,
@@ -184,19 +185,21 @@ public final class ImageFile: @unchecked Sendable {
     }
 
     /// Reserves the disk blocks of every step that `[offset, offset + count)` touches and
-    /// this file has not grown yet (within the file's length).
+    /// this file has not grown yet (within the file's length). A step is reserved under the
+    /// lock of the set, so no write into it goes ahead of its reservation.
     private func grow(_ offset: UInt64, _ count: UInt64) throws {
         for step in (offset / growthStep)...((offset + count - 1) / growthStep) {
-            if grown.withLock({ $0.contains(step) }) { continue }
-            let start = step * growthStep
-            let end = max(min(start + growthStep, try size()), offset + count)
-            if let injected = faults?(.grow, path, start) {
-                throw grewNot(injected, start, end - start)
+            try grown.withLock { (grown) throws(TesseraError) in
+                guard !grown.contains(step) else { return }
+                let start = step * growthStep
+                guard let length = try? size() else { throw failure("fstat") }
+                let end = max(min(start + growthStep, length), offset + count)
+                if let injected = faults?(.grow, path, start) { throw grewNot(injected, start, end - start) }
+                let r = tessera_reserve(fd, Int64(start), Int64(end - start))
+                // A file system that cannot reserve allocates as it is written.
+                guard r == 0 || r == EOPNOTSUPP || r == EINVAL else { throw grewNot(r, start, end - start) }
+                grown.insert(step)
             }
-            let r = posix_fallocate(fd, off_t(start), off_t(end - start))
-            // A file system that cannot reserve allocates as it is written.
-            guard r == 0 || r == EOPNOTSUPP || r == EINVAL else { throw grewNot(r, start, end - start) }
-            _ = grown.withLock { $0.insert(step) }
         }
     }
 

@@ -18,7 +18,9 @@ import TesseraEngine
         defer { f.close() }
         try f.setLength(64 << 20)
         try f.write([UInt8](repeating: 1, count: 4096), atAbsoluteOffset: 0)
-        return f.firstHole(from: 0) < 64 << 20
+        // The rest of the step is reserved and unwritten: a hole to this check, as on ext4,
+        // XFS and tmpfs.
+        return f.firstHole(from: 0) == 4096
     }
 
     @Test func aNewMetadataImageHoldsAFewStepsAndItsLogsFirstStepZeroed() throws {
@@ -81,7 +83,9 @@ import TesseraEngine
         let segment = 8192 + logSize
         faults.arm { call, offset in
             guard call == .grow else { return nil }
-            return under == "log" ? (offset >= Self.step && offset < segment ? ENOSPC : nil) : (offset >= segment + Self.step ? ENOSPC : nil)
+            // Only steps wholly within the log (the segment's first pages share a step with
+            // the log's end): the log's zeroing meets the full disk, not placement.
+            return under == "log" ? (offset >= Self.step && offset < segment / Self.step * Self.step ? ENOSPC : nil) : (offset >= segment + Self.step ? ENOSPC : nil)
         }
         var o = options(cacheBytes: 1 << 20)
         o.faults = faults.injector

@@ -25,6 +25,10 @@ int tessera_direct_sync_flags(void);
 /// O_DIRECT alone.
 int tessera_direct_flags(void);
 
+/// Reserves [offset, offset + length) of `fd` (Linux fallocate, mode 0; EINTR retried):
+/// 0, or the errno (EOPNOTSUPP where the file system cannot reserve).
+int tessera_reserve(int fd, long long offset, long long length);
+
 /// Fixes glibc's mmap threshold at `bytes` (mallopt M_MMAP_THRESHOLD); returns 1 on success.
 int tessera_set_mmap_threshold(int bytes);
 
