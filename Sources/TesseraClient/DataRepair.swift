@@ -38,8 +38,6 @@ public struct DataRepairTotals: Sendable, Equatable, Codable {
 extension Cluster {
     /// Objects repaired at once.
     static let repairParallelism = 8
-    /// The CRC32C of a 4 KiB block of zeros: what CHECKSUMS answers for a hole.
-    static let zeroBlockCRC = [UInt8](repeating: 0, count: 4096).withUnsafeBytes { CRC32C.checksum($0) }
     /// Cobs asked of each server per COBS request.
     static let repairCobPage = 1000
 
@@ -205,10 +203,9 @@ extension Cluster {
                 held.count == unitSize / 4096
             else { throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS") }
             let used = (Self.usedLength(wanted) + 4095) & ~4095
-            let zero = Self.zeroBlockCRC
             let differs = wanted.withUnsafeBytes { w in
                 (0..<held.count).filter { b in
-                    let crc = b * 4096 < used ? CRC32C.checksum(UnsafeRawBufferPointer(rebasing: w[(b * 4096)..<((b + 1) * 4096)])) : zero
+                    let crc = b * 4096 < used ? CRC32C.checksum(UnsafeRawBufferPointer(rebasing: w[(b * 4096)..<((b + 1) * 4096)])) : CRC32C.zeroBlock
                     return crc != held[b]
                 }
             }
@@ -237,14 +234,13 @@ extension Cluster {
     private func reach(_ cob: Fid, group g: UInt64, besides unit: Int) async throws -> Int {
         let offset = layout.cobOffset(group: g)
         let size = layout.unitSize
-        let zero = Self.zeroBlockCRC
         var blocks = 1
         for v in 0..<layout.width where v != unit {
             let server = layout.server(group: g, unit: v)
             guard case .checksums(_, let crcs) = try await call(server, .checksums(cob: cob, offset: offset, length: UInt32(size), verify: false)).unwrap() else {
                 throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS from server \(links[server].id)")
             }
-            if let last = crcs.lastIndex(where: { $0 != zero }) { blocks = max(blocks, last + 1) }
+            if let last = crcs.lastIndex(where: { $0 != CRC32C.zeroBlock }) { blocks = max(blocks, last + 1) }
         }
         return min(blocks * 4096, size)
     }

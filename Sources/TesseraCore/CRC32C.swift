@@ -12,4 +12,7 @@ public enum CRC32C {
     public static func checksum(_ bytes: [UInt8], continuing crc: UInt32 = 0) -> UInt32 {
         bytes.withUnsafeBytes { checksum($0, continuing: crc) }
     }
+
+    /// CRC32C of a 4 KiB data block of zeros: what a hole in a data image checks as.
+    public static let zeroBlock = checksum([UInt8](repeating: 0, count: 4096))
 }

@@ -24,8 +24,8 @@ public typealias FaultInjector = @Sendable (_ call: IOCall, _ path: String, _ of
 /// a step reserves the whole step (Linux fallocate; a file system that cannot reserve, such
 /// as NFSv3, allocates as written instead), so a disk that is full fails that write, before
 /// any byte of it is written, with `.noSpace` naming the image; a step once grown is never
-/// given back. Steps are remembered per open file only: after a reopen, the
-/// first write into each step asks again, which costs a call and reserves nothing new.
+/// given back. Steps are remembered per open file only: after a reopen, the first write
+/// into each step asks again, which costs a call and reserves nothing new.
 public final class ImageFile: @unchecked Sendable {
     // SAFETY of @unchecked Sendable: `path` is immutable; `fd` changes only in `close()`,
     // which the owner calls after every other user has stopped. The kernel serialises

@@ -1284,7 +1284,7 @@ public final class FileSystem: Sendable {
         var r = record
         r.fid = writer.fid
         r.parts = 0
-        try store.checkOwned(writer.fid)
+        try await store.checkOwned(writer.fid)
         try await namespace.withLock(0) {
             state.withLock { _ in i.record = r }
             try await storeRecords([i], sync: true)

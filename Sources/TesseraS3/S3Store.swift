@@ -340,10 +340,23 @@ public final class S3Store: Sendable {
     }
 
     /// Throws unless this process still owns `fid` under its valid session: an entry must
-    /// not come to refer to data the sweeper may have freed.
-    public func checkOwned(_ fid: Fid) throws {
+    /// not come to refer to data the sweeper may have freed. Called once the object's writer
+    /// is done and before any entry names it, so an object that fails the check is no one's:
+    /// it is freed here, with its pending-free record. (The sweeper may have freed it while
+    /// the writer still wrote, and the units written after that would be left behind.)
+    public func checkOwned(_ fid: Fid) async throws {
         guard let o = owned.withLock({ $0[fid] }) else { return }  // not noted here: not ours to fence
-        try sessions.checkOwner(o.session)
+        do { try sessions.checkOwner(o.session) } catch {
+            do {
+                try await free(fid)
+                await dropPending([fid])
+            } catch let freeing {
+                // The record stays (noted again under the next session if it was not lost),
+                // and the sweeper frees the object.
+                logger.warning("object \(fid), written under a lost session, could not be freed now: \(freeing)")
+            }
+            throw error
+        }
     }
 
     /// A free marker: the pending-free record of `fid` kept in the bucket's own object list,
@@ -419,7 +432,7 @@ public final class S3Store: Sendable {
     ) async throws {
         let keyBytes = Array(key.utf8)
         let switched: Switched = try await switchLocks.withLock(bucketName + "/" + key) {
-            try checkOwned(record.fid)
+            try await checkOwned(record.fid)
             // Most PUTs make a new key: the first compare-and-put expects none, and one that
             // finds an entry gets it back to go again from, as a read would have.
             var stored = condition.needsEntry ? try await cluster.get(bucket.objects, [keyBytes])[0] : nil
@@ -678,7 +691,7 @@ public final class S3Store: Sendable {
         let old: PartRecord? = try await switchLocks.withLock("\(upload.fid)#\(part.number)") {
             let old = try await cluster.get(S3Indexes.parts, [key])[0].map { try PartRecord.decode($0, number: part.number) }
             if let old { try await notePending([(old.fid, .part(upload: upload.fid, number: part.number))]) }
-            try checkOwned(part.fid)
+            try await checkOwned(part.fid)
             try await cluster.put(S3Indexes.parts, [Record(key: key, value: part.encode())], sync: true)
             return old
         }

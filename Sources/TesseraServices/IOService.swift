@@ -60,8 +60,6 @@ public final class IOService: @unchecked Sendable {
     let serverLabel: String
     /// Longest extent in blocks: its CRCs must fit in one engine value.
     let maxExtentBlocks: Int
-    /// The CRC32C of a block of zeros (what a hole reads as).
-    let zeroBlockCRC: UInt32
     private let lock = NSLock()
     /// Blocks chosen for writes whose transactions have not closed yet.
     private var reserved: [(start: UInt64, count: UInt64)] = []
@@ -98,7 +96,6 @@ public final class IOService: @unchecked Sendable {
         self.header = header
         blockSize = header.blockSize
         maxExtentBlocks = min(256, (engine.limits.maxValue - 12) / 4)
-        zeroBlockCRC = [UInt8](repeating: 0, count: header.blockSize).withUnsafeBytes { CRC32C.checksum($0) }
         let created = try engine.write { t -> Bool in
             guard try t.createCatalogue(IOService.freeFid) else { return false }
             try t.createCatalogue(IOService.mapFid)
@@ -487,7 +484,7 @@ public final class IOService: @unchecked Sendable {
         try checkRange(offset, UInt64(length))
         let count = length / blockSize
         guard count <= 1 << 16 else { throw TesseraError(.tooLarge, "CHECKSUMS of \(count) blocks; at most 65536") }
-        var crcs = [UInt32](repeating: zeroBlockCRC, count: count)
+        var crcs = [UInt32](repeating: CRC32C.zeroBlock, count: count)
         let buffer = verify ? UnsafeMutableRawBufferPointer.allocate(byteCount: blockSize, alignment: DataFile.directAlignment) : nil
         defer { buffer?.deallocate() }
         for e in try extents(nil, cob: cob, from: offset, to: offset + UInt64(length)) {
@@ -507,7 +504,6 @@ public final class IOService: @unchecked Sendable {
         if verify { lock.withLock { unitsVerified += 1 } }
         return (try exists(cob), crcs)
     }
-
 
     /// Counts a block that failed its checksum, remembered until a write replaces it.
     private func noteBad(_ cob: Fid, _ offset: UInt64) {

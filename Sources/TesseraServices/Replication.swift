@@ -234,13 +234,21 @@ public final class ReplicatedNode: RequestHandler {
     func dataRefusal(_ request: Request, routedBy version: UInt64?) -> TesseraError? {
         guard !settings.isStatic, request.isObjectData else { return nil }
         let m = currentMap
+        // The map a server starts with (version 0, everyone online) is no map: until the
+        // state service's comes, this process cannot know whether it was admitted, and it
+        // serves as soon as it listens (a restarted server's units may be stale).
+        guard m.version > 0 else {
+            return TesseraError(.staleMap, "server \(settings.me) has no cluster map yet: it serves no object data until the state service's map admits it")
+        }
         guard let entry = m.server(settings.me), entry.state != .failed else {
             return TesseraError(.staleMap, "server \(settings.me) is failed in map version \(m.version)")
         }
         // Unlike an index, a unit needs no valid session to be served: only this process
-        // must be the one the map admitted (a restarted one may hold stale units). A lapsed
-        // session renewed since is this process still (etcd down for everyone, say).
-        if let admitted = entry.session, admitted != session(), !heldSession(admitted) {
+        // must be the one the map admitted, under a session it holds or held (a lapsed one
+        // renewed since is this process still: etcd down for everyone, say). A map that
+        // names no session for it (a cluster's first, before the HA role saw the servers)
+        // admits no process yet.
+        guard let admitted = entry.session, admitted == session() || heldSession(admitted) else {
             return TesseraError(.staleMap, "server \(settings.me) restarted: map version \(m.version) has not admitted it yet")
         }
         let state = entry.state
@@ -374,15 +382,14 @@ public final class ReplicatedNode: RequestHandler {
                 alone = true
             }
         }
-        let logged = alone || request.waitsLogged || request.changesIndexes
         if request.waitsLogged && !alone {
             // Both logs at once: the peers' SYNCs go out while this server's group is logged.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for id in others { group.addTask { try await self.syncPeer(id) } }
-                if logged { try await engine.waitLogged(tx) }
+                try await engine.waitLogged(tx)
                 try await group.waitForAll()
             }
-        } else if logged {
+        } else if alone || request.changesIndexes {
             try await engine.waitLogged(tx)
         }
         return decided.response.with(transaction: tx.group)

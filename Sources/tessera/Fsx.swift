@@ -28,7 +28,13 @@ struct Fsx: ParsableCommand {
         let kind: Kind
         let offset: Int
         let length: Int
-        var description: String { "\(n): \(kind.rawValue) \(offset) \(length)" }
+        /// When it began (wall clock), to line a failure up with servers' logs.
+        var at = Date()
+        var description: String {
+            let t = at.timeIntervalSince1970
+            let s = Int(t) % 86400
+            return "\(n): \(kind.rawValue) \(offset) \(length) at " + String(format: "%02d:%02d:%02d.%03d", s / 3600, s / 60 % 60, s % 60, Int(t * 1000) % 1000) + " UTC"
+        }
     }
 
     func run() throws {
@@ -53,6 +59,10 @@ struct Fsx: ParsableCommand {
         func sys(_ r: Int, _ what: String) throws {
             if r < 0 { try fail("\(what): \(String(cString: strerror(errno)))") }
         }
+        func fill(_ n: Int, _ step: Int) -> [UInt8] {
+            // Bytes that tell operations apart: step number and position.
+            (0..<n).map { UInt8(truncatingIfNeeded: step &* 131 &+ $0 &* 7 &+ 1) }
+        }
         func compare(_ got: [UInt8], at offset: Int, _ what: String) throws {
             let want = Array(model[offset..<(offset + got.count)])
             guard got != want else { return }
@@ -64,11 +74,17 @@ struct Fsx: ParsableCommand {
             for i in from..<to where got[i] != want[i] || i == first {
                 lines.append(String(format: "  %-8d  0x%02x  0x%02x", offset + i, got[i], want[i]))
             }
+            // The last writes of that byte since the file last ended below it, and the
+            // fsyncs and reopens after the last: which write the file's byte came from
+            // tells a lost write from a misplaced one.
+            let at = offset + first
+            let since = log.lastIndex { $0.kind == .truncate && $0.offset <= at }.map { $0 + 1 } ?? 0
+            let writes = log[since...].filter { [.write, .append, .mapwrite].contains($0.kind) && $0.offset <= at && at < $0.offset + $0.length }
+            let after = log[since...].filter { [.fsync, .reopen].contains($0.kind) && $0.n > (writes.last?.n ?? 0) }
+            lines.append("  the last writes of byte \(at) since the file was last cut below it, and each fsync and reopen since:")
+            for s in writes.suffix(10) { lines.append("    \(s) (wrote " + String(format: "0x%02x)", fill(at - s.offset + 1, s.n).last!)) }
+            for s in after.suffix(10) { lines.append("    \(s)") }
             try fail(lines.joined(separator: "\n"))
-        }
-        func fill(_ n: Int, _ step: Int) -> [UInt8] {
-            // Bytes that tell operations apart: step number and position.
-            (0..<n).map { UInt8(truncatingIfNeeded: step &* 131 &+ $0 &* 7 &+ 1) }
         }
 
         let kinds: [Kind] = noMmap ? [.read, .read, .write, .write, .append, .truncate, .fsync, .reopen] : [.read, .read, .write, .write, .append, .truncate, .mapread, .mapwrite, .fsync, .reopen]

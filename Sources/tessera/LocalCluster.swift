@@ -58,7 +58,13 @@ extension StateOption {
                 while true {
                     let pid = try check(server)
                     let sessions = (try? await reader.sessions()) ?? []
-                    if sessions.contains(where: { $0.info.kind == .server && $0.info.server == server.id && $0.info.pid == pid }) { break }
+                    // Its session taken, and the map admitting it under that session: only
+                    // then does it serve object data (REPLICATION.md, "Object data").
+                    if let lease = sessions.first(where: { $0.info.kind == .server && $0.info.server == server.id && $0.info.pid == pid })?.lease,
+                        let entry = (try? await reader.map())??.map.server(server.id), entry.session == lease
+                    {
+                        break
+                    }
                     try await Task.sleep(for: .milliseconds(50))
                 }
             }

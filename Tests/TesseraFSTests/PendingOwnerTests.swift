@@ -73,4 +73,33 @@ import TesseraS3
         #expect(try await owner.object(bucket, "k") == nil)
         await cluster.stop()
     }
+
+    /// The sweeper frees a dead session's object while its writer, cut off, is still writing
+    /// it; the writer's later units make the object exist again. Its commit is refused, and
+    /// what it wrote after the sweep is freed then, so nothing is left that no record names.
+    @Test func whatAnOwnerWroteAfterItsObjectWasSweptIsFreedWhenItsCommitIsRefused() async throws {
+        let cluster = try await InProcessCluster()
+        let s = try stores(cluster, 2)
+        let (owner, ownerSessions) = s[0]
+        let (sweeper, _) = s[1]
+        let bucket = try await owner.createBucket("owners", owner: "o")
+        let w = try await owner.newObject(for: .object(bucket: "owners", key: "k"))
+        try await w.write([UInt8](repeating: 9, count: 200_000))
+        cluster.sessionTable.end(ownerSessions.session)  // expired while it was cut off
+        #expect(try await sweeper.sweep() == 1)
+        try await w.write([UInt8](repeating: 7, count: 200_000))
+        let size = try await w.finish()
+        #expect(try await owner.cluster.read(w.fid, at: 200_000, length: 4, size: size) == [7, 7, 7, 7])
+        await ownerSessions.renew()
+        await #expect(throws: TesseraError.self) { try await owner.commit("owners", bucket, "k", record(w.fid, size: size)) }
+        #expect(try await owner.object(bucket, "k") == nil)
+        do {
+            _ = try await owner.cluster.read(w.fid, at: 200_000, length: 4, size: size)
+            Issue.record("the object written after the sweep is still there")
+        } catch let e as TesseraError {
+            #expect(e.code == .notFound)
+        }
+        #expect(try await sweeper.sweep() == 0)
+        await cluster.stop()
+    }
 }
