@@ -48,6 +48,9 @@ public final class ReplicatedNode: RequestHandler {
     private let links = Mutex<[Int: any RequestHandler & PeerConnection]>([:])
     /// Per source server: the stream epoch being applied and the next number expected.
     private let incoming = Mutex<[Int: (epoch: UInt64, next: UInt64)]>([:])
+    /// Object data changes admitted and not yet applied (a large WRITE waits for the IO
+    /// threads after its check), by the map version they were admitted under.
+    private let unapplied = Mutex<[UInt64: Int]>([:])
 
     /// The catalogue of indexes changed while a replica was not a member of their chain
     /// (REPLICATION.md, "What a failed server missed"): key u32 server id (big-endian) then
@@ -180,7 +183,13 @@ public final class ReplicatedNode: RequestHandler {
         case .routed(let version, let inner) where inner.isObjectData:
             do { _ = try await agreed(version) } catch { return Response(error) }
             if let refused = dataRefusal(inner, routedBy: version) { return Response(refused) }
-            return await node.handle(inner)
+            return await applying(inner, admittedUnder: version)
+        case .checksums:
+            // The repair walk asks this under the repaired server's lock before it reads the
+            // group here: a change admitted under the map before it was repairing, whose
+            // writer therefore took no lock, must be in what the walk reads.
+            await appliedBefore(mapVersion)
+            return await node.handle(request)
         case .routed(let version, let inner):
             do { return try await routed(version, inner) } catch { return Response(error) }
         case .sync(let transactions) where transactions.isEmpty:
@@ -203,8 +212,31 @@ public final class ReplicatedNode: RequestHandler {
         case .repair(let target, let version, let after, let limit):
             do { return .repaired(try await repair(to: target, under: version, after: after, limit: limit)) } catch { return Response(error) }
         default:
+            let version = mapVersion
             if let refused = refuseUnrouted(request) { return refused }
-            return await node.handle(request)
+            return await applying(request, admittedUnder: version)
+        }
+    }
+
+    /// Has the node apply `request`, counted among the changes admitted under map `version`
+    /// until it is applied if it changes object data.
+    private func applying(_ request: Request, admittedUnder version: UInt64) async -> Response {
+        guard request.isObjectData, request.opcode != .read else { return await node.handle(request) }
+        unapplied.withLock { $0[version, default: 0] += 1 }
+        defer {
+            unapplied.withLock {
+                $0[version, default: 1] -= 1
+                if $0[version] == 0 { $0[version] = nil }
+            }
+        }
+        return await node.handle(request)
+    }
+
+    /// Returns once every object data change admitted under a map older than `version` is
+    /// applied (none is admitted under one once this server holds `version`).
+    private func appliedBefore(_ version: UInt64) async {
+        while unapplied.withLock({ u in u.keys.contains { $0 < version } }) {
+            try? await Task.sleep(for: .milliseconds(1))
         }
     }
 

@@ -332,9 +332,12 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         // would be had it missed the CREATE with no repair since, the cob goes again there
         // (a FREE of the whole cob, sent to server 1 alone).
         #expect(try tessera(["repair", "--dir", up.dir, "--wait", "--timeout", "60"]).0 == 0)
-        if case .failure(let status, let m) = await writer.call(1, .free(cob: object, offset: 0, length: Cluster.maxObjectOffset, syncWait: true)) {
+        // (A client of its own: the writer's connection to server 1 is still backing off.)
+        let remover = try up.cluster()
+        if case .failure(let status, let m) = await remover.call(1, .free(cob: object, offset: 0, length: Cluster.maxObjectOffset, syncWait: true)) {
             Issue.record("deleting the cob on server 1: \(status) \(m)")
         }
+        await remover.close()
         // Group 0 of a 5000-byte object: unit 0 on server 0 and parity on server 2 are
         // written; unit 1, on server 1, is never written there and the cob is not there.
         let small = pattern(5000, seed: 3)
