@@ -243,6 +243,59 @@ class MountTest(unittest.TestCase):
         self.assertTrue(os.path.exists(self.path("r3", "sub", "f")))
         self.assertTrue(os.path.exists(self.path("r2", "a")))
 
+    def test_ctime_moves_on_rename_link_and_unlink(self):
+        """POSIX: rename changes the moved entry's ctime, link and unlink that of the file
+        (which keeps its other names), and each changes the parents' mtime and ctime."""
+        os.mkdir(self.path("ct-a"))
+        os.mkdir(self.path("ct-b"))
+        f = self.path("ct-a", "f")
+        with open(f, "w") as out:
+            out.write("x")
+
+        def moved(path, *parents):
+            before = [os.stat(p) for p in (path,) + parents]
+            time.sleep(0.01)
+            return before
+
+        def check(before, path, *parents, what):
+            self.assertGreater(os.stat(path).st_ctime_ns, before[0].st_ctime_ns, f"ctime of the file after {what}")
+            for st, p in zip(before[1:], parents):
+                now = os.stat(p)
+                self.assertGreater(now.st_mtime_ns, st.st_mtime_ns, f"mtime of {p} after {what}")
+                self.assertGreater(now.st_ctime_ns, st.st_ctime_ns, f"ctime of {p} after {what}")
+
+        before = moved(f, self.path("ct-a"), self.path("ct-b"))
+        g = self.path("ct-b", "g")
+        os.rename(f, g)
+        check(before, g, self.path("ct-a"), self.path("ct-b"), what="rename")
+        before = moved(g, self.path("ct-a"))
+        h = self.path("ct-a", "h")
+        os.link(g, h)
+        check(before, g, self.path("ct-a"), what="link")
+        before = moved(g, self.path("ct-a"))
+        os.unlink(h)
+        check(before, g, self.path("ct-a"), what="unlink of another name")
+        # A directory moved between parents.
+        d = self.path("ct-a", "d")
+        os.mkdir(d)
+        before = moved(d, self.path("ct-a"), self.path("ct-b"))
+        os.rename(d, self.path("ct-b", "d"))
+        check(before, self.path("ct-b", "d"), self.path("ct-a"), self.path("ct-b"), what="rename of a directory")
+        # Every attribute change, and every data change, of the file.
+        changes = [
+            ("chmod", lambda: os.chmod(g, 0o600)), ("chown", lambda: os.chown(g, 4321, 8765)),
+            ("utime", lambda: os.utime(g, ns=(5, 6))), ("setxattr", lambda: os.setxattr(g, "user.k", b"v")),
+            ("removexattr", lambda: os.removexattr(g, "user.k")), ("truncate", lambda: os.truncate(g, 100)),
+        ]
+        for what, change in changes:
+            before = moved(g)
+            change()
+            check(before, g, what=what)
+        before = moved(g)
+        with open(g, "r+b") as out:
+            out.write(b"y")
+        check(before, g, what="write")
+
     def test_hard_links_share_attributes(self):
         a, b = self.path("hl-a"), self.path("hl-b")
         with open(a, "w") as f:
