@@ -142,8 +142,10 @@ public final class ReplicatedNode: RequestHandler {
         case .routed(let version, let inner) where inner.isObjectData:
             // A newer map than ours: `handle` waits for our watch to catch up.
             guard version <= mapVersion else { return nil }
-            if let refused = dataRefusal(inner, routedBy: version) { return Response(refused) }
-            return node.handleImmediately(inner)
+            return admitting(inner, under: version) {
+                if let refused = dataRefusal(inner, routedBy: version) { return Response(refused) }
+                return node.handleImmediately(inner)
+            }
         case .routed: return nil
         default:
             if let refused = refuseUnrouted(request) { return refused }
@@ -182,8 +184,9 @@ public final class ReplicatedNode: RequestHandler {
         switch request {
         case .routed(let version, let inner) where inner.isObjectData:
             do { _ = try await agreed(version) } catch { return Response(error) }
-            if let refused = dataRefusal(inner, routedBy: version) { return Response(refused) }
-            return await applying(inner, admittedUnder: version)
+            return await applying(inner, admittedUnder: version) {
+                self.dataRefusal(inner, routedBy: version).map { Response($0) }
+            }
         case .checksums:
             // The repair walk asks this under the repaired server's lock before it reads the
             // group here: a change admitted under the map before it was repairing, whose
@@ -213,23 +216,36 @@ public final class ReplicatedNode: RequestHandler {
             do { return .repaired(try await repair(to: target, under: version, after: after, limit: limit)) } catch { return Response(error) }
         default:
             let version = mapVersion
-            if let refused = refuseUnrouted(request) { return refused }
-            return await applying(request, admittedUnder: version)
+            return await applying(request, admittedUnder: version) { self.refuseUnrouted(request) }
         }
     }
 
-    /// Has the node apply `request`, counted among the changes admitted under map `version`
-    /// until it is applied if it changes object data.
-    private func applying(_ request: Request, admittedUnder version: UInt64) async -> Response {
-        guard request.isObjectData, request.opcode != .read else { return await node.handle(request) }
-        unapplied.withLock { $0[version, default: 0] += 1 }
-        defer {
-            unapplied.withLock {
-                $0[version, default: 1] -= 1
-                if $0[version] == 0 { $0[version] = nil }
-            }
+    /// Has the node apply `request` unless `refusal` (checked first) says no; an object data
+    /// change is counted among those admitted under map `version` from before that check
+    /// until it is applied (`appliedBefore`).
+    private func applying(_ request: Request, admittedUnder version: UInt64, unless refusal: () -> Response?) async -> Response {
+        guard request.isObjectData, request.opcode != .read else {
+            if let refused = refusal() { return refused }
+            return await node.handle(request)
         }
+        unapplied.withLock { $0[version, default: 0] += 1 }
+        defer { applied(version) }
+        if let refused = refusal() { return refused }
         return await node.handle(request)
+    }
+
+    /// `applying` for a change made at once (or not made: nil).
+    private func admitting(_ request: Request, under version: UInt64, _ body: () -> Response?) -> Response? {
+        unapplied.withLock { $0[version, default: 0] += 1 }
+        defer { applied(version) }
+        return body()
+    }
+
+    private func applied(_ version: UInt64) {
+        unapplied.withLock {
+            $0[version, default: 1] -= 1
+            if $0[version] == 0 { $0[version] = nil }
+        }
     }
 
     /// Returns once every object data change admitted under a map older than `version` is

