@@ -142,7 +142,7 @@ public final class ReplicatedNode: RequestHandler {
         case .routed(let version, let inner) where inner.isObjectData:
             // A newer map than ours: `handle` waits for our watch to catch up.
             guard version <= mapVersion else { return nil }
-            return admitting(inner, under: version) {
+            return admitting(under: version) {
                 if let refused = dataRefusal(inner, routedBy: version) { return Response(refused) }
                 return node.handleImmediately(inner)
             }
@@ -224,21 +224,22 @@ public final class ReplicatedNode: RequestHandler {
     /// change is counted among those admitted under map `version` from before that check
     /// until it is applied (`appliedBefore`).
     private func applying(_ request: Request, admittedUnder version: UInt64, unless refusal: () -> Response?) async -> Response {
-        guard request.isObjectData, request.opcode != .read else {
-            if let refused = refusal() { return refused }
-            return await node.handle(request)
-        }
-        unapplied.withLock { $0[version, default: 0] += 1 }
-        defer { applied(version) }
+        let counted = request.isObjectData && request.opcode != .read
+        if counted { admit(version) }
+        defer { if counted { applied(version) } }
         if let refused = refusal() { return refused }
         return await node.handle(request)
     }
 
     /// `applying` for a change made at once (or not made: nil).
-    private func admitting(_ request: Request, under version: UInt64, _ body: () -> Response?) -> Response? {
-        unapplied.withLock { $0[version, default: 0] += 1 }
+    private func admitting(under version: UInt64, _ body: () -> Response?) -> Response? {
+        admit(version)
         defer { applied(version) }
         return body()
+    }
+
+    private func admit(_ version: UInt64) {
+        unapplied.withLock { $0[version, default: 0] += 1 }
     }
 
     private func applied(_ version: UInt64) {

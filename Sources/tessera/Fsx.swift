@@ -59,10 +59,9 @@ struct Fsx: ParsableCommand {
         func sys(_ r: Int, _ what: String) throws {
             if r < 0 { try fail("\(what): \(String(cString: strerror(errno)))") }
         }
-        func fill(_ n: Int, _ step: Int) -> [UInt8] {
-            // Bytes that tell operations apart: step number and position.
-            (0..<n).map { UInt8(truncatingIfNeeded: step &* 131 &+ $0 &* 7 &+ 1) }
-        }
+        // Bytes that tell operations apart: step number and position.
+        func byte(_ i: Int, of step: Int) -> UInt8 { UInt8(truncatingIfNeeded: step &* 131 &+ i &* 7 &+ 1) }
+        func fill(_ n: Int, _ step: Int) -> [UInt8] { (0..<n).map { byte($0, of: step) } }
         func compare(_ got: [UInt8], at offset: Int, _ what: String) throws {
             let want = Array(model[offset..<(offset + got.count)])
             guard got != want else { return }
@@ -82,7 +81,7 @@ struct Fsx: ParsableCommand {
             let writes = log[since...].filter { [.write, .append, .mapwrite].contains($0.kind) && $0.offset <= at && at < $0.offset + $0.length }
             let after = log[since...].filter { [.fsync, .reopen].contains($0.kind) && $0.n > (writes.last?.n ?? 0) }
             lines.append("  the last writes of byte \(at) since the file was last cut below it, and each fsync and reopen since:")
-            for s in writes.suffix(10) { lines.append("    \(s) (wrote " + String(format: "0x%02x)", fill(at - s.offset + 1, s.n).last!)) }
+            for s in writes.suffix(10) { lines.append("    \(s) (wrote " + String(format: "0x%02x)", byte(at - s.offset, of: s.n))) }
             for s in after.suffix(10) { lines.append("    \(s)") }
             try fail(lines.joined(separator: "\n"))
         }
