@@ -7,7 +7,7 @@ public struct Bench: ParsableCommand {
     public init() {}
     public static let configuration = CommandConfiguration(
         abstract: "Run a benchmark against its baseline and print the ratios.",
-        subcommands: [BenchEngine.self, BenchServer.self, BenchObject.self, BenchS3.self, BenchFS.self])
+        subcommands: [BenchEngine.self, BenchServer.self, BenchObject.self, BenchS3.self, BenchFS.self, BenchRepair.self])
 }
 
 import Foundation

@@ -40,6 +40,9 @@ extension Cluster {
     static let repairParallelism = 8
     /// Cobs asked of each server per COBS request.
     static let repairCobPage = 1000
+    /// Groups of one object repaired at once (times `repairParallelism` objects: with 1 MiB
+    /// units, at most 32 groups and about 96 MiB of units in flight).
+    static let repairGroupParallelism = 4
 
     /// Repairs the object data of server `id` (see the top of this file), calling
     /// `progress` with the totals after each batch of objects. Throws if a server cannot be
@@ -89,21 +92,27 @@ extension Cluster {
         while !finished {
             let (batch, next) = try await cobsAfter(cursor)
             (cursor, finished) = (next, next == nil)
-            let results = try await withThrowingTaskGroup(of: T.self) { group in
-                var queue = batch[...]
-                var out: [T] = []
-                func startNext() {
-                    guard let cob = queue.popFirst() else { return }
-                    group.addTask { try await body(cob) }
-                }
-                for _ in 0..<Self.repairParallelism { startNext() }
-                while let t = try await group.next() {
-                    out.append(t)
-                    startNext()
-                }
-                return out
-            }
+            let results = try await concurrently(batch, limit: Self.repairParallelism, body)
             try await after(results)
+        }
+    }
+
+    /// `body` of each of `items`, at most `limit` at a time; the results in the order they
+    /// finish.
+    func concurrently<Item: Sendable, T: Sendable>(_ items: [Item], limit: Int, _ body: @escaping @Sendable (Item) async throws -> T) async throws -> [T] {
+        try await withThrowingTaskGroup(of: T.self) { group in
+            var queue = items[...]
+            var out: [T] = []
+            func startNext() {
+                guard let item = queue.popFirst() else { return }
+                group.addTask { try await body(item) }
+            }
+            for _ in 0..<limit { startNext() }
+            while let t = try await group.next() {
+                out.append(t)
+                startNext()
+            }
+            return out
         }
     }
 
@@ -145,9 +154,13 @@ extension Cluster {
             return t
         }
         if !present.contains(target), try await createIfElsewhere(target, cob) { t.cobs += 1 }
-        for g in groups.keys.sorted() {
-            guard let unit = (0..<layout.width).first(where: { layout.server(group: g, unit: $0) == target }) else { continue }
-            t.add(try await repairUnit(cob, group: g, unit: unit, on: target))
+        // A large object's groups a few at a time: each waits on round trips (lock, reach,
+        // reads, checksums, write), so one at a time left the disks idle.
+        let units = groups.keys.sorted().compactMap { g in
+            (0..<layout.width).first { layout.server(group: g, unit: $0) == target }.map { (g, $0) }
+        }
+        for done in try await concurrently(units, limit: Self.repairGroupParallelism, { try await self.repairUnit(cob, group: $0.0, unit: $0.1, on: target) }) {
+            t.add(done)
         }
         return t
     }
@@ -234,14 +247,14 @@ extension Cluster {
     private func reach(_ cob: Fid, group g: UInt64, besides unit: Int) async throws -> Int {
         let offset = layout.cobOffset(group: g)
         let size = layout.unitSize
-        var blocks = 1
-        for v in 0..<layout.width where v != unit {
-            let server = layout.server(group: g, unit: v)
-            guard case .checksums(_, let crcs) = try await call(server, .checksums(cob: cob, offset: offset, length: UInt32(size), verify: false)).unwrap() else {
-                throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS from server \(links[server].id)")
+        let ends = try await concurrently(Array((0..<layout.width).filter { $0 != unit }), limit: layout.width) { v -> Int in
+            let server = self.layout.server(group: g, unit: v)
+            guard case .checksums(_, let crcs) = try await self.call(server, .checksums(cob: cob, offset: offset, length: UInt32(size), verify: false)).unwrap() else {
+                throw TesseraError(.io, "repair of object \(cob) group \(g): malformed reply to CHECKSUMS from server \(self.links[server].id)")
             }
-            if let last = crcs.lastIndex(where: { $0 != CRC32C.zeroBlock }) { blocks = max(blocks, last + 1) }
+            return (crcs.lastIndex { $0 != CRC32C.zeroBlock } ?? 0) + 1
         }
+        let blocks = ends.max() ?? 1
         return min(blocks * 4096, size)
     }
 

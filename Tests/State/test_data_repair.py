@@ -64,6 +64,9 @@ class DataRepairTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, f"tessera repair --wait: {r.stdout} {r.stderr}")
         self.assertEqual(set(self.c.map_states().values()), {"online"})
 
+    def used_by(self, n):
+        return next(int(l["data_used"]) for l in self.c.status() if l.get("server") == str(n) and "data_used" in l)
+
     def repair_of(self, n):
         line = next(l for l in self.c.status() if l.get("repair") == str(n))
         print(f"repair of server {n}: {line}")
@@ -132,8 +135,9 @@ class DataRepairTest(unittest.TestCase):
     def test_a_replaced_server_gets_every_unit_back(self):
         c = self.c
         self.before()
+        held = self.used_by(0)
         self.fail(0)
-        self.put("while-0", random_bytes(7 * MiB, 400))
+        self.put("while-0", random_bytes(7 * MiB, 400))  # 4 groups: at most 4 MiB of units on server 0
         for name in os.listdir(os.path.join(c.state, "server-0")):
             os.unlink(os.path.join(c.state, "server-0", name))
         r = subprocess.run([TESSERA, "replace", "--dir", c.state, "--id", "0"], capture_output=True, text=True, timeout=120)
@@ -141,6 +145,9 @@ class DataRepairTest(unittest.TestCase):
         self.repair_wait()
         done = self.repair_of(0)
         self.assertGreater(int(done["data_written"]), 10 * MiB, done)
+        rebuilt = self.used_by(0)
+        self.assertGreaterEqual(rebuilt, held * 0.95, f"server 0 held {held} bytes of data, {rebuilt} once replaced")
+        self.assertLessEqual(rebuilt, held * 1.05 + 4 * MiB, f"server 0 held {held} bytes of data, {rebuilt} once replaced")
         for other in [1, 2]:
             self.fail(other)
             self.check()
