@@ -13,7 +13,7 @@
 //    the time the object data's walk took; then writes the same number of bytes the same
 //    way to a plain file on the same disk (the baseline of the rebuild row: `dd`);
 // 4. compares the replaced server's used data bytes with what it held before it was killed
-//    (the units of the degraded write aside, it should hold the same).
+//    plus its share of the degraded write's units (it should hold the same).
 //
 // The table gives medians over the rounds, and the median of each round's ratio.
 import ArgumentParser
@@ -115,8 +115,11 @@ struct BenchRepair: AsyncParsableCommand {
             unlink("\(work)/baseline.bin")
             rows[2].rounds.append((baseline, rebuild))
             let after = try usedData(state)[victim.id] ?? 0
-            let line = "round \(round): server \(victim.id) held \(before >> 20) MiB of data before its kill and \(after >> 20) MiB after its rebuild "
-                + String(format: "(%.1f%%; the degraded write added about %d MiB); ", before > 0 ? (Double(after) - Double(before)) * 100 / Double(before) : 0, (bytes / 2) >> 20)
+            // What the degraded write put on the other servers and the repair rebuilt on this one.
+            let share = bytes * UInt64(config.layout.dataUnits + config.layout.parityUnits) / UInt64(config.layout.dataUnits) / UInt64(config.servers.count)
+            let expected = before + share
+            let line = "round \(round): server \(victim.id) held \(before >> 20) MiB of data before its kill, \(expected >> 20) MiB with its share of the degraded write, "
+                + String(format: "and %d MiB after its rebuild (%+.1f%%); ", after >> 20, (Double(after) - Double(expected)) * 100 / Double(expected))
                 + "\(written >> 20) MiB of units rebuilt in \(String(format: "%.1f", Double(done - data.started) / 1e9)) s of data repair, "
                 + "\(String(format: "%.1f", wall)) s from replace to online; \(data.totals.groups) groups, \(data.totals.units) units, \(data.totals.bytesRead >> 20) MiB read"
             note(line)
