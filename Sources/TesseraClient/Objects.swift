@@ -32,13 +32,42 @@ extension Cluster {
     /// server at once. A server that cannot be reached misses the CREATE (its units of
     /// these objects will read `notFound`, rebuilt from parity like a down server's), as long
     /// as no more servers miss it than there are parity units; any other failure throws.
+    /// A server that refuses it as `staleMap` (running, but not yet admitted by the map:
+    /// just started) counts as missed too when the others are enough; when they are not,
+    /// it is asked again as newer maps come, for up to `routingWindow`.
     public func create(_ objects: [Fid]) async throws {
         guard !objects.isEmpty else { return }
         let requests = stride(from: 0, to: objects.count, by: Cluster.createBatch).map {
             Request.create(cobs: Array(objects[$0..<min($0 + Cluster.createBatch, objects.count)]), syncWait: false)
         }
-        let missed = try await withThrowingTaskGroup(of: String?.self) { group in
-            for s in links.indices {
+        let what = "object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "")"
+        let deadline = ContinuousClock.now + Self.routingWindow
+        var todo = Array(links.indices)
+        var missed: [String] = []
+        while true {
+            let m = currentMap.withLock { $0 }
+            let refused = try await createOn(todo, requests, what)
+            missed += refused.filter { !$0.stale }.map(\.why)
+            let stale = refused.filter(\.stale)
+            if stale.isEmpty || missed.count + stale.count <= layout.parityUnits || ContinuousClock.now >= deadline {
+                missed += stale.map(\.why)
+                break
+            }
+            todo = stale.map(\.server)
+            await waitForMap(after: m)
+        }
+        guard !missed.isEmpty else { return }
+        guard missed.count <= layout.parityUnits else {
+            throw TesseraError(.closed, "\(what) cannot be created: \(missed.joined(separator: "; "))")
+        }
+        logger.warning("\(what) created without \(missed.joined(separator: "; ")); its units there will be rebuilt from parity")
+    }
+
+    /// One try of `create` at server positions `servers`: those that missed it, why, and
+    /// whether the refusal was `staleMap`; any other failure throws.
+    private func createOn(_ servers: [Int], _ requests: [Request], _ what: String) async throws -> [(server: Int, stale: Bool, why: String)] {
+        try await withThrowingTaskGroup(of: (server: Int, stale: Bool, why: String)?.self) { group in
+            for s in servers {
                 group.addTask {
                     let responses: [Response]
                     do {
@@ -52,26 +81,20 @@ extension Cluster {
                         switch r {
                         case .statuses(let st, _) where st.allSatisfy({ $0 == .ok || $0 == .exists }): continue
                         case .failure(let status, let m) where [.closed, .timedOut, .staleMap].contains(status):
-                            return "server \(self.links[s].id): \(m)"
+                            return (s, status == .staleMap, "server \(self.links[s].id): \(m)")
                         case .failure(let status, let m):
-                            throw TesseraError(status.code ?? .io, "creating object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "") on server \(self.links[s].id): \(m)")
+                            throw TesseraError(status.code ?? .io, "creating \(what) on server \(self.links[s].id): \(m)")
                         default:
-                            throw TesseraError(.io, "creating object \(objects[0]) on server \(self.links[s].id): unexpected reply \(r)")
+                            throw TesseraError(.io, "creating \(what) on server \(self.links[s].id): unexpected reply \(r)")
                         }
                     }
                     return nil
                 }
             }
-            var missed: [String] = []
-            for try await m in group { if let m { missed.append(m) } }
-            return missed
+            var out: [(server: Int, stale: Bool, why: String)] = []
+            for try await r in group { if let r { out.append(r) } }
+            return out
         }
-        guard !missed.isEmpty else { return }
-        let what = "object \(objects[0])\(objects.count > 1 ? " and \(objects.count - 1) more" : "")"
-        guard missed.count <= layout.parityUnits else {
-            throw TesseraError(.closed, "\(what) cannot be created: \(missed.joined(separator: "; "))")
-        }
-        logger.warning("\(what) created without \(missed.joined(separator: "; ")); its units there will be rebuilt from parity")
     }
 
     /// Cobs per CREATE request (the IO service takes at most `IOService.maxCreate`).
