@@ -45,10 +45,14 @@ struct BenchRepair: AsyncParsableCommand {
         let mount = work + "/tessera"
         let state = LocalState(path: work + "/state")
         try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
-        var up = false
         defer {
-            if up { _ = try? runTool(tesseraExecutable, ["down", "--dir", state.path, mount]) }
-            try? FileManager.default.removeItem(atPath: work)
+            // `down` stops whatever a failed `up` started too; the folder goes only once
+            // nothing is mounted in it.
+            if (try? runTool(tesseraExecutable, ["down", "--dir", state.path, mount])) == 0 || !FileManager.default.fileExists(atPath: state.configPath) {
+                try? FileManager.default.removeItem(atPath: work)
+            } else {
+                FileHandle.standardError.write(Data("bench repair: tessera down failed: \(work) is left in place\n".utf8))
+            }
         }
         // Room for the fill, each round's two files and the blank server's rebuild, with a
         // margin: a group of 2+1 puts half its data's size on each of the three servers.
@@ -57,7 +61,6 @@ struct BenchRepair: AsyncParsableCommand {
         guard try runTool(tesseraExecutable, ["up", "--dir", state.path, "--data-size", String(dataSize), "--ttl", "3s", "--grace", "3s", mount]) == 0 else {
             throw TesseraError(.io, "tessera up failed")
         }
-        up = true
         let config = try state.config()
         guard let settings = config.state, config.servers.count >= 3 else { throw TesseraError(.invalidArgument, "bench repair needs the cluster state service and three servers") }
 
@@ -85,7 +88,7 @@ struct BenchRepair: AsyncParsableCommand {
             let healthyWrite = try timed(bytes) { try write(healthyFile, bytes) }
             dropCaches()
             let healthyRead = try timed(bytes) { try readWhole(healthyFile, bytes) }
-            let before = try usedData(state)[victim.id] ?? 0
+            let before = try usedBy(victim.id, state)
 
             guard let pid = state.runningPid(victim.id) else { throw TesseraError(.io, "server \(victim.id) is not running") }
             note("SIGKILL server \(victim.id) (pid \(pid)); waiting for the map to fail it")
@@ -114,7 +117,7 @@ struct BenchRepair: AsyncParsableCommand {
             let baseline = try timed(written) { try write("\(work)/baseline.bin", written) }
             unlink("\(work)/baseline.bin")
             rows[2].rounds.append((baseline, rebuild))
-            let after = try usedData(state)[victim.id] ?? 0
+            let after = try usedBy(victim.id, state)
             // What the degraded write put on the other servers and the repair rebuilt on this one.
             let share = bytes * UInt64(config.layout.dataUnits + config.layout.parityUnits) / UInt64(config.layout.dataUnits) / UInt64(config.servers.count)
             let expected = before + share
@@ -201,6 +204,11 @@ struct BenchRepair: AsyncParsableCommand {
             }, uniquingKeysWith: { a, _ in a })
             if let id = fields["server"].flatMap({ Int($0) }), let u = fields["data_used"].flatMap({ UInt64($0) }) { used[id] = u }
         }
+        return used
+    }
+
+    private func usedBy(_ id: Int, _ state: LocalState) throws -> UInt64 {
+        guard let used = try usedData(state)[id] else { throw TesseraError(.io, "tessera status does not show server \(id)'s used bytes") }
         return used
     }
 

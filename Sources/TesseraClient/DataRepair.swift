@@ -40,8 +40,8 @@ extension Cluster {
     static let repairParallelism = 8
     /// Cobs asked of each server per COBS request.
     static let repairCobPage = 1000
-    /// Groups of one object repaired at once (times `repairParallelism` objects: with 1 MiB
-    /// units, at most 32 groups and about 96 MiB of units in flight).
+    /// Groups of one object repaired at once (times `repairParallelism` objects: at most 32
+    /// groups, each holding the group's width of units: 96 MiB for 2+1 and 1 MiB units).
     static let repairGroupParallelism = 4
 
     /// Repairs the object data of server `id` (see the top of this file), calling

@@ -49,7 +49,8 @@ extension Cluster {
             let refused = try await createOn(todo, requests, what)
             missed += refused.filter { !$0.stale }.map(\.why)
             let stale = refused.filter(\.stale)
-            if stale.isEmpty || missed.count + stale.count <= layout.parityUnits || ContinuousClock.now >= deadline {
+            // Asked again only if that can help: the others must be few enough without them.
+            if stale.isEmpty || missed.count + stale.count <= layout.parityUnits || missed.count > layout.parityUnits || ContinuousClock.now >= deadline {
                 missed += stale.map(\.why)
                 break
             }

@@ -346,15 +346,9 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
             servers.append(try ChildProcess(tesseraBinary(), ["server", "--config", up.dir + "/cluster.toml", "--id", String(id)], stdout: .null, stderr: .null))
         }
         // Both listen at once and refuse data until admitted. They wait 3 s for etcd before
-        // they would exit: it thaws in 1.5.
-        let thawed = Mutex(false)
-        let thaw = Task {
-            try await Task.sleep(for: .milliseconds(1500))
-            thawed.withLock { $0 = true }
-            kill(etcd, SIGCONT)
-        }
+        // they would exit.
         for id in [0, 1] {
-            let deadline = ContinuousClock.now + .seconds(1)
+            let deadline = ContinuousClock.now + .seconds(2)
             var answer = Response.failure(.closed, "not started")
             while ContinuousClock.now < deadline {
                 // A client of its own each time: one that found the port closed backs off.
@@ -368,10 +362,18 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
             if case .failure(.staleMap, _) = answer { refused = true }
             #expect(refused, "restarted server \(id), not admitted, answered \(answer)")
         }
-        #expect(!thawed.withLock { $0 }, "the CREATE below starts before etcd thaws")
+        // The CREATE waits while etcd is frozen (the old code threw at once), and is done
+        // once the thawed map admits a server.
         let object = Fid(hi: 12, lo: 3)
-        try await writer.create(object)
-        try await thaw.value
+        let finished = Mutex(false)
+        let creating = Task {
+            defer { finished.withLock { $0 = true } }
+            try await writer.create(object)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!finished.withLock { $0 }, "the CREATE waits for a map that admits the restarted servers")
+        kill(etcd, SIGCONT)
+        try await creating.value
         // (Both come back repairing, and stay so: two servers restarted at once wait for
         // each other's repair, REPLICATION.md, "Known gaps". Nothing here reads the object.)
         var made = false
