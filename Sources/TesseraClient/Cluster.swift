@@ -77,6 +77,14 @@ public final class Cluster: Sendable {
         return TesseraError(.closed, "server \(id) at \(links[server].endpoint) is \(state.rawValue) in the cluster map (version \(version))")
     }
 
+    /// Whether the map says server `server` (a position) is online `unrepaired`: its units
+    /// may be stale, so reads use the others where they can (REPLICATION.md, "Two or more
+    /// back at once").
+    func unrepaired(_ server: Int) -> Bool {
+        let id = links[server].id
+        return currentMap.withLock { $0?.server(id)?.unrepaired == true }
+    }
+
     // MARK: Calls
 
     /// Sends `request` to server `server` (a position in the id-sorted server list). A server

@@ -455,10 +455,14 @@ extension Cluster {
             }
             return TesseraError(.io, "object \(object) group \(g) \(why): \(problems.joined(separator: "; "))")
         }
-        await fetch(Array(0..<n))
+        // A unit on an `unrepaired` server may lack writes it acknowledged before a crash:
+        // read only when the group cannot be had without it.
+        let doubtful = Set((0..<width).filter { unrepaired(layout.server(group: g, unit: $0)) })
+        await fetch((0..<n).filter { !doubtful.contains($0) })
         if units[0..<n].contains(where: { $0 == nil }) || !anyRead() {
             guard layout.parityUnits > 0 else { throw unreadable("cannot be read and has no parity") }
-            await fetch(Array(n..<width))
+            await fetch((n..<width).filter { !doubtful.contains($0) })
+            if !doubtful.isEmpty, units.lazy.filter({ $0 != nil }).count < n { await fetch(doubtful.sorted()) }
             guard anyRead() else { throw unreadable("has no unit on any server") }
             if !units[0..<n].contains(where: { $0 == nil }) { return units[0..<n].map { $0! } }
             let rebuilt: [[UInt8]]

@@ -54,6 +54,7 @@ public struct FailureDetector: Sendable {
                     if server.session != nil && !p.stoppedCleanly && !sameProcess {
                         next.servers[i].state = .repairing
                         next.servers[i].since = wallNow
+                        next.servers[i].leftIn = map.version + 1
                     }
                     changed = true
                 case .repairing where server.session != p.session:
@@ -67,6 +68,7 @@ public struct FailureDetector: Sendable {
             let since = missingSince[server.id] ?? now
             missingSince[server.id] = since
             if server.state != .failed && now - since >= grace {
+                if server.state == .online { next.servers[i].leftIn = map.version + 1 }
                 next.servers[i].state = .failed
                 next.servers[i].since = wallNow
                 changed = true
@@ -83,9 +85,46 @@ public struct FailureDetector: Sendable {
         {
             for i in next.servers.indices where next.servers[i].replaced != true { next.servers[i].state = .online }
         }
+        if Self.endWait(&next, present: present, wallNow: wallNow) || Self.walkAgain(&next, present: present, wallNow: wallNow) {
+            changed = true
+        }
         guard changed else { return nil }
         next.version = map.version + 1
         return next
+    }
+
+    /// Two or more servers `repairing` and admitted, none failed, some online: the repair of
+    /// each waits for every other server to be online (the other may hold the only copy of
+    /// what it missed), so none would ever start. The one that left `online` last (it
+    /// missed least; a replaced one holds nothing and is never chosen) takes its place
+    /// again `unrepaired`, and the others can then be repaired from it (REPLICATION.md,
+    /// "Two or more back at once"). One a step: with three waiting, the next step frees the
+    /// next. True if it changed `map`.
+    static func endWait(_ map: inout ClusterMap, present: [Int: Present], wallNow: UInt64) -> Bool {
+        let waiting = map.servers.filter { $0.state == .repairing }
+        guard waiting.count >= 2, !map.servers.contains(where: { $0.state == .failed }),
+            map.servers.contains(where: { $0.state == .online }),
+            waiting.allSatisfy({ $0.session != nil && present[$0.id]?.session == $0.session }),
+            let chosen = waiting.filter({ $0.replaced != true }).max(by: { ($0.leftIn ?? 0, -$0.id) < ($1.leftIn ?? 0, -$1.id) }),
+            let i = map.servers.firstIndex(where: { $0.id == chosen.id })
+        else { return false }
+        map.servers[i].state = .online
+        map.servers[i].unrepaired = true
+        map.servers[i].since = wallNow
+        return true
+    }
+
+    /// An `unrepaired` server, once every other server is online, is made `repairing` under
+    /// its session, to be walked as after a crash (the smallest id first). True if it
+    /// changed `map`.
+    static func walkAgain(_ map: inout ClusterMap, present: [Int: Present], wallNow: UInt64) -> Bool {
+        guard map.servers.allSatisfy({ $0.state == .online }),
+            let i = map.servers.firstIndex(where: { $0.unrepaired == true && $0.session != nil && present[$0.id]?.session == $0.session })
+        else { return false }
+        map.servers[i].state = .repairing
+        map.servers[i].since = wallNow
+        map.servers[i].leftIn = map.version + 1
+        return true
     }
 
     /// The map once the repair of `server` under `session` is done: online, and online
@@ -99,6 +138,8 @@ public struct FailureDetector: Sendable {
         next.servers[i].onlineSince = next.version
         next.servers[i].since = wallNow
         next.servers[i].replaced = nil
+        next.servers[i].unrepaired = nil
+        next.servers[i].leftIn = nil
         return next
     }
 
@@ -108,6 +149,7 @@ public struct FailureDetector: Sendable {
         guard let i = map.servers.firstIndex(where: { $0.id == server }) else { return nil }
         var next = map
         next.version = map.version + 1
+        if next.servers[i].state == .online { next.servers[i].leftIn = next.version }
         next.servers[i].state = .failed
         next.servers[i].session = nil
         next.servers[i].replaced = true
@@ -131,6 +173,7 @@ public struct FailureDetector: Sendable {
         next.servers[i].state = .repairing
         next.servers[i].since = wallNow
         next.servers[i].session = admitted
+        next.servers[i].leftIn = next.version
         return next
     }
 

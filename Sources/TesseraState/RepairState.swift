@@ -9,8 +9,9 @@ import TesseraEtcd
 /// Where the cluster's repairs stand, read at one moment.
 public struct RepairView: Sendable {
     public var map: ClusterMap
-    /// Servers not yet serving under the session they run with: `repairing` in the map, or
-    /// running with a session the map has not admitted yet (the HA role is about to).
+    /// Servers not yet serving under the session they run with: `repairing` in the map,
+    /// online `unrepaired` (to be walked again), or running with a session the map has not
+    /// admitted yet (the HA role is about to).
     public var pending: [Int]
     /// Failed servers with no session: repaired once they come back, not waited for.
     public var absent: [Int]
@@ -35,7 +36,7 @@ extension StateReader {
                 if s.state != .online { absent.append(s.id) }
                 continue
             }
-            if s.state != .online || (s.session != nil && s.session != live.session) { pending.append(s.id) }
+            if s.state != .online || s.unrepaired == true || (s.session != nil && s.session != live.session) { pending.append(s.id) }
         }
         return RepairView(map: m, pending: pending, absent: absent, progress: try await repairs())
     }

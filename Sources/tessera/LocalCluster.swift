@@ -313,7 +313,7 @@ struct Status: AsyncParsableCommand {
         let view = try await StatusView.read(config)
         var down = 0
         for (id, address, stats, error) in try await withCluster(state, { await $0.statistics() }) {
-            let mapState = view.map?.server(id)?.state.rawValue ?? "unknown"
+            let mapState = view.map?.server(id).map { $0.state.rawValue + ($0.unrepaired == true ? "-unrepaired" : "") } ?? "unknown"
             guard let s = stats else {
                 down += 1
                 print(bytes ? "server=\(id) address=\(address) state=down map=\(mapState)" : "server \(id)  \(address)  \(mapState)  down  (\(error ?? "no answer"))")

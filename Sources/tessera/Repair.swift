@@ -66,6 +66,7 @@ struct Repair: AsyncParsableCommand {
         let servers = v.pending.map { id -> String in
             let state = v.map.server(id)?.state.rawValue ?? "unknown"
             guard state == "repairing", let p = v.progress.first(where: { $0.server == id && $0.done == nil && $0.session == v.map.server(id)?.session }) else {
+                if v.map.server(id)?.unrepaired == true, state == "online" { return "server \(id) online unrepaired, to be walked again" }
                 return "server \(id) \(state == "repairing" ? "repairing, not started" : "waiting to be admitted")"
             }
             return "server \(id) repairing: \(p.indexes) indexes, \(p.records) records compared, \(p.copied) copied, \(Int(p.rate)) records/s"
@@ -76,7 +77,8 @@ struct Repair: AsyncParsableCommand {
     private func printView(_ v: RepairView) {
         print("cluster map version \(v.map.version)")
         for s in v.map.servers {
-            let note = v.pending.contains(s.id) && s.state == .online ? " (restarted: waiting to be admitted)" : ""
+            let note = s.state != .online || !v.pending.contains(s.id) ? ""
+                : s.unrepaired == true ? " (unrepaired: to be walked again)" : " (restarted: waiting to be admitted)"
             print("server \(s.id)  \(s.state.rawValue)\(note)")
         }
         for id in v.absent { print("server \(id) has no session: it is repaired when it comes back") }

@@ -86,4 +86,66 @@ import TesseraState
         #expect(next?.version == 2)
         #expect(next?.servers.filter { $0.state == .failed }.map(\.id) == [1, 2])
     }
+
+    /// Servers 1 and 2 killed together and started again within the grace period, 0 online:
+    /// each waits for the other, so the one that left last takes its place unrepaired; the
+    /// other is repaired; then the unrepaired one is walked again, and all are online.
+    @Test func twoServersBackAtOnceEndTheirWaitOneAtATime() throws {
+        var d = FailureDetector(grace: .seconds(5))
+        let notedStep = d.step(map: map, present: present([0, 1, 2]), now: start, wallNow: 1)
+        let noted = try #require(notedStep)
+        // Server 1 restarts first (version 3), server 2 a step later (version 4).
+        var back = present([0, 1, 2])
+        back[1] = FailureDetector.Present(session: 301, stoppedCleanly: false)
+        let oneStep = d.step(map: noted, present: back, now: start + .seconds(1), wallNow: 2)
+        let one = try #require(oneStep)
+        #expect(one.server(1)?.state == .repairing && one.server(1)?.leftIn == 3)
+        back[2] = FailureDetector.Present(session: 302, stoppedCleanly: false)
+        let twoStep = d.step(map: one, present: back, now: start + .seconds(2), wallNow: 3)
+        let two = try #require(twoStep)
+        // Both would be repairing: server 2 left last, so it takes its place, unrepaired.
+        #expect(two.version == 4)
+        #expect(two.server(1)?.state == .repairing)
+        #expect(two.server(2)?.state == .online && two.server(2)?.unrepaired == true && two.server(2)?.session == 302)
+        // Unrepaired, it ranks after every other online replica and serves no reads as a tail;
+        // alone with a repairing one it heads and serves.
+        let both = two.chain(replicas: [2, 0])
+        #expect(both.head == 0 && both.tail == 2 && both.serving == 0)
+        let alone = two.chain(replicas: [1, 2])
+        #expect(alone.head == 2 && alone.tail == 1 && alone.serving == 2)
+        #expect(d.step(map: two, present: back, now: start + .seconds(3), wallNow: 4) == nil)
+        // Server 1 repaired: every other server is online, so server 2 is walked again.
+        let repaired = try #require(FailureDetector.repaired(two, server: 1, session: 301, wallNow: 5))
+        let againStep = d.step(map: repaired, present: back, now: start + .seconds(4), wallNow: 6)
+        let again = try #require(againStep)
+        #expect(again.server(1)?.state == .online && again.server(2)?.state == .repairing && again.server(2)?.session == 302)
+        #expect(again.chain(replicas: [1, 2]).head == 1)
+        let done = try #require(FailureDetector.repaired(again, server: 2, session: 302, wallNow: 7))
+        #expect(done.servers.allSatisfy { $0.state == .online && $0.unrepaired == nil })
+        #expect(d.step(map: done, present: back, now: start + .seconds(5), wallNow: 8) == nil)
+    }
+
+    /// The wait is not ended while a server is failed (the data may be on it only), and a
+    /// replaced server (blank) is never the one chosen.
+    @Test func theWaitEndsOnlyWithEveryServerBackAndNeverThroughABlankOne() throws {
+        var d = FailureDetector(grace: .seconds(1))
+        let notedStep = d.step(map: map, present: present([0, 1, 2]), now: start, wallNow: 1)
+        let noted = try #require(notedStep)
+        var back = present([0, 1])
+        back[1] = FailureDetector.Present(session: 301, stoppedCleanly: false)
+        let oneStep = d.step(map: noted, present: back, now: start + .seconds(1), wallNow: 2)
+        let one = try #require(oneStep)
+        #expect(one.server(1)?.state == .repairing && one.server(2)?.state == .online)
+        let failedStep = d.step(map: one, present: back, now: start + .seconds(3), wallNow: 3)
+        let failed = try #require(failedStep)
+        #expect(failed.server(1)?.state == .repairing && failed.server(2)?.state == .failed)
+        // Server 2 replaced: blank, it comes back repairing; server 1 left first but holds
+        // something, so it is the one that takes its place.
+        let replacing = try #require(FailureDetector.replacing(failed, server: 2, wallNow: 4))
+        back[2] = FailureDetector.Present(session: 402, stoppedCleanly: false)
+        let blankStep = d.step(map: replacing, present: back, now: start + .seconds(4), wallNow: 5)
+        let blank = try #require(blankStep)
+        #expect(blank.server(2)?.state == .repairing && blank.server(2)?.replaced == true)
+        #expect(blank.server(1)?.state == .online && blank.server(1)?.unrepaired == true)
+    }
 }

@@ -35,6 +35,16 @@ public struct ClusterMap: Sendable, Equatable, Codable {
         /// of the same process (renewed after etcd was away) keeps its place, where a new
         /// process is repaired first. Nil: not recorded.
         public var process: UInt64?
+        /// Made `online` without a repair, to end a wait in which every repairing server
+        /// waited for another (REPLICATION.md, "Two or more back at once"): it may lack
+        /// changes it acknowledged before its crash, so in a chain with another online
+        /// member it is the tail and serves no reads, and it is walked again (made
+        /// `repairing`) once every other server is online. Nil: false.
+        public var unrepaired: Bool?
+        /// The map version that last took it out of `online` (failed or repairing): of
+        /// servers that all wait for each other, the one that left last missed least. Nil
+        /// while online, and in maps written before it was recorded.
+        public var leftIn: UInt64?
 
         public init(id: Int, address: String, state: ServerState, since: UInt64, session: UInt64? = nil, onlineSince: UInt64? = nil) {
             self.id = id
@@ -88,18 +98,23 @@ public struct IndexChain: Sendable, Equatable {
 extension ClusterMap {
     /// The chain of the index whose replicas are the servers `replicas` (ids, first replica
     /// first). A server the map does not list counts as online since version 0 (a map
-    /// made before it joined, or none: see `everyoneOnline`).
+    /// made before it joined, or none: see `everyoneOnline`). An `unrepaired` online server
+    /// ranks after every other online one, and a tail that is unrepaired serves no reads.
     public func chain(replicas: [Int]) -> IndexChain {
-        func state(_ id: Int) -> (ServerState, UInt64) {
-            guard let s = server(id) else { return (.online, 0) }
-            return (s.state, s.onlineSince ?? 0)
+        func state(_ id: Int) -> (ServerState, unrepaired: Bool, since: UInt64) {
+            guard let s = server(id) else { return (.online, false, 0) }
+            return (s.state, s.unrepaired == true, s.onlineSince ?? 0)
+        }
+        func rank(_ id: Int, _ position: Int) -> (Int, UInt64, Int) {
+            let s = state(id)
+            return (s.unrepaired ? 1 : 0, s.since, position)
         }
         let online = replicas.enumerated().filter { state($0.element).0 == .online }
-            .sorted { (state($0.element).1, $0.offset) < (state($1.element).1, $1.offset) }.map(\.element)
+            .sorted { rank($0.element, $0.offset) < rank($1.element, $1.offset) }.map(\.element)
         let repairing = replicas.filter { state($0).0 == .repairing }
         let head = online.first
         let tail = head == nil ? nil : (online.dropFirst().first ?? repairing.first)
-        let serving = tail.flatMap { state($0).0 == .online ? $0 : nil } ?? head
+        let serving = tail.flatMap { state($0).0 == .online && !state($0).unrepaired ? $0 : nil } ?? head
         let members = Set([head, tail].compactMap { $0 })
         return IndexChain(head: head, tail: tail, serving: serving, missing: replicas.filter { !members.contains($0) })
     }
