@@ -59,3 +59,21 @@ func rate(_ operations: Int, _ body: () async throws -> Void) async throws -> Do
 }
 
 func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+
+/// Seconds `body` takes.
+func elapsed(_ body: () throws -> Void) rethrows -> Double {
+    let start = ContinuousClock.now
+    try body()
+    return seconds(ContinuousClock.now - start)
+}
+
+/// MB/s of `body`, which moves `bytes`.
+func timed(_ bytes: UInt64, _ body: () throws -> Void) rethrows -> Double {
+    Double(bytes) / (try elapsed(body)) / 1e6
+}
+
+/// `s` padded with spaces to `n` characters: on the left (right-aligned), or with `left`
+/// on the right.
+func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
+    s.count >= n ? s : (left ? s + String(repeating: " ", count: n - s.count) : String(repeating: " ", count: n - s.count) + s)
+}

@@ -123,9 +123,6 @@ struct BenchFS: AsyncParsableCommand {
         }
 
         print("tessera bench fs: \(dir), \(rounds) round(s): medians of the values and of each round's ratios; ratios above 1 favour tessera (for seconds, the inverse)")
-        func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
-            s.count >= n ? s : (left ? s + String(repeating: " ", count: n - s.count) : String(repeating: " ", count: n - s.count) + s)
-        }
         print(pad("", 44, left: true) + ["plain", "bindfs", "tessera", "/plain", "/bindfs"].map { pad($0, 11) }.joined() + "  unit  (per-round /bindfs)")
         for row in rows {
             let lowerBetter = row.unit == "s"
@@ -139,18 +136,6 @@ struct BenchFS: AsyncParsableCommand {
     }
 
     private func note(_ s: String) { FileHandle.standardError.write(Data("bench fs: \(s)\n".utf8)) }
-
-    /// MB/s of `body`, which moves `bytes`.
-    private func timed(_ bytes: UInt64, _ body: () throws -> Void) throws -> Double {
-        let s = try elapsed(body)
-        return Double(bytes) / s / 1e6
-    }
-
-    private func elapsed(_ body: () throws -> Void) throws -> Double {
-        let start = ContinuousClock.now
-        try body()
-        return seconds(ContinuousClock.now - start)
-    }
 
     private func fioIOPS(_ json: String) -> Double {
         guard let start = json.firstIndex(of: "{"), let data = String(json[start...]).data(using: .utf8),

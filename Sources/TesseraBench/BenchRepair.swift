@@ -131,9 +131,6 @@ struct BenchRepair: AsyncParsableCommand {
         }
 
         print("tessera bench repair: \(dir), \(rounds) round(s) of \(size) sequential, servers holding at least \(units) of units; medians, ratios above 1 favour tessera")
-        func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
-            s.count >= n ? s : (left ? s + String(repeating: " ", count: n - s.count) : String(repeating: " ", count: n - s.count) + s)
-        }
         print(pad("", 64, left: true) + ["baseline", "tessera", "ratio"].map { pad($0, 11) }.joined() + "  unit  (per-round ratio)")
         for row in rows {
             let ratios = row.rounds.map { $0.1 / $0.0 }
@@ -185,13 +182,6 @@ struct BenchRepair: AsyncParsableCommand {
             total += UInt64(r)
         }
         guard total == bytes else { throw TesseraError(.io, "\(path): read \(total) bytes of \(bytes)") }
-    }
-
-    /// MB/s of `body`, which moves `bytes`.
-    private func timed(_ bytes: UInt64, _ body: () throws -> Void) throws -> Double {
-        let start = ContinuousClock.now
-        try body()
-        return Double(bytes) / seconds(ContinuousClock.now - start) / 1e6
     }
 
     /// Each running server's used bytes of its data image (`tessera status --bytes`).

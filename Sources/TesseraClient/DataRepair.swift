@@ -97,25 +97,6 @@ extension Cluster {
         }
     }
 
-    /// `body` of each of `items`, at most `limit` at a time; the results in the order they
-    /// finish.
-    func concurrently<Item: Sendable, T: Sendable>(_ items: [Item], limit: Int, _ body: @escaping @Sendable (Item) async throws -> T) async throws -> [T] {
-        try await withThrowingTaskGroup(of: T.self) { group in
-            var queue = items[...]
-            var out: [T] = []
-            func startNext() {
-                guard let item = queue.popFirst() else { return }
-                group.addTask { try await body(item) }
-            }
-            for _ in 0..<limit { startNext() }
-            while let t = try await group.next() {
-                out.append(t)
-                startNext()
-            }
-            return out
-        }
-    }
-
     /// Where `cob` lies: the servers (positions) that have it, and per group with data on
     /// some server, how far into its units that data reaches (bytes).
     func placement(of cob: Fid) async throws -> (present: Set<Int>, groups: [UInt64: Int]) {

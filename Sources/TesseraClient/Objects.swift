@@ -109,7 +109,7 @@ extension Cluster {
     public func write(_ object: Fid, at offset: UInt64, _ bytes: [UInt8], unwritten: Bool = false, size: UInt64? = nil) async throws {
         try checkRange(offset, UInt64(bytes.count))
         let pieces = layout.groups(offset: offset, length: bytes.count)
-        try await forEachGroup(pieces) { piece in
+        _ = try await concurrently(pieces, limit: Cluster.parallelGroups) { piece in
             let start = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
             try await self.writeGroup(object, piece.group, from: piece.from, bytes[start..<(start + piece.to - piece.from)], unwritten: unwritten, size: size)
         }
@@ -135,7 +135,7 @@ extension Cluster {
     private func read(_ object: Fid, at offset: UInt64, into out: ByteSink, size: UInt64?) async throws {
         try checkRange(offset, UInt64(out.count))
         let pieces = layout.groups(offset: offset, length: out.count)
-        try await forEachGroup(pieces) { piece in
+        _ = try await concurrently(pieces, limit: Cluster.parallelGroups) { piece in
             let at = Int(self.layout.objectOffset(group: piece.group, unit: 0, offsetInUnit: 0) + UInt64(piece.from) - offset)
             try await self.readGroup(object, piece.group, from: piece.from, to: piece.to, into: out, at: at, size: size)
         }
@@ -215,24 +215,22 @@ extension Cluster {
         }
     }
 
-    /// Runs `body` on each piece, `parallelGroups` at a time.
-    private func forEachGroup(
-        _ pieces: [(group: UInt64, from: Int, to: Int)], _ body: @escaping @Sendable ((group: UInt64, from: Int, to: Int)) async throws -> Void
-    ) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var next = 0
-            while next < pieces.count && next < Cluster.parallelGroups {
-                let p = pieces[next]
-                group.addTask { try await body(p) }
-                next += 1
+    /// `body` of each of `items`, at most `limit` at a time; the results in the order they
+    /// finish.
+    func concurrently<Item: Sendable, T: Sendable>(_ items: [Item], limit: Int, _ body: @escaping @Sendable (Item) async throws -> T) async throws -> [T] {
+        try await withThrowingTaskGroup(of: T.self) { group in
+            var queue = items[...]
+            var out: [T] = []
+            func startNext() {
+                guard let item = queue.popFirst() else { return }
+                group.addTask { try await body(item) }
             }
-            while try await group.next() != nil {
-                if next < pieces.count {
-                    let p = pieces[next]
-                    group.addTask { try await body(p) }
-                    next += 1
-                }
+            for _ in 0..<limit { startNext() }
+            while let t = try await group.next() {
+                out.append(t)
+                startNext()
             }
+            return out
         }
     }
 
