@@ -14,12 +14,12 @@ public final class Cluster: Sendable {
     let groupLocks = KeyedLocks<GroupKey>()
     let logger: Logger
     /// Per server, the newest transaction this client made there and has not synced yet.
-    private let unsynced: Mutex<[UInt64]>
+    private let unsynced: Locked<[UInt64]>
     private let degraded = Atomic<UInt64>(0)
     let healed = Atomic<UInt64>(0)
     /// The newest cluster map seen (nil: none yet, every server counts as online).
-    let currentMap = Mutex<ClusterMap?>(nil)
-    private let mapSource = Mutex<(@Sendable () async -> ClusterMap?)?>(nil)
+    let currentMap = Locked<ClusterMap?>(nil)
+    private let mapSource = Locked<(@Sendable () async -> ClusterMap?)?>(nil)
 
     /// Units rebuilt from parity because a server was down or a checksum failed.
     public var degradedReads: UInt64 { degraded.load(ordering: .relaxed) }
@@ -41,7 +41,7 @@ public final class Cluster: Sendable {
             unitSize: config.layout.unitSize, servers: servers.count)
         code = ErasureCode(dataUnits: layout.dataUnits, parityUnits: layout.parityUnits)
         links = servers.map { ServerLink(id: $0.id, endpoint: $0.address, secret: config.secret, loop: loop) }
-        unsynced = Mutex([UInt64](repeating: 0, count: servers.count))
+        unsynced = Locked([UInt64](repeating: 0, count: servers.count))
         self.logger = logger
     }
 
@@ -212,7 +212,7 @@ actor ServerLink {
     private let secret: String
     private let loop: RPCLoop?
     /// The open connection, read without entering the actor: every call takes it.
-    private nonisolated let current = Mutex<RPCClient?>(nil)
+    private nonisolated let current = Locked<RPCClient?>(nil)
     private var connection: RPCClient? {
         get { current.withLock { $0 } }
         set { current.withLock { $0 = newValue } }
@@ -279,7 +279,7 @@ public final class KeyedLocks<Key: Hashable & Sendable>: Sendable {
         var held: Set<Key> = []
         var waiters: [Key: [CheckedContinuation<Void, Never>]] = [:]
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 

@@ -2,7 +2,6 @@
 // this process's session, which sessions are alive, and the cluster map. The service itself
 // (TesseraState) implements `SessionRegistry` over etcd; `LocalSessions` is its in-memory
 // twin for tests of the layers above, never for a process that shares a cluster.
-import Synchronization
 import TesseraCore
 
 /// Sessions decide lifetimes: data noted pending-free under a session is left alone while
@@ -42,7 +41,7 @@ public final class LocalSessionTable: Sendable {
         var live: Set<UInt64> = []
         var next: UInt64 = 1
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init() {}
 
@@ -65,14 +64,14 @@ public final class LocalSessionTable: Sendable {
 /// One simulated process's sessions over a `LocalSessionTable`, for unit tests.
 public final class LocalSessions: SessionRegistry {
     public let table: LocalSessionTable
-    private let mine: Mutex<UInt64>
-    private let renewals = Mutex<[@Sendable (UInt64, UInt64) async -> Bool]>([])
-    private let renewing = Mutex(false)
-    private let losses = Mutex<[@Sendable (UInt64) -> Void]>([])
+    private let mine: Locked<UInt64>
+    private let renewals = Locked<[@Sendable (UInt64, UInt64) async -> Bool]>([])
+    private let renewing = Locked(false)
+    private let losses = Locked<[@Sendable (UInt64) -> Void]>([])
 
     public init(table: LocalSessionTable = LocalSessionTable()) {
         self.table = table
-        mine = Mutex(table.begin())
+        mine = Locked(table.begin())
     }
 
     /// This process's session, alive or not.

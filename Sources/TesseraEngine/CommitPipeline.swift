@@ -101,9 +101,15 @@ final class CommitPipeline: @unchecked Sendable {
     private var threads: [pthread_t] = []
 
     /// Most bytes of commit groups held in memory at once (open, sealed, logged, unplaced).
-    private(set) var peakBufferedBytes = 0
-    private(set) var groupsLogged: UInt64 = 0
-    private(set) var bytesLogged: UInt64 = 0
+    private var peakBufferedBytes = 0
+    private var groupsLogged: UInt64 = 0
+    private var bytesLogged: UInt64 = 0
+
+    /// The counters above, and the log usage, read at one moment under the lock (the logger
+    /// thread changes them).
+    var counters: (groupsLogged: UInt64, bytesLogged: UInt64, logUsage: Int, peakBufferedBytes: Int) {
+        lock.withLock { (groupsLogged, bytesLogged, used, peakBufferedBytes) }
+    }
 
     /// Starts after recovery: the log is empty, its head and tail at `header.logTail`.
     init(file: ImageFile, header: ImageHeader, headerSlot: Int, options: CommitOptions, faults: FaultInjector?) {

@@ -249,11 +249,12 @@ public final class Engine: @unchecked Sendable {
 
     public var statistics: EngineStatistics {
         lock.withLock {
-            EngineStatistics(
+            let log = pipeline.counters
+            return EngineStatistics(
                 cacheHits: store.cache.hits, cacheMisses: store.cache.misses,
-                cacheResidentBytes: store.cache.residentBytes, groupsLogged: pipeline.groupsLogged,
-                bytesLogged: pipeline.bytesLogged, logUsedBytes: pipeline.logUsage,
-                peakLogBufferBytes: pipeline.peakBufferedBytes, logSize: geometry.logSize)
+                cacheResidentBytes: store.cache.residentBytes, groupsLogged: log.groupsLogged,
+                bytesLogged: log.bytesLogged, logUsedBytes: log.logUsage,
+                peakLogBufferBytes: log.peakBufferedBytes, logSize: geometry.logSize)
         }
     }
 }

@@ -3,7 +3,6 @@
 import Glibc
 #endif
 import CTesseraSupport
-import Synchronization
 import TesseraCore
 
 /// The calls `ImageFile` makes, for fault injection.
@@ -29,14 +28,14 @@ public typealias FaultInjector = @Sendable (_ call: IOCall, _ path: String, _ of
 public final class ImageFile: @unchecked Sendable {
     // SAFETY of @unchecked Sendable: `path` is immutable; `fd` changes only in `close()`,
     // which the owner calls after every other user has stopped. The kernel serialises
-    // positional reads and writes on one descriptor. `grown` is a Mutex.
+    // positional reads and writes on one descriptor. `grown` is behind a lock.
     public let path: String
     private(set) var fd: Int32
     private let faults: FaultInjector?
     /// Bytes of disk reserved at a time (0: none; the file system allocates as written).
     public let growthStep: UInt64
     /// Steps (offset / growthStep) reserved by this open file.
-    private let grown = Mutex<Set<UInt64>>([])
+    private let grown = Locked<Set<UInt64>>([])
 
     /// The growth step of images (`ImageFile`): 8 MiB.
     public static let defaultGrowthStep: UInt64 = 8 << 20

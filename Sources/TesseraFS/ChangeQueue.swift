@@ -22,7 +22,6 @@
 // unknown), and the failure is what the next `fsync` returns, as a local file system
 // reports a failed write-back.
 import Glibc
-import Synchronization
 import TesseraClient
 import TesseraCore
 
@@ -88,7 +87,7 @@ final class ChangeQueue: Sendable {
             for r in sub.puts { lastTouch[r.key] = queuedSeq }
         }
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// How long a change written behind is held, when nothing is being sent, before it goes
     /// out by itself: the next waited change (a close), a read of names or an fsync takes it

@@ -35,16 +35,16 @@
 // made. A file changed only within `made` sends no CREATE: one would make a freed object
 // exist again, and its writes then succeed where they must fail.
 //
-// A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time.
+// A FileData is used only under its inode's lock (FileSystem.fileLocks), one call at a time,
+// except `published`, a copy of its size and inline bytes behind a lock of its own.
 import Glibc
-import Synchronization
 import TesseraClient
 import TesseraCore
 
 /// Bytes of pages all open files may hold together, and the spare page buffers.
 public final class MemoryBudget: Sendable {
     public let limit: Int
-    private let used = Mutex(0)
+    private let used = Locked(0)
     let pool = PagePool()
 
     public init(limit: Int) { self.limit = limit }
@@ -76,7 +76,7 @@ final class PagePool: Sendable {
         /// Bytes at and past this offset are zero.
         let used: Int
     }
-    private let spare = Mutex<[Buffer]>([])
+    private let spare = Locked<[Buffer]>([])
     /// At most this many buffers wait in the pool.
     static let keep = 16
 
@@ -159,7 +159,7 @@ final class FileData: @unchecked Sendable {
     let budget: MemoryBudget
     var fid: Fid
     /// The file's size as the mount sees it.
-    var size: UInt64
+    var size: UInt64 { didSet { published.withLock { $0.size = size } } }
     /// The object's bytes from here on are zero (the invariant above).
     var stored: UInt64
     private var pages: [UInt64: Page] = [:]
@@ -173,7 +173,11 @@ final class FileData: @unchecked Sendable {
     /// Data changed since the record was last stored.
     var changed = false
     /// The file's bytes (`size` of them), when they live in its entry (see the header).
-    private(set) var inline: [UInt8]?
+    private(set) var inline: [UInt8]? { didSet { published.withLock { $0.inline = inline } } }
+    /// `size` and `inline` as last set, for what stores the file's entry without its inode's
+    /// lock (a rename, link or unlink of an open file runs under the namespace lock, which
+    /// is taken after an inode's, never before).
+    let published: Locked<(size: UInt64, inline: [UInt8]?)>
     /// The largest file kept in its entry; 0: none.
     let inlineLimit: Int
     /// Every data unit of the object with a byte below this exists on its server; `.max`
@@ -202,6 +206,7 @@ final class FileData: @unchecked Sendable {
             stored = size
         }
         made = stored
+        published = Locked((size, self.inline))
     }
 
     // MARK: The object's existence

@@ -17,7 +17,6 @@
 import Glibc
 import Crypto
 import Logging
-import Synchronization
 import TesseraClient
 import TesseraCore
 import TesseraS3
@@ -52,8 +51,9 @@ public struct DirectoryEntry: Sendable {
 }
 
 final class Inode: @unchecked Sendable {
-    // SAFETY: every field is read and written under FileSystem.state's lock, except `data`,
-    // which is used under the inode's own async lock once set.
+    // SAFETY: every field is read and written under FileSystem.state's lock, except what
+    // `data` holds, which is used under the inode's own async lock once set (but for its
+    // `published` size and inline bytes, which have a lock of their own).
     let ino: UInt64
     /// The entry's key: a file's path, a directory's path with its `/` ("" for the root).
     var key: [UInt8]
@@ -135,16 +135,16 @@ public final class FileSystem: Sendable {
         case file(ino: UInt64, append: Bool, write: Bool)
         case directory(ino: UInt64, entries: [DirectoryEntry]?)
     }
-    let state = Mutex(State())
+    let state = Locked(State())
     /// Data of removed files waiting to be freed (`reclaimLater`).
-    let reclaims = Mutex(Reclaims())
+    let reclaims = Locked(Reclaims())
     struct Reclaims {
         var queue: [(fid: Fid, multipart: Bool)] = []
         var running = false
     }
     let namespace = KeyedLocks<Int>()
     /// Names known present or absent (NameCache.swift).
-    let names = Mutex(Names())
+    let names = Locked(Names())
     /// This process's change stamp (the S3 store's), written with each change of the object
     /// list.
     var stamp: ChangeStamp { store.stamp }
@@ -256,12 +256,14 @@ public final class FileSystem: Sendable {
         !name.isEmpty && name.count <= nameMax && name != [0x2E] && name != [0x2E, 0x2E]
     }
 
-    static func childKey(_ parent: Inode, _ name: [UInt8]) throws -> [UInt8] {
-        guard name.count <= nameMax else { throw FSError(ENAMETOOLONG, "names are at most \(nameMax) bytes") }
-        guard isName(name), !name.contains(0x2F) else { throw FSError(EINVAL, "bad name") }
-        guard parent.type == .directory else { throw FSError(ENOTDIR) }
-        let key = parent.key + name
-        guard key.count < keyMax else { throw FSError(ENAMETOOLONG, "paths are at most \(keyMax - 1) bytes") }
+    func childKey(_ parent: Inode, _ name: [UInt8]) throws -> [UInt8] {
+        guard name.count <= Self.nameMax else { throw FSError(ENAMETOOLONG, "names are at most \(Self.nameMax) bytes") }
+        guard Self.isName(name), !name.contains(0x2F) else { throw FSError(EINVAL, "bad name") }
+        // A rename may change the parent's key meanwhile (`rekey`, under the state lock).
+        let (type, parentKey) = state.withLock { _ in (parent.type, parent.key) }
+        guard type == .directory else { throw FSError(ENOTDIR) }
+        let key = parentKey + name
+        guard key.count < Self.keyMax else { throw FSError(ENAMETOOLONG, "paths are at most \(Self.keyMax - 1) bytes") }
         return key
     }
 
@@ -345,7 +347,7 @@ public final class FileSystem: Sendable {
 
     public func lookup(_ parent: UInt64, _ name: [UInt8]) async throws -> Attributes {
         let p = try inode(parent)
-        let key = try Self.childKey(p, name)
+        let key = try childKey(p, name)
         guard let i = try inode(for: try await find(key)) else { throw FSError(ENOENT) }
         state.withLock { _ in i.lookups += 1 }
         return attributes(i)
@@ -354,7 +356,7 @@ public final class FileSystem: Sendable {
     /// `lookup` answered from the name cache without waiting, or nil.
     public func lookupNow(_ parent: UInt64, _ name: [UInt8]) throws -> Attributes? {
         let p = try inode(parent)
-        let key = try Self.childKey(p, name)
+        let key = try childKey(p, name)
         switch known(key) {
         case nil: return nil
         case .absent: throw FSError(ENOENT)
@@ -375,8 +377,7 @@ public final class FileSystem: Sendable {
         state.withLock { _ in
             var r = i.record
             if let d = i.data {
-                r.size = d.size
-                r.inline = d.inline
+                (r.size, r.inline) = d.published.withLock { $0 }
             }
             r.posix = i.posix.encode()
             return r
@@ -545,7 +546,7 @@ public final class FileSystem: Sendable {
     ) throws -> (Inode, handle: UInt64?)? {
         try checkWritable()
         let p = try inode(parent)
-        let key = try Self.childKey(p, name)
+        let key = try childKey(p, name)
         let type = FileType(mode: mode) ?? .regular
         if type == .directory && key.count + 1 >= Self.keyMax { throw FSError(ENAMETOOLONG) }
         let made = try namespace.withLockIfFree(0) { () throws -> (Inode, UInt64?)? in
@@ -578,7 +579,7 @@ public final class FileSystem: Sendable {
     ) async throws -> Inode {
         try checkWritable()
         let p = try inode(parent)
-        let key = try Self.childKey(p, name)
+        let key = try childKey(p, name)
         let type = FileType(mode: mode) ?? .regular
         if type == .directory && key.count + 1 >= Self.keyMax { throw FSError(ENAMETOOLONG) }
         return try await changingNames {
@@ -675,7 +676,7 @@ public final class FileSystem: Sendable {
     public func unlink(_ parent: UInt64, _ name: [UInt8]) async throws {
         try checkWritable()
         let p = try inode(parent)
-        let key = try Self.childKey(p, name)
+        let key = try childKey(p, name)
         try await changingNames {
             let found = try await find(key)
             guard case .file(_, let entry, let record) = found, let i = try inode(for: found) else {
@@ -703,7 +704,7 @@ public final class FileSystem: Sendable {
     public func unlinkNow(_ parent: UInt64, _ name: [UInt8]) throws -> Bool {
         try checkWritable()
         let p = try inode(parent)
-        let key = try Self.childKey(p, name)
+        let key = try childKey(p, name)
         let done = try namespace.withLockIfFree(0) { () throws -> Bool in
             guard let k = known(key) else { return false }
             guard case .inode(let i) = k else { throw FSError(ENOENT) }
@@ -849,7 +850,7 @@ public final class FileSystem: Sendable {
     public func rmdir(_ parent: UInt64, _ name: [UInt8]) async throws {
         try checkWritable()
         let p = try inode(parent)
-        let key = try Self.childKey(p, name)
+        let key = try childKey(p, name)
         try await changingNames {
             let found = try await find(key)
             guard case .directory(let dirKey, _) = found, let i = try inode(for: found) else {
@@ -878,8 +879,8 @@ public final class FileSystem: Sendable {
         guard flags & ~(Self.renameNoReplace | Self.renameExchange) == 0, flags != Self.renameNoReplace | Self.renameExchange else { throw FSError(EINVAL) }
         let p = try inode(parent)
         let q = try inode(newParent)
-        let from = try Self.childKey(p, name)
-        let to = try Self.childKey(q, newName)
+        let from = try childKey(p, name)
+        let to = try childKey(q, newName)
         try await changingNames {
             let source = try await find(from)
             let target = try await find(to)
@@ -985,7 +986,8 @@ public final class FileSystem: Sendable {
         touch(p, t)
         touch(q, t)
         let parents = p === q ? [p] : [p, q]
-        try await storeRecords(parents.filter { !(($0.key).starts(with: from + [0x2F])) }, deleting: deletes, putting: puts)
+        let outside = state.withLock { _ in parents.filter { !$0.key.starts(with: from + [0x2F]) } }
+        try await storeRecords(outside, deleting: deletes, putting: puts)
         if case .directory(let dirKey, _) = source {
             rekey(dirKey, to + [0x2F], exact: false)
             // Every name under both changed: start again.
@@ -1034,8 +1036,8 @@ public final class FileSystem: Sendable {
         try checkWritable()
         let i = try inode(ino)
         let q = try inode(newParent)
-        let key = try Self.childKey(q, newName)
-        guard i.type != .directory else { throw FSError(EPERM, "hard links to directories") }
+        let key = try childKey(q, newName)
+        guard state.withLock({ _ in i.type }) != .directory else { throw FSError(EPERM, "hard links to directories") }
         return try await changingNames {
             if case .none = try await find(key) {} else { throw FSError(EEXIST) }
             let t = now()

@@ -6,7 +6,6 @@
 // moved off DispatchIO for the same crash). Nothing here uses dispatch.
 import CTesseraSupport
 import Glibc
-import Synchronization
 import TesseraCore
 
 public final class ChildProcess: Sendable {
@@ -44,7 +43,7 @@ public final class ChildProcess: Sendable {
     /// The read end of the stdout pipe, with `stdout: .pipe`: read it with `readOutput`
     /// or `readLines`, or yourself (and close it).
     public let output: Int32?
-    private let ended = Mutex<Termination?>(nil)
+    private let ended = Locked<Termination?>(nil)
 
     /// Starts `path` with `arguments` (argv[0] is `path`). Every descriptor of ours but the
     /// three given is closed in the child; its signal mask is empty (a Swift concurrency

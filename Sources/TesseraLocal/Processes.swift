@@ -1,7 +1,6 @@
 // Starting and waiting for the processes of a local cluster: system tools, `tessera`
 // children, loopback ports, and what the kernel's mount table says.
 import Foundation
-import Synchronization
 import TesseraCore
 
 /// The running `tessera` binary, which starts the others.
@@ -56,7 +55,7 @@ public func freePorts(_ n: Int) throws -> [Int] {
     return out
 }
 
-private let portsGiven = Mutex<Set<Int>>([])
+private let portsGiven = Locked<Set<Int>>([])
 
 /// The absolute path, symlinks resolved, that the kernel's mount table names for `path`.
 public func mountTarget(_ path: String) -> String {

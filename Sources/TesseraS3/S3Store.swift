@@ -8,7 +8,6 @@
 // what no entry refers to once that session is gone (docs/S3.md, "Pending frees").
 import Foundation
 import Logging
-import Synchronization
 import TesseraClient
 import TesseraCore
 
@@ -19,7 +18,7 @@ public final class S3Store: Sendable {
     let logger: Logger
     /// What this process noted pending in the pending-free index and has not dropped: on a
     /// new session it is noted again under it, before the old session's lease is let go.
-    private let owned = Mutex<[Fid: Owned]>([:])
+    private let owned = Locked<[Fid: Owned]>([:])
     private struct Owned {
         var owner: PendingFree.Owner
         var session: UInt64
@@ -29,14 +28,14 @@ public final class S3Store: Sendable {
     }
     /// Notes being written: a renewal waits for them, so none lands under the old session
     /// after the renewal has read what to note again.
-    private let notesInFlight = Mutex(0)
+    private let notesInFlight = Locked(0)
     /// Switches of one object name (or one part of an upload) go one at a time.
     private let switchLocks = KeyedLocks<String>()
     /// Objects being read in this process: a free waits until their readers are done.
-    private let readers = Mutex<[Fid: Int]>([:])
+    private let readers = Locked<[Fid: Int]>([:])
     /// Set once the global indexes (buckets, pending frees, parts) exist: they are made
     /// on first use, once per process, not on every request.
-    private let globalIndexesReady = Mutex(false)
+    private let globalIndexesReady = Locked(false)
     /// This process's change stamp, written with each object list change (ChangeStamps.swift).
     public let stamp = ChangeStamp()
 
@@ -45,7 +44,7 @@ public final class S3Store: Sendable {
     public static let inlineLimit = 4096
 
     /// The servers' largest record value, asked once (0: unknown, nothing is inlined).
-    private let maxRecord = Mutex<Int?>(nil)
+    private let maxRecord = Locked<Int?>(nil)
 
     /// Whether `record` fits in a record of every server of this cluster.
     public func fitsInRecord(_ record: ObjectRecord) async throws -> Bool {

@@ -5,7 +5,6 @@
 //
 // Everything else (IOS, SYNC, STATISTICS, unrouted requests of a cluster without a state
 // service) goes to the server's node unchanged.
-import Synchronization
 import TesseraCore
 import TesseraEngine
 
@@ -36,21 +35,21 @@ public final class ReplicatedNode: RequestHandler {
     public let node: ServerNode
     let settings: ReplicationSettings
     private let connect: PeerConnector
-    private let map: Mutex<ClusterMap>
+    private let map: Locked<ClusterMap>
     /// This server's session while valid (nil: lapsed or not yet taken); nil-returning
     /// always for a cluster without a state service, where sessions are not checked.
     private let session: @Sendable () -> UInt64?
     /// Whether this process has ever held a session (a lapsed one renewed since is still
     /// this process: its units are as current as they were).
     private let heldSession: @Sendable (UInt64) -> Bool
-    private let streams = Mutex<[Int: ReplicationStream]>([:])
+    private let streams = Locked<[Int: ReplicationStream]>([:])
     /// Connections to peers for SYNC, opened on demand.
-    private let links = Mutex<[Int: any RequestHandler & PeerConnection]>([:])
+    private let links = Locked<[Int: any RequestHandler & PeerConnection]>([:])
     /// Per source server: the stream epoch being applied and the next number expected.
-    private let incoming = Mutex<[Int: (epoch: UInt64, next: UInt64)]>([:])
+    private let incoming = Locked<[Int: (epoch: UInt64, next: UInt64)]>([:])
     /// Object data changes admitted and not yet applied (a large WRITE waits for the IO
     /// threads after its check), by the map version they were admitted under.
-    private let unapplied = Mutex<[UInt64: Int]>([:])
+    private let unapplied = Locked<[UInt64: Int]>([:])
 
     /// The catalogue of indexes changed while a replica was not a member of their chain
     /// (REPLICATION.md, "What a failed server missed"): key u32 server id (big-endian) then
@@ -67,7 +66,7 @@ public final class ReplicatedNode: RequestHandler {
         self.session = session
         self.heldSession = heldSession
         self.connect = connect
-        map = Mutex(ClusterMap.everyoneOnline(settings.servers))
+        map = Locked(ClusterMap.everyoneOnline(settings.servers))
         let engine = node.catalogues.engine
         if try !engine.catalogues().contains(Self.missedCatalogue) {
             let (_, tx) = try engine.write { t in try t.createCatalogue(Self.missedCatalogue) }
@@ -549,7 +548,7 @@ public final class ReplicatedNode: RequestHandler {
 
     /// What this server's repair walks have done since it started (for the metrics).
     public var repairTotals: RepairStep { repairCounts.withLock { $0 } }
-    private let repairCounts = Mutex(RepairStep())
+    private let repairCounts = Locked(RepairStep())
 
     /// Makes a stream entry from what `body` reads, numbering it in the same engine critical
     /// section (a transaction that changes nothing), and fills it.
@@ -685,7 +684,7 @@ final class ReplicationStream: Sendable {
 
         func wasDropped(_ seq: UInt64) -> Bool { dropped.contains { $0.contains(seq) } }
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// The most entries one REPLICATE carries.
     static let batch = 256
 

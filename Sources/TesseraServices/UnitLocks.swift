@@ -6,7 +6,6 @@
 // A lock lasts until its owner gives it back or `hold` passes: a writer that dies holding
 // one delays the repair of that unit, never stops it. Owners are numbers their senders
 // draw at random; a server checks only that the owner a WRITE names holds its range.
-import Synchronization
 import TesseraCore
 
 public final class UnitLocks: Sendable {
@@ -38,7 +37,7 @@ public final class UnitLocks: Sendable {
     /// How long LOCK waits for a range another owner holds.
     public static let wait: Duration = .seconds(30)
 
-    private let table = Mutex(Table())
+    private let table = Locked(Table())
 
     public init() {}
 

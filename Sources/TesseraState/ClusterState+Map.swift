@@ -3,7 +3,6 @@
 // win (docs/CLUSTER.md, "The cluster map").
 import Foundation
 import Logging
-import Synchronization
 import TesseraClient
 import TesseraConfig
 import TesseraCore
@@ -199,7 +198,7 @@ extension ClusterState {
             ? stats.filter { $0.id != id }.reduce(0) { $0 + ($1.stats!.dataBytes &- $1.stats!.dataFreeBytes) } : nil
         var data = RepairProgress.DataProgress(now: started)
         data.estimate = estimate
-        let kept = Mutex((p, data))
+        let kept = Locked((p, data))
         let totals = try await cluster.repairData(of: id) { t in
             let now = kept.withLock { kept -> RepairProgress in
                 kept.1.totals = t
@@ -223,7 +222,7 @@ extension ClusterState {
 
 /// The HA role's detector, shared by the role's turns, and the servers being repaired.
 final class DetectorBox: Sendable {
-    let state: Mutex<FailureDetector>
-    let repairing = Mutex<Set<Int>>([])
-    init(_ d: FailureDetector) { state = Mutex(d) }
+    let state: Locked<FailureDetector>
+    let repairing = Locked<Set<Int>>([])
+    init(_ d: FailureDetector) { state = Locked(d) }
 }

@@ -3,7 +3,6 @@
 // for. etcd is never on the data path: while it cannot be reached, everything here keeps the
 // last it knew.
 import Logging
-import Synchronization
 import TesseraClient
 import TesseraConfig
 import TesseraCore
@@ -34,9 +33,9 @@ public final class ClusterState: SessionRegistry {
         var tasks: [Task<Void, Never>] = []
         var elections: [EtcdElection] = []
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// The newest cluster map seen (ClusterState+Map.swift).
-    let mapHolder = Mutex<ClusterMap?>(nil)
+    let mapHolder = Locked<ClusterMap?>(nil)
 
     private init(etcd: EtcdClient, settings: ClusterConfig.State, info: SessionInfo, session: EtcdSession, acting: UInt64, logger: Logger) {
         self.etcd = etcd
@@ -48,7 +47,7 @@ public final class ClusterState: SessionRegistry {
         self.logger = logger
         var initial = State(acting: acting)
         initial.held = [acting]
-        state = Mutex(initial)
+        state = Locked(initial)
     }
 
     /// Connects to the cluster's etcd, checks that it is one, and takes a session describing

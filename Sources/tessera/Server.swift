@@ -10,7 +10,6 @@ import TesseraEngine
 import TesseraLocal
 import TesseraRPC
 import TesseraServices
-import Synchronization
 import TesseraState
 
 struct Server: AsyncParsableCommand {
@@ -132,7 +131,7 @@ final class Once: @unchecked Sendable {
 /// The server's session, once it has one: what the replication checks before it serves an
 /// index (a server whose session lapsed serves none).
 final class SessionBox: Sendable {
-    private let holder = Mutex<ClusterState?>(nil)
+    private let holder = Locked<ClusterState?>(nil)
     var state: ClusterState? {
         get { holder.withLock { $0 } }
         set { holder.withLock { $0 = newValue } }

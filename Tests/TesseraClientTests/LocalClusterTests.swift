@@ -5,7 +5,6 @@
 // found, never zeros; one whose CREATE a server missed still reads whole. A server started
 // again serves no unit before the map admits it.
 import Foundation
-import Synchronization
 @testable import TesseraClient
 import TesseraConfig
 import TesseraCore
@@ -365,7 +364,7 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
         // The CREATE waits while etcd is frozen (the old code threw at once), and is done
         // once the thawed map admits a server.
         let object = Fid(hi: 12, lo: 3)
-        let finished = Mutex(false)
+        let finished = Locked(false)
         let creating = Task {
             defer { finished.withLock { $0 = true } }
             try await writer.create(object)

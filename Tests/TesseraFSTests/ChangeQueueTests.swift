@@ -2,7 +2,6 @@
 // where the changes one by one would have, a change written behind is in the store once the
 // queue is drained, and one that cannot be stored is reported, once.
 import Foundation
-import Synchronization
 import Testing
 import TesseraClient
 import TesseraCore
@@ -33,7 +32,7 @@ import TesseraCore
         let index = Fid(hi: 0x5445_5354_0000_0001, lo: 7)
         try await client.createIndex(index)
         let queue = ChangeQueue(cluster: client, index: index)
-        let afters = Mutex(0)
+        let afters = Locked(0)
         // The first goes out at once; the rest queue up behind it and go merged.
         queue.submitBehind(deleting: [], putting: [r("x", "0")], after: nil, lost: { _ in })
         for i in 0..<200 {
@@ -112,7 +111,7 @@ import TesseraCore
         let (client, _) = try await cluster.mount(bucket: "queue-lost")
         // No such index: every UPDATE fails.
         let queue = ChangeQueue(cluster: client, index: Fid(hi: 0x5445_5354_0000_0002, lo: 9))
-        let lost = Mutex(0)
+        let lost = Locked(0)
         queue.submitBehind(deleting: [], putting: [r("a", "1")], after: nil, lost: { _ in lost.withLock { $0 += 1 } })
         await queue.drained()
         #expect(lost.withLock { $0 } == 1)
@@ -126,12 +125,12 @@ import TesseraCore
 
 /// A clock the test moves: sleepers wake when `advance` passes their deadline.
 final class TestClock: QueueClock, @unchecked Sendable {
-    // SAFETY: `state` is a Mutex.
+    // SAFETY: `state` is behind a lock.
     private struct State {
         var now: Duration = .zero
         var sleepers: [(deadline: Duration, wake: CheckedContinuation<Void, Never>)] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     func now() -> Duration { state.withLock { $0.now } }
 

@@ -2,7 +2,6 @@
 // file-system core over them: what the property tests drive.
 import Foundation
 import NIOPosix
-import Synchronization
 import TesseraClient
 import TesseraConfig
 import TesseraCore
@@ -27,7 +26,7 @@ final class InProcessCluster: @unchecked Sendable {
         var ports: [Int] = []
         // The replication's peers are the other in-process servers, whose ports are known
         // once all are listening.
-        let peerPorts = Mutex<[Int: Int]>([:])
+        let peerPorts = Locked<[Int: Int]>([:])
         for i in 0..<3 {
             try FileManager.default.createDirectory(atPath: dir + "/\(i)", withIntermediateDirectories: true)
             _ = try Engine.format(path: dir + "/\(i)/meta.img", size: 64 << 20, pageSize: 4096, logSize: 8 << 20)

@@ -5,7 +5,6 @@
 // kept below as a named regression test.
 import Foundation
 import Glibc
-import Synchronization
 import Testing
 import TesseraClient
 import TesseraCore
@@ -422,7 +421,7 @@ func randomOps(seed: UInt64, count: Int) -> [Op] {
 }
 
 /// Buckets made so far: each run of ops gets a fresh one.
-private let bucketsMade = Mutex(0)
+private let bucketsMade = Locked(0)
 
 /// Runs `ops` on a fresh bucket; the first failure, or nil.
 func failure(of ops: [Op], on cluster: InProcessCluster) async throws -> String? {
