@@ -12,18 +12,29 @@ import Synchronization
 public struct Locked<Value: ~Copyable>: ~Copyable, @unchecked Sendable {
     // SAFETY: the Mutex is Sendable for any Value; this only wraps it.
     @usableFromInline let mutex: Mutex<Value>
+    #if TESSERA_TSAN
+    /// A byte of its own, whose address names this lock to the sanitizer (the value's own
+    /// address cannot be had without an access to it, which would come before the acquire).
+    @usableFromInline let token: UnsafeMutableRawPointer
+    #endif
 
     @inlinable public init(_ initialValue: consuming sending Value) {
         mutex = Mutex(initialValue)
+        #if TESSERA_TSAN
+        token = .allocate(byteCount: 1, alignment: 1)
+        #endif
     }
+
+    #if TESSERA_TSAN
+    deinit { token.deallocate() }
+    #endif
 
     /// Runs `body` with the value, holding the lock.
     @inlinable public borrowing func withLock<Result: ~Copyable, E: Error>(_ body: (inout sending Value) throws(E) -> sending Result) throws(E) -> sending Result {
         try mutex.withLock { (value: inout sending Value) throws(E) -> sending Result in
             #if TESSERA_TSAN
-            let address = withUnsafeMutablePointer(to: &value) { UnsafeMutableRawPointer($0) }
-            tsanAcquire(address)
-            defer { tsanRelease(address) }
+            tsanAcquire(token)
+            defer { tsanRelease(token) }
             #endif
             return try body(&value)
         }
